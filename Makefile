@@ -1,0 +1,56 @@
+# The front door. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+COUNT ?= 100000
+RATE ?= 0
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-unit test-integration test-e2e lint bench simulate migrate worker clean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package with its dev tools
+
+demo: $(STAMP) ## broker + PostgreSQL + migrations + worker + simulator (COUNT=100000), then a summary; stops everything
+	$(PY) -m devtools.demo --count $(COUNT) --rate $(RATE)
+
+test: $(STAMP) ## every test tier against the real broker and PostgreSQL (started and stopped by the tests)
+	$(PY) -m pytest tests
+
+test-unit: $(STAMP) ## unit tests only (no services)
+	$(PY) -m pytest tests/unit
+
+test-integration: $(STAMP) ## integration tests (real broker, real PostgreSQL)
+	$(PY) -m pytest tests/integration
+
+test-e2e: $(STAMP) ## end-to-end tests (worker processes fed by the simulator)
+	$(PY) -m pytest tests/e2e
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP) ## throughput and latency against a raw aiokafka consumer (prints figures)
+	$(PY) -m benchmarks.pipeline
+
+simulate: $(STAMP) ## send COUNT events to BROKER_URL at RATE events/s
+	$(PY) -m simulator --count $(COUNT) --rate $(RATE)
+
+migrate: $(STAMP) ## alembic upgrade head on DATABASE_URL
+	$(VENV)/bin/alembic upgrade head
+
+worker: $(STAMP) ## run a worker on BROKER_URL / DATABASE_URL (web UI on 6066)
+	$(VENV)/bin/faust -A app worker -l info --web-port 6066
+
+clean: ## remove the venv and local run data
+	rm -rf $(VENV) .run data
