@@ -1,0 +1,71 @@
+"""The worker: ``faust -A app worker`` imports this module and runs ``app``.
+
+Wiring only; each piece lives in its own module:
+settings (:mod:`app.settings`), the app and its batch path
+(:mod:`app.faust_app`, :mod:`app.batching`), topics (:mod:`app.topics`),
+tables (:mod:`tables.payments`, :mod:`tables.cache`), the ingest handler
+(:mod:`agents.ingest`), the sinks (:mod:`agents.sinks`, :mod:`storage`) and the web
+views (:mod:`app.web`).
+
+``app`` is built on first access (PEP 562 module ``__getattr__``), so importing a
+submodule such as ``app.settings`` does not build the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.faust_app import PaymentApp, create_app
+from app.settings import Settings, get_settings
+
+__all__ = ["app", "build", "PaymentApp", "Settings"]
+
+
+def build(settings: Settings) -> PaymentApp:
+    """Create the app with its topics, tables, ingest handler, sinks and views."""
+    # The agents import app's modules; importing them here keeps that one-way.
+    from agents.ingest import register_ingest
+    from agents.sinks import SinkService
+    from app.topics import declare_topics
+    from app.web import register_views
+    from storage.parquet import RawEventWriter
+    from storage.postgres import PostgresSink, create_db_engine
+    from tables.cache import WindowCache
+    from tables.payments import declare_tables
+
+    faust_app = create_app(settings)
+    payments, dlq = declare_topics(faust_app)
+    tables = declare_tables(faust_app)
+    engine = create_db_engine(
+        settings.database_url,
+        pool_min=settings.db_pool_min,
+        pool_max=settings.db_pool_max,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )
+    lake = RawEventWriter(
+        settings.raw_events_url,
+        flush_rows=settings.parquet_flush_rows,
+        flush_seconds=settings.parquet_flush_seconds,
+    )
+    cache = WindowCache(faust_app, tables)
+    sinks = SinkService(faust_app, PostgresSink(engine, tries=settings.db_retries), lake, cache,
+                        max_events=settings.sink_queue_events, linger=settings.sink_linger_s)
+    faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
+    stats = register_ingest(faust_app, payments, dlq, cache, sinks)
+
+    async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
+        await sinks.on_revoked(revoked)
+
+    faust_app.on_partitions_revoked.connect(_on_revoked)  # type: ignore[arg-type]
+    register_views(faust_app, stats, sinks, cache)
+    faust_app.sinks = sinks  # type: ignore[attr-defined]
+    faust_app.ingest_stats = stats  # type: ignore[attr-defined]
+    return faust_app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        built = build(get_settings())
+        globals()["app"] = built
+        return built
+    raise AttributeError(f"module 'app' has no attribute {name!r}")

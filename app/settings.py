@@ -1,0 +1,91 @@
+"""The one place where environment variables are read.
+
+Every knob of the worker, the simulator and the sinks is a field of
+:class:`Settings`; the field name in upper case is the environment variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Worker settings, validated once at start-up and frozen afterwards."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_file=None)
+
+    environment: str = Field("development", description="development | production")
+    app_id: str = Field("payment-monitor", description="Faust app id = consumer group id")
+    broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s)")
+    database_url: str = Field(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/payment_monitor",
+        description="SQLAlchemy URL of the metrics database",
+    )
+    raw_events_url: str = Field("./data/raw", description="Parquet lake: path, file:// or abfs://")
+    app_datadir: str = Field("./data/faust", description="Faust data dir (RocksDB tables)")
+    store_url: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://")
+    topic_partitions: int = Field(4, ge=1, description="partitions of payments and changelogs")
+    topic_replicas: int = Field(1, ge=1, description="replication factor of declared topics")
+    web_port: int = Field(6066, description="Faust web UI port (faust --web-port wins)")
+    web_bind: str = Field("127.0.0.1", description="web UI bind address (0.0.0.0 in containers)")
+
+    # Hot path tuning (see docs/adr/0001-batch-path.md for the measurements).
+    max_poll_records: int = Field(5000, ge=1, description="records per fetch")
+    producer_linger_s: float = Field(0.05, ge=0, description="producer linger, seconds")
+    empty_fetch_pause_s: float = Field(0.01, ge=0, description="pause after an empty fetch")
+    producer_buffer_messages: int = Field(10_000, ge=100, description="producer buffer bound")
+    sink_linger_s: float = Field(0.2, ge=0, description="gather batches this long per DB write")
+    sink_queue_events: int = Field(50_000, ge=1, description="events queued for the sinks")
+
+    # Sinks.
+    parquet_flush_rows: int = Field(50_000, ge=1, description="flush a partition's file at N rows")
+    parquet_flush_seconds: float = Field(
+        5.0, gt=0, description="... or when its oldest row is N s old")
+    db_pool_min: int = Field(2, ge=1, description="connections kept in the pool")
+    db_pool_max: int = Field(10, ge=1, description="connections at most")
+    db_statement_timeout_ms: int = Field(30_000, ge=0, description="statement timeout, ms")
+    db_retries: int = Field(3, ge=1, description="tries of a sink write before the worker crashes")
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, value: str) -> str:
+        if value not in {"development", "production"}:
+            raise ValueError("ENVIRONMENT must be 'development' or 'production'")
+        return value
+
+    @model_validator(mode="after")
+    def _no_defaults_in_production(self) -> Settings:
+        if self.environment == "production":
+            for name in ("database_url", "broker_url"):
+                if getattr(self, name) == type(self).model_fields[name].default:
+                    raise ValueError(f"{name.upper()} must be set when ENVIRONMENT=production")
+        return self
+
+    @property
+    def broker_bootstrap(self) -> str:
+        """``host:port[,host:port]`` without the ``kafka://`` scheme, for raw clients."""
+        return ",".join(part.split("://", 1)[-1] for part in self.broker_url.split(";"))
+
+    @property
+    def safe_database_url(self) -> str:
+        """The database URL with any password masked, for logs and errors."""
+        return mask_url(self.database_url)
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with the password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read from the environment once)."""
+    return Settings()

@@ -1,0 +1,45 @@
+"""What the ingest handler hands to the sinks for one topic-partition batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from models.events import FailedMessage, Payment
+from pipeline.windows import WindowCounts
+
+
+@dataclass(slots=True, frozen=True)
+class WindowRow:
+    """Absolute counts of one (window, channel, partition) after a batch."""
+
+    window_seconds: int
+    window_start: int
+    channel: str
+    partition: int
+    counts: WindowCounts
+
+
+@dataclass(slots=True)
+class SinkBatch:
+    """One processed batch of one topic-partition, in offset order.
+
+    ``messages`` are Faust messages (acked once durable); ``payments`` maps
+    an offset to its accepted payment; every other offset is in ``failed``.
+    """
+
+    topic: str
+    partition: int
+    messages: list[Any]
+    payments: dict[int, Payment]
+    failed: list[FailedMessage]
+    window_rows: list[WindowRow]
+    arrival: float
+
+    @property
+    def first_offset(self) -> int:
+        return int(self.messages[0].offset)
+
+    @property
+    def last_offset(self) -> int:
+        return int(self.messages[-1].offset)
