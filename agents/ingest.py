@@ -1,0 +1,165 @@
+"""The ingest batch handler: parse, validate, count, dead-letter, hand to the sinks.
+
+Runs for every fetched batch of one ``payments`` partition (see
+:mod:`app.batching`), inside the consumer's fetch loop, so the next fetch
+waits for it: that is the back-pressure. Per batch it emits one changelog
+record per touched window key, one ``payments-dlq`` record per failed
+message, and one :class:`~models.batches.SinkBatch` to the sinks, which ack
+the offsets once everything is durable. Window values go to the write-back
+:class:`~tables.cache.WindowCache`, which writes them to the tables before
+each commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import orjson
+from faust.types import TP, Message, TopicT
+
+from agents.sinks import SinkService
+from app.batching import partition_context
+from app.faust_app import PaymentApp
+from models.batches import SinkBatch, WindowRow
+from models.events import FailedMessage, ParseFailure, Payment
+from pipeline.parse import compiled_schema, parse_payment
+from pipeline.windows import apply_entries, group_by_window
+from tables.cache import WindowCache
+from tables.payments import table_key
+
+
+class IngestStats:
+    """Live counters and a latency reservoir, shown in the web UI and used by the benchmark."""
+
+    def __init__(self, reservoir: int = 200_000) -> None:
+        # seconds from the producer's timestamp to the table update, newest last
+        self.latencies: deque[float] = deque(maxlen=reservoir)
+        # ... and to the arrival of the fetch that brought the event
+        self.fetch_latencies: deque[float] = deque(maxlen=reservoir)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start counting afresh (the benchmark does this between its phases)."""
+        self.consumed = 0
+        self.accepted = 0
+        self.failed = 0
+        self.batches = 0
+        self.first_event_at: float | None = None
+        self.last_event_at: float | None = None
+        self.latencies.clear()
+        self.fetch_latencies.clear()
+
+    def snapshot(self) -> dict:
+        def pcts(values: deque[float]) -> dict[str, float | None]:
+            lat = sorted(values)
+
+            def pct(q: float) -> float | None:
+                return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else None
+
+            return {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99)}
+
+        span = (self.last_event_at or 0) - (self.first_event_at or 0)
+        return {
+            "consumed": self.consumed,
+            "accepted": self.accepted,
+            "failed": self.failed,
+            "batches": self.batches,
+            "events_per_second": round(self.consumed / span, 1) if span > 0 else None,
+            "latency_ms": pcts(self.latencies),
+            "fetch_latency_ms": pcts(self.fetch_latencies),
+        }
+
+
+def register_ingest(
+    app: PaymentApp,
+    payments: TopicT,
+    dlq: TopicT,
+    cache: WindowCache,
+    sinks: SinkService,
+) -> IngestStats:
+    """Register the ``payments`` batch handler; returns its live stats."""
+    stats = IngestStats()
+    validate = compiled_schema()
+
+    @app.batch_handler(payments)
+    async def ingest(tp: TP, messages: Sequence[Message]) -> None:
+        arrival = time.time()
+        payments_by_offset: dict[int, Payment] = {}
+        failed: list[FailedMessage] = []
+        for message in messages:
+            result = parse_payment(message.value, validate)
+            if isinstance(result, ParseFailure):
+                failed.append(_failed(message, result))
+            else:
+                payments_by_offset[message.offset] = result
+
+        window_rows = _count_windows(app, cache, tp, messages, payments_by_offset)
+        done = time.time()
+
+        for item in failed:
+            dlq.send_soon(
+                key=f"{item.topic}-{item.partition}-{item.offset}".encode(),
+                value=orjson.dumps(item.to_dict()),
+            )
+        _record(stats, messages, len(failed), arrival, done)
+        await sinks.put(
+            SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
+                      window_rows, arrival)
+        )
+        # Bound the producer's buffer (changelog + DLQ records) per batch.
+        await app.producer.buffer.wait_until_ebb()
+
+    return stats
+
+
+def _count_windows(
+    app: PaymentApp,
+    cache: WindowCache,
+    tp: TP,
+    messages: Sequence[Message],
+    payments: dict[int, Payment],
+) -> list[WindowRow]:
+    """Count the batch into every window size, one lookup and one update per key."""
+    rows: list[WindowRow] = []
+    if not payments:
+        return rows
+    partition = tp.partition
+    with partition_context(app, messages[-1]):
+        for size in cache.tables:
+            for (start, channel), entries in group_by_window(payments.items(), size).items():
+                key = table_key(start, channel, partition)
+                counts = cache.get(partition, size, key)
+                apply_entries(counts, entries)
+                # Marked dirty even when a replay added nothing: the changelog then
+                # converges even if the crashed run's record never reached it.
+                cache.put(partition, size, key, counts)
+                rows.append(WindowRow(size, start, channel, partition, counts.copy()))
+    return rows
+
+
+def _failed(message: Message, failure: ParseFailure) -> FailedMessage:
+    return FailedMessage(
+        raw=message.value if message.value is not None else b"",
+        category=failure.category,
+        message=failure.message,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )
+
+
+def _record(stats: IngestStats, messages: Sequence[Message], n_failed: int, arrival: float,
+            done: float) -> None:
+    n = len(messages)
+    stats.consumed += n
+    stats.failed += n_failed
+    stats.accepted += n - n_failed
+    stats.batches += 1
+    if stats.first_event_at is None:
+        stats.first_event_at = arrival
+    stats.last_event_at = done
+    stamps = [m.timestamp for m in messages if m.timestamp]
+    stats.latencies.extend(done - t for t in stamps)
+    stats.fetch_latencies.extend(arrival - t for t in stamps)

@@ -1,0 +1,226 @@
+"""The one module that owns the PostgreSQL engine and the sinks' bulk writes.
+
+Writes go through SQLAlchemy's pool to psycopg2's ``execute_values`` (multi-row,
+parameterized). Every statement is idempotent, so a batch redelivered after a
+crash converges to the same rows:
+
+- ``normalized_transactions`` and ``failed_items`` insert and ignore conflicts
+  (primary key ``transaction_id``; unique source coordinates);
+- ``payment_window_partials`` is upserted with absolute values from table
+  state, and only forward (``last_offset`` never goes back);
+- ``payment_metrics_5m`` is recomputed from the partials of the touched
+  windows, under one transaction-level advisory lock so two workers writing
+  the same (window, channel) cannot each miss the other's partial.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+import psycopg2
+import sqlalchemy as sa
+from psycopg2.extras import execute_values
+from sqlalchemy.engine import Engine
+
+from models.batches import SinkBatch
+from pipeline.windows import STATUSES
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+APPLICATION_NAME = "payment-monitor"
+METRICS_LOCK_ID = 0x5041_594D  # "PAYM": serializes the 5-minute recompute across workers
+
+
+class StorageError(Exception):
+    """A sink write failed after every retry."""
+
+
+def create_db_engine(
+    url: str,
+    *,
+    pool_min: int = 2,
+    pool_max: int = 10,
+    statement_timeout_ms: int = 30_000,
+    connect_timeout_s: int = 10,
+) -> Engine:
+    """The pooled engine: 2-10 connections, pre-ping, recycled every 5 minutes."""
+    return sa.create_engine(
+        url,
+        pool_size=pool_min,
+        max_overflow=max(0, pool_max - pool_min),
+        pool_pre_ping=True,
+        pool_recycle=300,
+        pool_timeout=10,
+        connect_args={
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": connect_timeout_s,
+            "options": f"-c statement_timeout={statement_timeout_ms}",
+        },
+    )
+
+
+TRANSIENT_ERRORS = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+)
+
+
+def with_retries(fn: Callable[[], T], *, tries: int, what: str, base_delay: float = 0.5) -> T:
+    """Call ``fn``; on a database connection error wait (0.5 s, 1 s, 2 s, ...) and retry."""
+    for attempt in range(1, tries + 1):
+        try:
+            return fn()
+        except TRANSIENT_ERRORS as exc:
+            if attempt == tries or not _is_transient(exc):
+                raise StorageError(f"{what} failed after {attempt} tries: {_short(exc)}") from exc
+            delay = base_delay * 2 ** (attempt - 1)
+            log.warning("%s failed (try %d/%d), retrying in %.1fs: %s",
+                        what, attempt, tries, delay, _short(exc))
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _is_transient(exc: Exception) -> bool:
+    # a deadlock or serialization failure is worth another try too
+    code = getattr(getattr(exc, "orig", exc), "pgcode", None)
+    return code in (None, "40001", "40P01", "57P01", "57P02", "57P03")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", exc)).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+INSERT_TRANSACTIONS = """
+INSERT INTO normalized_transactions (
+    transaction_id, event_time, merchant_id, customer_id, amount_minor, currency,
+    channel, payment_method, status, decline_code, country, processing_ms, card_bin,
+    risk_score, metadata, source_topic, source_partition, source_offset
+) VALUES %s
+ON CONFLICT (transaction_id) DO NOTHING
+"""
+TRANSACTION_TEMPLATE = "(" + ",".join(["%s"] * 14) + ",%s::jsonb,%s,%s,%s)"
+
+INSERT_FAILED = """
+INSERT INTO failed_items (
+    raw_payload, error_category, error_message, source_topic, source_partition,
+    source_offset, retry_count
+) VALUES %s
+ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
+"""
+
+UPSERT_PARTIALS = f"""
+INSERT INTO payment_window_partials (
+    window_seconds, window_start, channel, source_partition, tx_count,
+    {", ".join(f"{s}_count" for s in STATUSES)}, amount_minor_sum, last_offset
+) VALUES %s
+ON CONFLICT (window_seconds, window_start, channel, source_partition) DO UPDATE SET
+    tx_count = EXCLUDED.tx_count,
+    {", ".join(f"{s}_count = EXCLUDED.{s}_count" for s in STATUSES)},
+    amount_minor_sum = EXCLUDED.amount_minor_sum,
+    last_offset = EXCLUDED.last_offset,
+    updated_at = now()
+WHERE payment_window_partials.last_offset <= EXCLUDED.last_offset
+"""
+
+RECOMPUTE_5M = """
+INSERT INTO payment_metrics_5m (
+    window_start, channel, tx_count, approved_count, declined_count, failed_count,
+    pending_count, reversed_count, amount_minor_sum, updated_at
+)
+SELECT p.window_start, p.channel, sum(p.tx_count), sum(p.approved_count),
+       sum(p.declined_count), sum(p.failed_count), sum(p.pending_count),
+       sum(p.reversed_count), sum(p.amount_minor_sum), now()
+FROM payment_window_partials p
+JOIN unnest(%s::timestamptz[], %s::text[]) AS k(window_start, channel)
+  ON p.window_start = k.window_start AND p.channel = k.channel
+WHERE p.window_seconds = 300
+GROUP BY p.window_start, p.channel
+ON CONFLICT (window_start, channel) DO UPDATE SET
+    tx_count = EXCLUDED.tx_count,
+    approved_count = EXCLUDED.approved_count,
+    declined_count = EXCLUDED.declined_count,
+    failed_count = EXCLUDED.failed_count,
+    pending_count = EXCLUDED.pending_count,
+    reversed_count = EXCLUDED.reversed_count,
+    amount_minor_sum = EXCLUDED.amount_minor_sum,
+    updated_at = now()
+"""
+
+
+def _ts(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class PostgresSink:
+    """Writes whole sink batches in one transaction per call."""
+
+    def __init__(self, engine: Engine, *, tries: int = 3) -> None:
+        self.engine = engine
+        self.tries = tries
+
+    def write(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
+        """Store ``batches`` durably (retried on connection loss); returns rows per table."""
+        return with_retries(lambda: self._write_once(batches), tries=self.tries,
+                            what="PostgreSQL sink write")
+
+    def _write_once(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
+        tx_rows: list[tuple[Any, ...]] = []
+        failed_rows: list[tuple[Any, ...]] = []
+        partials: dict[tuple[int, int, str, int], tuple[Any, ...]] = {}
+        for batch in batches:
+            for offset, p in batch.payments.items():
+                tx_rows.append((
+                    p.transaction_id, p.event_time, p.merchant_id, p.customer_id,
+                    p.amount_minor, p.currency, p.channel, p.payment_method, p.status,
+                    p.decline_code, p.country, p.processing_ms, p.card_bin, p.risk_score,
+                    orjson.dumps(p.metadata).decode() if p.metadata is not None else None,
+                    batch.topic, batch.partition, offset,
+                ))
+            for f in batch.failed:
+                failed_rows.append((f.raw, str(f.category), f.message, f.topic, f.partition,
+                                    f.offset, f.retry_count))
+            for row in batch.window_rows:
+                c = row.counts
+                # later batches of the same key replace earlier ones: absolute values
+                partials[(row.window_seconds, row.window_start, row.channel, row.partition)] = (
+                    row.window_seconds, _ts(row.window_start), row.channel, row.partition,
+                    c.tx_count, *(c.by_status.get(s, 0) for s in STATUSES),
+                    c.amount_minor_sum, c.last_offset,
+                )
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if tx_rows:
+                execute_values(cur, INSERT_TRANSACTIONS, tx_rows, TRANSACTION_TEMPLATE,
+                               page_size=1000)
+            if failed_rows:
+                execute_values(cur, INSERT_FAILED, failed_rows, page_size=1000)
+            if partials:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
+                execute_values(cur, UPSERT_PARTIALS, sorted(partials.values()), page_size=1000)
+                keys = sorted({(k[1], k[2]) for k in partials if k[0] == 300})
+                if keys:
+                    cur.execute(RECOMPUTE_5M, ([_ts(k[0]) for k in keys], [k[1] for k in keys]))
+            raw.commit()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            raw.invalidate()  # the connection is gone: do not return it to the pool
+            raise
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+        return {
+            "normalized_transactions": len(tx_rows),
+            "failed_items": len(failed_rows),
+            "payment_window_partials": len(partials),
+        }
