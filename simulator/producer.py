@@ -1,0 +1,105 @@
+"""Send generated events to Kafka with aiokafka, at a target rate, with progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from tqdm import tqdm
+
+from simulator.generator import SimEvent
+
+
+class BrokerUnreachable(RuntimeError):
+    """The broker did not answer."""
+
+
+@dataclass
+class RunSummary:
+    produced: int = 0
+    seconds: float = 0.0
+    kinds: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rate(self) -> float:
+        return self.produced / self.seconds if self.seconds else 0.0
+
+    def lines(self) -> list[str]:
+        valid = self.kinds.get("valid", 0)
+        dup = self.kinds.get("duplicate", 0)
+        invalid = self.produced - valid - dup
+        return [
+            f"produced {self.produced:,} events in {self.seconds:.1f} s ({self.rate:,.0f}/s)",
+            f"  valid {valid:,}  invalid {invalid:,}  duplicates {dup:,}",
+        ]
+
+
+async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create ``topic`` with ``partitions`` unless it exists (never let a broker pick)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise BrokerUnreachable(f"cannot reach the broker at {bootstrap}: {exc}") from exc
+    try:
+        existing = await admin.list_topics()
+        if topic not in existing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def produce(
+    events: Iterable[SimEvent],
+    *,
+    bootstrap: str,
+    topic: str,
+    total: int,
+    rate: float = 0.0,
+    progress: bool = True,
+) -> RunSummary:
+    """Send ``events`` keyed by merchant; ``rate`` events/s at most (0: as fast as possible)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024,
+        acks=1, request_timeout_ms=30_000,
+    )
+    try:
+        await producer.start()
+    except KafkaConnectionError as exc:
+        await producer.stop()
+        raise BrokerUnreachable(f"cannot reach the broker at {bootstrap}: {exc}") from exc
+    summary = RunSummary()
+    bar = tqdm(total=total, unit="ev", disable=not progress, mininterval=0.5, smoothing=0.1)
+    started = time.perf_counter()
+    pending: list[asyncio.Future] = []
+    try:
+        for i, event in enumerate(events):
+            if rate:
+                ahead = started + i / rate - time.perf_counter()
+                if ahead > 0.005:  # sleep in 5 ms steps, not once per event
+                    await asyncio.sleep(ahead)
+            pending.append(await producer.send(topic, event.value, key=event.key))
+            summary.kinds[event.kind] += 1
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                bar.update(len(pending))
+                pending.clear()
+        await asyncio.gather(*pending)
+        bar.update(len(pending))
+        await producer.flush()
+    except KafkaError as exc:
+        raise BrokerUnreachable(f"sending to {topic} at {bootstrap} failed: {exc}") from exc
+    finally:
+        bar.close()
+        await producer.stop()
+    summary.produced = sum(summary.kinds.values())
+    summary.seconds = time.perf_counter() - started
+    return summary
