@@ -1,0 +1,32 @@
+"""A worker process fed by the simulator: exactly once, windows exact."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from simulator.generator import PaymentGenerator, load_scenario
+from simulator.producer import ensure_topic, produce
+from tests.e2e.conftest import assert_end_state
+
+START = datetime(2026, 11, 22, 9, 58, tzinfo=UTC)
+
+
+def send(stack, events, rate=0.0):
+    asyncio.run(ensure_topic(stack.broker.bootstrap, "payments", stack.partitions))
+    asyncio.run(produce(events, bootstrap=stack.broker.bootstrap, topic="payments",
+                        total=len(events), rate=rate, progress=False))
+
+
+def test_every_event_once_and_windows_exact(stack):
+    scenario = load_scenario()
+    scenario["late_event_ratio"] = 0.05  # out-of-order events cross window boundaries
+    events = list(PaymentGenerator(scenario, seed=21, invalid_ratio=0.05, start=START)
+                  .events(30_000))
+    worker = stack.start_worker(PARQUET_FLUSH_SECONDS="2")
+    send(stack, events)
+    stack.wait_until_committed(len(events), timeout=240)
+    stats = worker.stats()
+    assert stats["ingest"]["consumed"] == len(events)
+    assert stats["ingest"]["failed"] == sum(e.kind != "valid" for e in events)
+    assert_end_state(stack, events)

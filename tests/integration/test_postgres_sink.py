@@ -1,0 +1,94 @@
+"""The PostgreSQL sink: idempotent under replays, absolute window values."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg2
+import pytest
+
+from models.batches import SinkBatch, WindowRow
+from models.events import ErrorCategory, FailedMessage
+from pipeline.parse import parse_payment
+from pipeline.windows import WindowCounts
+from simulator.generator import PaymentGenerator, load_scenario
+from storage.postgres import PostgresSink, StorageError, create_db_engine, with_retries
+from tests.helpers import query
+
+
+@dataclass
+class Msg:
+    offset: int
+
+
+def batch(partition: int, first: int, n: int, rows: list[WindowRow]) -> SinkBatch:
+    gen = PaymentGenerator(load_scenario(), seed=partition, start=datetime(2026, 1, 1, tzinfo=UTC))
+    payments = {first + i: parse_payment(e.value) for i, e in enumerate(gen.events(n))}
+    failed = [FailedMessage(b"\xff", ErrorCategory.NOT_UTF8, "bad", "payments", partition,
+                            first + n)]
+    return SinkBatch("payments", partition, [Msg(o) for o in range(first, first + n + 1)],
+                     payments, failed, rows, time.time())
+
+
+def counts(n: int, offset: int) -> WindowCounts:
+    return WindowCounts(n, 100 * n, {"approved": n}, offset)
+
+
+START = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+
+
+def test_replayed_batches_converge(database_url):
+    sink = PostgresSink(create_db_engine(database_url))
+    b0 = batch(0, 0, 50, [WindowRow(300, START, "pos", 0, counts(30, 49))])
+    b1 = batch(1, 0, 40, [WindowRow(300, START, "pos", 1, counts(12, 39))])
+    sink.write([b0, b1])
+    sink.write([b0])  # redelivered after a crash
+    sink.write([b1, b0])
+    assert query(database_url, "SELECT count(*) FROM normalized_transactions")[0][0] == 90
+    assert query(database_url, "SELECT count(*) FROM failed_items")[0][0] == 2
+    assert query(database_url, "SELECT tx_count, approved_count, amount_minor_sum "
+                               "FROM payment_metrics_5m") == [(42, 42, 4200)]
+    raw = query(database_url, "SELECT raw_payload FROM failed_items LIMIT 1")[0][0]
+    assert bytes(raw) == b"\xff"
+
+
+def test_window_partials_never_go_back(database_url):
+    sink = PostgresSink(create_db_engine(database_url))
+    sink.write([batch(0, 0, 1, [WindowRow(300, START, "pos", 0, counts(10, 500))])])
+    # a late writer (e.g. the previous owner of the partition) with older state
+    sink.write([batch(0, 0, 1, [WindowRow(300, START, "pos", 0, counts(4, 200))])])
+    assert query(database_url, "SELECT tx_count FROM payment_metrics_5m") == [(10,)]
+    sink.write([batch(0, 0, 1, [WindowRow(300, START, "pos", 0, counts(11, 501))])])
+    assert query(database_url, "SELECT tx_count FROM payment_metrics_5m") == [(11,)]
+
+
+def test_hourly_rows_stay_out_of_the_5_minute_table(database_url):
+    sink = PostgresSink(create_db_engine(database_url))
+    sink.write([batch(0, 0, 1, [WindowRow(3600, START, "pos", 0, counts(7, 3))])])
+    assert query(database_url, "SELECT count(*) FROM payment_metrics_5m") == [(0,)]
+    assert query(database_url, "SELECT tx_count FROM payment_window_partials "
+                               "WHERE window_seconds = 3600") == [(7,)]
+
+
+def test_unreachable_database_fails_after_retries_without_the_password():
+    engine = create_db_engine("postgresql+psycopg2://u:s3cret@127.0.0.1:1/x")
+    sink = PostgresSink(engine, tries=2)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="failed after 2 tries") as info:
+        sink.write([batch(0, 0, 1, [])])
+    assert "s3cret" not in str(info.value)
+    assert time.monotonic() - started >= 0.5  # it backed off once
+
+
+def test_retries_stop_at_once_on_a_non_transient_error(database_url):
+    calls = []
+
+    def fail():
+        calls.append(1)
+        raise psycopg2.errors.UndefinedTable("no such table")
+
+    with pytest.raises(psycopg2.errors.UndefinedTable):
+        with_retries(fail, tries=3, what="x")
+    assert len(calls) == 1

@@ -1,0 +1,73 @@
+"""Event-time windows and the replay watermark."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.parse import parse_payment
+from pipeline.windows import WindowCounts, apply_entries, group_by_window, window_start
+from simulator.generator import PaymentGenerator, load_scenario
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_window_start_is_aligned_to_utc():
+    assert window_start(ts("2026-11-22T10:04:59.999+00:00"), 300) == ts("2026-11-22T10:00:00+00:00")
+    assert window_start(ts("2026-11-22T10:05:00+00:00"), 300) == ts("2026-11-22T10:05:00+00:00")
+    assert window_start(ts("2026-11-22T10:59:59+00:00"), 3600) == ts("2026-11-22T10:00:00+00:00")
+
+
+def test_group_by_window_uses_event_time_and_channel():
+    gen = PaymentGenerator(load_scenario(), seed=3, start=datetime(2026, 1, 1, tzinfo=UTC))
+    events = [(i, parse_payment(e.value)) for i, e in enumerate(gen.events(500))]
+    groups = group_by_window(events, 300)
+    assert sum(len(v) for v in groups.values()) == 500
+    for (start, channel), entries in groups.items():
+        for offset, _status, _amount in entries:
+            p = events[offset][1]
+            assert p.channel == channel
+            assert start <= p.event_time.timestamp() < start + 300
+        offsets = [e[0] for e in entries]
+        assert offsets == sorted(offsets)
+
+
+def test_replayed_entries_are_not_counted_twice():
+    c = WindowCounts()
+    assert apply_entries(c, [(0, "approved", 100), (1, "declined", 50)]) == 2
+    assert apply_entries(c, [(0, "approved", 100), (1, "declined", 50), (2, "approved", 1)]) == 1
+    assert (c.tx_count, c.amount_minor_sum, c.by_status, c.last_offset) == (
+        3, 151, {"approved": 2, "declined": 1}, 2)
+    assert WindowCounts.from_dict(c.to_dict()) == c
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["approved", "declined"]), st.integers(0, 10**6)),
+                min_size=1, max_size=60),
+       st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100)), max_size=10))
+def test_any_redelivery_pattern_converges(events, crashes):
+    """Crashes that restart from any earlier offset give the counts of one clean pass."""
+    entries = [(i, s, a) for i, (s, a) in enumerate(events)]
+    n = len(entries)
+    clean = WindowCounts()
+    apply_entries(clean, entries)
+
+    replayed = WindowCounts()
+    position = 0
+    for processed, restart in crashes:
+        end = min(n, position + 1 + processed % n)
+        apply_entries(replayed, entries[position:end])  # then the worker dies
+        position = restart % end  # and resumes at an older committed offset
+    apply_entries(replayed, entries[position:])
+    assert replayed == clean
+
+
+def test_copy_is_independent():
+    c = WindowCounts(2, 10, {"approved": 2}, 5)
+    snapshot = c.copy()
+    c.add(6, "declined", 1)
+    assert snapshot == WindowCounts(2, 10, {"approved": 2}, 5)
