@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from devtools.services import (
     Broker,
@@ -178,6 +179,20 @@ class Stack:
 
 async def _committed_and_end(bootstrap: str, group: str, topic: str,
                              partitions: int) -> tuple[int, int]:
+    """Sum of the group's committed offsets and of the end offsets of ``topic``.
+
+    Asks only after the topic exists: a consumer's metadata request for a
+    missing topic makes the broker auto-create it with its own default
+    partition count (1 on noida-db), and the worker then crash-loops with
+    ``PartitionsMismatch``.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            return 0, 0
+    finally:
+        await admin.close()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                 enable_auto_commit=False)
     await consumer.start()
