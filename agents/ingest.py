@@ -13,8 +13,10 @@ each commit.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
+from typing import Any
+from datetime import UTC, datetime
 
 import orjson
 from faust.types import TP, Message, TopicT
@@ -23,11 +25,15 @@ from agents.sinks import SinkService
 from app.batching import partition_context
 from app.faust_app import PaymentApp
 from models.batches import SinkBatch, WindowRow
-from models.events import FailedMessage, ParseFailure, Payment
-from pipeline.parse import compiled_schema, parse_payment
+from models.events import ErrorCategory, FailedMessage, ParsedTransaction, ValidationError
+from pipeline.parse import Validator
 from pipeline.windows import apply_entries, group_by_window
 from tables.cache import WindowCache
 from tables.payments import table_key
+from tables.seen import SeenIds
+
+RETRY_COUNT_HEADER = "x-retry-count"  # set by `faust -A app failed replay`
+REPLAY_OF_HEADER = "x-replay-of"  # the failed_items.id a replayed message comes from
 
 
 class IngestStats:
@@ -45,6 +51,7 @@ class IngestStats:
         self.consumed = 0
         self.accepted = 0
         self.failed = 0
+        self.failed_by_category: Counter[str] = Counter()
         self.batches = 0
         self.first_event_at: float | None = None
         self.last_event_at: float | None = None
@@ -65,6 +72,7 @@ class IngestStats:
             "consumed": self.consumed,
             "accepted": self.accepted,
             "failed": self.failed,
+            "failed_by_category": dict(self.failed_by_category),
             "batches": self.batches,
             "events_per_second": round(self.consumed / span, 1) if span > 0 else None,
             "latency_ms": pcts(self.latencies),
@@ -77,24 +85,19 @@ def register_ingest(
     payments: TopicT,
     dlq: TopicT,
     cache: WindowCache,
+    seen: SeenIds,
     sinks: SinkService,
+    validator: Validator,
 ) -> IngestStats:
     """Register the ``payments`` batch handler; returns its live stats."""
     stats = IngestStats()
-    validate = compiled_schema()
 
     @app.batch_handler(payments)
     async def ingest(tp: TP, messages: Sequence[Message]) -> None:
         arrival = time.time()
-        payments_by_offset: dict[int, Payment] = {}
-        failed: list[FailedMessage] = []
-        for message in messages:
-            result = parse_payment(message.value, validate)
-            if isinstance(result, ParseFailure):
-                failed.append(_failed(message, result))
-            else:
-                payments_by_offset[message.offset] = result
-
+        with partition_context(app, messages[-1]):
+            payments_by_offset, failed = _classify(validator, seen, tp.partition, messages,
+                                                   arrival)
         window_rows = _count_windows(app, cache, tp, messages, payments_by_offset)
         done = time.time()
 
@@ -103,7 +106,7 @@ def register_ingest(
                 key=f"{item.topic}-{item.partition}-{item.offset}".encode(),
                 value=orjson.dumps(item.to_dict()),
             )
-        _record(stats, messages, len(failed), arrival, done)
+        _record(stats, messages, failed, arrival, done)
         await sinks.put(
             SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
                       window_rows, arrival)
@@ -114,12 +117,44 @@ def register_ingest(
     return stats
 
 
+def _classify(
+    validator: Validator,
+    seen: SeenIds,
+    partition: int,
+    messages: Sequence[Message],
+    arrival: float,
+) -> tuple[dict[int, ParsedTransaction], list[FailedMessage]]:
+    """Parse, validate and de-duplicate one partition's batch, in offset order."""
+    accepted: dict[int, ParsedTransaction] = {}
+    failed: list[FailedMessage] = []
+    for message in messages:
+        received = message.timestamp or arrival
+        result = validator.parse(message.value, received)
+        tx = result.transaction
+        if tx is None:
+            failed.append(_failed(message, result.category or ErrorCategory.SCHEMA,
+                                  result.errors, received))
+            continue
+        first = seen.first_seen(partition, tx.transaction_id, received)
+        if first is None:
+            seen.add(partition, tx.transaction_id, message.offset, received)
+        elif first != message.offset:  # the same offset again is a redelivery, not a duplicate
+            error = ValidationError(
+                "transaction_id", "unique",
+                f"transaction_id {tx.transaction_id!r} was already accepted at "
+                f"{message.topic}[{partition}]@{first}", repr(tx.transaction_id))
+            failed.append(_failed(message, ErrorCategory.DUPLICATE, (error,), received))
+            continue
+        accepted[message.offset] = tx
+    return accepted, failed
+
+
 def _count_windows(
     app: PaymentApp,
     cache: WindowCache,
     tp: TP,
     messages: Sequence[Message],
-    payments: dict[int, Payment],
+    payments: dict[int, ParsedTransaction],
 ) -> list[WindowRow]:
     """Count the batch into every window size, one lookup and one update per key."""
     rows: list[WindowRow] = []
@@ -139,23 +174,42 @@ def _count_windows(
     return rows
 
 
-def _failed(message: Message, failure: ParseFailure) -> FailedMessage:
+def _failed(message: Message, category: ErrorCategory,
+            errors: tuple[ValidationError, ...], received: float) -> FailedMessage:
+    headers = _headers(message)
+    replay_of = headers.get(REPLAY_OF_HEADER)
     return FailedMessage(
         raw=message.value if message.value is not None else b"",
-        category=failure.category,
-        message=failure.message,
+        category=category,
+        errors=errors,
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
+        first_seen=datetime.fromtimestamp(received, UTC),
+        retry_count=_int(headers.get(RETRY_COUNT_HEADER)) or 0,
+        replay_of=_int(replay_of),
     )
 
 
-def _record(stats: IngestStats, messages: Sequence[Message], n_failed: int, arrival: float,
-            done: float) -> None:
+def _headers(message: Message) -> dict[str, bytes]:
+    headers: Any = message.headers or {}
+    return dict(headers.items() if isinstance(headers, dict) else headers)
+
+
+def _int(value: bytes | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def _record(stats: IngestStats, messages: Sequence[Message], failed: list[FailedMessage],
+            arrival: float, done: float) -> None:
     n = len(messages)
     stats.consumed += n
-    stats.failed += n_failed
-    stats.accepted += n - n_failed
+    stats.failed += len(failed)
+    stats.accepted += n - len(failed)
+    stats.failed_by_category.update(f.category.value for f in failed)
     stats.batches += 1
     if stats.first_event_at is None:
         stats.first_event_at = arrival

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Sequence
 
 from mode import Service
 
@@ -30,7 +31,7 @@ from app.faust_app import PaymentApp
 from models.batches import SinkBatch
 from storage.parquet import RawEventWriter
 from storage.postgres import PostgresSink
-from tables.cache import WindowCache
+from tables.cache import TableCache
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,13 @@ class SinkService(Service):
     """Makes batches durable and commits their offsets; one per worker."""
 
     def __init__(self, app: PaymentApp, db: PostgresSink, lake: RawEventWriter,
-                 cache: WindowCache, *, max_events: int = 50_000, linger: float = 0.2,
+                 caches: Sequence[TableCache], *, max_events: int = 50_000, linger: float = 0.2,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.db = db
         self.lake = lake
-        self.cache = cache
+        self.caches = list(caches)
         self.max_events = max_events
         self.linger = linger
         self._queue: list[SinkBatch] = []
@@ -106,8 +107,10 @@ class SinkService(Service):
         consumer = self.app.consumer
         for message in flushed.messages:
             consumer.ack(message)
-        # window values counting these offsets go to the changelog before the commit
-        self.cache.flush(partition, flushed.messages[-1])
+        # table values (window counts, seen ids) for these offsets go to the
+        # changelog before the commit
+        for cache in self.caches:
+            cache.flush(partition, flushed.messages[-1])
         await self.app.producer.flush()
         tp = flushed.messages[-1].tp
         if await consumer.commit({tp}):
@@ -142,7 +145,8 @@ class SinkService(Service):
                 self._changed.notify_all()
             for tp in revoked:
                 self.lake.forget(tp.topic, tp.partition)
-                self.cache.forget(tp.partition)
+                for cache in self.caches:
+                    cache.forget(tp.partition)
 
     async def on_stop(self) -> None:
         try:

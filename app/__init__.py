@@ -13,6 +13,7 @@ submodule such as ``app.settings`` does not build the worker.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from app.faust_app import PaymentApp, create_app
@@ -25,17 +26,21 @@ def build(settings: Settings) -> PaymentApp:
     """Create the app with its topics, tables, ingest handler, sinks and views."""
     # The agents import app's modules; importing them here keeps that one-way.
     from agents.ingest import register_ingest
+    from agents.retention import register_retention
     from agents.sinks import SinkService
     from app.topics import declare_topics
     from app.web import register_views
+    from pipeline.parse import VALIDATION_CONFIG_PATH, Validator
     from storage.parquet import RawEventWriter
     from storage.postgres import PostgresSink, create_db_engine
     from tables.cache import WindowCache
     from tables.payments import declare_tables
+    from tables.seen import SeenIds, declare_seen_table
 
     faust_app = create_app(settings)
     payments, dlq = declare_topics(faust_app)
     tables = declare_tables(faust_app)
+    validator = Validator.from_config(Path(settings.validation_config or VALIDATION_CONFIG_PATH))
     engine = create_db_engine(
         settings.database_url,
         pool_min=settings.db_pool_min,
@@ -48,10 +53,13 @@ def build(settings: Settings) -> PaymentApp:
         flush_seconds=settings.parquet_flush_seconds,
     )
     cache = WindowCache(faust_app, tables)
-    sinks = SinkService(faust_app, PostgresSink(engine, tries=settings.db_retries), lake, cache,
+    seen = SeenIds(faust_app, declare_seen_table(faust_app), settings.dedupe_window_s)
+    db = PostgresSink(engine, give_up_after=settings.db_retry_seconds)
+    sinks = SinkService(faust_app, db, lake, [cache, seen],
                         max_events=settings.sink_queue_events, linger=settings.sink_linger_s)
     faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
-    stats = register_ingest(faust_app, payments, dlq, cache, sinks)
+    stats = register_ingest(faust_app, payments, dlq, cache, seen, sinks, validator)
+    register_retention(faust_app, engine, seen, settings)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
         await sinks.on_revoked(revoked)

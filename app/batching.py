@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -121,3 +122,9 @@ def partition_context(app: AppT, message: Message) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def placeholder_message(topic: str, partition: int) -> Message:
+    """A message of ``topic[partition]`` with no content, for :func:`partition_context`
+    outside a batch (periodic jobs that write tombstones to a partition's changelog)."""
+    return Message(topic, partition, -1, time.time(), 0, [], None, None, None)

@@ -48,7 +48,23 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(2, ge=1, description="connections kept in the pool")
     db_pool_max: int = Field(10, ge=1, description="connections at most")
     db_statement_timeout_ms: int = Field(30_000, ge=0, description="statement timeout, ms")
-    db_retries: int = Field(3, ge=1, description="tries of a sink write before the worker crashes")
+    db_retry_seconds: float = Field(
+        300, ge=0, description="how long a sink write is retried (backoff 0.5 s doubling to "
+        "15 s) while PostgreSQL is unreachable, before the worker crashes")
+
+
+    # Validation and the dead-letter path (docs/errors.md).
+    validation_config: str = Field(
+        "", description="validation YAML (schema, mode, rules); empty: the shipped "
+        "config/validation.yaml")
+    dedupe_window_s: float = Field(
+        86_400, gt=0, description="a transaction_id seen within this many seconds (broker "
+        "time) is a duplicate; older ids expire")
+    dedupe_purge_interval_s: float = Field(
+        600, gt=0, description="how often expired ids are deleted from the seen-ids table")
+    failed_retention_days: int = Field(180, ge=1, description="days failed_items rows are kept")
+    retention_interval_s: float = Field(
+        3600, gt=0, description="how often the retention job runs (on the leader worker)")
 
     @field_validator("environment")
     @classmethod

@@ -129,7 +129,7 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
     ingest = stats["ingest"]
     accepted, failed = rows["normalized_transactions"], rows["failed_items"]
     verdict = "OK" if accepted + failed == produced and lake_rows == produced else "MISMATCH"
-    out = ["", "=" * 72, "Payment monitor demo: summary", "=" * 72,
+    out = ["", "=" * 72, "ParsedTransaction monitor demo: summary", "=" * 72,
            f"events produced      {produced:>12,}",
            f"accepted             {accepted:>12,}",
            f"failed (DLQ)         {failed:>12,}",

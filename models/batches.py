@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from models.events import FailedMessage, Payment
+from models.events import FailedMessage, ParsedTransaction
 from pipeline.windows import WindowCounts
 
 
@@ -31,7 +31,7 @@ class SinkBatch:
     topic: str
     partition: int
     messages: list[Any]
-    payments: dict[int, Payment]
+    payments: dict[int, ParsedTransaction]
     failed: list[FailedMessage]
     window_rows: list[WindowRow]
     arrival: float

@@ -169,8 +169,15 @@ class FailedItem(Base):
     retry_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     replayed: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     created_at: Mapped[datetime] = _now()
+    # 0002: structured errors, when the broker first had the message, replay lineage
+    error_field: Mapped[str | None] = mapped_column(Text)
+    errors: Mapped[list] = mapped_column(JSONB, nullable=False, server_default="[]")
+    first_seen_at: Mapped[datetime] = _now()
+    replay_of: Mapped[int | None] = mapped_column(BigInteger)
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         UniqueConstraint("source_topic", "source_partition", "source_offset"),
         Index("ix_failed_items_error_category_created_at", "error_category", "created_at"),
+        Index("ix_failed_items_created_at", "created_at"),
     )

@@ -1,12 +1,20 @@
-"""The wire format's typed form and what the ingest path makes of each message."""
+"""The wire format's typed form and what the ingest path makes of each message.
+
+Pure data: no Faust, no I/O. Every type has ``to_dict()`` giving JSON-ready
+values (the DLQ record, the CLI's export and the web UI use them).
+"""
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+import msgspec
+
+VALUE_REPR_CHARS = 80  # an offending value is shown truncated to this many characters
 
 
 class TransactionStatus(StrEnum):
@@ -18,7 +26,7 @@ class TransactionStatus(StrEnum):
 
 
 class ErrorCategory(StrEnum):
-    """Why a message failed; each category has its own row in docs/errors.md."""
+    """Why a message failed; each category is described in docs/errors.md."""
 
     TOO_LARGE = "too_large"
     NOT_UTF8 = "not_utf8"
@@ -26,27 +34,37 @@ class ErrorCategory(StrEnum):
     NOT_OBJECT = "not_object"
     SCHEMA = "schema"
     RULE = "rule"
+    DUPLICATE = "duplicate"
 
 
-@dataclass(slots=True, frozen=True)
-class Payment:
-    """One accepted payment (``../shared/contracts/payment-event-v1.md``)."""
+def short_repr(value: Any, limit: int = VALUE_REPR_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, marked with ``...`` when cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ParsedTransaction(msgspec.Struct, frozen=True, kw_only=True):
+    """One accepted payment (``../shared/contracts/payment-event-v1.md``), typed.
+
+    A msgspec Struct rather than a dataclass: built for every event on the hot
+    path, and a frozen dataclass's ``__init__`` costs several times more.
+    """
 
     transaction_id: str
-    event_time: datetime
+    event_time: datetime  # aware, UTC
     merchant_id: str
     customer_id: str
     amount_minor: int
     currency: str
     channel: str
     payment_method: str
-    status: str
+    status: TransactionStatus
     decline_code: str | None
     country: str
     processing_ms: int
-    card_bin: str | None
-    risk_score: float | None
-    metadata: dict[str, str] | None
+    card_bin: str | None = None
+    risk_score: float | None = None
+    metadata: dict[str, str] | None = None
 
     @property
     def event_ts(self) -> float:
@@ -63,7 +81,7 @@ class Payment:
             "currency": self.currency,
             "channel": self.channel,
             "payment_method": self.payment_method,
-            "status": self.status,
+            "status": str(self.status),
             "decline_code": self.decline_code,
             "country": self.country,
             "processing_ms": self.processing_ms,
@@ -73,13 +91,58 @@ class Payment:
         }
 
 
-@dataclass(slots=True, frozen=True)
-class ParseFailure:
-    """Why a message was rejected; the raw bytes stay with the message."""
+class ValidationError(msgspec.Struct, frozen=True):
+    """One reason a message was rejected.
 
-    category: ErrorCategory
+    ``field`` is a dotted path (``metadata.note``) or None when the message as a
+    whole is at fault; ``rule`` names the schema keyword or rule that failed;
+    ``value`` is the offending value's repr, truncated.
+    """
+
+    field: str | None
+    rule: str
     message: str
-    field: str | None = None
+    value: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "rule": self.rule, "message": self.message,
+                "value": self.value}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationError:
+        return cls(data.get("field"), data["rule"], data["message"], data.get("value"))
+
+
+class ParseResult(msgspec.Struct, frozen=True):
+    """Bytes in, exactly one of: a transaction, or a category with its errors."""
+
+    raw: bytes
+    transaction: ParsedTransaction | None = None
+    category: ErrorCategory | None = None
+    errors: tuple[ValidationError, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.transaction is not None
+
+    @property
+    def message(self) -> str:
+        """All errors in one line (the ``failed_items.error_message`` column)."""
+        return "; ".join(e.message for e in self.errors)
+
+    @property
+    def field(self) -> str | None:
+        """The first offending field."""
+        return self.errors[0].field if self.errors else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "transaction": self.transaction.to_dict() if self.transaction else None,
+            "error_category": str(self.category) if self.category else None,
+            "errors": [e.to_dict() for e in self.errors],
+            "raw_payload_b64": base64.b64encode(self.raw).decode("ascii"),
+        }
 
 
 @dataclass(slots=True, frozen=True)
@@ -88,19 +151,32 @@ class FailedMessage:
 
     raw: bytes
     category: ErrorCategory
-    message: str
+    errors: tuple[ValidationError, ...]
     topic: str
     partition: int
     offset: int
+    first_seen: datetime
     retry_count: int = 0
+    replay_of: int | None = field(default=None)  # failed_items.id this message replays
+
+    @property
+    def message(self) -> str:
+        return "; ".join(e.message for e in self.errors)
+
+    @property
+    def field(self) -> str | None:
+        return self.errors[0].field if self.errors else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "raw_payload_b64": base64.b64encode(self.raw).decode("ascii"),
             "error_category": str(self.category),
             "error_message": self.message,
+            "errors": [e.to_dict() for e in self.errors],
             "source_topic": self.topic,
             "source_partition": self.partition,
             "source_offset": self.offset,
+            "first_seen_at": self.first_seen.isoformat(),
             "retry_count": self.retry_count,
+            "replay_of": self.replay_of,
         }

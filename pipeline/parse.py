@@ -1,104 +1,267 @@
-"""Bytes in, a :class:`~models.events.Payment` or a :class:`ParseFailure` out.
+"""Bytes in, a :class:`~models.events.ParseResult` out: parse, schema, rules.
 
-Pure code: no Faust, no I/O. The JSON Schema is configuration
-(``config/schemas/transaction-v1.json``), compiled once into Python code by
-fastjsonschema (see docs/adr/0002-libraries.md for the measurement).
+Pure code: no Faust, no I/O after start-up. :class:`Validator` is built once
+from ``config/validation.yaml`` (schema file, mode, rules) and then called for
+every message. It never raises for bad input; every message ends as exactly one
+of accepted or failed, with the raw bytes kept as received.
+
+The order of checks, each with its own error category (docs/errors.md):
+size (``too_large``), UTF-8 (``not_utf8``), JSON (``not_json``), object
+(``not_object``), JSON Schema and typed conversion (``schema``), rules
+(``rule``). Duplicates (``duplicate``) need state and are found by the ingest
+agent.
+
+Valid messages take a fast path: one msgspec decode against a Struct compiled
+from the schema (:mod:`pipeline.schema`). Anything it rejects is re-checked by
+the authoritative validator, which explains the failure.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import fastjsonschema
+import msgspec
 import orjson
+import yaml
 
 from config import CONFIG_DIR
-from models.events import ErrorCategory, ParseFailure, Payment
+from models.events import (
+    ErrorCategory,
+    ParsedTransaction,
+    ParseResult,
+    TransactionStatus,
+    ValidationError,
+    short_repr,
+)
+from pipeline.rules import Rule, RuleConfigError, RuleContext, build_rules
+from pipeline.schema import SchemaChecker, compile_fast, load_schema
 
-_INTEGER_FIELDS = ("amount_minor", "processing_ms")
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, from the wire format contract
-TRANSACTION_SCHEMA_PATH = CONFIG_DIR / "schemas" / "transaction-v1.json"
+VALIDATION_CONFIG_PATH = CONFIG_DIR / "validation.yaml"
+_INTEGER_FIELDS = ("amount_minor", "processing_ms")
+_STATUSES = {s.value: s for s in TransactionStatus}
 
 
-@lru_cache(maxsize=4)
-def compiled_schema(path: Path = TRANSACTION_SCHEMA_PATH) -> Callable[[Any], Any]:
-    """The transaction schema compiled to a validator function (cached)."""
-    return fastjsonschema.compile(json.loads(path.read_text()))
+class Mode(StrEnum):
+    FAIL_FAST = "fail_fast"  # stop at the first error: the hot path
+    COLLECT_ALL = "collect_all"  # every schema and rule error: diagnostics and replay
 
 
-def parse_payment(
-    raw: bytes | None, validate: Callable[[Any], Any] | None = None
-) -> Payment | ParseFailure:
-    """Parse and validate one message value; never raises for bad input."""
-    if raw is None:
-        return ParseFailure(ErrorCategory.NOT_JSON, "message has no value (null record)")
+class Validator:
+    """Parses and validates message values; build once, call for every message."""
+
+    def __init__(self, schema: dict[str, Any], rules: Sequence[Rule] = (),
+                 mode: Mode = Mode.FAIL_FAST, *, fast_path: bool = True) -> None:
+        self.schema = schema
+        self.rules = list(rules)
+        self.mode = Mode(mode)
+        self.checker = SchemaChecker(schema)
+        self.fast = compile_fast(schema) if fast_path else None
+
+    @classmethod
+    def from_config(cls, path: Path = VALIDATION_CONFIG_PATH, *,
+                    mode: Mode | str | None = None) -> Validator:
+        """Build from a validation YAML file; a bad file raises RuleConfigError."""
+        try:
+            config = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise RuleConfigError(f"cannot read validation config {path}: {exc}") from exc
+        if not isinstance(config, Mapping):
+            raise RuleConfigError(f"{path}: expected a mapping at the top level")
+        unknown = set(config) - {"schema", "mode", "rules"}
+        if unknown:
+            raise RuleConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
+        schema_path = (path.parent / config.get("schema", "schemas/transaction-v1.json"))
+        try:
+            schema = load_schema(schema_path)
+        except (OSError, ValueError) as exc:
+            raise RuleConfigError(f"cannot load schema {schema_path}: {exc}") from exc
+        chosen = mode or config.get("mode", Mode.FAIL_FAST)
+        if chosen not in Mode._value2member_map_:
+            raise RuleConfigError(f"{path}: mode must be fail_fast or collect_all, "
+                                  f"not {chosen!r}")
+        return cls(schema, build_rules(config.get("rules") or []), Mode(chosen))
+
+    def with_mode(self, mode: Mode) -> Validator:
+        clone = object.__new__(Validator)
+        clone.__dict__.update(self.__dict__)
+        clone.mode = Mode(mode)
+        return clone
+
+    def parse(self, raw: bytes | None, received_at: float | datetime | None = None) -> ParseResult:
+        """Parse one message value.
+
+        ``received_at`` is the record's broker timestamp (POSIX seconds or an aware
+        datetime); rules compare event time with it, so a replay of the same
+        record gets the same verdict. The wall clock when not given.
+        """
+        raw = b"" if raw is None else raw
+        if received_at is None:
+            received_at = time.time()
+        elif isinstance(received_at, datetime):
+            received_at = received_at.timestamp()
+        ctx = RuleContext(received_at)
+        if self.fast is not None and len(raw) <= MAX_MESSAGE_BYTES:
+            try:
+                fast = self.fast.decode(raw)
+            except (msgspec.MsgspecError, ValueError, RecursionError):
+                pass  # the authoritative path decides and explains
+            else:
+                if b"\\u0000" not in raw:
+                    tx = _from_struct(fast)
+                    if tx is not None:
+                        return self._apply_rules(raw, tx, ctx)
+        return self._parse_slow(raw, ctx)
+
+    def _parse_slow(self, raw: bytes, ctx: RuleContext) -> ParseResult:
+        obj_or_failure = _decode(raw)
+        if isinstance(obj_or_failure, ParseResult):
+            return obj_or_failure
+        obj = obj_or_failure
+        if self.mode is Mode.FAIL_FAST:
+            first = self.checker.first_error(obj) or _extra_checks(obj, raw)
+            if first is not None:
+                return ParseResult(raw, category=ErrorCategory.SCHEMA, errors=(first,))
+        else:
+            errors = self.checker.all_errors(obj)
+            if not errors:
+                extra = _extra_checks(obj, raw)
+                errors = [extra] if extra else []
+            if errors:
+                rule_errors = [e for rule in self.rules if rule.applies(obj)
+                               if (e := rule.check(obj, ctx)) is not None]
+                return ParseResult(raw, category=ErrorCategory.SCHEMA,
+                                   errors=tuple(errors + rule_errors))
+        return self._apply_rules(raw, _typed(obj), ctx)
+
+    def _apply_rules(self, raw: bytes, tx: ParsedTransaction, ctx: RuleContext) -> ParseResult:
+        errors: list[ValidationError] = []
+        for rule in self.rules:
+            if rule.applies(tx):
+                error = rule.check(tx, ctx)
+                if error is not None:
+                    errors.append(error)
+                    if self.mode is Mode.FAIL_FAST:
+                        break
+        if errors:
+            return ParseResult(raw, category=ErrorCategory.RULE, errors=tuple(errors))
+        return ParseResult(raw, transaction=tx)
+
+
+@lru_cache(maxsize=1)
+def default_validator() -> Validator:
+    """The validator of the shipped config (cached)."""
+    return Validator.from_config()
+
+
+def parse_payment(raw: bytes | None, validator: Validator | None = None,
+                  received_at: float | datetime | None = None) -> ParseResult:
+    """Parse one message with ``validator`` (the shipped config by default)."""
+    return (validator or default_validator()).parse(raw, received_at)
+
+
+def _fail(raw: bytes, category: ErrorCategory, message: str, rule: str,
+          field: str | None = None, value: str | None = None) -> ParseResult:
+    return ParseResult(raw, category=category,
+                       errors=(ValidationError(field, rule, message, value),))
+
+
+def _decode(raw: bytes) -> dict[str, Any] | ParseResult:
     if len(raw) > MAX_MESSAGE_BYTES:
-        return ParseFailure(
-            ErrorCategory.TOO_LARGE,
-            f"message is {len(raw)} bytes, over the limit of {MAX_MESSAGE_BYTES}",
-        )
+        return _fail(raw, ErrorCategory.TOO_LARGE,
+                     f"message is {len(raw)} bytes, over the limit of {MAX_MESSAGE_BYTES}",
+                     "max_size")
+    if not raw:
+        return _fail(raw, ErrorCategory.NOT_JSON, "message is empty (no value)", "json")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as uexc:
-            return ParseFailure(
-                ErrorCategory.NOT_UTF8, f"message is not UTF-8: byte {uexc.start} is invalid"
-            )
+            return _fail(raw, ErrorCategory.NOT_UTF8,
+                         f"message is not UTF-8: byte {uexc.start} is invalid", "utf8")
         try:
             # orjson refuses integers beyond 64 bits; the schema should name that field
             obj = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError):
-            return ParseFailure(ErrorCategory.NOT_JSON, f"message is not JSON: {exc}")
+            return _fail(raw, ErrorCategory.NOT_JSON, f"message is not JSON: {exc}", "json")
     if not isinstance(obj, dict):
-        return ParseFailure(
-            ErrorCategory.NOT_OBJECT, f"message is a JSON {type(obj).__name__}, not an object"
-        )
-    try:
-        (validate or compiled_schema())(obj)
-    except fastjsonschema.JsonSchemaValueException as exc:
-        field, message = _explain(exc, obj)
-        return ParseFailure(ErrorCategory.SCHEMA, message, field)
+        kind = "null" if obj is None else type(obj).__name__
+        return _fail(raw, ErrorCategory.NOT_OBJECT,
+                     f"message is a JSON {kind}, not an object", "type")
+    return obj
+
+
+def _extra_checks(obj: dict[str, Any], raw: bytes) -> ValidationError | None:
+    """What the schema cannot say: strict integers, real dates, no NUL characters."""
+    for name in _INTEGER_FIELDS:
+        value = obj.get(name)
+        if name in obj and type(value) is not int:  # JSON Schema counts 10.0 as an integer
+            return ValidationError(name, "type", f"{name} must be an integer, not "
+                                   f"{short_repr(value)}", short_repr(value))
+    if "event_time" in obj:
+        try:
+            datetime.fromisoformat(obj["event_time"])
+        except (TypeError, ValueError):
+            value = short_repr(obj["event_time"])
+            return ValidationError("event_time", "format",
+                                   f"event_time is not a valid date: {value}", value)
     if b"\\u0000" in raw:  # JSON can carry NUL in a string; PostgreSQL text cannot store it
         field = _field_with_nul(obj)
         if field is not None:
-            return ParseFailure(
-                ErrorCategory.SCHEMA, f"{field} contains a NUL character (\\u0000)", field
-            )
-    for name in _INTEGER_FIELDS:
-        if type(obj[name]) is not int:  # JSON Schema counts 10.0 as an integer; the contract not
-            return ParseFailure(
-                ErrorCategory.SCHEMA, f"{name} must be an integer, not {obj[name]!r}", name
-            )
+            return ValidationError(field, "no_nul", f"{field} contains a NUL character (\\u0000)")
+    return None
+
+
+def _from_struct(s: Any) -> ParsedTransaction | None:
     try:
-        event_time = datetime.fromisoformat(obj["event_time"])
+        event_time = datetime.fromisoformat(s.event_time)
     except ValueError:
-        return ParseFailure(
-            ErrorCategory.SCHEMA,
-            f"event_time is not a valid date: {obj['event_time'][:40]!r}",
-            "event_time",
-        )
-    return Payment(
-        transaction_id=obj["transaction_id"],
+        return None
+    return ParsedTransaction(
+        transaction_id=s.transaction_id,
         event_time=event_time,
+        merchant_id=s.merchant_id,
+        customer_id=s.customer_id,
+        amount_minor=s.amount_minor,
+        currency=s.currency,
+        channel=s.channel,
+        payment_method=s.payment_method,
+        status=_STATUSES[s.status],
+        decline_code=None if s.decline_code is msgspec.UNSET else s.decline_code,
+        country=s.country,
+        processing_ms=s.processing_ms,
+        card_bin=None if s.card_bin is msgspec.UNSET else s.card_bin,
+        risk_score=None if s.risk_score is msgspec.UNSET else s.risk_score,
+        metadata=None if s.metadata is msgspec.UNSET else s.metadata,
+    )
+
+
+def _typed(obj: dict[str, Any]) -> ParsedTransaction:
+    risk = obj.get("risk_score")
+    return ParsedTransaction(
+        transaction_id=obj["transaction_id"],
+        event_time=datetime.fromisoformat(obj["event_time"]),
         merchant_id=obj["merchant_id"],
         customer_id=obj["customer_id"],
         amount_minor=obj["amount_minor"],
         currency=obj["currency"],
         channel=obj["channel"],
         payment_method=obj["payment_method"],
-        status=obj["status"],
+        status=_STATUSES[obj["status"]],
         decline_code=obj.get("decline_code"),
         country=obj["country"],
         processing_ms=obj["processing_ms"],
         card_bin=obj.get("card_bin"),
-        risk_score=obj.get("risk_score"),
+        risk_score=float(risk) if risk is not None else None,
         metadata=obj.get("metadata"),
     )
 
@@ -116,27 +279,3 @@ def _field_with_nul(obj: dict[str, Any]) -> str | None:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
-
-
-def _explain(exc: fastjsonschema.JsonSchemaValueException, obj: dict) -> tuple[str | None, str]:
-    """Turn a schema error into (field, a message that names the field)."""
-    field = (exc.name or "").removeprefix("data.").removeprefix("data") or None
-    definition = exc.definition or {}
-    if exc.rule == "required":
-        missing = [name for name in definition.get("required", []) if name not in obj]
-        name = missing[0] if missing else field
-        if name == "decline_code":
-            return name, "decline_code is required when status is 'declined'"
-        return name, f"{name} is required"
-    if exc.rule == "additionalProperties":
-        unknown = sorted(set(obj) - set(definition.get("properties", {})))
-        return unknown[0][:64], f"unknown field(s): {', '.join(k[:64] for k in unknown)}"
-    value = repr(exc.value)
-    if len(value) > 80:
-        value = value[:77] + "..."
-    message = exc.message
-    if message.startswith("data."):
-        message = message[len("data."):]
-    elif message.startswith("data "):
-        message = "message " + message[len("data "):]
-    return field, f"{message} (got {value})"

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.events import Payment
+from models.events import ParsedTransaction
 
 WINDOW_SIZES = (300, 3600)
 STATUSES = ("approved", "declined", "failed", "pending", "reversed")
@@ -70,7 +70,7 @@ Entry = tuple[int, str, int]  # (offset, status, amount_minor)
 
 
 def group_by_window(
-    events: Iterable[tuple[int, Payment]], size: int
+    events: Iterable[tuple[int, ParsedTransaction]], size: int
 ) -> dict[tuple[int, str], list[Entry]]:
     """Group (offset, payment) pairs by (window start, channel), offsets ascending."""
     groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)

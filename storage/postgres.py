@@ -73,19 +73,31 @@ TRANSIENT_ERRORS = (
 )
 
 
-def with_retries(fn: Callable[[], T], *, tries: int, what: str, base_delay: float = 0.5) -> T:
-    """Call ``fn``; on a database connection error wait (0.5 s, 1 s, 2 s, ...) and retry."""
-    for attempt in range(1, tries + 1):
+def with_retries(fn: Callable[[], T], *, give_up_after: float, what: str,
+                 base_delay: float = 0.5, max_delay: float = 15.0) -> T:
+    """Call ``fn``; on a transient database error wait (0.5 s, 1 s, 2 s, ... at most
+    ``max_delay``) and retry, until ``give_up_after`` seconds have passed.
+
+    The sink calls this before it acks anything, so while PostgreSQL is away the
+    worker stops fetching (back-pressure) and loses nothing; past the budget it
+    raises :class:`StorageError` and the worker crashes to be restarted.
+    """
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return fn()
         except TRANSIENT_ERRORS as exc:
-            if attempt == tries or not _is_transient(exc):
-                raise StorageError(f"{what} failed after {attempt} tries: {_short(exc)}") from exc
-            delay = base_delay * 2 ** (attempt - 1)
-            log.warning("%s failed (try %d/%d), retrying in %.1fs: %s",
-                        what, attempt, tries, delay, _short(exc))
+            elapsed = time.monotonic() - started
+            if not _is_transient(exc) or elapsed >= give_up_after:
+                raise StorageError(f"{what} failed after {attempt} tries in {elapsed:.0f} s: "
+                                   f"{_short(exc)}") from exc
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1),
+                        max(0.0, give_up_after - elapsed))
+            log.warning("%s failed (try %d, %.0f s so far), retrying in %.1fs: %s",
+                        what, attempt, elapsed, delay, _short(exc))
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -112,7 +124,7 @@ TRANSACTION_TEMPLATE = "(" + ",".join(["%s"] * 14) + ",%s::jsonb,%s,%s,%s)"
 INSERT_FAILED = """
 INSERT INTO failed_items (
     raw_payload, error_category, error_message, source_topic, source_partition,
-    source_offset, retry_count
+    source_offset, retry_count, error_field, errors, first_seen_at, replay_of
 ) VALUES %s
 ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
 """
@@ -163,14 +175,14 @@ def _ts(seconds: int) -> datetime:
 class PostgresSink:
     """Writes whole sink batches in one transaction per call."""
 
-    def __init__(self, engine: Engine, *, tries: int = 3) -> None:
+    def __init__(self, engine: Engine, *, give_up_after: float = 300.0) -> None:
         self.engine = engine
-        self.tries = tries
+        self.give_up_after = give_up_after
 
     def write(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         """Store ``batches`` durably (retried on connection loss); returns rows per table."""
-        return with_retries(lambda: self._write_once(batches), tries=self.tries,
-                            what="PostgreSQL sink write")
+        return with_retries(lambda: self._write_once(batches),
+                            give_up_after=self.give_up_after, what="PostgreSQL sink write")
 
     def _write_once(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         tx_rows: list[tuple[Any, ...]] = []
@@ -180,14 +192,18 @@ class PostgresSink:
             for offset, p in batch.payments.items():
                 tx_rows.append((
                     p.transaction_id, p.event_time, p.merchant_id, p.customer_id,
-                    p.amount_minor, p.currency, p.channel, p.payment_method, p.status,
+                    p.amount_minor, p.currency, p.channel, p.payment_method, p.status.value,
                     p.decline_code, p.country, p.processing_ms, p.card_bin, p.risk_score,
                     orjson.dumps(p.metadata).decode() if p.metadata is not None else None,
                     batch.topic, batch.partition, offset,
                 ))
             for f in batch.failed:
-                failed_rows.append((f.raw, str(f.category), f.message, f.topic, f.partition,
-                                    f.offset, f.retry_count))
+                failed_rows.append((
+                    f.raw, f.category.value, f.message, f.topic, f.partition, f.offset,
+                    f.retry_count, f.field,
+                    orjson.dumps([e.to_dict() for e in f.errors]).decode(), f.first_seen,
+                    f.replay_of,
+                ))
             for row in batch.window_rows:
                 c = row.counts
                 # later batches of the same key replace earlier ones: absolute values

@@ -14,12 +14,21 @@ replays from counting twice).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from faust.types import Message, TableT
 
 from app.batching import partition_context
 from pipeline.windows import WindowCounts
+
+
+class TableCache(Protocol):
+    """A write-back cache the sinks flush before each commit of a partition."""
+
+    def flush(self, partition: int, message: Message) -> int: ...
+
+    def forget(self, partition: int) -> None: ...
+
 
 CacheKey = tuple[int, str]  # (window size in seconds, table key)
 

@@ -12,7 +12,7 @@ from simulator.generator import PaymentGenerator, load_scenario
 from tests.e2e.conftest import assert_end_state
 from tests.e2e.test_pipeline import send
 
-START = datetime(2026, 11, 22, 10, 3, tzinfo=UTC)
+START = datetime(2026, 11, 1, 10, 3, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("restart_with", ["same-datadir", "fresh-datadir"])

@@ -26,7 +26,7 @@ async def send_in_transactions(bootstrap: str, events, per_txn: int) -> None:
 
 def test_transaction_markers_do_not_stall_commits(stack):
     events = list(PaymentGenerator(load_scenario(), seed=55, invalid_ratio=0.02,
-                                   start=datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
+                                   start=datetime(2026, 11, 1, 12, 0, tzinfo=UTC))
                   .events(3_000))
     asyncio.run(ensure_topic(stack.broker.bootstrap, "payments", stack.partitions))
     stack.start_worker(PARQUET_FLUSH_SECONDS="1")

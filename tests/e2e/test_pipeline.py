@@ -9,7 +9,7 @@ from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic, produce
 from tests.e2e.conftest import assert_end_state
 
-START = datetime(2026, 11, 22, 9, 58, tzinfo=UTC)
+START = datetime(2026, 11, 1, 9, 58, tzinfo=UTC)
 
 
 def send(stack, events, rate=0.0):

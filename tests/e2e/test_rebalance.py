@@ -15,7 +15,7 @@ from simulator.generator import PaymentGenerator, load_scenario
 from tests.e2e.conftest import assert_end_state
 from tests.e2e.test_pipeline import send
 
-START = datetime(2026, 11, 22, 11, 58, tzinfo=UTC)
+START = datetime(2026, 11, 1, 11, 58, tzinfo=UTC)
 
 
 def test_second_worker_joins_and_shares_the_partitions(stack):

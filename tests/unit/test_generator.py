@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from models.events import ParseFailure, Payment
+from models.events import ParsedTransaction
 from pipeline.parse import parse_payment
 from simulator.__main__ import main
 from simulator.generator import PaymentGenerator, ScenarioError, load_scenario
@@ -27,9 +27,9 @@ def test_valid_events_pass_and_invalid_events_fail():
     for e in events:
         result = parse_payment(e.value)
         if e.kind == "valid":
-            assert isinstance(result, Payment), (e.value, result)
+            assert isinstance(result.transaction, ParsedTransaction), (e.value, result)
         else:
-            assert isinstance(result, ParseFailure), e.value
+            assert not result.ok and result.errors, e.value
 
 
 def test_events_are_keyed_by_merchant():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -13,9 +16,11 @@ from agents.ingest import register_ingest
 from app.faust_app import create_app
 from app.settings import Settings
 from app.topics import declare_topics
+from pipeline.parse import default_validator
 from simulator.generator import PaymentGenerator, load_scenario
 from tables.cache import WindowCache
 from tables.payments import declare_tables
+from tables.seen import SeenIds, declare_seen_table
 from tests.helpers import expected_windows
 
 
@@ -37,13 +42,16 @@ def handler_setup(tmp_path):
     sent: list = []
     dlq.send_soon = lambda **kw: sent.append(kw)  # no broker: record DLQ records instead
     cache = WindowCache(app, declare_tables(app))
+    seen = SeenIds(app, declare_seen_table(app), expiry=3600)
     sink = RecordingSink()
-    stats = register_ingest(app, payments, dlq, cache, sink)
+    stats = register_ingest(app, payments, dlq, cache, seen, sink, default_validator())
     return app, app.batch_handlers["payments"], cache, sink, stats, sent
 
 
-def messages(events, partition: int, first: int = 0) -> list[Message]:
-    return [Message("payments", partition, first + i, 1_700_000_000.0, 0, None, e.key,
+def messages(events, partition: int, first: int = 0, timestamp: float | None = None,
+             headers=None) -> list[Message]:
+    ts = timestamp or time.time()  # the broker's timestamp: after every event's time
+    return [Message("payments", partition, first + i, ts, 0, headers, e.key,
                     e.value, None, tp=TP("payments", partition))
             for i, e in enumerate(events)]
 
@@ -86,3 +94,50 @@ def test_redelivered_batch_is_not_counted_again(handler_setup):
     first, second = sink.batches
     assert [r.counts for r in first.window_rows] == [r.counts for r in second.window_rows]
     assert sum(r.counts.tx_count for r in second.window_rows if r.window_seconds == 3600) == 100
+
+
+def test_a_resent_transaction_id_is_a_duplicate_but_a_redelivery_is_not(handler_setup):
+    app, handler, cache, sink, stats, sent = handler_setup
+    events = list(PaymentGenerator(load_scenario(), seed=10).events(20))
+
+    async def run() -> None:
+        await handler(TP("payments", 2), messages(events, 2))
+        await handler(TP("payments", 2), messages(events[:5], 2))  # redelivered: same offsets
+        await handler(TP("payments", 2), messages(events[3:5], 2, first=20))  # resent later
+
+    asyncio.run(run())
+    assert stats.failed == 2 and stats.failed_by_category == {"duplicate": 2}
+    dup = sink.batches[-1].failed
+    assert [f.offset for f in dup] == [20, 21]
+    assert all(f.category.value == "duplicate" for f in dup)
+    assert "already accepted at payments[2]@3" in dup[0].message
+    assert dup[0].field == "transaction_id"
+    assert dup[0].raw == events[3].value
+    assert [f["key"] for f in sent] == [b"payments-2-20", b"payments-2-21"]
+
+
+def test_a_duplicate_is_forgotten_after_the_expiry(handler_setup):
+    app, handler, cache, sink, stats, _ = handler_setup
+    events = list(PaymentGenerator(load_scenario(), seed=12).events(3))
+    now = time.time()
+
+    async def run() -> None:
+        await handler(TP("payments", 0), messages(events, 0, timestamp=now))
+        await handler(TP("payments", 0), messages(events[:1], 0, first=3, timestamp=now + 3601))
+
+    asyncio.run(run())
+    assert stats.failed == 0 and stats.accepted == 4
+
+
+def test_replay_headers_are_carried_into_the_failure(handler_setup):
+    app, handler, cache, sink, stats, sent = handler_setup
+    events = list(PaymentGenerator(load_scenario(), seed=13, invalid_ratio=1.0).events(1))
+    headers = [("x-retry-count", b"2"), ("x-replay-of", b"77")]
+
+    asyncio.run(handler(TP("payments", 0), messages(events, 0, headers=headers)))
+    (failed,) = sink.batches[0].failed
+    assert (failed.retry_count, failed.replay_of) == (2, 77)
+    record = json.loads(sent[0]["value"])
+    assert record["retry_count"] == 2 and record["replay_of"] == 77
+    assert base64.b64decode(record["raw_payload_b64"]) == events[0].value
+    assert record["errors"] and record["errors"][0]["message"] == failed.message

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pyarrow.dataset as ds
 
 from models.batches import SinkBatch
-from models.events import ParseFailure
+from models.events import FailedMessage
 from pipeline.parse import parse_payment
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.parquet import RAW_SCHEMA, RawEventWriter
@@ -38,12 +38,11 @@ def make_batch(first: int, count: int, *, partition: int = 0, invalid: float = 0
         m = Msg("payments", partition, first + i, e.key, e.value, time.time())
         msgs.append(m)
         r = parse_payment(e.value)
-        if isinstance(r, ParseFailure):
-            from models.events import FailedMessage
-            failed.append(FailedMessage(e.value, r.category, r.message, "payments", partition,
-                                        first + i))
+        if r.transaction is None:
+            failed.append(FailedMessage(e.value, r.category, r.errors, "payments", partition,
+                                        first + i, datetime.now(UTC)))
         else:
-            payments[first + i] = r
+            payments[first + i] = r.transaction
     return SinkBatch("payments", partition, msgs, payments, failed, [], time.time())
 
 

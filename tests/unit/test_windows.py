@@ -24,7 +24,7 @@ def test_window_start_is_aligned_to_utc():
 
 def test_group_by_window_uses_event_time_and_channel():
     gen = PaymentGenerator(load_scenario(), seed=3, start=datetime(2026, 1, 1, tzinfo=UTC))
-    events = [(i, parse_payment(e.value)) for i, e in enumerate(gen.events(500))]
+    events = [(i, parse_payment(e.value).transaction) for i, e in enumerate(gen.events(500))]
     groups = group_by_window(events, 300)
     assert sum(len(v) for v in groups.values()) == 500
     for (start, channel), entries in groups.items():
