@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from faust.types import TP, Message, TopicT
@@ -188,6 +188,7 @@ def _failed(message: Message, category: ErrorCategory,
         first_seen=datetime.fromtimestamp(received, UTC),
         retry_count=_int(headers.get(RETRY_COUNT_HEADER)) or 0,
         replay_of=_int(replay_of),
+        key=message.key,
     )
 
 

@@ -28,6 +28,7 @@ def build(settings: Settings) -> PaymentApp:
     from agents.ingest import register_ingest
     from agents.retention import register_retention
     from agents.sinks import SinkService
+    from app.commands import register_commands
     from app.topics import declare_topics
     from app.web import register_views
     from pipeline.parse import VALIDATION_CONFIG_PATH, Validator
@@ -60,6 +61,7 @@ def build(settings: Settings) -> PaymentApp:
     faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
     stats = register_ingest(faust_app, payments, dlq, cache, seen, sinks, validator)
     register_retention(faust_app, engine, seen, settings)
+    register_commands(faust_app, settings, engine, validator)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
         await sinks.on_revoked(revoked)

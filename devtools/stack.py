@@ -132,6 +132,12 @@ class Stack:
         self.workers.append(worker)
         return worker.start()
 
+    def cli(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
+        """Run ``faust -A app <args>`` against this stack; output captured as text."""
+        return subprocess.run([FAUST, "-A", "app", *args], env=self.worker_env("cli", **extra),
+                              cwd=self.workdir, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL, check=False)
+
     def restart_broker(self) -> None:
         """Stop and start the broker on the same port and data (SIGTERM: it saves first).
 

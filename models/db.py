@@ -170,6 +170,7 @@ class FailedItem(Base):
     replayed: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     created_at: Mapped[datetime] = _now()
     # 0002: structured errors, when the broker first had the message, replay lineage
+    source_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     error_field: Mapped[str | None] = mapped_column(Text)
     errors: Mapped[list] = mapped_column(JSONB, nullable=False, server_default="[]")
     first_seen_at: Mapped[datetime] = _now()

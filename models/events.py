@@ -158,6 +158,7 @@ class FailedMessage:
     first_seen: datetime
     retry_count: int = 0
     replay_of: int | None = field(default=None)  # failed_items.id this message replays
+    key: bytes | None = None  # the message key (merchant id), reused by replay
 
     @property
     def message(self) -> str:
@@ -179,4 +180,5 @@ class FailedMessage:
             "first_seen_at": self.first_seen.isoformat(),
             "retry_count": self.retry_count,
             "replay_of": self.replay_of,
+            "key_b64": base64.b64encode(self.key).decode("ascii") if self.key else None,
         }

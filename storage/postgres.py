@@ -124,7 +124,7 @@ TRANSACTION_TEMPLATE = "(" + ",".join(["%s"] * 14) + ",%s::jsonb,%s,%s,%s)"
 INSERT_FAILED = """
 INSERT INTO failed_items (
     raw_payload, error_category, error_message, source_topic, source_partition,
-    source_offset, retry_count, error_field, errors, first_seen_at, replay_of
+    source_offset, retry_count, error_field, errors, first_seen_at, replay_of, source_key
 ) VALUES %s
 ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
 """
@@ -202,7 +202,7 @@ class PostgresSink:
                     f.raw, f.category.value, f.message, f.topic, f.partition, f.offset,
                     f.retry_count, f.field,
                     orjson.dumps([e.to_dict() for e in f.errors]).decode(), f.first_seen,
-                    f.replay_of,
+                    f.replay_of, f.key,
                 ))
             for row in batch.window_rows:
                 c = row.counts

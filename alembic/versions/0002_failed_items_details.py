@@ -1,4 +1,4 @@
-"""failed_items: structured errors, first-seen time, replay lineage, retention index
+"""failed_items: message key, structured errors, first-seen time, replay lineage, retention index
 
 Revision ID: 0002
 Revises: 0001
@@ -17,6 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("failed_items", sa.Column("source_key", sa.LargeBinary(), nullable=True))
     op.add_column("failed_items", sa.Column("error_field", sa.Text(), nullable=True))
     op.add_column("failed_items", sa.Column("errors", postgresql.JSONB(astext_type=sa.Text()),
                                             server_default="[]", nullable=False))
@@ -30,5 +31,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_failed_items_created_at", table_name="failed_items")
-    for column in ("replayed_at", "replay_of", "first_seen_at", "errors", "error_field"):
+    for column in ("replayed_at", "replay_of", "first_seen_at", "errors", "error_field",
+                   "source_key"):
         op.drop_column("failed_items", column)

@@ -1,0 +1,214 @@
+"""``faust -A app failed ACTION``: work the dead-letter queue from the command line.
+
+Actions (filters: ``--category``, ``--field``, ``--since``, ``--until``, ``--topic``,
+``--partition``, ``--limit``, ids as arguments):
+
+* ``list``    one line per failed item, newest filters first; ``--json`` for JSON Lines
+* ``show``    one item in full: every error, the raw payload (text if UTF-8, else base64)
+* ``export``  to ``--output FILE`` as JSON Lines (``--format jsonl``) or Parquet
+* ``replay``  send the raw payloads back to ``payments`` (same key) with
+  ``x-retry-count`` = retry_count + 1 and ``x-replay-of`` = id, then mark the rows
+  replayed. ``--dry-run`` sends nothing and shows what the current validation
+  config says of each; ``--only-valid`` sends only those that now pass;
+  rows already replayed are skipped unless ``--force``.
+
+A replayed payment that was accepted before is caught as a duplicate, so a
+replay never counts a payment twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+import pyarrow as pa
+import pyarrow.parquet as pq
+from aiokafka import AIOKafkaProducer
+from faust.cli import AppCommand, argument, option
+from sqlalchemy import Engine
+from tqdm import tqdm
+
+from agents.ingest import REPLAY_OF_HEADER, RETRY_COUNT_HEADER
+from app.settings import Settings
+from app.topics import PAYMENTS
+from pipeline.parse import Mode, Validator
+from storage.failed import FailedFilter, FailedItems, FailedRow, FilterError, parse_time
+
+ACTIONS = ("list", "show", "export", "replay")
+
+
+def register_commands(app: Any, settings: Settings, engine: Engine, validator: Validator) -> None:
+    @app.command(
+        argument("action", type=click.Choice(ACTIONS)),
+        argument("ids", nargs=-1, type=int),
+        option("--category", help="error category: too_large, not_utf8, not_json, "
+               "not_object, schema, rule, duplicate"),
+        option("--field", help="the (first) offending field, e.g. currency or metadata.note"),
+        option("--since", help="created at or after: ISO 8601 time or 30m / 24h / 7d ago"),
+        option("--until", help="created before: ISO 8601 time or a duration ago"),
+        option("--topic", help="source topic"),
+        option("--partition", type=int, help="source partition"),
+        option("--limit", type=int, default=None, help="at most N items (list: 50)"),
+        option("--json", "as_json", is_flag=True, help="list/show: JSON output"),
+        option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl",
+               help="export format"),
+        option("--output", type=click.Path(dir_okay=False), help="export: file to write"),
+        option("--dry-run", is_flag=True, help="replay: send nothing, show the verdicts"),
+        option("--only-valid", is_flag=True, help="replay: only items that now pass"),
+        option("--force", is_flag=True, help="replay: include items already replayed"),
+    )
+    async def failed(self: AppCommand, action: str, ids: tuple[int, ...], category: str | None,
+                     field: str | None, since: str | None, until: str | None, topic: str | None,
+                     partition: int | None, limit: int | None, as_json: bool, fmt: str,
+                     output: str | None, dry_run: bool, only_valid: bool, force: bool) -> None:
+        """Work the dead-letter queue: list, show, export or replay failed items."""
+        try:
+            flt = FailedFilter(
+                ids=ids, category=category, field=field, topic=topic, partition=partition,
+                since=parse_time(since) if since else None,
+                until=parse_time(until) if until else None,
+                include_replayed=action != "replay" or force,
+                limit=limit if limit is not None else (50 if action == "list" else None),
+            )
+        except FilterError as exc:
+            raise click.UsageError(str(exc)) from exc
+        store = FailedItems(engine)
+        if action == "list":
+            _list(store, flt, as_json)
+        elif action == "show":
+            if len(ids) != 1:
+                raise click.UsageError("show takes exactly one id")
+            _show(store, ids[0], as_json)
+        elif action == "export":
+            if not output:
+                raise click.UsageError("export needs --output FILE")
+            _export(store, flt, Path(output), fmt)
+        else:
+            await _replay(store, flt, settings, validator, dry_run=dry_run,
+                          only_valid=only_valid)
+
+
+def _list(store: FailedItems, flt: FailedFilter, as_json: bool) -> None:
+    n = 0
+    for row in store.select(flt):
+        n += 1
+        if as_json:
+            click.echo(json.dumps(row.to_dict(payload=False)))
+        else:
+            replayed = " replayed" if row.replayed else ""
+            click.echo(f"{row.id:>8}  {row.created_at:%Y-%m-%d %H:%M:%S}  "
+                       f"{row.error_category:<10} {row.source_topic}[{row.source_partition}]"
+                       f"@{row.source_offset}  retry={row.retry_count}{replayed}  "
+                       f"{row.error_message[:90]}")
+    if not as_json:
+        total = store.count(FailedFilter(**{**flt.__dict__, "limit": None}))
+        click.echo(f"{n} shown of {total} matching", err=True)
+
+
+def _show(store: FailedItems, item_id: int, as_json: bool) -> None:
+    row = store.get(item_id)
+    if row is None:
+        raise click.ClickException(f"no failed item with id {item_id}")
+    if as_json:
+        click.echo(json.dumps(row.to_dict(), indent=2))
+        return
+    for key, value in row.to_dict(payload=False).items():
+        if key != "errors":
+            click.echo(f"{key:>14}: {value}")
+    click.echo("        errors:")
+    for e in row.errors:
+        click.echo(f"                - [{e.get('rule')}] {e.get('field') or '(message)'}: "
+                   f"{e.get('message')}")
+    try:
+        payload = row.raw_payload.decode("utf-8")
+        click.echo(f"       payload ({len(row.raw_payload)} bytes, UTF-8):\n{payload[:4000]}")
+    except UnicodeDecodeError:
+        click.echo(f"       payload ({len(row.raw_payload)} bytes, base64):\n"
+                   f"{row.to_dict()['raw_payload_b64'][:4000]}")
+
+
+def _export(store: FailedItems, flt: FailedFilter, output: Path, fmt: str) -> None:
+    total = store.count(flt) if flt.limit is None else min(flt.limit, store.count(flt))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    rows = tqdm(store.select(flt), total=total, unit="item", desc="export", file=sys.stderr,
+                disable=None)
+    if fmt == "jsonl":
+        with tmp.open("w") as f:
+            for row in rows:
+                f.write(json.dumps(row.to_dict()) + "\n")
+    else:
+        records = [_parquet_record(row) for row in rows]
+        pq.write_table(pa.Table.from_pylist(records, schema=_PARQUET_SCHEMA), tmp,
+                       compression="zstd")
+    tmp.replace(output)  # a half-written export never looks finished
+    click.echo(f"exported {total} failed items to {output} ({fmt})", err=True)
+
+
+_PARQUET_SCHEMA = pa.schema([
+    ("id", pa.int64()), ("raw_payload", pa.binary()), ("source_key", pa.binary()),
+    ("error_category", pa.string()), ("error_message", pa.string()),
+    ("error_field", pa.string()), ("errors_json", pa.string()),
+    ("source_topic", pa.string()), ("source_partition", pa.int32()),
+    ("source_offset", pa.int64()), ("retry_count", pa.int32()), ("replayed", pa.bool_()),
+    ("replay_of", pa.int64()), ("first_seen_at", pa.timestamp("ms", tz="UTC")),
+    ("created_at", pa.timestamp("ms", tz="UTC")),
+])
+
+
+def _parquet_record(row: FailedRow) -> dict[str, Any]:
+    return {
+        "id": row.id, "raw_payload": row.raw_payload, "source_key": row.source_key,
+        "error_category": row.error_category, "error_message": row.error_message,
+        "error_field": row.error_field, "errors_json": json.dumps(row.errors),
+        "source_topic": row.source_topic, "source_partition": row.source_partition,
+        "source_offset": row.source_offset, "retry_count": row.retry_count,
+        "replayed": row.replayed, "replay_of": row.replay_of,
+        "first_seen_at": row.first_seen_at, "created_at": row.created_at,
+    }
+
+
+async def _replay(store: FailedItems, flt: FailedFilter, settings: Settings,
+                  validator: Validator, *, dry_run: bool, only_valid: bool) -> None:
+    diagnose = validator.with_mode(Mode.COLLECT_ALL)
+    selected = list(store.select(flt))
+    verdicts: Counter[str] = Counter()
+    to_send: list[FailedRow] = []
+    for row in selected:
+        result = diagnose.parse(row.raw_payload)
+        verdicts["now passes" if result.ok else f"still {result.category}"] += 1
+        if dry_run:
+            click.echo(f"{row.id:>8}  {'PASS' if result.ok else 'FAIL'}  "
+                       f"{result.message[:100] if not result.ok else ''}")
+        if result.ok or not only_valid:
+            to_send.append(row)
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())) or "nothing selected"
+    if dry_run:
+        click.echo(f"dry run: {len(selected)} selected ({summary}); would replay "
+                   f"{len(to_send)} to {PAYMENTS}", err=True)
+        return
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all",
+                                enable_idempotence=True)
+    try:
+        await producer.start()
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        raise click.ClickException(f"cannot reach the broker at "
+                                   f"{settings.broker_bootstrap}: {exc}") from exc
+    try:
+        for row in tqdm(to_send, unit="item", desc="replay", file=sys.stderr, disable=None):
+            await producer.send(PAYMENTS, row.raw_payload, key=row.source_key, headers=[
+                (RETRY_COUNT_HEADER, str(row.retry_count + 1).encode()),
+                (REPLAY_OF_HEADER, str(row.id).encode()),
+            ])
+        await producer.flush()
+    finally:
+        await producer.stop()
+    # marked after the broker has them: a crash in between replays them again, and
+    # the duplicate check keeps an accepted payment from counting twice
+    await asyncio.to_thread(store.mark_replayed, [row.id for row in to_send])
+    click.echo(f"replayed {len(to_send)} of {len(selected)} selected ({summary})", err=True)
