@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from sqlalchemy import Engine
@@ -36,4 +37,4 @@ def register_retention(app: PaymentApp, engine: Engine, seen: SeenIds, settings:
         actives = {tp.partition for tp in app.assignor.assigned_actives()
                    if tp.topic == PAYMENTS}
         if actives:
-            await seen.purge(actives, lambda p: placeholder_message(PAYMENTS, p))
+            seen.purge(actives, lambda p: placeholder_message(PAYMENTS, p), time.time())

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         "", description="validation YAML (schema, mode, rules); empty: the shipped "
         "config/validation.yaml")
     dedupe_window_s: float = Field(
-        86_400, gt=0, description="a transaction_id seen within this many seconds (broker "
+        3_600, gt=0, description="a transaction_id seen within this many seconds (broker "
         "time) is a duplicate; older ids expire")
     dedupe_purge_interval_s: float = Field(
         600, gt=0, description="how often expired ids are deleted from the seen-ids table")

@@ -1,30 +1,32 @@
 """Transaction ids already accepted, per source partition: the duplicate check's state.
 
-Table ``seen-transactions`` (RocksDB, changelog partitioned like ``payments``)
-maps ``"<partition>|<transaction_id>"`` to ``[offset, received_ts]``: where the
-id was first accepted and the broker timestamp of that record. A later record
-with the same id at another offset is a duplicate; the same record delivered
-again after a crash (same offset) is not.
+Durable state is the table ``seen-transactions`` (RocksDB, changelog
+partitioned like ``payments``). Each entry is a *chunk*: the ids one partition
+accepted between two commits, at most :data:`CHUNK_IDS` of them, under the key
+``"<partition>|<first offset>"`` with the value
+``{"ts": newest broker timestamp, "ids": [[transaction_id, offset, ts], ...]}``.
+Lookups use an in-memory index per partition, built from that partition's
+chunks the first time the partition is seen after an assignment.
 
-The scope is the source partition, that is the merchant (the message key):
-the same id under two merchants is not caught here (``normalized_transactions``
-keeps the first, the windows would count both; see docs/errors.md).
+Why chunks and not one entry per id: a table write is a changelog record, and
+one record per event halved the pipeline's throughput (docs/performance.md,
+``python -m benchmarks.pipeline``); a chunk is one record per few thousand
+events. The price is memory: the index holds every id of the dedupe window
+(about 200 bytes each; docs/errors.md has the sizing).
 
-Entries expire ``expiry`` seconds after they were seen, measured on broker
-timestamps: an expired entry no longer makes a duplicate, and the periodic
-:meth:`SeenIds.purge` deletes expired entries (a tombstone each) so the store
-and the compacted changelog stop growing.
-
-Writes go through a write-back cache flushed before each commit, like
-:class:`tables.cache.WindowCache`: a crash before the commit replays the
-records, which find their own offsets again.
+Semantics: a record whose id was accepted before at another offset is a
+duplicate; the same record delivered again after a crash (same offset) is not.
+The scope is the source partition, that is the merchant (the message key).
+Ids expire ``expiry`` seconds (broker time) after they were accepted; the
+periodic :meth:`SeenIds.purge` deletes chunks whose ids have all expired.
+New ids are written before each commit (:meth:`SeenIds.flush`), so a crash
+replays records whose ids are not in the table yet and finds them again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
+from collections import deque
 from typing import Any
 
 from faust.types import Message, TableT
@@ -33,11 +35,12 @@ from app.batching import partition_context
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "seen-transactions"
+CHUNK_IDS = 5000  # ids per table value: about 250 KB of JSON, well under 1 MiB records
 
 
 def declare_seen_table(app: Any) -> TableT:
     return app.Table(TABLE_NAME, default=None, partitions=app.settings.topic_partitions,
-                     help="accepted transaction ids per source partition: [offset, seen at]")
+                     help="accepted transaction ids per source partition, in chunks")
 
 
 class SeenIds:
@@ -47,66 +50,92 @@ class SeenIds:
         self.app = app
         self.table = table
         self.expiry = expiry
-        self._dirty: dict[int, dict[str, list[float]]] = {}
+        self._index: dict[int, dict[str, tuple[int, float]]] = {}
+        self._pending: dict[int, list[tuple[str, int, float]]] = {}
+        self._chunks: dict[int, deque[tuple[str, float]]] = {}  # (key, newest ts), oldest first
         self.purged = 0
 
     def first_seen(self, partition: int, tx_id: str, now: float) -> int | None:
         """The offset where ``tx_id`` was accepted, unless unknown or expired."""
-        key = f"{partition}|{tx_id}"
-        dirty = self._dirty.get(partition)
-        entry = dirty.get(key) if dirty is not None else None
-        if entry is None:
-            entry = self.table.get(key)
-            if entry is None:
-                return None
-        offset, seen_at = entry
-        if now - seen_at > self.expiry:
+        index = self._index.get(partition)
+        if index is None:
+            index = self._load(partition)
+        entry = index.get(tx_id)
+        if entry is None or now - entry[1] > self.expiry:
             return None
-        return int(offset)
+        return entry[0]
 
     def add(self, partition: int, tx_id: str, offset: int, now: float) -> None:
-        self._dirty.setdefault(partition, {})[f"{partition}|{tx_id}"] = [offset, now]
+        self._index[partition][tx_id] = (offset, now)
+        self._pending.setdefault(partition, []).append((tx_id, offset, now))
 
     def flush(self, partition: int, message: Message) -> int:
-        """Write the partition's new ids to the table (and its changelog)."""
-        dirty = self._dirty.pop(partition, None)
-        if not dirty:
+        """Write the partition's new ids to the table (and its changelog), in chunks."""
+        pending = self._pending.pop(partition, None)
+        if not pending:
             return 0
+        chunks = self._chunks.setdefault(partition, deque())
         with partition_context(self.app, message):
-            for key, value in dirty.items():
-                self.table[key] = value
-        return len(dirty)
+            for i in range(0, len(pending), CHUNK_IDS):
+                part = pending[i:i + CHUNK_IDS]
+                key = f"{partition}|{part[0][1]}"
+                newest = max(ts for _, _, ts in part)
+                self.table[key] = {"ts": newest, "ids": [list(entry) for entry in part]}
+                chunks.append((key, newest))
+        return len(pending)
 
     def forget(self, partition: int) -> None:
-        self._dirty.pop(partition, None)
+        """Drop a revoked partition's ids; the next owner loads them from the table."""
+        self._index.pop(partition, None)
+        self._pending.pop(partition, None)
+        self._chunks.pop(partition, None)
 
-    async def purge(self, partitions: set[int], message_for: Any, now: float | None = None,
-                    limit: int = 100_000) -> int:
-        """Delete up to ``limit`` expired entries of ``partitions`` (this worker's actives).
+    def _load(self, partition: int) -> dict[str, tuple[int, float]]:
+        prefix = f"{partition}|"
+        found = []
+        for key, value in self.table.items():
+            if value is not None and str(key).startswith(prefix):
+                found.append((int(str(key).split("|", 1)[1]), str(key), value))
+        found.sort()
+        index: dict[str, tuple[int, float]] = {}
+        chunks: deque[tuple[str, float]] = deque()
+        for _, key, value in found:
+            for tx_id, offset, ts in value["ids"]:
+                index[tx_id] = (int(offset), float(ts))
+            chunks.append((key, float(value["ts"])))
+        self._index[partition] = index
+        self._chunks[partition] = chunks
+        if index:
+            log.info("loaded %d seen transaction ids of partition %d", len(index), partition)
+        return index
+
+    def size(self) -> int:
+        return sum(len(index) for index in self._index.values())
+
+    def purge(self, partitions: set[int], message_for: Any, now: float) -> int:
+        """Delete the chunks of ``partitions`` whose ids have all expired; returns ids dropped.
 
         ``message_for(partition)`` gives a message of that partition, which sets
-        the changelog partition of each tombstone. Standby copies are left alone:
-        their owner purges them.
+        the changelog partition of each tombstone.
         """
-        cutoff = (now or time.time()) - self.expiry
-        expired: dict[int, list[str]] = {}
-        n = 0
-        for scanned, (key, value) in enumerate(self.table.items()):
-            if scanned % 5000 == 4999:
-                await asyncio.sleep(0)  # a long scan must not stall the fetch loop
-            if value is not None and value[1] < cutoff:
-                partition = int(str(key).split("|", 1)[0])
-                if partition not in partitions:
-                    continue
-                expired.setdefault(partition, []).append(key)
-                n += 1
-                if n >= limit:
-                    break
-        for partition, keys in expired.items():
+        cutoff = now - self.expiry
+        dropped = 0
+        for partition in partitions:
+            chunks = self._chunks.get(partition)
+            index = self._index.get(partition)
+            if not chunks or index is None:
+                continue
             with partition_context(self.app, message_for(partition)):
-                for key in keys:
+                while chunks and chunks[0][1] < cutoff:
+                    key, _ = chunks.popleft()
+                    value = self.table.get(key)
                     del self.table[key]
-        self.purged += n
-        if n:
-            log.info("purged %d expired transaction ids", n)
-        return n
+                    for tx_id, offset, _ in (value or {}).get("ids", []):
+                        entry = index.get(tx_id)
+                        if entry is not None and entry[0] == offset:
+                            del index[tx_id]
+                            dropped += 1
+        self.purged += dropped
+        if dropped:
+            log.info("expired %d transaction ids", dropped)
+        return dropped
