@@ -1,0 +1,48 @@
+"""PostgreSQL away for a while: the worker waits, acks nothing unstored, loses nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import make_url
+
+from simulator.generator import PaymentGenerator, load_scenario
+from tests.e2e.conftest import assert_end_state
+from tests.e2e.test_pipeline import send
+from tests.proxy import TcpProxy
+
+
+def test_an_outage_shorter_than_the_retry_budget_loses_nothing(stack):
+    events = list(PaymentGenerator(load_scenario(), seed=71, invalid_ratio=0.05,
+                                   start=datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
+                  .events(12_000))
+    url = make_url(stack.database_url)
+    proxy = TcpProxy(url.port or 5432)
+    try:
+        worker = stack.start_worker(
+            "w1", DATABASE_URL=url.set(port=proxy.port).render_as_string(hide_password=False),
+            PARQUET_FLUSH_SECONDS="1", DB_RETRY_SECONDS="120")
+        sender = threading.Thread(target=send, args=(stack, events), kwargs={"rate": 1500})
+        sender.start()
+        deadline = time.monotonic() + 60
+        while stack.committed_and_end()[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        proxy.cut()
+        time.sleep(1)  # what was in flight settles
+        committed_at_cut = stack.committed_and_end()[0]
+        time.sleep(6)
+        committed_during = stack.committed_and_end()[0]
+        assert worker.alive()
+        assert committed_during == committed_at_cut, "offsets advanced without the database"
+
+        proxy.restore()
+        sender.join()
+        stack.wait_until_committed(len(events), timeout=180)
+        assert worker.alive()
+        assert 0 < committed_at_cut < len(events), "the outage did not land mid-stream"
+        assert_end_state(stack, events)
+    finally:
+        proxy.close()
