@@ -67,7 +67,7 @@ def build(settings: Settings) -> PaymentApp:
         await sinks.on_revoked(revoked)
 
     faust_app.on_partitions_revoked.connect(_on_revoked)  # type: ignore[arg-type]
-    register_views(faust_app, stats, sinks, cache)
+    register_views(faust_app, stats, sinks, cache, seen)
     faust_app.sinks = sinks  # type: ignore[attr-defined]
     faust_app.ingest_stats = stats  # type: ignore[attr-defined]
     return faust_app

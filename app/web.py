@@ -41,7 +41,7 @@ def window_summary(cache: Any, *, limit: int = 12) -> dict[str, Any]:
     return out
 
 
-def register_views(app: Any, stats: Any, sinks: Any, cache: Any) -> None:
+def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any) -> None:
     """Attach the views to ``app``'s web server."""
 
     @app.page("/payments/stats/")
@@ -56,6 +56,8 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any) -> None:
                     "parquet_files": sinks.files_written,
                     "commits": sinks.commits,
                 },
+                "dedupe": {"ids_held": seen.size(), "ids_expired": seen.purged,
+                           "window_s": seen.expiry},
             })
 
     @app.page("/payments/stats/reset/")

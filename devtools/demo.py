@@ -129,11 +129,14 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
     ingest = stats["ingest"]
     accepted, failed = rows["normalized_transactions"], rows["failed_items"]
     verdict = "OK" if accepted + failed == produced and lake_rows == produced else "MISMATCH"
-    out = ["", "=" * 72, "ParsedTransaction monitor demo: summary", "=" * 72,
+    out = ["", "=" * 72, "Payment monitor demo: summary", "=" * 72,
            f"events produced      {produced:>12,}",
            f"accepted             {accepted:>12,}",
            f"failed (DLQ)         {failed:>12,}",
            f"accepted + failed    {accepted + failed:>12,}   {verdict}: every event stored once",
+           "failed by category   " + (", ".join(
+               f"{k} {v:,}" for k, v in sorted(ingest.get("failed_by_category", {}).items()))
+               or "-"),
            f"worker throughput    {ingest['events_per_second'] or 0:>12,.0f} events/s "
            f"(first to last batch)",
            "", "rows per PostgreSQL table:"]

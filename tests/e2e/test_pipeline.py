@@ -29,4 +29,5 @@ def test_every_event_once_and_windows_exact(stack):
     stats = worker.stats()
     assert stats["ingest"]["consumed"] == len(events)
     assert stats["ingest"]["failed"] == sum(e.kind != "valid" for e in events)
+    assert stats["dedupe"]["ids_held"] == sum(e.kind == "valid" for e in events)
     assert_end_state(stack, events)
