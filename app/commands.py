@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import pyarrow as pa
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaProducer
 from faust.cli import AppCommand, argument, option
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
 from agents.ingest import REPLAY_OF_HEADER, RETRY_COUNT_HEADER
@@ -75,22 +77,40 @@ def register_commands(app: Any, settings: Settings, engine: Engine, validator: V
                 include_replayed=action != "replay" or force,
                 limit=limit if limit is not None else (50 if action == "list" else None),
             )
-        except FilterError as exc:
-            raise click.UsageError(str(exc)) from exc
-        store = FailedItems(engine)
-        if action == "list":
-            _list(store, flt, as_json)
-        elif action == "show":
-            if len(ids) != 1:
-                raise click.UsageError("show takes exactly one id")
-            _show(store, ids[0], as_json)
-        elif action == "export":
-            if not output:
-                raise click.UsageError("export needs --output FILE")
-            _export(store, flt, Path(output), fmt)
-        else:
-            await _replay(store, flt, settings, validator, dry_run=dry_run,
-                          only_valid=only_valid)
+            await _run(action, ids, flt, FailedItems(engine), settings, validator, as_json=as_json,
+                       fmt=fmt, output=output, dry_run=dry_run, only_valid=only_valid)
+        except (FilterError, click.ClickException) as exc:
+            _fail(str(exc) if isinstance(exc, FilterError) else exc.format_message())
+        except (OperationalError, InterfaceError) as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            _fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2; Faust's command runner would print a traceback
+    for an exception."""
+    click.echo(f"error: {message}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)  # SystemExit would be caught and logged by the mode worker running us
+
+
+async def _run(action: str, ids: tuple[int, ...], flt: FailedFilter, store: FailedItems,
+               settings: Settings, validator: Validator, *, as_json: bool, fmt: str,
+               output: str | None, dry_run: bool, only_valid: bool) -> None:
+    if action == "list":
+        _list(store, flt, as_json)
+    elif action == "show":
+        if len(ids) != 1:
+            raise click.UsageError("show takes exactly one id")
+        _show(store, ids[0], as_json)
+    elif action == "export":
+        if not output:
+            raise click.UsageError("export needs --output FILE")
+        _export(store, flt, Path(output), fmt)
+    else:
+        await _replay(store, flt, settings, validator, dry_run=dry_run,
+                      only_valid=only_valid)
 
 
 def _list(store: FailedItems, flt: FailedFilter, as_json: bool) -> None:

@@ -113,6 +113,16 @@ class ValidationError(msgspec.Struct, frozen=True):
         return cls(data.get("field"), data["rule"], data["message"], data.get("value"))
 
 
+def joined_messages(errors: tuple[ValidationError, ...]) -> str:
+    """All errors in one line (the ``failed_items.error_message`` column)."""
+    return "; ".join(e.message for e in errors)
+
+
+def first_field(errors: tuple[ValidationError, ...]) -> str | None:
+    """The first offending field (``failed_items.error_field``)."""
+    return errors[0].field if errors else None
+
+
 class ParseResult(msgspec.Struct, frozen=True):
     """Bytes in, exactly one of: a transaction, or a category with its errors."""
 
@@ -127,13 +137,11 @@ class ParseResult(msgspec.Struct, frozen=True):
 
     @property
     def message(self) -> str:
-        """All errors in one line (the ``failed_items.error_message`` column)."""
-        return "; ".join(e.message for e in self.errors)
+        return joined_messages(self.errors)
 
     @property
     def field(self) -> str | None:
-        """The first offending field."""
-        return self.errors[0].field if self.errors else None
+        return first_field(self.errors)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -162,11 +170,11 @@ class FailedMessage:
 
     @property
     def message(self) -> str:
-        return "; ".join(e.message for e in self.errors)
+        return joined_messages(self.errors)
 
     @property
     def field(self) -> str | None:
-        return self.errors[0].field if self.errors else None
+        return first_field(self.errors)
 
     def to_dict(self) -> dict[str, Any]:
         return {

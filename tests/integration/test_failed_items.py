@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
+from devtools.stack import FAUST
 from models.batches import SinkBatch
 from models.events import ErrorCategory, FailedMessage, ValidationError
 from storage.failed import FailedFilter, FailedItems, FilterError, parse_time
@@ -117,3 +120,19 @@ def test_times_for_the_cli():
     assert parse_time("2026-11-01") == datetime(2026, 11, 1, tzinfo=UTC)
     with pytest.raises(FilterError, match="not a time"):
         parse_time("yesterday")
+
+
+@pytest.mark.parametrize(("args", "env", "words"), [
+    (["list"], {"DATABASE_URL": "postgresql+psycopg2://u:s3cret@127.0.0.1:1/x"},
+     "error: cannot reach the database at postgresql+psycopg2://u:***@127.0.0.1:1/x"),
+    (["list", "--since", "yesterday"], {}, "error: not a time: 'yesterday'"),
+    (["show"], {}, "error: show takes exactly one id"),
+    (["export"], {}, "error: export needs --output FILE"),
+])
+def test_cli_errors_are_one_line_without_secrets(tmp_path, args, env, words):
+    environ = {**os.environ, "APP_DATADIR": str(tmp_path), **env}
+    done = subprocess.run([FAUST, "-A", "app", "failed", *args], env=environ, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr and "s3cret" not in done.stderr + done.stdout
