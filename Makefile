@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 COUNT ?= 100000
 RATE ?= 0
 
@@ -19,18 +20,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the package with its dev tools
+# Azurite (the Azure Blob Storage emulator) for the tests of the abfs:// lake path.
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js 20) is needed for Azurite, the Azure Blob emulator the tests use"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+install: $(STAMP) $(NODE_STAMP) ## create .venv, install the package with its dev tools, and Azurite
 
 demo: $(STAMP) ## broker + PostgreSQL + migrations + worker + simulator (COUNT=100000), then a summary; stops everything
 	$(PY) -m devtools.demo --count $(COUNT) --rate $(RATE)
 
-test: $(STAMP) ## every test tier against the real broker and PostgreSQL (started and stopped by the tests)
+test: $(STAMP) $(NODE_STAMP) ## every test tier against the real broker and PostgreSQL (started and stopped by the tests)
 	$(PY) -m pytest tests
 
 test-unit: $(STAMP) ## unit tests only (no services)
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP) ## integration tests (real broker, real PostgreSQL)
+test-integration: $(STAMP) $(NODE_STAMP) ## integration tests (real broker, real PostgreSQL)
 	$(PY) -m pytest tests/integration
 
 test-e2e: $(STAMP) ## end-to-end tests (worker processes fed by the simulator)
@@ -53,4 +60,4 @@ worker: $(STAMP) ## run a worker on BROKER_URL / DATABASE_URL (web UI on 6066)
 	$(VENV)/bin/faust -A app worker -l info --web-port 6066
 
 clean: ## remove the venv and local run data
-	rm -rf $(VENV) .run data
+	rm -rf $(VENV) node_modules .run data

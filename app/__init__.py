@@ -52,6 +52,7 @@ def build(settings: Settings) -> PaymentApp:
         settings.raw_events_url,
         flush_rows=settings.parquet_flush_rows,
         flush_seconds=settings.parquet_flush_seconds,
+        storage_options=settings.lake_storage_options,
     )
     cache = WindowCache(faust_app, tables)
     seen = SeenIds(faust_app, declare_seen_table(faust_app), settings.dedupe_window_s)

@@ -7,9 +7,10 @@ Every knob of the worker, the simulator and the sinks is a field of
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,6 +54,15 @@ class Settings(BaseSettings):
         "15 s) while PostgreSQL is unreachable, before the worker crashes")
 
 
+    # Azure Blob Storage for an abfs:// RAW_EVENTS_URL: one of the three ways.
+    azure_storage_connection_string: SecretStr | None = Field(
+        None, description="connection string of the storage account (wins over the others)")
+    azure_storage_account_name: str = Field("", description="storage account name")
+    azure_storage_account_key: SecretStr | None = Field(None, description="account key")
+    azure_use_default_credential: bool = Field(
+        False, description="authenticate with DefaultAzureCredential (managed identity, "
+        "workload identity, az login) and AZURE_STORAGE_ACCOUNT_NAME")
+
     # Validation and the dead-letter path (docs/errors.md).
     validation_config: str = Field(
         "", description="validation YAML (schema, mode, rules); empty: the shipped "
@@ -74,6 +84,11 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _lake_credentials(self) -> Settings:
+        self.lake_storage_options  # noqa: B018 - raises with a clear message when missing
+        return self
+
+    @model_validator(mode="after")
     def _no_defaults_in_production(self) -> Settings:
         if self.environment == "production":
             for name in ("database_url", "broker_url"):
@@ -85,6 +100,23 @@ class Settings(BaseSettings):
     def broker_bootstrap(self) -> str:
         """``host:port[,host:port]`` without the ``kafka://`` scheme, for raw clients."""
         return ",".join(part.split("://", 1)[-1] for part in self.broker_url.split(";"))
+
+    @property
+    def lake_storage_options(self) -> dict[str, Any]:
+        """fsspec options for RAW_EVENTS_URL: credentials for abfs://, nothing for a path."""
+        if not self.raw_events_url.startswith(("abfs://", "abfss://", "az://")):
+            return {}
+        if self.azure_storage_connection_string is not None:
+            return {"connection_string":
+                    self.azure_storage_connection_string.get_secret_value()}
+        if self.azure_storage_account_name and self.azure_storage_account_key is not None:
+            return {"account_name": self.azure_storage_account_name,
+                    "account_key": self.azure_storage_account_key.get_secret_value()}
+        if self.azure_storage_account_name and self.azure_use_default_credential:
+            return {"account_name": self.azure_storage_account_name, "anon": False}
+        raise ValueError("RAW_EVENTS_URL is on Azure Blob Storage but no credentials are set: "
+                         "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME "
+                         "with AZURE_STORAGE_ACCOUNT_KEY or AZURE_USE_DEFAULT_CREDENTIAL=true")
 
     @property
     def safe_database_url(self) -> str:

