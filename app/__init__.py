@@ -61,7 +61,7 @@ def build(settings: Settings) -> PaymentApp:
                         max_events=settings.sink_queue_events, linger=settings.sink_linger_s)
     faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
     stats = register_ingest(faust_app, payments, dlq, cache, seen, sinks, validator)
-    register_retention(faust_app, engine, seen, settings)
+    register_retention(faust_app, engine, seen, lake, settings)
     register_commands(faust_app, settings, engine, validator)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:

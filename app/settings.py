@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     dedupe_purge_interval_s: float = Field(
         600, gt=0, description="how often expired ids are deleted from the seen-ids table")
     failed_retention_days: int = Field(180, ge=1, description="days failed_items rows are kept")
+    lake_retention_days: int = Field(90, ge=1, description="days of raw events kept in the lake")
     retention_interval_s: float = Field(
         3600, gt=0, description="how often the retention job runs (on the leader worker)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import adlfs
 import pyarrow.dataset as ds
@@ -10,6 +11,7 @@ import pytest
 
 from app.settings import Settings
 from storage.parquet import RAW_SCHEMA, RawEventWriter
+from storage.retention import purge_lake
 from tests.unit.test_parquet_writer import make_batch
 
 
@@ -65,3 +67,15 @@ def test_crash_mid_batch_then_replay_reads_back_exactly_once(lake):
     replay.flush("payments", 0)
     offsets = read(fs, root)["offset"].to_pylist()
     assert sorted(offsets) == list(range(300))
+
+
+def test_retention_deletes_old_day_folders_on_blob_storage(lake):
+    url, options, fs, root = lake
+    w = RawEventWriter(url, storage_options=options)
+    w.append(make_batch(0, 50))  # event time 2026-03-01 (failed ones: arrival time, today)
+    w.flush("payments", 0)
+    fs.pipe(f"{root}/date=2026-11-21/hour=00/payments-1-0-0.parquet", b"x")
+    removed = purge_lake(fs, root, 90, now=datetime(2026, 11, 22, tzinfo=UTC))
+    assert [p.rsplit("/", 1)[1] for p in removed] == ["date=2026-03-01"]
+    left = {p.rsplit("/", 1)[1] for p in fs.ls(root)}
+    assert "date=2026-03-01" not in left and {"_inflight", "date=2026-11-21"} <= left
