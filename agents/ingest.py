@@ -1,13 +1,14 @@
-"""The ingest batch handler: parse, validate, count, dead-letter, hand to the sinks.
+"""The ingest batch handler: parse, validate, de-duplicate, count, dead-letter, hand on.
 
 Runs for every fetched batch of one ``payments`` partition (see
 :mod:`app.batching`), inside the consumer's fetch loop, so the next fetch
-waits for it: that is the back-pressure. Per batch it emits one changelog
-record per touched window key, one ``payments-dlq`` record per failed
-message, and one :class:`~models.batches.SinkBatch` to the sinks, which ack
-the offsets once everything is durable. Window values go to the write-back
-:class:`~tables.cache.WindowCache`, which writes them to the tables before
-each commit.
+waits for it: that is the back-pressure. Per batch it emits one
+``payments-dlq`` record per failed message and one
+:class:`~models.batches.SinkBatch` to the sinks, which ack the offsets once
+everything is durable. Window values go to the write-back
+:class:`~tables.cache.WindowCache` and new transaction ids to
+:class:`~tables.seen.SeenIds`; both reach their tables (and changelogs)
+before each commit.
 """
 
 from __future__ import annotations
