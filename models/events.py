@@ -108,9 +108,6 @@ class ValidationError(msgspec.Struct, frozen=True):
         return {"field": self.field, "rule": self.rule, "message": self.message,
                 "value": self.value}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ValidationError:
-        return cls(data.get("field"), data["rule"], data["message"], data.get("value"))
 
 
 def joined_messages(errors: tuple[ValidationError, ...]) -> str:

@@ -25,6 +25,7 @@ from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -47,6 +48,7 @@ MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, from the wire format contract
 VALIDATION_CONFIG_PATH = CONFIG_DIR / "validation.yaml"
 _INTEGER_FIELDS = ("amount_minor", "processing_ms")
 _STATUSES = {s.value: s for s in TransactionStatus}
+_TRANSACTION_FIELDS = tuple(ParsedTransaction.__struct_fields__)
 
 
 class Mode(StrEnum):
@@ -222,6 +224,8 @@ def _extra_checks(obj: dict[str, Any], raw: bytes) -> ValidationError | None:
 
 
 def _from_struct(s: Any) -> ParsedTransaction | None:
+    """The typed transaction from a checked object: the fast path's Struct, or a
+    namespace over a decoded dict (absent optional fields are ``UNSET``)."""
     try:
         event_time = datetime.fromisoformat(s.event_time)
     except ValueError:
@@ -240,30 +244,22 @@ def _from_struct(s: Any) -> ParsedTransaction | None:
         country=s.country,
         processing_ms=s.processing_ms,
         card_bin=None if s.card_bin is msgspec.UNSET else s.card_bin,
-        risk_score=None if s.risk_score is msgspec.UNSET else s.risk_score,
+        risk_score=_float_or_none(s.risk_score),
         metadata=None if s.metadata is msgspec.UNSET else s.metadata,
     )
 
 
+def _float_or_none(value: Any) -> float | None:
+    if value is msgspec.UNSET or value is None:
+        return None
+    return float(value)  # a JSON integer is a valid number
+
+
 def _typed(obj: dict[str, Any]) -> ParsedTransaction:
-    risk = obj.get("risk_score")
-    return ParsedTransaction(
-        transaction_id=obj["transaction_id"],
-        event_time=datetime.fromisoformat(obj["event_time"]),
-        merchant_id=obj["merchant_id"],
-        customer_id=obj["customer_id"],
-        amount_minor=obj["amount_minor"],
-        currency=obj["currency"],
-        channel=obj["channel"],
-        payment_method=obj["payment_method"],
-        status=_STATUSES[obj["status"]],
-        decline_code=obj.get("decline_code"),
-        country=obj["country"],
-        processing_ms=obj["processing_ms"],
-        card_bin=obj.get("card_bin"),
-        risk_score=float(risk) if risk is not None else None,
-        metadata=obj.get("metadata"),
-    )
+    tx = _from_struct(SimpleNamespace(**{name: obj.get(name, msgspec.UNSET)
+                                         for name in _TRANSACTION_FIELDS}))
+    assert tx is not None, "event_time was checked before"  # noqa: S101
+    return tx
 
 
 def _field_with_nul(obj: dict[str, Any]) -> str | None:
