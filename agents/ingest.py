@@ -2,17 +2,28 @@
 
 Runs for every fetched batch of one ``payments`` partition (see
 :mod:`app.batching`), inside the consumer's fetch loop, so the next fetch
-waits for it: that is the back-pressure. Per batch it emits one
-``payments-dlq`` record per failed message and one
+waits for it: that is the back-pressure. Per batch, in offset order:
+
+1. parse, validate and de-duplicate (:func:`_classify`);
+2. decide which accepted payments are too late for the windows: a payment is
+   late when its 5-minute window ended ``grace`` seconds or more before the
+   partition's stream time (the newest event time so far); a late payment is
+   left out of every window size (so an hourly window stays the merge of its
+   5-minute windows) and counted in the ``late_events`` windowed metric;
+3. extract each payment's metrics (:class:`~pipeline.metrics.MetricEngine`);
+4. count the on-time payments into the window tables, one update per key.
+
+It emits one ``payments-dlq`` record per failed message and one
 :class:`~models.batches.SinkBatch` to the sinks, which ack the offsets once
-everything is durable. Window values go to the write-back
-:class:`~tables.cache.WindowCache` and new transaction ids to
-:class:`~tables.seen.SeenIds`; both reach their tables (and changelogs)
+everything is durable. Window values and the stream clock go to the
+write-back :class:`~tables.cache.WriteBackCache` and new transaction ids to
+:class:`~tables.seen.SeenIds`; all reach their tables (and changelogs)
 before each commit.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -27,12 +38,31 @@ from app.batching import partition_context
 from app.faust_app import PaymentApp
 from models.batches import SinkBatch, WindowRow
 from models.events import ErrorCategory, FailedMessage, ParsedTransaction, ValidationError
+from pipeline.metrics import ExtractionResult, MetricEngine
 from pipeline.parse import Validator
-from pipeline.windows import apply_entries, group_by_window
-from tables.cache import WindowCache
-from tables.payments import table_key
+from pipeline.windows import (
+    LATE_EVENTS,
+    MetricEntry,
+    StreamClock,
+    WindowMetrics,
+    apply_entries,
+    group_by_window,
+    is_late,
+    observe,
+    window_start,
+)
+from tables.cache import WriteBackCache
+from tables.payments import (
+    CLOCK_TABLE,
+    WindowTables,
+    counts_table,
+    metrics_key,
+    metrics_table,
+    table_key,
+)
 from tables.seen import SeenIds
 
+log = logging.getLogger(__name__)
 RETRY_COUNT_HEADER = "x-retry-count"  # set by `faust -A app failed replay`
 REPLAY_OF_HEADER = "x-replay-of"  # the failed_items.id a replayed message comes from
 
@@ -52,6 +82,9 @@ class IngestStats:
         self.consumed = 0
         self.accepted = 0
         self.failed = 0
+        self.late = 0
+        self.metrics = 0
+        self.extractor_errors: Counter[str] = Counter()
         self.failed_by_category: Counter[str] = Counter()
         self.batches = 0
         self.first_event_at: float | None = None
@@ -74,6 +107,9 @@ class IngestStats:
             "accepted": self.accepted,
             "failed": self.failed,
             "failed_by_category": dict(self.failed_by_category),
+            "late_events": self.late,
+            "metrics_extracted": self.metrics,
+            "extractor_errors": dict(self.extractor_errors),
             "batches": self.batches,
             "events_per_second": round(self.consumed / span, 1) if span > 0 else None,
             "latency_ms": pcts(self.latencies),
@@ -85,13 +121,17 @@ def register_ingest(
     app: PaymentApp,
     payments: TopicT,
     dlq: TopicT,
-    cache: WindowCache,
+    windows: WindowTables,
+    cache: WriteBackCache,
     seen: SeenIds,
     sinks: SinkService,
     validator: Validator,
+    engine: MetricEngine,
+    grace: float,
 ) -> IngestStats:
     """Register the ``payments`` batch handler; returns its live stats."""
     stats = IngestStats()
+    counter = WindowCounter(windows, cache, engine, grace)
 
     @app.batch_handler(payments)
     async def ingest(tp: TP, messages: Sequence[Message]) -> None:
@@ -99,7 +139,11 @@ def register_ingest(
         with partition_context(app, messages[-1]):
             payments_by_offset, failed = _classify(validator, seen, tp.partition, messages,
                                                    arrival)
-        window_rows = _count_windows(app, cache, tp, messages, payments_by_offset)
+        partition = tp.partition
+        with partition_context(app, messages[-1]):
+            metrics = {offset: engine.extract(tx, offset, _history(seen, partition))
+                       for offset, tx in payments_by_offset.items()}
+            window_rows, late = counter.count(partition, payments_by_offset, metrics)
         done = time.time()
 
         for item in failed:
@@ -108,9 +152,11 @@ def register_ingest(
                 value=orjson.dumps(item.to_dict()),
             )
         _record(stats, messages, failed, arrival, done)
+        stats.late += late
+        _record_metrics(stats, metrics)
         await sinks.put(
             SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
-                      window_rows, arrival)
+                      window_rows, arrival, metrics)
         )
         # Bound the producer's buffer (changelog + DLQ records) per batch.
         await app.producer.buffer.wait_until_ebb()
@@ -138,7 +184,8 @@ def _classify(
             continue
         first = seen.first_seen(partition, tx.transaction_id, received)
         if first is None:
-            seen.add(partition, tx.transaction_id, message.offset, received)
+            seen.add(partition, tx.transaction_id, message.offset, received,
+                     (tx.customer_id, tx.event_ts, tx.amount_minor, tx.currency))
         elif first != message.offset:  # the same offset again is a redelivery, not a duplicate
             error = ValidationError(
                 "transaction_id", "unique",
@@ -150,29 +197,91 @@ def _classify(
     return accepted, failed
 
 
-def _count_windows(
-    app: PaymentApp,
-    cache: WindowCache,
-    tp: TP,
-    messages: Sequence[Message],
-    payments: dict[int, ParsedTransaction],
-) -> list[WindowRow]:
-    """Count the batch into every window size, one lookup and one update per key."""
-    rows: list[WindowRow] = []
-    if not payments:
-        return rows
-    partition = tp.partition
-    with partition_context(app, messages[-1]):
-        for size in cache.tables:
-            for (start, channel), entries in group_by_window(payments.items(), size).items():
+def _history(seen: SeenIds, partition: int):  # noqa: ANN202 - a History
+    return lambda customer: seen.history(partition, customer)
+
+
+class WindowCounter:
+    """Counts one partition's batch into every window size, one update per key."""
+
+    def __init__(self, windows: WindowTables, cache: WriteBackCache, engine: MetricEngine,
+                 grace: float) -> None:
+        self.windows = windows
+        self.cache = cache
+        self.bounds = engine.bounds
+        self.grace = grace
+        self.finest = windows.sizes[0]
+
+    def count(self, partition: int, payments: dict[int, ParsedTransaction],
+              metrics: dict[int, ExtractionResult]) -> tuple[list[WindowRow], int]:
+        """Count a batch (call in the partition's context); returns the count rows and
+        how many payments were too late for the windows."""
+        if not payments:
+            return [], 0
+        on_time, late = self._split_late(partition, payments)
+        rows = self._count_payments(partition, on_time)
+        # windowed metrics, grouped by finest window; late ones only count as late
+        entries: dict[int, list[MetricEntry]] = {}
+        for offset, tx in payments.items():
+            start = window_start(tx.event_ts, self.finest)
+            item = ((LATE_EVENTS, "", 1),) if offset in late else metrics[offset].windowed()
+            entries.setdefault(start, []).append((offset, item))  # type: ignore[arg-type]
+        self._count_metrics(partition, entries)
+        return rows, len(late)
+
+    def _split_late(self, partition: int, payments: dict[int, ParsedTransaction],
+                    ) -> tuple[list[tuple[int, ParsedTransaction]], set[int]]:
+        clock: StreamClock = self.cache.get(partition, CLOCK_TABLE, str(partition))
+        on_time: list[tuple[int, ParsedTransaction]] = []
+        late: set[int] = set()
+        for offset, tx in payments.items():
+            ts = tx.event_ts
+            if is_late(ts, clock.stream_time, self.finest, self.grace):
+                late.add(offset)
+            else:
+                on_time.append((offset, tx))
+            if offset > clock.last_offset:
+                clock.last_offset = offset
+                if ts > clock.stream_time:
+                    clock.stream_time = ts
+        self.cache.put(partition, CLOCK_TABLE, str(partition), clock)
+        return on_time, late
+
+    def _count_payments(self, partition: int,
+                        on_time: list[tuple[int, ParsedTransaction]]) -> list[WindowRow]:
+        rows: list[WindowRow] = []
+        for size in self.windows.sizes:
+            table = counts_table(size)
+            for (start, channel), group in group_by_window(on_time, size).items():
                 key = table_key(start, channel, partition)
-                counts = cache.get(partition, size, key)
-                apply_entries(counts, entries)
+                counts = self.cache.get(partition, table, key)
+                apply_entries(counts, group)
                 # Marked dirty even when a replay added nothing: the changelog then
                 # converges even if the crashed run's record never reached it.
-                cache.put(partition, size, key, counts)
+                self.cache.put(partition, table, key, counts)
                 rows.append(WindowRow(size, start, channel, partition, counts.copy()))
-    return rows
+        return rows
+
+    def _count_metrics(self, partition: int, entries: dict[int, list[MetricEntry]]) -> None:
+        deltas = {start: observe(group, self.bounds) for start, group in entries.items()}
+        for size in self.windows.sizes:
+            table = metrics_table(size)
+            targets: dict[int, list[int]] = {}
+            for start in entries:
+                targets.setdefault(window_start(start, size), []).append(start)
+            for target, starts in targets.items():
+                key = metrics_key(target, partition)
+                value: WindowMetrics = self.cache.get(partition, table, key)
+                last = value.last_offset
+                for start in starts:
+                    group = entries[start]
+                    if group[0][0] > last:
+                        delta, newest = deltas[start]
+                    else:  # a replay: count only what the value has not seen
+                        delta, newest = observe(group, self.bounds, after=last)
+                    value.merge(delta)
+                    value.last_offset = max(value.last_offset, newest)
+                self.cache.put(partition, table, key, value)
 
 
 def _failed(message: Message, category: ErrorCategory,
@@ -203,6 +312,17 @@ def _int(value: bytes | None) -> int | None:
         return int(value) if value else None
     except ValueError:
         return None
+
+
+def _record_metrics(stats: IngestStats, metrics: dict[int, ExtractionResult]) -> None:
+    for result in metrics.values():
+        stats.metrics += len(result)
+        if result.errors:
+            for error in result.errors:
+                if not stats.extractor_errors[error.extractor]:
+                    log.warning("metric extractor %s failed (the payment and its other "
+                                "metrics are kept): %s", error.extractor, error.error)
+                stats.extractor_errors[error.extractor] += 1
 
 
 def _record(stats: IngestStats, messages: Sequence[Message], failed: list[FailedMessage],

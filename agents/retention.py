@@ -1,9 +1,12 @@
-"""Periodic jobs: ``failed_items`` retention and expiry of seen transaction ids.
+"""Periodic jobs: retention in PostgreSQL and the lake, expiry of table state.
 
-* ``failed_items`` older than ``FAILED_RETENTION_DAYS`` (default 180) and lake day
-  folders older than ``LAKE_RETENTION_DAYS`` (90) are deleted every
-  ``RETENTION_INTERVAL_S``, by the leader worker only (one delete, not N).
-* Expired entries of the ``seen-transactions`` table are deleted every
+* Rows past their table's retention (:data:`storage.retention.RETENTION`:
+  ``failed_items`` 180 days, ``normalized_transactions`` and ``dynamic_metrics``
+  365, ``aggregate_histograms`` 730) and lake day folders older than
+  ``LAKE_RETENTION_DAYS`` (90) are deleted every ``RETENTION_INTERVAL_S``, by the
+  leader worker only (one delete, not N).
+* Expired entries of the ``seen-transactions`` table, and windows that ended
+  ``WINDOW_RETENTION_S`` before their partition's stream time, are deleted every
   ``DEDUPE_PURGE_INTERVAL_S`` by each worker, for the partitions it owns.
 """
 
@@ -16,24 +19,34 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from app.batching import placeholder_message
+from app.batching import partition_context, placeholder_message
 from app.faust_app import PaymentApp
 from app.topics import PAYMENTS
+from pipeline.windows import StreamClock
 from storage.parquet import RawEventWriter
-from storage.retention import purge_failed_items, purge_lake
+from storage.retention import purge_database, purge_lake
+from tables.cache import WriteBackCache
+from tables.payments import (
+    CLOCK_TABLE,
+    WindowTables,
+    counts_table,
+    expired_keys,
+    key_partition,
+    metrics_table,
+)
 from tables.seen import SeenIds
 
 log = logging.getLogger(__name__)
 
 
 def register_retention(app: PaymentApp, engine: Engine, seen: SeenIds, lake: RawEventWriter,
-                       settings: Any) -> None:
+                       settings: Any, windows: WindowTables, cache: WriteBackCache) -> None:
     @app.timer(interval=settings.retention_interval_s, on_leader=True)
     async def retention() -> None:
         try:
-            await asyncio.to_thread(purge_failed_items, engine, settings.failed_retention_days)
+            await asyncio.to_thread(purge_database, engine, settings)
         except Exception:  # the next run tries again; the worker keeps consuming
-            log.exception("failed_items retention run failed")
+            log.exception("database retention run failed")
         try:
             await asyncio.to_thread(purge_lake, lake.fs, lake.root, settings.lake_retention_days)
         except Exception:
@@ -45,3 +58,29 @@ def register_retention(app: PaymentApp, engine: Engine, seen: SeenIds, lake: Raw
                    if tp.topic == PAYMENTS}
         if actives:
             seen.purge(actives, lambda p: placeholder_message(PAYMENTS, p), time.time())
+            expire_windows(windows, cache, actives, settings.window_retention_s)
+
+
+def expire_windows(windows: WindowTables, cache: WriteBackCache, partitions: set[int],
+                   retention: float) -> int:
+    """Delete the windows of ``partitions`` that ended ``retention`` seconds before the
+    partition's stream time (state stays bounded; PostgreSQL keeps the rows)."""
+    deleted = 0
+    for partition in partitions:
+        message = placeholder_message(PAYMENTS, partition)
+        with partition_context(cache.app, message):
+            clock: StreamClock = cache.get(partition, CLOCK_TABLE, str(partition))
+            if clock.last_offset < 0:
+                continue
+            for size in windows.sizes:
+                for name in (counts_table(size), metrics_table(size)):
+                    keys = [k for k in windows.tables[name]
+                            if key_partition(str(k)) == partition]
+                    old = expired_keys(keys, size, clock.stream_time, retention)
+                    if old:
+                        cache.delete(partition, name, old, message)
+                        deleted += len(old)
+    if deleted:
+        log.info("expired %d windows from the tables", deleted)
+    return deleted
+

@@ -9,8 +9,9 @@ back-pressure), and for each one, in order:
    sink writes larger transactions exactly when it falls behind);
 2. adds the batch to its partition's Parquet buffer;
 3. when a buffer is due (size or age), writes its files, acks its messages,
-   writes the partition's cached window values to the tables, flushes the
-   producer (changelog and DLQ records) and commits the offsets.
+   writes the partition's cached window values to the tables, their windowed
+   metrics to PostgreSQL (``histogram_partials``, ``aggregate_histograms``),
+   flushes the producer (changelog and DLQ records) and commits the offsets.
 
 So an offset is committed only after everything it produced is durable.
 Blocking I/O runs in worker threads; a write that fails every retry crashes
@@ -23,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mode import Service
 
@@ -41,6 +42,7 @@ class SinkService(Service):
 
     def __init__(self, app: PaymentApp, db: PostgresSink, lake: RawEventWriter,
                  caches: Sequence[TableCache], *, max_events: int = 50_000, linger: float = 0.2,
+                 flushed_windows: Callable[[int], list] = lambda partition: [],
                  **kwargs) -> None:
         super().__init__(**kwargs)
         self.app = app
@@ -49,6 +51,7 @@ class SinkService(Service):
         self.caches = list(caches)
         self.max_events = max_events
         self.linger = linger
+        self.flushed_windows = flushed_windows
         self._queue: list[SinkBatch] = []
         self._queued_events = 0
         self._changed = asyncio.Condition()
@@ -111,6 +114,9 @@ class SinkService(Service):
         # changelog before the commit
         for cache in self.caches:
             cache.flush(partition, flushed.messages[-1])
+        windows = self.flushed_windows(partition)  # snapshotted here, on the loop
+        if windows:
+            self.rows_written.update(await asyncio.to_thread(self.db.write_windows, windows))
         await self.app.producer.flush()
         tp = flushed.messages[-1].tp
         if await consumer.commit({tp}):

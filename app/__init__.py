@@ -31,18 +31,20 @@ def build(settings: Settings) -> PaymentApp:
     from app.commands import register_commands
     from app.topics import declare_topics
     from app.web import register_views
+    from pipeline.metrics import COMPLIANCE_CONFIG_PATH, METRICS_CONFIG_PATH, load_engine
     from pipeline.parse import VALIDATION_CONFIG_PATH, Validator
     from storage.parquet import RawEventWriter
-    from storage.postgres import PostgresSink, create_db_engine
-    from tables.cache import WindowCache
-    from tables.payments import declare_tables
+    from storage.postgres import PostgresSink, create_db_engine, partial_rows
+    from tables.payments import declare_tables, metrics_table, split_metrics_key, window_cache
     from tables.seen import SeenIds, declare_seen_table
 
     faust_app = create_app(settings)
     payments, dlq = declare_topics(faust_app)
-    tables = declare_tables(faust_app)
+    windows = declare_tables(faust_app, settings.window_size_list)
     validator = Validator.from_config(Path(settings.validation_config or VALIDATION_CONFIG_PATH))
-    engine = create_db_engine(
+    engine = load_engine(Path(settings.metrics_config or METRICS_CONFIG_PATH),
+                         Path(settings.compliance_config or COMPLIANCE_CONFIG_PATH))
+    db_engine = create_db_engine(
         settings.database_url,
         pool_min=settings.db_pool_min,
         pool_max=settings.db_pool_max,
@@ -54,21 +56,34 @@ def build(settings: Settings) -> PaymentApp:
         flush_seconds=settings.parquet_flush_seconds,
         storage_options=settings.lake_storage_options,
     )
-    cache = WindowCache(faust_app, tables)
+    cache = window_cache(faust_app, windows, engine.bounds)
     seen = SeenIds(faust_app, declare_seen_table(faust_app), settings.dedupe_window_s)
-    db = PostgresSink(engine, give_up_after=settings.db_retry_seconds)
+    db = PostgresSink(db_engine, give_up_after=settings.db_retry_seconds,
+                      bounds=engine.bounds, config_version=engine.version)
+    sizes = {metrics_table(size): size for size in windows.sizes}
+
+    def flushed_windows(partition: int) -> list:
+        rows = []
+        for name, key, value in cache.take_flushed(partition):
+            if name in sizes:
+                start, part = split_metrics_key(key)
+                rows += partial_rows(sizes[name], start, part, value)
+        return rows
+
     sinks = SinkService(faust_app, db, lake, [cache, seen],
-                        max_events=settings.sink_queue_events, linger=settings.sink_linger_s)
+                        max_events=settings.sink_queue_events, linger=settings.sink_linger_s,
+                        flushed_windows=flushed_windows)
     faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
-    stats = register_ingest(faust_app, payments, dlq, cache, seen, sinks, validator)
-    register_retention(faust_app, engine, seen, lake, settings)
-    register_commands(faust_app, settings, engine, validator)
+    stats = register_ingest(faust_app, payments, dlq, windows, cache, seen, sinks, validator,
+                            engine, settings.window_grace_s)
+    register_retention(faust_app, db_engine, seen, lake, settings, windows, cache)
+    register_commands(faust_app, settings, db_engine, validator)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
         await sinks.on_revoked(revoked)
 
     faust_app.on_partitions_revoked.connect(_on_revoked)  # type: ignore[arg-type]
-    register_views(faust_app, stats, sinks, cache, seen)
+    register_views(faust_app, stats, sinks, cache, seen, windows, engine)
     faust_app.sinks = sinks  # type: ignore[attr-defined]
     faust_app.ingest_stats = stats  # type: ignore[attr-defined]
     return faust_app

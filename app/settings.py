@@ -74,8 +74,48 @@ class Settings(BaseSettings):
         600, gt=0, description="how often expired ids are deleted from the seen-ids table")
     failed_retention_days: int = Field(180, ge=1, description="days failed_items rows are kept")
     lake_retention_days: int = Field(90, ge=1, description="days of raw events kept in the lake")
+    transactions_retention_days: int = Field(
+        365, ge=1, description="days normalized_transactions rows are kept (event time)")
+    metrics_retention_days: int = Field(365, ge=1, description="days dynamic_metrics rows are kept")
+    histograms_retention_days: int = Field(
+        730, ge=1, description="days aggregate_histograms windows are kept")
     retention_interval_s: float = Field(
         3600, gt=0, description="how often the retention job runs (on the leader worker)")
+
+    # Metrics and windows (docs/metrics.md).
+    metrics_config: str = Field(
+        "", description="metrics:definitions:v1 YAML; empty: the shipped config/metrics.yaml")
+    compliance_config: str = Field(
+        "", description="compliance:rules:v1 YAML; empty: the shipped config/compliance.yaml")
+    window_sizes: str = Field(
+        "300,3600", description="tumbling event-time window sizes in seconds, comma-separated; "
+        "each a multiple of the smallest")
+    window_grace_s: float = Field(
+        120, ge=0, description="a window still takes late events this long after it ends "
+        "(stream time); later ones are counted in late_events only")
+    window_retention_s: float = Field(
+        7200, gt=0, description="windows are deleted from the tables (RocksDB and changelog) "
+        "this long after they end (stream time); PostgreSQL keeps them")
+
+    @field_validator("window_sizes")
+    @classmethod
+    def _window_sizes(cls, value: str) -> str:
+        try:
+            sizes = sorted({int(part) for part in value.split(",") if part.strip()})
+        except ValueError:
+            raise ValueError(f"WINDOW_SIZES must be integers (seconds), got {value!r}") from None
+        if not sizes or sizes[0] <= 0:
+            raise ValueError(f"WINDOW_SIZES must be positive seconds, got {value!r}")
+        if any(s % sizes[0] for s in sizes):
+            raise ValueError(f"WINDOW_SIZES must be multiples of the smallest ({sizes[0]} s), "
+                             f"so larger windows are merges of smaller ones: got {value!r}")
+        if 3600 % sizes[0] and sizes[0] % 3600:
+            raise ValueError(f"the smallest window ({sizes[0]} s) must divide an hour")
+        return value
+
+    @property
+    def window_size_list(self) -> tuple[int, ...]:
+        return tuple(sorted({int(p) for p in self.window_sizes.split(",") if p.strip()}))
 
     @field_validator("environment")
     @classmethod

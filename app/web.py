@@ -1,48 +1,203 @@
-"""Read-only web views on the worker's Faust web server.
+"""Read-only web views on the worker's Faust web server (docs/metrics.md lists them).
 
-- ``/payments/stats/``: this worker's assigned partitions, ingest and sink counters,
-  latency percentiles
-  (``POST /payments/stats/reset/`` starts them afresh).
-- ``/payments/windows/``: the windows this worker holds, per window size and channel
-  (the partitions it owns, added up).
+- ``/payments/stats/``: this worker's partitions, ingest and sink counters, latency
+  percentiles (``POST /payments/stats/reset/`` starts them afresh).
+- ``/payments/tables/``: the tables, with their keys on this worker.
+- ``/payments/tables/<table>/windows/?limit=12``: the newest windows of a window
+  table, partitions added up (counts) or merged (histograms).
+- ``/payments/tables/<table>/series/?key=<k>``: one key across the windows: a
+  channel (``window-counts-*``) or ``<metric>|<dimension>`` (``window-metrics-*``).
+- ``/payments/tables/<table>/keys/<key>/``: one stored value as is.
+- ``/payments/dashboard/``: an HTML page of the current windows per channel that
+  refreshes itself (no build step, no CDN); its data is ``/payments/dashboard.json``.
+
+Window keys carry their source partition, so Faust's ``table_route`` (which hashes
+the key) cannot find their owner; these views route the same way from the
+assignor's table metadata instead: a key's partition names the worker that owns
+it, and a view over all partitions asks every worker for its part
+(``?scope=local`` answers for this worker only) and merges the answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 from faust.web import Request, Response, View
+from yarl import URL
 
-from tables.payments import split_key
+from pipeline.histogram import Histogram
+from pipeline.windows import STATUSES
+from tables.payments import CLOCK_TABLE, counts_table, key_partition, metrics_table, split_key
+
+log = logging.getLogger(__name__)
+DASHBOARD_HTML = Path(__file__).with_name("dashboard.html")
+DASHBOARD_CHANNELS = ("ecommerce", "pos", "mobile", "moto", "recurring")
 
 
-def window_summary(cache: Any, *, limit: int = 12) -> dict[str, Any]:
-    """The newest ``limit`` windows of each size, channels summed over partitions."""
-    out: dict[str, Any] = {}
-    for size in cache.tables:
-        merged: dict[int, dict[str, dict[str, int]]] = defaultdict(dict)
-        for key, value in cache.items(size):
-            start, channel, _partition = split_key(key)
-            slot = merged[start].setdefault(channel, defaultdict(int))
-            slot["tx_count"] += value["tx_count"]
-            slot["amount_minor_sum"] += value["amount_minor_sum"]
-            for status, n in value["by_status"].items():
-                slot[status] += n
-        newest = sorted(merged, reverse=True)[:limit]
-        out[f"{size}s"] = [
-            {
-                "window_start": datetime.fromtimestamp(start, UTC).isoformat(),
-                "channels": {ch: dict(v) for ch, v in sorted(merged[start].items())},
-            }
-            for start in newest
-        ]
+class Windows:
+    """Window summaries of this worker's partitions, and their merge across workers."""
+
+    def __init__(self, app: Any, cache: Any, windows: Any, engine: Any) -> None:
+        self.app = app
+        self.cache = cache
+        self.windows = windows
+        self.bounds = engine.bounds
+        self.kinds: dict[str, tuple[str, int]] = {}
+        for size in windows.sizes:
+            self.kinds[counts_table(size)] = ("counts", size)
+            self.kinds[metrics_table(size)] = ("metrics", size)
+
+    # -- this worker --------------------------------------------------------------------
+
+    def local(self, table: str) -> dict[int, dict[str, Any]]:
+        """``{window start: {key: value}}`` of this worker's partitions, partitions added."""
+        kind, _ = self.kinds[table]
+        out: dict[int, dict[str, Any]] = defaultdict(dict)
+        for key, value in self.cache.items(table):
+            if kind == "counts":
+                start, channel, _ = split_key(key)
+                slot = out[start].setdefault(channel, defaultdict(int))
+                slot["tx_count"] += value["tx_count"]
+                slot["amount_minor_sum"] += value["amount_minor_sum"]
+                for status, n in value["by_status"].items():
+                    slot[status] += n
+            else:
+                start = int(key.split("|", 1)[0])
+                slot = out[start]
+                for name, data in value["m"].items():
+                    h = Histogram.from_list(self.bounds(name.split("|", 1)[0]), data)
+                    if name in slot:
+                        slot[name].merge(h)
+                    else:
+                        slot[name] = h
+        return out
+
+    def encode(self, table: str, merged: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """JSON-ready form of merged windows: counts as dicts, histograms as lists."""
+        kind, _ = self.kinds[table]
+        return {str(start): {k: (v.to_list() if kind == "metrics" else dict(v))
+                             for k, v in slot.items()}
+                for start, slot in merged.items()}
+
+    def decode_into(self, table: str, merged: dict[int, dict[str, Any]],
+                    data: dict[str, Any]) -> None:
+        """Add one worker's encoded windows into ``merged``."""
+        kind, _ = self.kinds[table]
+        for start_text, slot in data.items():
+            target = merged[int(start_text)]
+            for key, value in slot.items():
+                if kind == "metrics":
+                    h = Histogram.from_list(self.bounds(key.split("|", 1)[0]), value)
+                    if key in target:
+                        target[key].merge(h)
+                    else:
+                        target[key] = h
+                else:
+                    counts = target.setdefault(key, defaultdict(int))
+                    for name, n in value.items():
+                        counts[name] += n
+
+    # -- every worker --------------------------------------------------------------------
+
+    def peers(self, table: str) -> list[str]:
+        """Web URLs of the other workers that own partitions of ``table``."""
+        me = str(self.app.conf.canonical_url).rstrip("/")
+        topic = self.app.tables[table].changelog_topic.get_topic_name()
+        try:
+            hosts = self.app.assignor.table_metadata(topic)
+        except Exception:  # noqa: BLE001 - no assignment yet: this worker only
+            return []
+        return sorted({str(h).rstrip("/") for h, parts in hosts.items() if parts} - {me})
+
+    async def merged(self, table: str) -> dict[int, dict[str, Any]]:
+        merged: dict[int, dict[str, Any]] = defaultdict(dict)
+        self.decode_into(table, merged, self.encode(table, self.local(table)))
+        peers = self.peers(table)
+        if peers:
+            answers = await asyncio.gather(*(self._fetch(p, table) for p in peers))
+            for answer in answers:
+                if answer is not None:
+                    self.decode_into(table, merged, answer)
+        return merged
+
+    async def _fetch(self, peer: str, table: str) -> dict[str, Any] | None:
+        url = URL(peer) / "payments" / "tables" / table / "windows" / ""
+        try:
+            async with self.app.http_client.get(url.with_query(scope="local", raw="1"),
+                                                timeout=5) as resp:
+                return orjson.loads(await resp.read())
+        except Exception as exc:  # noqa: BLE001 - show what we have, say what is missing
+            log.warning("web: worker %s did not answer for %s: %s", peer, table, exc)
+            return None
+
+
+def present(kind: str, slot: dict[str, Any]) -> dict[str, Any]:
+    if kind == "metrics":
+        return {key: h.to_dict() for key, h in sorted(slot.items())}
+    out = {}
+    for channel, counts in sorted(slot.items()):
+        c = dict(counts)
+        decided = c.get("approved", 0) + c.get("declined", 0)
+        c["approval_rate"] = round(c.get("approved", 0) / c["tx_count"], 4) if c.get(
+            "tx_count") else None
+        c["authorization_rate"] = round(c.get("approved", 0) / decided, 4) if decided else None
+        out[channel] = c
     return out
 
 
-def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any) -> None:
+def window_list(windows: Windows, table: str, merged: dict[int, dict[str, Any]],
+                limit: int) -> list[dict[str, Any]]:
+    kind, size = windows.kinds[table]
+    return [{"window_start": datetime.fromtimestamp(start, UTC).isoformat(),
+             "window_seconds": size, "values": present(kind, merged[start])}
+            for start in sorted(merged, reverse=True)[:limit]]
+
+
+async def dashboard_data(windows: Windows) -> dict[str, Any]:
+    """Current windows per channel for the dashboard: counts, approval, latency, amounts."""
+    out: dict[str, Any] = {"generated_at": datetime.now(UTC).isoformat(), "windows": []}
+    for size in windows.windows.sizes:
+        counts = await windows.merged(counts_table(size))
+        metrics = await windows.merged(metrics_table(size))
+        if not counts and not metrics:
+            continue
+        start = max(list(counts) + list(metrics))
+        slot_c = present("counts", counts.get(start, {}))
+        slot_m = metrics.get(start, {})
+        channels = {}
+        for channel in sorted(set(slot_c) | set(DASHBOARD_CHANNELS)):
+            c = slot_c.get(channel, {})
+            latency = slot_m.get(f"processing_ms|channel={channel}")
+            channels[channel] = {
+                "tx_count": c.get("tx_count", 0),
+                **{s: c.get(s, 0) for s in STATUSES},
+                "approval_rate": c.get("approval_rate"),
+                "latency_ms": {q: latency.quantile(v) if latency else None
+                               for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
+            }
+        amounts = {key.split("=", 1)[1]: h.to_dict() for key, h in slot_m.items()
+                   if key.startswith("amount_minor|currency=") and "," not in key}
+        late = slot_m.get("late_events|")
+        out["windows"].append({
+            "window_seconds": size,
+            "window_start": datetime.fromtimestamp(start, UTC).isoformat(),
+            "channels": channels,
+            "amount_minor_by_currency": amounts,
+            "late_events": late.count if late else 0,
+        })
+    return out
+
+
+def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, windows: Any,
+                   engine: Any) -> Windows:
     """Attach the views to ``app``'s web server."""
+    views = Windows(app, cache, windows, engine)
 
     @app.page("/payments/stats/")
     class StatsView(View):
@@ -58,6 +213,8 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any) -> N
                 },
                 "dedupe": {"ids_held": seen.size(), "ids_expired": seen.purged,
                            "window_s": seen.expiry},
+                "metrics": {"definitions": len(engine.definitions),
+                            "config_version": engine.version},
             })
 
     @app.page("/payments/stats/reset/")
@@ -66,8 +223,104 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any) -> N
             stats.reset()
             return self.json({"reset": True})
 
-    @app.page("/payments/windows/")
-    class WindowsView(View):
+    @app.page("/payments/tables/")
+    class TablesView(View):
         async def get(self, request: Request) -> Response:
-            limit = int(request.query.get("limit", "12"))
-            return self.json(window_summary(cache, limit=limit))
+            out = []
+            for name, table in sorted(app.tables.items()):
+                kind, size = views.kinds.get(name, ("clock" if name == CLOCK_TABLE
+                                                    else "other", None))
+                out.append({"name": name, "kind": kind, "window_seconds": size,
+                            "help": table.help, "local_keys": len(table.data)})
+            return self.json({"tables": out})
+
+    @app.page("/payments/tables/{table}/windows/")
+    class TableWindowsView(View):
+        async def get(self, request: Request, table: str) -> Response:
+            if table not in views.kinds:
+                return self.error(404, f"no window table {table!r}; see /payments/tables/")
+            if request.query.get("scope") == "local":
+                local = views.local(table)
+                if request.query.get("raw"):
+                    return self.json(views.encode(table, local))
+                merged = local
+            else:
+                merged = await views.merged(table)
+            limit = _int(request.query.get("limit"), 12)
+            return self.json({"table": table, "windows": window_list(views, table, merged,
+                                                                      limit)})
+
+    @app.page("/payments/tables/{table}/series/")
+    class TableSeriesView(View):
+        async def get(self, request: Request, table: str) -> Response:
+            if table not in views.kinds:
+                return self.error(404, f"no window table {table!r}; see /payments/tables/")
+            key = request.query.get("key", "")
+            if not key:
+                return self.error(400, "give ?key=<channel> or ?key=<metric>|<dimension>")
+            kind, size = views.kinds[table]
+            merged = await views.merged(table)
+            series = []
+            for start in sorted(merged, reverse=True)[:_int(request.query.get("limit"), 24)]:
+                value = merged[start].get(key)
+                if value is not None:
+                    series.append({
+                        "window_start": datetime.fromtimestamp(start, UTC).isoformat(),
+                        "value": present(kind, {key: value})[key]})
+            return self.json({"table": table, "key": key, "window_seconds": size,
+                              "windows": series})
+
+    @app.page("/payments/tables/{table}/keys/{key}/")
+    class TableKeyView(View):
+        async def get(self, request: Request, table: str, key: str) -> Response:
+            if table not in app.tables:
+                return self.error(404, f"no table {table!r}; see /payments/tables/")
+            try:
+                partition = int(key) if table == CLOCK_TABLE else key_partition(key)
+            except ValueError:
+                return self.error(400, f"key {key!r} names no partition")
+            owner = _owner(app, table, partition)
+            me = str(app.conf.canonical_url).rstrip("/")
+            if owner is not None and owner != me:
+                target = URL(owner)
+                async with app.http_client.get(request.url.with_host(target.host or "127.0.0.1")
+                                               .with_port(target.port),
+                                               timeout=5) as resp:
+                    return self.text(await resp.text(), content_type="application/json",
+                                     status=resp.status)
+            value = dict(cache.items(table)).get(key)
+            if value is None:
+                return self.error(404, f"key {key!r} not in {table!r}")
+            return self.json({"table": table, "key": key, "value": value})
+
+    @app.page("/payments/dashboard.json")
+    class DashboardDataView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(orjson.dumps(await dashboard_data(views)),
+                              content_type="application/json")
+
+    @app.page("/payments/dashboard/")
+    class DashboardView(View):
+        async def get(self, request: Request) -> Response:
+            return self.html(DASHBOARD_HTML.read_text())
+
+    return views
+
+
+def _owner(app: Any, table: str, partition: int) -> str | None:
+    topic = app.tables[table].changelog_topic.get_topic_name()
+    try:
+        hosts = app.assignor.table_metadata(topic)
+    except Exception:  # noqa: BLE001
+        return None
+    for host, topics in hosts.items():
+        if partition in topics.get(topic, ()):
+            return str(host).rstrip("/")
+    return None
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return max(1, int(text)) if text else default
+    except ValueError:
+        return default

@@ -154,7 +154,7 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
             rate = f"{ok / n:.1%}" if n else "-"
             out.append(f"  {channel:<11}{n:>10,}{ok:>10,}{dec:>10,}{fail:>8,}{rate:>10}"
                        f"{int(amount):>16,}")
-    out += ["", f"web UI (while the worker ran): {web_url}/payments/windows/  "
+    out += ["", f"web UI (while the worker ran): {web_url}/payments/dashboard/  "
             f"{web_url}/payments/stats/",
             f"logs and data: {stack.workdir}", "=" * 72,
             f"finished {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from models.events import FailedMessage, ParsedTransaction
+from pipeline.metrics import ExtractionResult
 from pipeline.windows import WindowCounts
 
 
@@ -35,6 +36,7 @@ class SinkBatch:
     failed: list[FailedMessage]
     window_rows: list[WindowRow]
     arrival: float
+    metrics: dict[int, ExtractionResult] = field(default_factory=dict)  # by offset
 
     @property
     def first_offset(self) -> int:

@@ -76,7 +76,8 @@ class NormalizedTransaction(Base):
 
 
 class DynamicMetric(Base):
-    """Extracted metrics of one accepted payment (filled by the metrics issue)."""
+    """Extracted metrics of one accepted payment, one row per metric type:
+    ``metric_data`` is ``{metric name: {dimension: value}}`` (docs/metrics.md)."""
 
     __tablename__ = "dynamic_metrics"
 
@@ -88,9 +89,12 @@ class DynamicMetric(Base):
     metric_type: Mapped[str] = mapped_column(Text, nullable=False)
     metric_data: Mapped[dict] = mapped_column(JSONB, nullable=False)
     created_at: Mapped[datetime] = _now()
+    # 0003: the metrics configuration that produced the row
+    config_version: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
 
     __table_args__ = (
         Index("ix_dynamic_metrics_transaction_id_metric_type", "transaction_id", "metric_type"),
+        Index("ix_dynamic_metrics_created_at", "created_at"),
     )
 
 
@@ -147,11 +151,37 @@ class AggregateHistogram(Base):
     min: Mapped[float | None] = mapped_column(Float)
     max: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = _now()
+    # 0003: quantile estimates from the buckets
+    p50: Mapped[float | None] = mapped_column(Float)
+    p95: Mapped[float | None] = mapped_column(Float)
+    p99: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         UniqueConstraint("metric_type", "dimension", "time_window", "window_seconds",
                          name="uq_aggregate_histograms_metric_dimension_window"),
+        Index("ix_aggregate_histograms_time_window", "time_window"),
     )
+
+
+class HistogramPartial(Base):
+    """One windowed metric of one (window, source partition): table state, absolute."""
+
+    __tablename__ = "histogram_partials"
+
+    window_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    metric_type: Mapped[str] = mapped_column(Text, primary_key=True)
+    dimension: Mapped[str] = mapped_column(Text, primary_key=True)
+    source_partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    buckets: Mapped[list] = mapped_column(JSONB, nullable=False)  # counts, overflow last
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sum: Mapped[float] = mapped_column(Float, nullable=False)
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    last_offset: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (Index("ix_histogram_partials_window_start", "window_start"),)
 
 
 class FailedItem(Base):

@@ -11,11 +11,12 @@ is redelivered.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from models.events import ParsedTransaction
+from pipeline.histogram import Histogram
 
 WINDOW_SIZES = (300, 3600)
 STATUSES = ("approved", "declined", "failed", "pending", "reversed")
@@ -83,3 +84,93 @@ def group_by_window(
 def apply_entries(current: WindowCounts, entries: list[Entry]) -> int:
     """Count ``entries`` into ``current`` (in place); returns how many were new."""
     return sum(current.add(offset, status, amount) for offset, status, amount in entries)
+
+
+# -- late events and windowed metrics -------------------------------------------------------
+
+LATE_EVENTS = "late_events"  # the windowed counter of events left out as too late
+
+
+def is_late(event_ts: float, stream_time: float, size: int, grace: float) -> bool:
+    """True if the ``size`` window holding ``event_ts`` closed for good: its end plus
+    ``grace`` is at or before the stream time (Kafka Streams' rule)."""
+    return window_start(event_ts, size) + size + grace <= stream_time
+
+
+@dataclass(slots=True)
+class StreamClock:
+    """Stream time of one source partition: the newest event time counted so far."""
+
+    stream_time: float = float("-inf")
+    last_offset: int = -1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stream_time": self.stream_time if self.last_offset >= 0 else None,
+                "last_offset": self.last_offset}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> StreamClock:
+        if not data or data.get("stream_time") is None:
+            return cls()
+        return cls(float(data["stream_time"]), int(data["last_offset"]))
+
+
+class WindowMetrics:
+    """Windowed metrics of one (window, source partition): a histogram per
+    ``"<metric>|<dimension>"``, with the watermark that keeps replays from counting twice."""
+
+    __slots__ = ("hists", "last_offset")
+
+    def __init__(self, hists: dict[str, Histogram] | None = None, last_offset: int = -1) -> None:
+        self.hists = hists if hists is not None else {}
+        self.last_offset = last_offset
+
+    def merge(self, delta: dict[str, Histogram]) -> None:
+        hists = self.hists
+        for key, h in delta.items():
+            mine = hists.get(key)
+            if mine is None:
+                hists[key] = h.copy()
+            else:
+                mine.merge(h)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"last_offset": self.last_offset,
+                "m": {key: h.to_list() for key, h in self.hists.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None,
+                  bounds: Callable[[str], tuple[float, ...]]) -> WindowMetrics:
+        if not data:
+            return cls()
+        hists = {key: Histogram.from_list(bounds(key.split("|", 1)[0]), value)
+                 for key, value in data["m"].items()}
+        return cls(hists, int(data["last_offset"]))
+
+
+MetricEntry = tuple[int, list[tuple[str, str, float]]]  # (offset, windowed metrics)
+
+
+def observe(entries: Iterable[MetricEntry], bounds: Callable[[str], tuple[float, ...]],
+            after: int = -1) -> tuple[dict[str, Histogram], int]:
+    """Histograms of the entries with offsets above ``after``; and the last offset.
+
+    Values are grouped per key first and added in bulk (:meth:`Histogram.observe_many`).
+    """
+    grouped: dict[tuple[str, str], list[float]] = {}
+    last = after
+    for offset, metrics in entries:
+        if offset <= after:
+            continue
+        last = offset
+        for name, dim, value in metrics:
+            values = grouped.get((name, dim))
+            if values is None:
+                grouped[(name, dim)] = [value]
+            else:
+                values.append(value)
+    delta: dict[str, Histogram] = {}
+    for (name, dim), values in grouped.items():
+        h = delta[f"{name}|{dim}"] = Histogram(bounds(name))
+        h.observe_many(values)
+    return delta, last

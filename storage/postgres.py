@@ -10,7 +10,12 @@ crash converges to the same rows:
   state, and only forward (``last_offset`` never goes back);
 - ``payment_metrics_5m`` is recomputed from the partials of the touched
   windows, under one transaction-level advisory lock so two workers writing
-  the same (window, channel) cannot each miss the other's partial.
+  the same (window, channel) cannot each miss the other's partial;
+- ``dynamic_metrics`` rows are inserted only for transactions this statement
+  inserted (``RETURNING``), so a replay adds none;
+- ``histogram_partials`` (per source partition) and ``aggregate_histograms``
+  (their merge) follow the same pattern as the window counts, written when a
+  partition commits (:meth:`PostgresSink.write_windows`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from psycopg2.extras import execute_values
 from sqlalchemy.engine import Engine
 
 from models.batches import SinkBatch
+from pipeline.histogram import Histogram
 from pipeline.windows import STATUSES
 
 log = logging.getLogger(__name__)
@@ -118,7 +124,53 @@ INSERT INTO normalized_transactions (
     risk_score, metadata, source_topic, source_partition, source_offset
 ) VALUES %s
 ON CONFLICT (transaction_id) DO NOTHING
+RETURNING transaction_id
 """
+
+INSERT_METRICS = """
+INSERT INTO dynamic_metrics (transaction_id, metric_type, metric_data, config_version)
+VALUES %s
+"""
+METRICS_TEMPLATE = "(%s,%s,%s::jsonb,%s)"
+
+UPSERT_HISTOGRAM_PARTIALS = """
+INSERT INTO histogram_partials (
+    window_seconds, window_start, metric_type, dimension, source_partition,
+    buckets, count, sum, min, max, last_offset
+) VALUES %s
+ON CONFLICT (window_seconds, window_start, metric_type, dimension, source_partition)
+DO UPDATE SET
+    buckets = EXCLUDED.buckets, count = EXCLUDED.count, sum = EXCLUDED.sum,
+    min = EXCLUDED.min, max = EXCLUDED.max, last_offset = EXCLUDED.last_offset,
+    updated_at = now()
+WHERE histogram_partials.last_offset <= EXCLUDED.last_offset
+"""
+PARTIALS_TEMPLATE = "(%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s)"
+
+SELECT_HISTOGRAM_PARTIALS = """
+SELECT p.window_seconds, p.window_start, p.metric_type, p.dimension,
+       p.buckets, p.count, p.sum, p.min, p.max
+FROM histogram_partials p
+JOIN unnest(%s::int[], %s::timestamptz[], %s::text[], %s::text[]) AS k(ws, st, m, d)
+  ON p.window_seconds = k.ws AND p.window_start = k.st AND p.metric_type = k.m
+ AND p.dimension = k.d
+"""
+
+UPSERT_AGGREGATE_HISTOGRAMS = """
+INSERT INTO aggregate_histograms (
+    metric_type, dimension, time_window, window_seconds, buckets, count, sum, min, max,
+    p50, p95, p99
+) VALUES %s
+ON CONFLICT (metric_type, dimension, time_window, window_seconds) DO UPDATE SET
+    buckets = EXCLUDED.buckets, count = EXCLUDED.count, sum = EXCLUDED.sum,
+    min = EXCLUDED.min, max = EXCLUDED.max, p50 = EXCLUDED.p50, p95 = EXCLUDED.p95,
+    p99 = EXCLUDED.p99, updated_at = now()
+"""
+AGGREGATE_TEMPLATE = "(%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)"
+
+# (window seconds, window start, metric, dimension, partition, counts JSON, count, sum,
+#  min, max, last offset): one histogram of one window value, snapshotted on the loop
+PartialRow = tuple[int, datetime, str, str, int, str, int, float, Any, Any, int]
 TRANSACTION_TEMPLATE = "(" + ",".join(["%s"] * 14) + ",%s::jsonb,%s,%s,%s)"
 
 INSERT_FAILED = """
@@ -175,9 +227,13 @@ def _ts(seconds: int) -> datetime:
 class PostgresSink:
     """Writes whole sink batches in one transaction per call."""
 
-    def __init__(self, engine: Engine, *, give_up_after: float = 300.0) -> None:
+    def __init__(self, engine: Engine, *, give_up_after: float = 300.0,
+                 bounds: Callable[[str], tuple[float, ...]] = lambda name: (),
+                 config_version: str = "") -> None:
         self.engine = engine
         self.give_up_after = give_up_after
+        self.bounds = bounds
+        self.config_version = config_version
 
     def write(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         """Store ``batches`` durably (retried on connection loss); returns rows per table."""
@@ -186,6 +242,7 @@ class PostgresSink:
 
     def _write_once(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         tx_rows: list[tuple[Any, ...]] = []
+        results: dict[str, Any] = {}
         failed_rows: list[tuple[Any, ...]] = []
         partials: dict[tuple[int, int, str, int], tuple[Any, ...]] = {}
         for batch in batches:
@@ -197,6 +254,9 @@ class PostgresSink:
                     orjson.dumps(p.metadata).decode() if p.metadata is not None else None,
                     batch.topic, batch.partition, offset,
                 ))
+                result = batch.metrics.get(offset)
+                if result is not None:
+                    results[p.transaction_id] = result
             for f in batch.failed:
                 failed_rows.append((
                     f.raw, f.category.value, f.message, f.topic, f.partition, f.offset,
@@ -215,9 +275,14 @@ class PostgresSink:
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
+            metric_rows = 0
             if tx_rows:
-                execute_values(cur, INSERT_TRANSACTIONS, tx_rows, TRANSACTION_TEMPLATE,
-                               page_size=1000)
+                inserted = execute_values(cur, INSERT_TRANSACTIONS, tx_rows, TRANSACTION_TEMPLATE,
+                                          page_size=1000, fetch=True)
+                rows = self._metric_rows([r[0] for r in inserted], results)
+                if rows:
+                    execute_values(cur, INSERT_METRICS, rows, METRICS_TEMPLATE, page_size=2000)
+                metric_rows = len(rows)
             if failed_rows:
                 execute_values(cur, INSERT_FAILED, failed_rows, page_size=1000)
             if partials:
@@ -237,6 +302,74 @@ class PostgresSink:
             raw.close()
         return {
             "normalized_transactions": len(tx_rows),
+            "dynamic_metrics": metric_rows,
             "failed_items": len(failed_rows),
             "payment_window_partials": len(partials),
         }
+
+    def _metric_rows(self, tx_ids: list[str], results: dict[str, Any]) -> list[tuple]:
+        """One ``dynamic_metrics`` row per metric type of each newly inserted transaction."""
+        version = self.config_version
+        rows = []
+        for tx_id in tx_ids:
+            result = results.get(tx_id)
+            if result is None:
+                continue
+            for kind, data in result.by_type().items():
+                rows.append((tx_id, str(kind), orjson.dumps(data).decode(), version))
+        return rows
+
+    def write_windows(self, partials: Sequence[PartialRow]) -> dict[str, int]:
+        """Upsert histogram partials and recompute the merged ``aggregate_histograms`` rows
+        of the windows they touch (retried on connection loss)."""
+        if not partials:
+            return {}
+        return with_retries(lambda: self._write_windows_once(partials),
+                            give_up_after=self.give_up_after, what="PostgreSQL window write")
+
+    def _write_windows_once(self, partials: Sequence[PartialRow]) -> dict[str, int]:
+        keys = sorted({(r[0], r[1], r[2], r[3]) for r in partials})
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
+            execute_values(cur, UPSERT_HISTOGRAM_PARTIALS, sorted(partials, key=lambda r: r[:5]),
+                           PARTIALS_TEMPLATE, page_size=2000)
+            cur.execute(SELECT_HISTOGRAM_PARTIALS, ([k[0] for k in keys], [k[1] for k in keys],
+                                                    [k[2] for k in keys], [k[3] for k in keys]))
+            merged: dict[tuple, Histogram] = {}
+            for ws, start, metric, dim, counts, count, total, lo, hi in cur.fetchall():
+                part = Histogram.from_list(self.bounds(metric), [counts, count, total, lo, hi])
+                key = (ws, start, metric, dim)
+                if key in merged:
+                    merged[key].merge(part)
+                else:
+                    merged[key] = part
+            rows = [(metric, dim, start, ws, orjson.dumps(h.bucket_dict()).decode(), h.count,
+                     h.sum, h.min, h.max, h.quantile(0.5), h.quantile(0.95), h.quantile(0.99))
+                    for (ws, start, metric, dim), h in sorted(merged.items())]
+            execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE,
+                           page_size=2000)
+            raw.commit()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            raw.invalidate()
+            raise
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+        return {"histogram_partials": len(partials), "aggregate_histograms": len(rows)}
+
+
+def partial_rows(size: int, window_start: int, partition: int,
+                 value: Any) -> list[PartialRow]:
+    """Rows of one window value (a :class:`~pipeline.windows.WindowMetrics`), snapshotted
+    (call on the event loop: the value keeps changing after)."""
+    start = _ts(window_start)
+    rows: list[PartialRow] = []
+    for key, h in value.hists.items():
+        metric, dim = key.split("|", 1)
+        rows.append((size, start, metric, dim, partition, orjson.dumps(h.counts).decode(),
+                     h.count, h.sum, h.min, h.max, value.last_offset))
+    return rows

@@ -16,27 +16,48 @@ from sqlalchemy import Engine, text
 
 log = logging.getLogger(__name__)
 
-DELETE_FAILED_BATCH = text("""
-DELETE FROM failed_items WHERE id IN (
-    SELECT id FROM failed_items WHERE created_at < :cutoff ORDER BY id LIMIT :batch
-)
-""")
+# Every table with a retention period, in one place: table -> (time column, setting).
+# Each time column is indexed (alembic 0001-0003), so a batch is an index range scan.
+RETENTION = {
+    "failed_items": ("created_at", "failed_retention_days"),  # 180 days by default
+    "normalized_transactions": ("event_time", "transactions_retention_days"),  # 365
+    "dynamic_metrics": ("created_at", "metrics_retention_days"),  # 365
+    "aggregate_histograms": ("time_window", "histograms_retention_days"),  # 730
+    "histogram_partials": ("window_start", "histograms_retention_days"),  # 730
+}
+
+
+def purge_table(engine: Engine, table: str, days: int, *, now: datetime | None = None,
+                batch: int = 10_000) -> int:
+    """Delete rows of ``table`` (a key of :data:`RETENTION`) older than ``days`` days,
+    ``batch`` rows per transaction; returns how many."""
+    column, _ = RETENTION[table]  # names come from this module, never from input
+    statement = text(f"DELETE FROM {table} WHERE ctid IN ("  # noqa: S608
+                     f"SELECT ctid FROM {table} WHERE {column} < :cutoff LIMIT :batch)")
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            deleted = conn.execute(statement, {"cutoff": cutoff, "batch": batch}).rowcount
+        total += deleted
+        if deleted < batch:
+            break
+    if total:
+        log.info("retention: deleted %d %s rows older than %d days", total, table, days)
+    return total
 
 
 def purge_failed_items(engine: Engine, days: int, *, now: datetime | None = None,
                        batch: int = 10_000) -> int:
     """Delete ``failed_items`` rows created more than ``days`` days ago; returns how many."""
-    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
-    total = 0
-    while True:
-        with engine.begin() as conn:
-            deleted = conn.execute(DELETE_FAILED_BATCH, {"cutoff": cutoff, "batch": batch}).rowcount
-        total += deleted
-        if deleted < batch:
-            break
-    if total:
-        log.info("retention: deleted %d failed_items rows older than %d days", total, days)
-    return total
+    return purge_table(engine, "failed_items", days, now=now, batch=batch)
+
+
+def purge_database(engine: Engine, settings: Any, *,
+                   now: datetime | None = None) -> dict[str, int]:
+    """Apply every retention period of :data:`RETENTION`; returns rows deleted per table."""
+    return {table: purge_table(engine, table, getattr(settings, setting), now=now)
+            for table, (_, setting) in RETENTION.items()}
 
 
 def purge_lake(fs: Any, root: str, days: int, *, now: datetime | None = None) -> list[str]:

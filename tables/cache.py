@@ -6,20 +6,24 @@ partition, however many batches touched it. At 5,000 events/s a batch holds
 a few dozen events and touches about as many keys, so writing through costs
 nearly one changelog record per event; with the cache it is one per key per
 commit interval. Nothing is lost by waiting: an offset is committed only
-after :meth:`WindowCache.flush` has written every value that counts it, and
+after :meth:`WriteBackCache.flush` has written every value that counts it, and
 a crash before that replays the events (the watermark in each value keeps
 replays from counting twice).
+
+Values stay decoded in memory between commits (a window's metrics are a few
+hundred histograms: decoding them for every batch would cost more than
+counting); a revoked partition's values are dropped and reloaded by the next
+owner from the table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from faust.types import Message, TableT
 
 from app.batching import partition_context
-from pipeline.windows import WindowCounts
 
 
 class TableCache(Protocol):
@@ -30,47 +34,82 @@ class TableCache(Protocol):
     def forget(self, partition: int) -> None: ...
 
 
-CacheKey = tuple[int, str]  # (window size in seconds, table key)
+Ref = tuple[str, str]  # (table name, key)
 
 
-class WindowCache:
-    """Dirty window values per source partition, flushed before each commit."""
+class WriteBackCache:
+    """Decoded table values per source partition; dirty ones written before each commit.
 
-    def __init__(self, app: Any, tables: dict[int, TableT]) -> None:
+    ``decoders[table](stored value or None)`` builds a value object; value objects
+    have ``to_dict()``.
+    """
+
+    def __init__(self, app: Any, tables: dict[str, TableT],
+                 decoders: dict[str, Callable[[Any], Any]]) -> None:
         self.app = app
         self.tables = tables
-        self._dirty: dict[int, dict[CacheKey, WindowCounts]] = {}
+        self.decoders = decoders
+        self._values: dict[int, dict[Ref, Any]] = {}
+        self._dirty: dict[int, set[Ref]] = {}
+        self._flushed: dict[int, list[tuple[str, str, Any]]] = {}
 
-    def get(self, partition: int, size: int, key: str) -> WindowCounts:
-        """The newest value: cached, else from the table (call in the partition's context)."""
-        dirty = self._dirty.get(partition)
-        if dirty is not None and (size, key) in dirty:
-            return dirty[(size, key)]
-        return WindowCounts.from_dict(self.tables[size].get(key))
+    def get(self, partition: int, table: str, key: str) -> Any:
+        """The newest value (call in the partition's context: a miss reads the table)."""
+        values = self._values.setdefault(partition, {})
+        value = values.get((table, key))
+        if value is None:
+            value = values[(table, key)] = self.decoders[table](self.tables[table].get(key))
+        return value
 
-    def put(self, partition: int, size: int, key: str, value: WindowCounts) -> None:
-        self._dirty.setdefault(partition, {})[(size, key)] = value
+    def put(self, partition: int, table: str, key: str, value: Any) -> None:
+        self._values.setdefault(partition, {})[(table, key)] = value
+        self._dirty.setdefault(partition, set()).add((table, key))
 
     def flush(self, partition: int, message: Message) -> int:
         """Write the partition's dirty values to the tables; returns how many."""
         dirty = self._dirty.pop(partition, None)
         if not dirty:
             return 0
+        values = self._values[partition]
+        flushed = self._flushed.setdefault(partition, [])
         with partition_context(self.app, message):
-            for (size, key), value in dirty.items():
-                self.tables[size][key] = value.to_dict()
+            for table, key in sorted(dirty):
+                value = values[(table, key)]
+                self.tables[table][key] = value.to_dict()
+                flushed.append((table, key, value))
         return len(dirty)
+
+    def take_flushed(self, partition: int) -> list[tuple[str, str, Any]]:
+        """Values flushed since the last call: (table, key, value object)."""
+        return self._flushed.pop(partition, [])
+
+    def delete(self, partition: int, table: str, keys: list[str], message: Message) -> None:
+        """Delete expired keys from memory and from the table (a changelog tombstone each)."""
+        values = self._values.get(partition, {})
+        dirty = self._dirty.get(partition, set())
+        with partition_context(self.app, message):
+            for key in keys:
+                values.pop((table, key), None)
+                dirty.discard((table, key))
+                if key in self.tables[table]:
+                    del self.tables[table][key]
+
+    def keys(self, partition: int, table: str) -> list[str]:
+        """Keys of one partition in one table, as cached."""
+        return [k for (t, k) in self._values.get(partition, {}) if t == table]
 
     def forget(self, partition: int) -> None:
         """Drop a revoked partition's values: its new owner replays those events."""
+        self._values.pop(partition, None)
         self._dirty.pop(partition, None)
+        self._flushed.pop(partition, None)
 
-    def items(self, size: int) -> Iterator[tuple[str, dict]]:
-        """Table items of one window size with the cached values on top (for the web UI)."""
-        cached = {key: value for dirty in self._dirty.values()
-                  for (s, key), value in dirty.items() if s == size}
-        for key, value in self.tables[size].data.items():
-            if key not in cached:
+    def items(self, table: str) -> Iterator[tuple[str, Any]]:
+        """Stored values of one table with the newer cached values on top (web UI), encoded."""
+        cached = {key: value for values in self._values.values()
+                  for (t, key), value in values.items() if t == table}
+        for key, value in self.tables[table].data.items():
+            if key not in cached and value is not None:
                 yield key, value
         for key, value in cached.items():
             yield key, value.to_dict()

@@ -4,7 +4,8 @@ Durable state is the table ``seen-transactions`` (RocksDB, changelog
 partitioned like ``payments``). Each entry is a *chunk*: the ids one partition
 accepted between two commits, at most :data:`CHUNK_IDS` of them, under the key
 ``"<partition>|<first offset>"`` with the value
-``{"ts": newest broker timestamp, "ids": [[transaction_id, offset, ts], ...]}``.
+``{"ts": newest broker timestamp, "ids": [[transaction_id, offset, ts, customer_id,
+event ts, amount_minor, currency], ...]}``.
 Lookups use an in-memory index per partition, built from that partition's
 chunks the first time the partition is seen after an assignment.
 
@@ -17,6 +18,10 @@ events. The price is memory: the index holds every id of the dedupe window
 Semantics: a record whose id was accepted before at another offset is a
 duplicate; the same record delivered again after a crash (same offset) is not.
 The scope is the source partition, that is the merchant (the message key).
+
+The same entries give each customer's recent payments (:meth:`SeenIds.history`),
+which the compliance rules over time (velocity, structuring) read: one
+journal of the partition's accepted payments serves both.
 Ids expire ``expiry`` seconds (broker time) after they were accepted; the
 periodic :meth:`SeenIds.purge` deletes chunks whose ids have all expired.
 New ids are written before each commit (:meth:`SeenIds.flush`), so a crash
@@ -51,7 +56,9 @@ class SeenIds:
         self.table = table
         self.expiry = expiry
         self._index: dict[int, dict[str, tuple[int, float]]] = {}
-        self._pending: dict[int, list[tuple[str, int, float]]] = {}
+        self._pending: dict[int, list[tuple]] = {}
+        # per partition: customer -> [(event ts, offset, amount_minor, currency)], oldest first
+        self._customers: dict[int, dict[str, list[tuple[float, int, int, str]]]] = {}
         self._chunks: dict[int, deque[tuple[str, float]]] = {}  # (key, newest ts), oldest first
         self.purged = 0
 
@@ -65,9 +72,25 @@ class SeenIds:
             return None
         return entry[0]
 
-    def add(self, partition: int, tx_id: str, offset: int, now: float) -> None:
+    def add(self, partition: int, tx_id: str, offset: int, now: float,
+            payment: tuple[str, float, int, str] | None = None) -> None:
+        """Record an accepted id; ``payment`` is (customer, event ts, amount_minor, currency)."""
         self._index[partition][tx_id] = (offset, now)
-        self._pending.setdefault(partition, []).append((tx_id, offset, now))
+        if payment is None:
+            self._pending.setdefault(partition, []).append((tx_id, offset, now))
+            return
+        self._pending.setdefault(partition, []).append((tx_id, offset, now, *payment))
+        customer, event_ts, amount, currency = payment
+        self._customers[partition].setdefault(customer, []).append(
+            (event_ts, offset, amount, currency))
+
+    def history(self, partition: int, customer: str) -> list[tuple[float, int, int, str]]:
+        """The customer's payments accepted in ``partition`` within the dedupe window."""
+        customers = self._customers.get(partition)
+        if customers is None:
+            self._load(partition)
+            customers = self._customers[partition]
+        return customers.get(customer, [])
 
     def flush(self, partition: int, message: Message) -> int:
         """Write the partition's new ids to the table (and its changelog), in chunks."""
@@ -79,7 +102,7 @@ class SeenIds:
             for i in range(0, len(pending), CHUNK_IDS):
                 part = pending[i:i + CHUNK_IDS]
                 key = f"{partition}|{part[0][1]}"
-                newest = max(ts for _, _, ts in part)
+                newest = max(entry[2] for entry in part)
                 self.table[key] = {"ts": newest, "ids": [list(entry) for entry in part]}
                 chunks.append((key, newest))
         return len(pending)
@@ -89,6 +112,7 @@ class SeenIds:
         self._index.pop(partition, None)
         self._pending.pop(partition, None)
         self._chunks.pop(partition, None)
+        self._customers.pop(partition, None)
 
     def _load(self, partition: int) -> dict[str, tuple[int, float]]:
         prefix = f"{partition}|"
@@ -98,16 +122,33 @@ class SeenIds:
                 found.append((int(str(key).split("|", 1)[1]), str(key), value))
         found.sort()
         index: dict[str, tuple[int, float]] = {}
+        customers: dict[str, list[tuple[float, int, int, str]]] = {}
         chunks: deque[tuple[str, float]] = deque()
         for _, key, value in found:
-            for tx_id, offset, ts in value["ids"]:
+            for entry in value["ids"]:
+                tx_id, offset, ts = entry[:3]
                 index[tx_id] = (int(offset), float(ts))
+                if len(entry) == 7:  # chunks written before 0.3 carry no payment details
+                    customers.setdefault(entry[3], []).append(
+                        (float(entry[4]), int(offset), int(entry[5]), entry[6]))
             chunks.append((key, float(value["ts"])))
         self._index[partition] = index
+        self._customers[partition] = customers
         self._chunks[partition] = chunks
         if index:
             log.info("loaded %d seen transaction ids of partition %d", len(index), partition)
         return index
+
+    def _drop_history(self, partition: int, customer: str, offset: int) -> None:
+        customers = self._customers.get(partition, {})
+        entries = customers.get(customer)
+        if entries is None:
+            return
+        kept = [e for e in entries if e[1] != offset]
+        if kept:
+            customers[customer] = kept
+        else:
+            del customers[customer]
 
     def size(self) -> int:
         return sum(len(index) for index in self._index.values())
@@ -130,11 +171,14 @@ class SeenIds:
                     key, _ = chunks.popleft()
                     value = self.table.get(key)
                     del self.table[key]
-                    for tx_id, offset, _ in (value or {}).get("ids", []):
+                    for item in (value or {}).get("ids", []):
+                        tx_id, offset = item[0], item[1]
                         entry = index.get(tx_id)
                         if entry is not None and entry[0] == offset:
                             del index[tx_id]
                             dropped += 1
+                        if len(item) == 7:
+                            self._drop_history(partition, item[3], offset)
         self.purged += dropped
         if dropped:
             log.info("expired %d transaction ids", dropped)

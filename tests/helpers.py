@@ -13,16 +13,38 @@ from simulator.generator import SimEvent
 VALID = {"valid"}
 
 
-def expected_windows(events: list[SimEvent], size: int) -> dict[tuple[datetime, str], Counter]:
-    """Per (window start, channel): counts of payments and of each status, amount sum."""
-    out: dict[tuple[datetime, str], Counter] = defaultdict(Counter)
-    for e in events:
+def event_ts(payload: dict) -> float:
+    t = datetime.strptime(payload["event_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return t.timestamp()
+
+
+def too_late(events: list[SimEvent], *, finest: int = 300, grace: float = 120) -> set[int]:
+    """Indexes of valid events too late for the windows, ``events`` being one partition's
+    messages in offset order: an event is late when its ``finest`` window ended ``grace``
+    seconds or more before the newest event time of the valid events before it."""
+    late: set[int] = set()
+    stream = float("-inf")
+    for i, e in enumerate(events):
         if e.kind not in VALID:
+            continue
+        ts = event_ts(e.payload)
+        if ts // finest * finest + finest + grace <= stream:
+            late.add(i)
+        stream = max(stream, ts)
+    return late
+
+
+def expected_windows(events: list[SimEvent], size: int,
+                     late: set[int] = frozenset()) -> dict[tuple[datetime, str], Counter]:
+    """Per (window start, channel): counts of payments and of each status, amount sum,
+    leaving out the events whose index is in ``late``."""
+    out: dict[tuple[datetime, str], Counter] = defaultdict(Counter)
+    for i, e in enumerate(events):
+        if e.kind not in VALID or i in late:
             continue
         p = e.payload
         assert p is not None
-        t = datetime.strptime(p["event_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-        epoch = int(t.timestamp())
+        epoch = int(event_ts(p))
         start = datetime.fromtimestamp(epoch - epoch % size, UTC)
         c = out[(start, p["channel"])]
         c["tx_count"] += 1

@@ -16,12 +16,12 @@ from agents.ingest import register_ingest
 from app.faust_app import create_app
 from app.settings import Settings
 from app.topics import declare_topics
+from pipeline.metrics import load_engine
 from pipeline.parse import default_validator
 from simulator.generator import PaymentGenerator, load_scenario
-from tables.cache import WindowCache
-from tables.payments import declare_tables
+from tables.payments import declare_tables, window_cache
 from tables.seen import SeenIds, declare_seen_table
-from tests.helpers import expected_windows
+from tests.helpers import expected_windows, too_late
 
 
 class RecordingSink:
@@ -41,10 +41,13 @@ def handler_setup(tmp_path):
     payments, dlq = declare_topics(app)
     sent: list = []
     dlq.send_soon = lambda **kw: sent.append(kw)  # no broker: record DLQ records instead
-    cache = WindowCache(app, declare_tables(app))
+    engine = load_engine()
+    windows = declare_tables(app)
+    cache = window_cache(app, windows, engine.bounds)
     seen = SeenIds(app, declare_seen_table(app), expiry=3600)
     sink = RecordingSink()
-    stats = register_ingest(app, payments, dlq, cache, seen, sink, default_validator())
+    stats = register_ingest(app, payments, dlq, windows, cache, seen, sink, default_validator(),
+                            engine, grace=120)
     return app, app.batch_handlers["payments"], cache, sink, stats, sent
 
 
@@ -74,8 +77,10 @@ def test_handler_counts_windows_and_dead_letters(handler_setup):
     for batch in sink.batches:
         for row in batch.window_rows:
             final[(row.window_seconds, row.window_start, row.channel)] = row.counts
+    late = too_late(events)
+    assert late and stats.late == len(late)  # the scenario has late events
     for size in (300, 3600):
-        want = expected_windows(events, size)
+        want = expected_windows(events, size, late)
         got = {(datetime.fromtimestamp(k[1], UTC), k[2]): v.tx_count
                for k, v in final.items() if k[0] == size}
         assert got == {k: c["tx_count"] for k, c in want.items()}
@@ -93,7 +98,9 @@ def test_redelivered_batch_is_not_counted_again(handler_setup):
     asyncio.run(run())
     first, second = sink.batches
     assert [r.counts for r in first.window_rows] == [r.counts for r in second.window_rows]
-    assert sum(r.counts.tx_count for r in second.window_rows if r.window_seconds == 3600) == 100
+    counted = 100 - len(too_late(events))
+    assert sum(r.counts.tx_count for r in second.window_rows if r.window_seconds == 3600) == counted
+    assert stats.late == 2 * len(too_late(events))  # judged late on each delivery
 
 
 def test_a_resent_transaction_id_is_a_duplicate_but_a_redelivery_is_not(handler_setup):
