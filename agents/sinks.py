@@ -108,8 +108,6 @@ class SinkService(Service):
         self.files_written += len(flushed.paths)
         self.rows_written["parquet"] += len(flushed.messages)
         consumer = self.app.consumer
-        for message in flushed.messages:
-            consumer.ack(message)
         # table values (window counts, seen ids) for these offsets go to the
         # changelog before the commit
         for cache in self.caches:
@@ -118,6 +116,9 @@ class SinkService(Service):
         if windows:
             self.rows_written.update(await asyncio.to_thread(self.db.write_windows, windows))
         await self.app.producer.flush()
+        # acked only now: Faust's own periodic commit may commit acked offsets any time
+        for message in flushed.messages:
+            consumer.ack(message)
         tp = flushed.messages[-1].tp
         if await consumer.commit({tp}):
             self.commits += 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg2
+import yaml
 
 from devtools.services import libpq_dsn
 from simulator.generator import SimEvent
@@ -51,6 +53,52 @@ def expected_windows(events: list[SimEvent], size: int,
         c[p["status"]] += 1
         c["amount_minor_sum"] += p["amount_minor"]
     return dict(out)
+
+
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "metrics.yaml"
+
+
+def _bounds() -> dict[str, list[float]]:
+    extractors = {e["extractor"]: e for e in yaml.safe_load(CONFIG.read_text())["extractors"]}
+    return {"amount_minor": extractors["amount"]["buckets"],
+            "processing_ms": extractors["processing_latency"]["buckets"]}
+
+
+def _label(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+
+
+def expected_histograms(counted: list[SimEvent], late: list[SimEvent],
+                        size: int) -> dict[tuple, tuple]:
+    """``aggregate_histograms`` rows for a few metrics, computed straight from the events:
+    (metric, dimension, window start, size) -> (buckets, count, sum, min, max)."""
+    bounds = _bounds()
+    values: dict[tuple, list[float]] = defaultdict(list)
+
+    def start_of(p: dict) -> datetime:
+        epoch = int(event_ts(p))
+        return datetime.fromtimestamp(epoch - epoch % size, UTC)
+
+    for e in counted:
+        p = e.payload
+        start = start_of(p)
+        values[("processing_ms", "", start)].append(p["processing_ms"])
+        values[("processing_ms", f"channel={p['channel']}", start)].append(p["processing_ms"])
+        values[("amount_minor", f"currency={p['currency']}", start)].append(p["amount_minor"])
+        values[("transactions", f"channel={p['channel']}", start)].append(1)
+        values[("approval", "", start)].append(1 if p["status"] == "approved" else 0)
+    for e in late:
+        values[("late_events", "", start_of(e.payload))].append(1)
+    out = {}
+    for (metric, dim, start), vs in values.items():
+        b = bounds.get(metric, [])
+        counts = [0] * (len(b) + 1)
+        for v in vs:
+            counts[next((i for i, x in enumerate(b) if v <= x), len(b))] += 1
+        labels = [_label(x) for x in b] + ["+Inf"]
+        out[(metric, dim, start, size)] = (dict(zip(labels, counts, strict=True)), len(vs),
+                                           float(sum(vs)), float(min(vs)), float(max(vs)))
+    return out
 
 
 def query(url: str, sql: str) -> list[tuple]:

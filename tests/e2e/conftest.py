@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer
 
 from devtools.stack import Stack
 from simulator.generator import SimEvent
-from tests.helpers import expected_windows, query
+from tests.helpers import expected_histograms, expected_windows, query, too_late
 
 STATUSES = ("approved", "declined", "failed", "pending", "reversed")
 
@@ -41,6 +41,55 @@ async def read_topic(bootstrap: str, topic: str) -> list:
         await consumer.stop()
 
 
+def split_late(records: list, valid: list[SimEvent]) -> tuple[list[SimEvent], list[SimEvent]]:
+    """The valid events counted in the windows and those too late, judged per partition
+    in offset order from the records the broker holds."""
+    by_value = {e.value: e for e in valid}
+    counted: list[SimEvent] = []
+    late: list[SimEvent] = []
+    for partition in sorted({r.partition for r in records}):
+        seq, seen = [], set()
+        for r in sorted((r for r in records if r.partition == partition),
+                        key=lambda r: r.offset):
+            if r.value in by_value and r.value not in seen:  # later copies are duplicates
+                seen.add(r.value)
+                seq.append(by_value[r.value])
+        gone = too_late(seq)
+        counted += [e for i, e in enumerate(seq) if i not in gone]
+        late += [e for i, e in enumerate(seq) if i in gone]
+    return counted, late
+
+
+def assert_histograms(url: str, counted: list[SimEvent], late: list[SimEvent]) -> None:
+    """aggregate_histograms equal an independent computation, and each hourly window is
+    the merge of its 5-minute windows."""
+    rows = query(url, "SELECT metric_type, dimension, time_window, window_seconds, buckets, "
+                      "count, sum, min, max FROM aggregate_histograms")
+    got = {(r[0], r[1], r[2], r[3]): (r[4], r[5], r[6], r[7], r[8]) for r in rows}
+    checked = 0
+    for size in (300, 3600):
+        for key, want in expected_histograms(counted, late, size).items():
+            assert got.get(key) == want, f"{key}: {got.get(key)} != {want}"
+            checked += 1
+    assert checked > 50
+    hourly: dict = {}
+    for (metric, dim, start, size), (buckets, count, total, lo, hi) in got.items():
+        if size != 300:
+            continue
+        hour = start.replace(minute=0)
+        h = hourly.setdefault((metric, dim, hour, 3600), [Counter(), 0, 0.0, [], []])
+        h[0].update(buckets)
+        h[1] += count
+        h[2] += total
+        h[3].append(lo)
+        h[4].append(hi)
+    for key, (buckets, count, total, lows, highs) in hourly.items():
+        row = got[key]
+        assert {k: v for k, v in row[0].items() if v} == dict(+buckets), key
+        assert (row[1], row[3], row[4]) == (count, min(lows), max(highs)), key
+        assert abs(row[2] - total) <= 1e-6 * max(1.0, abs(total)), key
+
+
 def assert_end_state(stack: Stack, events: list[SimEvent]) -> None:
     """Every produced event stored exactly once, and the windows equal an independent count."""
     url = stack.database_url
@@ -61,6 +110,8 @@ def assert_end_state(stack: Stack, events: list[SimEvent]) -> None:
     assert Counter(lake["value"].to_pylist()) == Counter(e.value for e in events)
     assert lake["accepted"].to_pylist().count(True) == len(valid)
 
+    records = asyncio.run(read_topic(stack.broker.bootstrap, "payments"))
+    counted, late = split_late(records, valid)
     for size, sql in (
         (300, "SELECT window_start, channel, tx_count, approved_count, declined_count, "
               "failed_count, pending_count, reversed_count, amount_minor_sum "
@@ -72,8 +123,13 @@ def assert_end_state(stack: Stack, events: list[SimEvent]) -> None:
     ):
         got = {(r[0], r[1]): tuple(int(x) for x in r[2:]) for r in query(url, sql)}
         want = {k: (c["tx_count"], *(c[s] for s in STATUSES), c["amount_minor_sum"])
-                for k, c in expected_windows(events, size).items()}
+                for k, c in expected_windows(counted, size).items()}
         assert got == want, f"{size}s windows differ"
+    assert_histograms(url, counted, late)
+
+    n_metrics = query(url, "SELECT count(DISTINCT transaction_id), count(*) FROM dynamic_metrics")
+    assert n_metrics[0][0] == len(valid), "every accepted payment has its metrics, once"
+    assert n_metrics[0][1] == len(valid) * 4, "one row per metric type and payment"
 
     dlq = asyncio.run(read_topic(stack.broker.bootstrap, "payments-dlq"))
     dlq_coords = Counter(r.key for r in dlq)
