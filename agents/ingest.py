@@ -41,7 +41,7 @@ from models.events import ErrorCategory, FailedMessage, ParsedTransaction, Valid
 from pipeline.metrics import ExtractionResult, MetricEngine
 from pipeline.parse import Validator
 from pipeline.windows import (
-    LATE_EVENTS,
+    LATE,
     MetricEntry,
     StreamClock,
     WindowMetrics,
@@ -224,8 +224,8 @@ class WindowCounter:
         entries: dict[int, list[MetricEntry]] = {}
         for offset, tx in payments.items():
             start = window_start(tx.event_ts, self.finest)
-            item = ((LATE_EVENTS, "", 1),) if offset in late else metrics[offset].windowed()
-            entries.setdefault(start, []).append((offset, item))  # type: ignore[arg-type]
+            entries.setdefault(start, []).append((offset, LATE if offset in late
+                                                  else metrics[offset]))
         self._count_metrics(partition, entries)
         return rows, len(late)
 

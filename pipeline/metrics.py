@@ -82,13 +82,17 @@ class ExtractorError(msgspec.Struct, frozen=True):
 class MetricInfo:
     """A metric as compiled for the hot path: its name, type and dimension slots."""
 
-    __slots__ = ("name", "type", "slots", "windowed")
+    __slots__ = ("name", "type", "slots", "windowed", "window_keys")
 
     def __init__(self, name: str, type: MetricType, slots: Sequence[tuple[int, bool]]) -> None:
         self.name = name
         self.type = type
         self.slots = tuple(i for i, _ in slots)  # indices into the payment's dimension strings
         self.windowed = tuple(i for i, w in slots if w)
+        # per windowed slot: its index and the window keys "<name>|<dimension>" made so far
+        # (reused: a cached string hashes once, a fresh tuple on every lookup)
+        self.window_keys: tuple[tuple[int, dict[str, str]], ...] = tuple(
+            (i, {}) for i in self.windowed)
 
 
 @dataclass(slots=True)
@@ -109,16 +113,28 @@ class ExtractionResult:
     def __len__(self) -> int:
         return sum(len(info.slots) for info, _ in self.emitted)
 
-    def by_type(self) -> dict[str, dict[str, dict[str, float]]]:
-        """``{metric type: {name: {dimension: value}}}``: the ``dynamic_metrics`` rows."""
-        dims = self.dimensions
-        out: dict[str, dict[str, dict[str, float]]] = {}
+    def by_type(self) -> dict[str, dict[str, float]]:
+        """``{metric type: {name: value}}``: the ``dynamic_metrics`` rows. A metric has one
+        value for all its dimensions (the dimensions say which aggregates it joins, and are
+        the payment's own fields), so a row stores each name once."""
+        out: dict[str, dict[str, float]] = {}
         for info, value in self.emitted:
             group = out.get(info.type)
             if group is None:
                 group = out[info.type] = {}
-            group[info.name] = {dims[i]: value for i in info.slots}
+            group[info.name] = value
         return out
+
+    def add_windowed(self, grouped: dict[str, list[float]]) -> None:
+        """Append each windowed value to ``grouped["<name>|<dimension>"]`` (a defaultdict)."""
+        dims = self.dimensions
+        for info, value in self.emitted:
+            for i, keys in info.window_keys:
+                dim = dims[i]
+                key = keys.get(dim)
+                if key is None:
+                    key = keys[dim] = f"{info.name}|{dim}"
+                grouped[key].append(value)
 
     def windowed(self) -> list[tuple[str, str, float]]:
         """``(name, dimension, value)`` of every metric kept in the windowed tables."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from models.events import ParsedTransaction
 from pipeline.histogram import Histogram
@@ -148,7 +148,21 @@ class WindowMetrics:
         return cls(hists, int(data["last_offset"]))
 
 
-MetricEntry = tuple[int, list[tuple[str, str, float]]]  # (offset, windowed metrics)
+class WindowedValues(Protocol):
+    def add_windowed(self, grouped: dict[str, list[float]]) -> None: ...
+
+
+class LateEvent:
+    """Stands for a late payment's metrics: it only counts in ``late_events``."""
+
+    key = f"{LATE_EVENTS}|"
+
+    def add_windowed(self, grouped: dict[str, list[float]]) -> None:
+        grouped[self.key].append(1)
+
+
+LATE = LateEvent()
+MetricEntry = tuple[int, WindowedValues]  # (offset, its windowed metrics)
 
 
 def observe(entries: Iterable[MetricEntry], bounds: Callable[[str], tuple[float, ...]],
@@ -157,20 +171,15 @@ def observe(entries: Iterable[MetricEntry], bounds: Callable[[str], tuple[float,
 
     Values are grouped per key first and added in bulk (:meth:`Histogram.observe_many`).
     """
-    grouped: dict[tuple[str, str], list[float]] = {}
+    grouped: defaultdict[str, list[float]] = defaultdict(list)
     last = after
-    for offset, metrics in entries:
+    for offset, values in entries:
         if offset <= after:
             continue
         last = offset
-        for name, dim, value in metrics:
-            values = grouped.get((name, dim))
-            if values is None:
-                grouped[(name, dim)] = [value]
-            else:
-                values.append(value)
+        values.add_windowed(grouped)
     delta: dict[str, Histogram] = {}
-    for (name, dim), values in grouped.items():
-        h = delta[f"{name}|{dim}"] = Histogram(bounds(name))
-        h.observe_many(values)
+    for key, vs in grouped.items():
+        h = delta[key] = Histogram(bounds(key.split("|", 1)[0]))
+        h.observe_many(vs)
     return delta, last

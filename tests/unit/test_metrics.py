@@ -1,0 +1,221 @@
+"""Metric extractors and compliance rules, table-driven, with their boundaries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import yaml
+
+from models.events import ParsedTransaction, TransactionStatus
+from pipeline.metrics import (
+    COMPLIANCE_CONFIG_PATH,
+    METRICS_CONFIG_PATH,
+    MetricsConfigError,
+    MetricType,
+    engine_from_config,
+    load_engine,
+)
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def tx(**changes) -> ParsedTransaction:
+    fields = dict(
+        transaction_id="tx-1", event_time=T0, merchant_id="m1", customer_id="c1",
+        amount_minor=4500, currency="EUR", channel="pos", payment_method="card",
+        status=TransactionStatus.APPROVED, decline_code=None, country="DE", processing_ms=180,
+        risk_score=0.2)
+    fields.update(changes)
+    return ParsedTransaction(**fields)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return load_engine()
+
+
+def values(engine, payment, offset=10, history=()):
+    result = engine.extract(payment, offset, lambda customer: history)
+    assert not result.errors
+    return {(m.name, m.dimension): m.value for m in result.metrics}
+
+
+def test_default_configuration_yields_at_least_50_metrics_per_payment(engine):
+    for status in TransactionStatus:
+        payment = tx(status=status, decline_code="05" if status == "declined" else None,
+                     risk_score=None)
+        result = engine.extract(payment)
+        assert len(result) >= 50, status
+        assert len(result.metrics) == len(result)
+
+
+def test_metric_types_and_dimensions(engine):
+    v = values(engine, tx())
+    assert v[("transactions", "")] == 1 and v[("transactions", "channel=pos")] == 1
+    assert v[("transactions_approved", "merchant_id=m1")] == 1
+    assert v[("amount_minor", "currency=EUR,channel=pos")] == 4500
+    assert v[("amount_major", "currency=EUR")] == 45.0
+    assert v[("processing_ms", "payment_method=card")] == 180
+    assert v[("approval", "country=DE")] == 1
+    kinds = {m.name: m.type for m in engine.extract(tx()).metrics}
+    assert kinds["amount_minor"] is MetricType.HISTOGRAM
+    assert kinds["amount_major"] is MetricType.GAUGE
+    assert kinds["failure"] is MetricType.RATE
+    assert kinds["transactions"] is MetricType.COUNTER
+
+
+def test_windowed_metrics_leave_out_high_cardinality_dimensions(engine):
+    windowed = engine.extract(tx()).windowed()
+    assert ("transactions", "channel=pos", 1) in windowed
+    assert not any("merchant_id" in dim for _, dim, _ in windowed)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"currency": "JPY", "amount_minor": 4500}, 4500.0),  # no minor unit
+    ({"currency": "KWD", "amount_minor": 4500}, 4.5),  # three decimals
+    ({"currency": "CHF", "amount_minor": 4500}, 45.0),  # default exponent
+])
+def test_amount_major_follows_the_currency_exponent(engine, changes, expected):
+    assert values(engine, tx(**changes))[("amount_major", f"currency={changes['currency']}")] \
+        == expected
+
+
+@pytest.mark.parametrize("status, code, soft, hard, approval, authorization, failure", [
+    ("approved", None, 0, 0, 1, 1, 0),
+    ("declined", "51", 1, 0, 0, 0, 0),  # insufficient funds: soft
+    ("declined", "14", 0, 1, 0, 0, 0),  # invalid card: hard
+    ("failed", None, 0, 0, 0, None, 1),
+    ("pending", None, 0, 0, 0, None, 0),  # not decided: no authorization metric
+])
+def test_status_extractors(engine, status, code, soft, hard, approval, authorization, failure):
+    v = values(engine, tx(status=TransactionStatus(status), decline_code=code))
+    assert v[("decline_soft", "")] == soft and v[("decline_hard", "")] == hard
+    assert v[("approval", "")] == approval
+    assert v.get(("authorization", "")) == authorization
+    assert v[("failure", "channel=pos")] == failure
+    assert v[(f"transactions_{status}", "")] == 1
+
+
+@pytest.mark.parametrize("currency, amount, flagged", [
+    ("EUR", 999_999, 0), ("EUR", 1_000_000, 1),  # exactly at the threshold: reported
+    ("JPY", 1_499_999, 0), ("JPY", 1_500_000, 1),
+    ("CHF", 10**12, 0),  # no threshold configured for the currency
+])
+def test_large_amount_threshold_per_currency(engine, currency, amount, flagged):
+    v = values(engine, tx(currency=currency, amount_minor=amount))
+    assert v[("compliance_large_amount", "")] == flagged
+
+
+@pytest.mark.parametrize("country, flagged", [("IR", 1), ("KP", 1), ("DE", 0)])
+def test_high_risk_country(engine, country, flagged):
+    assert values(engine, tx(country=country))[("compliance_high_risk_country", "")] == flagged
+
+
+@pytest.mark.parametrize("score, flagged", [(None, 0), (0.79, 0), (0.8, 1), (1.0, 1)])
+def test_high_risk_score(engine, score, flagged):
+    assert values(engine, tx(risk_score=score))[("compliance_high_risk_score", "")] == flagged
+
+
+def history_at(*seconds, amount=4500, currency="EUR", first_offset=0):
+    """Earlier payments of the customer, ``seconds`` relative to T0."""
+    return [((T0 + timedelta(seconds=s)).timestamp(), first_offset + i, amount, currency)
+            for i, s in enumerate(seconds)]
+
+
+@pytest.mark.parametrize("earlier, flagged", [
+    ((-60, -120, -180, -240), 0),  # 5 payments in 10 minutes: not more than 5
+    ((-60, -120, -180, -240, -300), 1),  # the 6th
+    ((-60, -120, -180, -240, -600), 1),  # exactly 600 s before: inside (inclusive)
+    ((-60, -120, -180, -240, -601), 0),  # one second outside
+    ((-60, -120, -180, -240, 300), 1),  # out of order: a later event time counts too
+])
+def test_velocity_window_edges(engine, earlier, flagged):
+    v = values(engine, tx(), history=history_at(*earlier))
+    assert v[("compliance_velocity", "")] == flagged
+
+
+def test_velocity_ignores_payments_at_later_offsets_so_replays_agree(engine):
+    later = history_at(-1, -2, -3, -4, -5, first_offset=11)  # offsets 11.. after ours (10)
+    assert values(engine, tx(), offset=10, history=later)[("compliance_velocity", "")] == 0
+
+
+def test_velocity_across_time_zones_is_event_time_not_wall_clock(engine):
+    # the same instants written with another offset are the same payments
+    cet = timezone(timedelta(hours=1))
+    payment = tx(event_time=T0.astimezone(cet))
+    v = values(engine, payment, history=history_at(-60, -120, -180, -240, -300))
+    assert v[("compliance_velocity", "")] == 1
+
+
+@pytest.mark.parametrize("amount, earlier_amounts, flagged", [
+    (950_000, (960_000, 990_000), 1),  # three just under 10,000.00 EUR
+    (950_000, (960_000,), 0),  # only two
+    (900_000, (900_000, 999_999), 1),  # 90 % exactly is "just under"
+    (899_999, (960_000, 990_000), 0),  # this one is not just under
+    (1_000_000, (960_000, 990_000), 0),  # at the threshold: a large amount, not structuring
+    (950_000, (960_000, 1_000_000), 0),  # an earlier one at the threshold does not count
+])
+def test_structuring(engine, amount, earlier_amounts, flagged):
+    history = [(T0.timestamp() - 60 * (i + 1), i, a, "EUR")
+               for i, a in enumerate(earlier_amounts)]
+    v = values(engine, tx(amount_minor=amount), history=history)
+    assert v[("compliance_structuring", "")] == flagged
+
+
+def test_structuring_counts_one_currency_within_the_window(engine):
+    history = [(T0.timestamp() - 60, 0, 960_000, "USD"),  # another currency
+               (T0.timestamp() - 3601, 1, 960_000, "EUR"),  # outside the hour
+               (T0.timestamp() - 3600, 2, 960_000, "EUR")]  # exactly an hour: inside
+    v = values(engine, tx(amount_minor=950_000), history=history)
+    assert v[("compliance_structuring", "")] == 0  # two in EUR within the hour
+
+
+def test_a_failing_extractor_loses_neither_the_others_nor_the_payment(engine):
+    def broken(customer):
+        raise RuntimeError("history store unavailable")
+
+    result = engine.extract(tx(), 10, broken)
+    assert {e.extractor for e in result.errors} == {"velocity"}  # structuring: not near
+    names = {m.name for m in result.metrics}
+    assert "compliance_velocity" not in names
+    assert {"transactions", "amount_minor", "compliance_large_amount"} <= names
+
+
+def config(**changes):
+    data = yaml.safe_load(METRICS_CONFIG_PATH.read_text())
+    data.update(changes)
+    return data
+
+
+def compliance(rules):
+    data = yaml.safe_load(COMPLIANCE_CONFIG_PATH.read_text())
+    data["rules"] = rules
+    return data
+
+
+@pytest.mark.parametrize("metrics, rules, message", [
+    (config(extractors=[{"extractor": "nope", "dimensions": [[]]}]), None,
+     r"extractors\[0\]: unknown extractor 'nope'"),
+    (config(extractors=[{"extractor": "status", "dimensions": [["colour"]]}]), None,
+     r"unknown field 'colour'"),
+    (config(extractors=[{"extractor": "status"}]), None, r"'dimensions' must be"),
+    (config(extractors=[{"extractor": "amount", "buckets": [100, 50], "dimensions": [[]]}]),
+     None, r"extractors\[0\]: .*buckets: .*overlap"),
+    (config(extractors=[{"extractor": "amount", "dimensions": [[]]}]), None,
+     r"missing parameter 'buckets'"),
+    (config(extractors=[{"extractor": "status", "dimensions": [[]]},
+                        {"extractor": "status", "dimensions": [[]]}]), None,
+     r"metric 'transactions' is defined twice"),
+    (config(windowed_dimensions=["colour"]), None, r"windowed_dimensions .* 'colour'"),
+    (config(), [{"rule": "velocity", "max_payments": 0, "within_seconds": 60}],
+     r"rules\[0\]: .*max_payments must be positive"),
+    (config(), [{"rule": "large_amount", "thresholds_minor": {"EUR": 1.5}}],
+     r"thresholds_minor.EUR is 1.5"),
+    (config(), [{"rule": "structuring", "thresholds_minor": {"EUR": 10}, "min_payments": 2,
+                 "within_seconds": 60, "lower_fraction": 1.5}], r"lower_fraction 1.5"),
+    (config(), [{"rule": "status"}], r"unknown rule 'status'"),
+])
+def test_bad_configuration_is_rejected_naming_the_entry(metrics, rules, message):
+    with pytest.raises(MetricsConfigError, match=message):
+        engine_from_config(metrics, compliance(rules) if rules is not None else None)
