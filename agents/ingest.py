@@ -83,7 +83,6 @@ class IngestStats:
         self.accepted = 0
         self.failed = 0
         self.late = 0
-        self.metrics = 0
         self.extractor_errors: Counter[str] = Counter()
         self.failed_by_category: Counter[str] = Counter()
         self.batches = 0
@@ -108,7 +107,6 @@ class IngestStats:
             "failed": self.failed,
             "failed_by_category": dict(self.failed_by_category),
             "late_events": self.late,
-            "metrics_extracted": self.metrics,
             "extractor_errors": dict(self.extractor_errors),
             "batches": self.batches,
             "events_per_second": round(self.consumed / span, 1) if span > 0 else None,
@@ -153,7 +151,7 @@ def register_ingest(
             )
         _record(stats, messages, failed, arrival, done)
         stats.late += late
-        _record_metrics(stats, metrics)
+        _record_extractor_errors(stats, metrics)
         await sinks.put(
             SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
                       window_rows, arrival, metrics)
@@ -314,9 +312,8 @@ def _int(value: bytes | None) -> int | None:
         return None
 
 
-def _record_metrics(stats: IngestStats, metrics: dict[int, ExtractionResult]) -> None:
+def _record_extractor_errors(stats: IngestStats, metrics: dict[int, ExtractionResult]) -> None:
     for result in metrics.values():
-        stats.metrics += len(result)
         if result.errors:
             for error in result.errors:
                 if not stats.extractor_errors[error.extractor]:

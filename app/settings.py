@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     producer_buffer_messages: int = Field(10_000, ge=100, description="producer buffer bound")
     sink_linger_s: float = Field(0.2, ge=0, description="gather batches this long per DB write")
     sink_queue_events: int = Field(50_000, ge=1, description="events queued for the sinks")
+    gc_threshold: str = Field(
+        "100000,50,100", description="Python gc thresholds (gen0,gen1,gen2) set at start-up")
 
     # Sinks.
     parquet_flush_rows: int = Field(50_000, ge=1, description="flush a partition's file at N rows")
@@ -112,6 +114,19 @@ class Settings(BaseSettings):
         if 3600 % sizes[0] and sizes[0] % 3600:
             raise ValueError(f"the smallest window ({sizes[0]} s) must divide an hour")
         return value
+
+    @field_validator("gc_threshold")
+    @classmethod
+    def _gc_threshold(cls, value: str) -> str:
+        parts = value.split(",")
+        if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"GC_THRESHOLD must be three positive integers, got {value!r}")
+        return value
+
+    @property
+    def gc_thresholds(self) -> tuple[int, int, int]:
+        a, b, c = (int(p) for p in self.gc_threshold.split(","))
+        return a, b, c
 
     @property
     def window_size_list(self) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ transactions/s and metrics/s for:
 - extraction (``MetricEngine.extract``: what the worker does per payment);
 - extraction + windowed aggregation (grouping the windowed metrics of a batch
   into histograms, as the ingest handler does per batch);
-- extraction + the ``dynamic_metrics`` JSON (``by_type`` + orjson, as the sink does);
+- extraction + the ``dynamic_metrics`` JSON (``rows`` + orjson, as the sink does);
 - extraction with every metric spelled out as a ``DynamicMetric`` object.
 """
 
@@ -80,7 +80,7 @@ def main() -> None:
         for o, tx, h in items:
             result = engine.extract(tx, o, lambda c, h=h: h)
             total += len(result)
-            for data in result.by_type().values():
+            for _, data in result.rows():
                 orjson.dumps(data)
         return total
 

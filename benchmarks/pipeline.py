@@ -24,7 +24,9 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="worker setting for this run, e.g. --env PARQUET_FLUSH_SECONDS=60")
     args = p.parse_args(argv)
 
+    # a SIGTERM (timeout, kill) unwinds through the finally below: no orphaned worker
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(args.workdir)
     pg = ensure_postgres(os.environ.get("DATABASE_URL"), workdir / "pg")
     run_id = uuid.uuid4().hex[:6]

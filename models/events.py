@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
+import msgspec.structs
 
 VALUE_REPR_CHARS = 80  # an offending value is shown truncated to this many characters
 
@@ -66,10 +67,12 @@ class ParsedTransaction(msgspec.Struct, frozen=True, kw_only=True):
     risk_score: float | None = None
     metadata: dict[str, str] | None = None
 
-    @property
-    def event_ts(self) -> float:
-        """Event time as POSIX seconds."""
-        return self.event_time.timestamp()
+    # Event time as POSIX seconds, derived once here: windows, lateness and the rules
+    # over time read it several times per payment, and datetime.timestamp() is not free.
+    event_ts: float = 0.0
+
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "event_ts", self.event_time.timestamp())
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -82,17 +82,22 @@ class ExtractorError(msgspec.Struct, frozen=True):
 class MetricInfo:
     """A metric as compiled for the hot path: its name, type and dimension slots."""
 
-    __slots__ = ("name", "type", "slots", "windowed", "window_keys")
+    __slots__ = ("name", "type", "type_name", "slots", "windowed", "index", "rule")
 
-    def __init__(self, name: str, type: MetricType, slots: Sequence[tuple[int, bool]]) -> None:
+    def __init__(self, name: str, type: MetricType, slots: Sequence[tuple[int, bool]],
+                 index: int = 0, rule: bool = False) -> None:
         self.name = name
         self.type = type
+        self.type_name = str(type.value)  # a plain str: a JSON key
+        self.rule = rule  # from a compliance rule
         self.slots = tuple(i for i, _ in slots)  # indices into the payment's dimension strings
         self.windowed = tuple(i for i, w in slots if w)
-        # per windowed slot: its index and the window keys "<name>|<dimension>" made so far
-        # (reused: a cached string hashes once, a fresh tuple on every lookup)
-        self.window_keys: tuple[tuple[int, dict[str, str]], ...] = tuple(
-            (i, {}) for i in self.windowed)
+        self.index = index  # position in the engine's list of metrics
+
+
+WindowPlan = list[tuple[str, ...]]
+"""Per metric (by :attr:`MetricInfo.index`): its window keys ``"<name>|<dimension>"`` for
+one combination of windowed dimension values."""
 
 
 @dataclass(slots=True)
@@ -103,6 +108,7 @@ class ExtractionResult:
     dimensions: list[str]
     emitted: list[tuple[MetricInfo, float]]
     errors: list[ExtractorError] = field(default_factory=list)
+    plan: WindowPlan = field(default_factory=list)  # window keys of these dimensions
 
     @property
     def metrics(self) -> list[DynamicMetric]:
@@ -113,27 +119,40 @@ class ExtractionResult:
     def __len__(self) -> int:
         return sum(len(info.slots) for info, _ in self.emitted)
 
-    def by_type(self) -> dict[str, dict[str, float]]:
-        """``{metric type: {name: value}}``: the ``dynamic_metrics`` rows. A metric has one
-        value for all its dimensions (the dimensions say which aggregates it joins, and are
-        the payment's own fields), so a row stores each name once."""
-        out: dict[str, dict[str, float]] = {}
+    def rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ``dynamic_metrics`` rows of this payment, ``(metric_type, metric_data)``:
+
+        - ``("metrics", {metric type: {name: value}})`` always;
+        - ``("compliance", {rule metric: 0 or 1})`` when at least one rule flagged it.
+
+        A metric has one value for all its dimensions (the dimensions say which aggregates
+        it joins and are the payment's own fields), so each name is stored once. One row per
+        metric type was measured at a third of the throughput (docs/metrics.md).
+        """
+        metrics: dict[str, dict[str, float]] = {}
+        rules: dict[str, float] | None = None
+        flagged = False
         for info, value in self.emitted:
-            group = out.get(info.type)
+            if info.rule:
+                if rules is None:
+                    rules = {}
+                rules[info.name] = value
+                flagged = flagged or value == 1
+                continue
+            group = metrics.get(info.type_name)
             if group is None:
-                group = out[info.type] = {}
+                group = metrics[info.type_name] = {}
             group[info.name] = value
+        out: list[tuple[str, dict[str, Any]]] = [("metrics", metrics)]
+        if flagged and rules is not None:
+            out.append(("compliance", rules))
         return out
 
     def add_windowed(self, grouped: dict[str, list[float]]) -> None:
         """Append each windowed value to ``grouped["<name>|<dimension>"]`` (a defaultdict)."""
-        dims = self.dimensions
+        plan = self.plan
         for info, value in self.emitted:
-            for i, keys in info.window_keys:
-                dim = dims[i]
-                key = keys.get(dim)
-                if key is None:
-                    key = keys[dim] = f"{info.name}|{dim}"
+            for key in plan[info.index]:
                 grouped[key].append(value)
 
     def windowed(self) -> list[tuple[str, str, float]]:
@@ -417,6 +436,7 @@ class MetricEngine:
         dims: list[Dimension] = []
         self.definitions: dict[str, MetricDef] = {}
         self._compiled: list[_Compiled] = []
+        self._infos: list[MetricInfo] = []
         for extractor, dimensions in extractors:
             emits: dict[str, MetricInfo] = {}
             slots = []
@@ -429,10 +449,23 @@ class MetricEngine:
                     raise MetricsConfigError(f"metric {d.name!r} is defined twice (extractor "
                                              f"{extractor.kind!r})")
                 self.definitions[d.name] = d
-                emits[d.name] = MetricInfo(d.name, d.type, slots)
+                info = MetricInfo(d.name, d.type, slots, len(self._infos), extractor.is_rule)
+                self._infos.append(info)
+                emits[d.name] = info
             self._compiled.append(_Compiled(extractor, extractor.kind, emits))
         self.dimensions = dims
         self._dimensions = _dimensions_function(dims)
+        # dimension indices that some metric is windowed on: their values pick the plan
+        self._window_dims = sorted({i for info in self._infos for i in info.windowed})
+        self._plans: dict[tuple[str, ...], WindowPlan] = {}
+
+    def _plan(self, dims: list[str]) -> WindowPlan:
+        signature = tuple([dims[i] for i in self._window_dims])
+        plan = self._plans.get(signature)
+        if plan is None:
+            plan = self._plans[signature] = [
+                tuple(f"{info.name}|{dims[i]}" for i in info.windowed) for info in self._infos]
+        return plan
 
     def bounds(self, name: str) -> tuple[float, ...]:
         """Bucket bounds of a metric's windowed aggregate (empty: count, sum, min, max)."""
@@ -456,7 +489,8 @@ class MetricEngine:
                 if errors is None:
                     errors = []
                 errors.append(ExtractorError(c.name, f"{type(exc).__name__}: {exc}"))
-        return ExtractionResult(self._dimensions(tx), emitted, errors or [])
+        dims = self._dimensions(tx)
+        return ExtractionResult(dims, emitted, errors or [], self._plan(dims))
 
 
 # -- configuration ------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def group_by_window(
     """Group (offset, payment) pairs by (window start, channel), offsets ascending."""
     groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)
     for offset, payment in events:
-        key = (window_start(payment.event_time.timestamp(), size), payment.channel)
+        key = (window_start(payment.event_ts, size), payment.channel)
         groups[key].append((offset, payment.status, payment.amount_minor))
     return groups
 

@@ -118,12 +118,31 @@ def _short(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+# Transactions go through COPY into a session-local staging table, then one
+# INSERT ... SELECT that skips replays: psycopg2 takes about 3 us per parameter to
+# mogrify a multi-row INSERT (60 us a row here, in the sink thread, holding the GIL),
+# while a COPY text row is one f-string (benchmarks/sinks.py).
+STAGE_TRANSACTIONS = """
+CREATE TEMP TABLE IF NOT EXISTS stage_transactions (
+    transaction_id text, event_ts double precision, merchant_id text, customer_id text,
+    amount_minor bigint, currency text, channel text, payment_method text, status text,
+    decline_code text, country text, processing_ms integer, card_bin text,
+    risk_score double precision, metadata jsonb, source_topic text, source_partition integer,
+    source_offset bigint
+) ON COMMIT DELETE ROWS
+"""
+COPY_TRANSACTIONS = "COPY stage_transactions FROM STDIN"
 INSERT_TRANSACTIONS = """
 INSERT INTO normalized_transactions (
     transaction_id, event_time, merchant_id, customer_id, amount_minor, currency,
     channel, payment_method, status, decline_code, country, processing_ms, card_bin,
     risk_score, metadata, source_topic, source_partition, source_offset
-) VALUES %s
+)
+SELECT transaction_id, to_timestamp(event_ts), merchant_id, customer_id, amount_minor,
+       currency, channel, payment_method, status, decline_code, country, processing_ms,
+       card_bin, risk_score, metadata, source_topic, source_partition, source_offset
+FROM stage_transactions
+ORDER BY transaction_id
 ON CONFLICT (transaction_id) DO NOTHING
 RETURNING transaction_id
 """
@@ -169,7 +188,6 @@ AGGREGATE_TEMPLATE = "(%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)"
 # (window seconds, window start, metric, dimension, partition, counts JSON, count, sum,
 #  min, max, last offset): one histogram of one window value, snapshotted on the loop
 PartialRow = tuple[int, datetime, str, str, int, str, int, float, Any, Any, int]
-TRANSACTION_TEMPLATE = "(" + ",".join(["%s"] * 14) + ",%s::jsonb,%s,%s,%s)"
 
 INSERT_FAILED = """
 INSERT INTO failed_items (
@@ -239,19 +257,14 @@ class PostgresSink:
                             give_up_after=self.give_up_after, what="PostgreSQL sink write")
 
     def _write_once(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
-        tx_rows: list[tuple[Any, ...]] = []
+        tx_rows: list[str] = []
         results: dict[str, Any] = {}
         failed_rows: list[tuple[Any, ...]] = []
         partials: dict[tuple[int, int, str, int], tuple[Any, ...]] = {}
         for batch in batches:
+            topic = _copy_text(batch.topic)
             for offset, p in batch.payments.items():
-                tx_rows.append((
-                    p.transaction_id, p.event_time, p.merchant_id, p.customer_id,
-                    p.amount_minor, p.currency, p.channel, p.payment_method, p.status.value,
-                    p.decline_code, p.country, p.processing_ms, p.card_bin, p.risk_score,
-                    orjson.dumps(p.metadata).decode() if p.metadata is not None else None,
-                    batch.topic, batch.partition, offset,
-                ))
+                tx_rows.append(_transaction_row(p, topic, batch.partition, offset))
                 result = batch.metrics.get(offset)
                 if result is not None:
                     results[p.transaction_id] = result
@@ -275,8 +288,10 @@ class PostgresSink:
             cur = raw.cursor()
             metric_rows = 0
             if tx_rows:
-                inserted = execute_values(cur, INSERT_TRANSACTIONS, tx_rows, TRANSACTION_TEMPLATE,
-                                          page_size=1000, fetch=True)
+                cur.execute(STAGE_TRANSACTIONS)
+                cur.copy_expert(COPY_TRANSACTIONS, io.StringIO("".join(tx_rows)))
+                cur.execute(INSERT_TRANSACTIONS)
+                inserted = cur.fetchall()
                 rows = self._metric_rows([r[0] for r in inserted], results)
                 if rows:
                     cur.copy_expert(COPY_METRICS, io.StringIO("".join(rows)))
@@ -306,8 +321,8 @@ class PostgresSink:
         }
 
     def _metric_rows(self, tx_ids: list[str], results: dict[str, Any]) -> list[str]:
-        """``dynamic_metrics`` rows in COPY text format: one per metric type of each newly
-        inserted transaction (COPY: a third of the CPU of a multi-row INSERT here)."""
+        """``dynamic_metrics`` rows in COPY text format for each newly inserted transaction
+        (:meth:`ExtractionResult.rows`; COPY: a third of the CPU of a multi-row INSERT)."""
         version = _copy_text(self.config_version)
         rows = []
         for tx_id in tx_ids:
@@ -315,7 +330,7 @@ class PostgresSink:
             if result is None:
                 continue
             key = _copy_text(tx_id)
-            for kind, data in result.by_type().items():
+            for kind, data in result.rows():
                 rows.append(f"{key}\t{kind}\t{_copy_text(orjson.dumps(data).decode())}"
                             f"\t{version}\n")
         return rows
@@ -361,6 +376,25 @@ class PostgresSink:
         finally:
             raw.close()
         return {"histogram_partials": len(partials), "aggregate_histograms": len(rows)}
+
+
+NULL = "\\N"  # COPY text format's NULL
+
+
+def _transaction_row(p: Any, topic: str, partition: int, offset: int) -> str:
+    """One ``stage_transactions`` row in COPY text format."""
+    metadata = NULL if p.metadata is None else _copy_text(orjson.dumps(p.metadata).decode())
+    return (f"{_copy_text(p.transaction_id)}\t{p.event_ts!r}\t{_copy_text(p.merchant_id)}\t"
+            f"{_copy_text(p.customer_id)}\t{p.amount_minor}\t{_copy_text(p.currency)}\t"
+            f"{_copy_text(p.channel)}\t{_copy_text(p.payment_method)}\t{p.status.value}\t"
+            f"{_optional(p.decline_code)}\t{_copy_text(p.country)}\t{p.processing_ms}\t"
+            f"{_optional(p.card_bin)}\t"
+            f"{NULL if p.risk_score is None else repr(p.risk_score)}\t{metadata}\t"
+            f"{topic}\t{partition}\t{offset}\n")
+
+
+def _optional(value: str | None) -> str:
+    return NULL if value is None else _copy_text(value)
 
 
 def _copy_text(value: str) -> str:
