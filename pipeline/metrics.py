@@ -18,7 +18,7 @@ Pure code, no Faust and no I/O. The pieces:
 
 A metric is *windowed* when every field of its dimension is in the
 configuration's ``windowed_dimensions`` (low-cardinality fields such as
-channel or currency): the windowed tables then aggregate it as a
+channel or currency) and it is not a gauge: the windowed tables then aggregate it as a
 :class:`~pipeline.histogram.Histogram` (bucketed for histogram metrics; count,
 sum, min and max for the others). Per-merchant metrics stay per payment.
 
@@ -35,6 +35,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -445,22 +446,27 @@ class MetricEngine:
                     dims.append(dim)
                 slots.append((dims.index(dim), set(dim) <= self.windowed_fields))
             for d in extractor.definitions():
+                # a gauge is a per-payment reading: its window aggregate would repeat the
+                # histogram of the same value (amount_major is amount_minor rescaled)
+                windowed = [(i, w and d.type != MetricType.GAUGE) for i, w in slots]
                 if d.name in self.definitions:
                     raise MetricsConfigError(f"metric {d.name!r} is defined twice (extractor "
                                              f"{extractor.kind!r})")
                 self.definitions[d.name] = d
-                info = MetricInfo(d.name, d.type, slots, len(self._infos), extractor.is_rule)
+                info = MetricInfo(d.name, d.type, windowed, len(self._infos), extractor.is_rule)
                 self._infos.append(info)
                 emits[d.name] = info
             self._compiled.append(_Compiled(extractor, extractor.kind, emits))
         self.dimensions = dims
         self._dimensions = _dimensions_function(dims)
         # dimension indices that some metric is windowed on: their values pick the plan
-        self._window_dims = sorted({i for info in self._infos for i in info.windowed})
+        window_dims = sorted({i for info in self._infos for i in info.windowed})
+        self._signature: Callable[[list[str]], Any] = (
+            itemgetter(*window_dims) if window_dims else (lambda dims: ()))
         self._plans: dict[tuple[str, ...], WindowPlan] = {}
 
     def _plan(self, dims: list[str]) -> WindowPlan:
-        signature = tuple([dims[i] for i in self._window_dims])
+        signature = self._signature(dims)
         plan = self._plans.get(signature)
         if plan is None:
             plan = self._plans[signature] = [
