@@ -9,7 +9,7 @@ COUNT ?= 100000
 RATE ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit test-integration test-e2e lint bench simulate migrate worker clean
+.PHONY: chromium help install demo test test-unit test-integration test-e2e lint bench simulate migrate worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,12 +26,20 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-install: $(STAMP) $(NODE_STAMP) ## create .venv, install the package with its dev tools, and Azurite
+# Headless Chromium for the dashboard's browser test (Debian packages; root or sudo).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver for the dashboard test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
+install: $(STAMP) $(NODE_STAMP) chromium ## create .venv, install the package with its dev tools, Azurite and Chromium
 
 demo: $(STAMP) ## broker + PostgreSQL + migrations + worker + simulator (COUNT=100000), then a summary; stops everything
 	$(PY) -m devtools.demo --count $(COUNT) --rate $(RATE)
 
-test: $(STAMP) $(NODE_STAMP) ## every test tier against the real broker and PostgreSQL (started and stopped by the tests)
+test: $(STAMP) $(NODE_STAMP) chromium ## every test tier against the real broker and PostgreSQL (started and stopped by the tests)
 	$(PY) -m pytest tests
 
 test-unit: $(STAMP) ## unit tests only (no services)
@@ -40,7 +48,7 @@ test-unit: $(STAMP) ## unit tests only (no services)
 test-integration: $(STAMP) $(NODE_STAMP) ## integration tests (real broker, real PostgreSQL)
 	$(PY) -m pytest tests/integration
 
-test-e2e: $(STAMP) ## end-to-end tests (worker processes fed by the simulator)
+test-e2e: $(STAMP) chromium ## end-to-end tests (worker processes fed by the simulator)
 	$(PY) -m pytest tests/e2e
 
 lint: $(STAMP) ## ruff and mypy

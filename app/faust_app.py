@@ -105,6 +105,7 @@ def create_app(settings: Settings) -> PaymentApp:
         producer_linger=settings.producer_linger_s,
         web_port=settings.web_port,
         web_bind=settings.web_bind,
+        web_host=settings.web_host,
         web_in_thread=False,
         autodiscover=False,
         table_standby_replicas=0,

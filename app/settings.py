@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     topic_replicas: int = Field(1, ge=1, description="replication factor of declared topics")
     web_port: int = Field(6066, description="Faust web UI port (faust --web-port wins)")
     web_bind: str = Field("127.0.0.1", description="web UI bind address (0.0.0.0 in containers)")
+    web_host: str = Field(
+        "127.0.0.1", description="host name other workers reach this one's web UI at (the pod "
+        "IP on AKS): the web views route requests for other partitions there")
 
     # Hot path tuning (see docs/adr/0001-batch-path.md for the measurements).
     max_poll_records: int = Field(5000, ge=1, description="records per fetch")

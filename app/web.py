@@ -55,11 +55,20 @@ class Windows:
 
     # -- this worker --------------------------------------------------------------------
 
-    def local(self, table: str) -> dict[int, dict[str, Any]]:
-        """``{window start: {key: value}}`` of this worker's partitions, partitions added."""
+    def local_raw(self, table: str) -> dict[str, Any]:
+        """This worker's stored values of ``table`` by key (one per window and partition)."""
+        return dict(self.cache.items(table))
+
+    def merge(self, table: str, raw: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        """``{window start: {key: value}}``, partitions added (counts) or merged (histograms).
+
+        Keys are merged in sorted order, so float sums come out bit for bit the same
+        however the values are spread over workers or recovered.
+        """
         kind, _ = self.kinds[table]
         out: dict[int, dict[str, Any]] = defaultdict(dict)
-        for key, value in self.cache.items(table):
+        for key in sorted(raw, key=_key_order):
+            value = raw[key]
             if kind == "counts":
                 start, channel, _ = split_key(key)
                 slot = out[start].setdefault(channel, defaultdict(int))
@@ -70,7 +79,7 @@ class Windows:
             else:
                 start = int(key.split("|", 1)[0])
                 slot = out[start]
-                for name, data in value["m"].items():
+                for name, data in sorted(value["m"].items()):
                     h = Histogram.from_list(self.bounds(name.split("|", 1)[0]), data)
                     if name in slot:
                         slot[name].merge(h)
@@ -78,30 +87,8 @@ class Windows:
                         slot[name] = h
         return out
 
-    def encode(self, table: str, merged: dict[int, dict[str, Any]]) -> dict[str, Any]:
-        """JSON-ready form of merged windows: counts as dicts, histograms as lists."""
-        kind, _ = self.kinds[table]
-        return {str(start): {k: (v.to_list() if kind == "metrics" else dict(v))
-                             for k, v in slot.items()}
-                for start, slot in merged.items()}
-
-    def decode_into(self, table: str, merged: dict[int, dict[str, Any]],
-                    data: dict[str, Any]) -> None:
-        """Add one worker's encoded windows into ``merged``."""
-        kind, _ = self.kinds[table]
-        for start_text, slot in data.items():
-            target = merged[int(start_text)]
-            for key, value in slot.items():
-                if kind == "metrics":
-                    h = Histogram.from_list(self.bounds(key.split("|", 1)[0]), value)
-                    if key in target:
-                        target[key].merge(h)
-                    else:
-                        target[key] = h
-                else:
-                    counts = target.setdefault(key, defaultdict(int))
-                    for name, n in value.items():
-                        counts[name] += n
+    def local(self, table: str) -> dict[int, dict[str, Any]]:
+        return self.merge(table, self.local_raw(table))
 
     # -- every worker --------------------------------------------------------------------
 
@@ -116,15 +103,14 @@ class Windows:
         return sorted({str(h).rstrip("/") for h, parts in hosts.items() if parts} - {me})
 
     async def merged(self, table: str) -> dict[int, dict[str, Any]]:
-        merged: dict[int, dict[str, Any]] = defaultdict(dict)
-        self.decode_into(table, merged, self.encode(table, self.local(table)))
+        raw = self.local_raw(table)
         peers = self.peers(table)
         if peers:
             answers = await asyncio.gather(*(self._fetch(p, table) for p in peers))
             for answer in answers:
                 if answer is not None:
-                    self.decode_into(table, merged, answer)
-        return merged
+                    raw.update(answer)
+        return self.merge(table, raw)
 
     async def _fetch(self, peer: str, table: str) -> dict[str, Any] | None:
         url = URL(peer) / "payments" / "tables" / table / "windows" / ""
@@ -135,6 +121,12 @@ class Windows:
         except Exception as exc:  # noqa: BLE001 - show what we have, say what is missing
             log.warning("web: worker %s did not answer for %s: %s", peer, table, exc)
             return None
+
+
+def _key_order(key: str) -> tuple[int, ...] | tuple[int, str, int]:
+    parts = key.split("|")
+    return (int(parts[0]), parts[1], int(parts[2])) if len(parts) == 3 else (
+        int(parts[0]), "", int(parts[1]))
 
 
 def present(kind: str, slot: dict[str, Any]) -> dict[str, Any]:
@@ -240,10 +232,9 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, wind
             if table not in views.kinds:
                 return self.error(404, f"no window table {table!r}; see /payments/tables/")
             if request.query.get("scope") == "local":
-                local = views.local(table)
                 if request.query.get("raw"):
-                    return self.json(views.encode(table, local))
-                merged = local
+                    return self.json(views.local_raw(table))
+                merged = views.local(table)
             else:
                 merged = await views.merged(table)
             limit = _int(request.query.get("limit"), 12)

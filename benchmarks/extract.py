@@ -15,12 +15,14 @@ transactions/s and metrics/s for:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from collections.abc import Callable
 
 import orjson
 
+from app.settings import Settings
 from pipeline.metrics import load_engine
 from pipeline.parse import default_validator
 from pipeline.windows import observe
@@ -46,6 +48,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1000, help="payments per aggregation batch")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args()
+    gc.set_threshold(*Settings().gc_thresholds)  # as the worker does (app/faust_app.py)
     validator = default_validator()
     payments = []
     for e in PaymentGenerator(load_scenario(), seed=1).events(args.events):

@@ -171,6 +171,7 @@ FROM histogram_partials p
 JOIN unnest(%s::int[], %s::timestamptz[], %s::text[], %s::text[]) AS k(ws, st, m, d)
   ON p.window_seconds = k.ws AND p.window_start = k.st AND p.metric_type = k.m
  AND p.dimension = k.d
+ORDER BY p.window_seconds, p.window_start, p.metric_type, p.dimension, p.source_partition
 """
 
 UPSERT_AGGREGATE_HISTOGRAMS = """
