@@ -148,3 +148,42 @@ def test_replay_headers_are_carried_into_the_failure(handler_setup):
     assert record["retry_count"] == 2 and record["replay_of"] == 77
     assert base64.b64decode(record["raw_payload_b64"]) == events[0].value
     assert record["errors"] and record["errors"][0]["message"] == failed.message
+
+
+def test_windows_past_their_retention_leave_the_tables(handler_setup):
+    from types import SimpleNamespace
+
+    from agents.retention import expire_windows
+    from app.batching import placeholder_message
+
+    app, handler, cache, sink, stats, _ = handler_setup
+    sent = []
+    for table in cache.tables.values():
+        def send_changelog(partition, key, value, *args, _sent=sent, **kwargs):
+            _sent.append((key, value))
+            return SimpleNamespace(message=SimpleNamespace(partition=partition))
+        table.send_changelog = send_changelog
+    scenario = load_scenario()
+    scenario["late_event_ratio"] = 0.0
+    events = list(PaymentGenerator(scenario, seed=14,
+                                   start=datetime(2026, 5, 1, 9, 0, tzinfo=UTC)).events(2000))
+    asyncio.run(handler(TP("payments", 3), messages(events, 3)))
+    cache.flush(3, placeholder_message("payments", 3))  # as the sink does before a commit
+    windows = declare_tables_of(cache)
+    keys = {name: set(t.data) for name, t in cache.tables.items()}
+    assert keys["window-metrics-5m"] and keys["window-counts-1h"]
+    # 10 s of event time: the windows have not ended yet, so none goes ...
+    assert expire_windows(windows, cache, {3}, retention=0) == 0
+    # ... until the stream time is past their end plus the retention
+    clock = cache.get(3, "stream-clock", "3")
+    clock.stream_time += 7200
+    deleted = expire_windows(windows, cache, {3}, retention=3600)
+    assert deleted == sum(len(v) for k, v in keys.items() if k.startswith("window-"))
+    assert all(not t.data for name, t in cache.tables.items() if name.startswith("window-"))
+    assert ("3", None) not in sent and any(value is None for _, value in sent)  # tombstones
+
+
+def declare_tables_of(cache):
+    from tables.payments import WindowTables
+
+    return WindowTables((300, 3600), cache.tables)

@@ -71,3 +71,23 @@ def test_copy_is_independent():
     snapshot = c.copy()
     c.add(6, "declined", 1)
     assert snapshot == WindowCounts(2, 10, {"approved": 2}, 5)
+
+
+def test_a_window_closes_grace_seconds_after_its_end_in_stream_time():
+    from pipeline.windows import is_late
+
+    end = 600  # the window [300, 600)
+    assert not is_late(300, end + 119.999, 300, 120)
+    assert is_late(300, end + 120, 300, 120)  # exactly at end + grace: closed
+    assert is_late(599.9, end + 120, 300, 120)
+    assert not is_late(600, end + 120, 300, 120)  # the next window is open
+    assert not is_late(0, float("-inf"), 300, 120)  # no stream time yet
+
+
+def test_windows_expire_on_stream_time_after_their_retention():
+    from tables.payments import expired_keys
+
+    keys = ["0|pos|1", "300|pos|1", "600|1"]
+    assert expired_keys(keys, 300, stream_time=300 + 300 + 7200, retention=7200) == [
+        "0|pos|1", "300|pos|1"]
+    assert expired_keys(keys, 300, stream_time=7499, retention=7200) == []
