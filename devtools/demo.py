@@ -119,6 +119,20 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
                                   WHERE window_seconds = 3600)
             GROUP BY window_start, channel ORDER BY channel""")
         hour = cur.fetchall()
+        cur.execute("""
+            SELECT dimension, count, p50, p95, p99 FROM aggregate_histograms
+            WHERE metric_type = 'processing_ms' AND window_seconds = 300
+              AND dimension LIKE 'channel=%%'
+              AND time_window = (SELECT max(time_window) FROM aggregate_histograms
+                                 WHERE window_seconds = 300)
+            ORDER BY dimension""")
+        latency = cur.fetchall()
+        cur.execute("""
+            SELECT metric_type, sum(sum)::bigint FROM aggregate_histograms
+            WHERE window_seconds = 3600 AND dimension = ''
+              AND (metric_type LIKE 'compliance_%%' OR metric_type = 'late_events')
+            GROUP BY metric_type ORDER BY metric_type""")
+        flags = cur.fetchall()
     finally:
         conn.close()
 
@@ -154,6 +168,14 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
             rate = f"{ok / n:.1%}" if n else "-"
             out.append(f"  {channel:<11}{n:>10,}{ok:>10,}{dec:>10,}{fail:>8,}{rate:>10}"
                        f"{int(amount):>16,}")
+    if latency:
+        out += ["", "processing latency, current 5-minute window (ms, from the buckets):",
+                f"  {'channel':<11}{'payments':>10}{'p50':>8}{'p95':>8}{'p99':>8}"]
+        out += [f"  {dim.split('=', 1)[1]:<11}{n:>10,}{p50:>8.0f}{p95:>8.0f}{p99:>8.0f}"
+                for dim, n, p50, p95, p99 in latency]
+    if flags:
+        out += ["", "compliance flags and late events, all windows:"]
+        out += [f"  {name:<32}{n:>10,}" for name, n in flags]
     out += ["", f"web UI (while the worker ran): {web_url}/payments/dashboard/  "
             f"{web_url}/payments/stats/",
             f"logs and data: {stack.workdir}", "=" * 72,
