@@ -459,6 +459,7 @@ class MetricEngine:
             self._compiled.append(_Compiled(extractor, extractor.kind, emits))
         self.dimensions = dims
         self._dimensions = _dimensions_function(dims)
+        self._calls = [(c.extractor.extract, c.emits, c.name) for c in self._compiled]
         # dimension indices that some metric is windowed on: their values pick the plan
         window_dims = sorted({i for info in self._infos for i in info.windowed})
         self._signature: Callable[[list[str]], Any] = (
@@ -482,19 +483,19 @@ class MetricEngine:
                 history: History = no_history) -> ExtractionResult:
         emitted: list[tuple[MetricInfo, float]] = []
         errors: list[ExtractorError] | None = None
-        for c in self._compiled:
-            emits = c.emits
+        append = emitted.append
+        for extract, emits, kind in self._calls:
             try:
-                pairs = c.extractor.extract(tx, offset, history)
+                pairs = extract(tx, offset, history)
                 if len(pairs) == 1:
                     name, value = pairs[0]
-                    emitted.append((emits[name], value))
+                    append((emits[name], value))
                 else:
                     emitted += [(emits[name], value) for name, value in pairs]
             except Exception as exc:  # noqa: BLE001 - one extractor must not sink the rest
                 if errors is None:
                     errors = []
-                errors.append(ExtractorError(c.name, f"{type(exc).__name__}: {exc}"))
+                errors.append(ExtractorError(kind, f"{type(exc).__name__}: {exc}"))
         dims = self._dimensions(tx)
         return ExtractionResult(dims, emitted, errors or [], self._plan(dims))
 
