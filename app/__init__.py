@@ -28,7 +28,7 @@ def build(settings: Settings) -> PaymentApp:
     from agents.ingest import register_ingest
     from agents.retention import register_retention
     from agents.sinks import SinkService
-    from app.commands import register_commands
+    from app.commands import register_commands, register_raw_commands
     from app.topics import declare_topics
     from app.web import register_views
     from pipeline.metrics import COMPLIANCE_CONFIG_PATH, METRICS_CONFIG_PATH, load_engine
@@ -78,6 +78,7 @@ def build(settings: Settings) -> PaymentApp:
                             engine, settings.window_grace_s)
     register_retention(faust_app, db_engine, seen, lake, settings, windows, cache)
     register_commands(faust_app, settings, db_engine, validator)
+    register_raw_commands(faust_app, settings)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
         await sinks.on_revoked(revoked)

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -84,6 +85,87 @@ def register_commands(app: Any, settings: Settings, engine: Engine, validator: V
         except (OperationalError, InterfaceError) as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
             _fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")
+
+
+def register_raw_commands(app: Any, settings: Settings) -> None:
+    @app.command(
+        argument("action", type=click.Choice(["query"])),
+        option("--from", "start", required=True,
+               help="start (inclusive): ISO 8601 time, a date, or 30m / 24h / 7d ago"),
+        option("--to", "end", default=None, help="end (exclusive); default now"),
+        option("--merchant", help="merchant_id"),
+        option("--status", help="approved, declined, failed, pending or reversed"),
+        option("--channel", help="ecommerce, pos, mobile, moto or recurring"),
+        option("--accepted-only", is_flag=True, help="leave out failed messages"),
+        option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]),
+               default="jsonl", help="output format"),
+        option("--output", type=click.Path(dir_okay=False),
+               help="file to write (parquet: required; jsonl/csv: default stdout)"),
+    )
+    async def raw(self: AppCommand, action: str, start: str, end: str | None,
+                  merchant: str | None, status: str | None, channel: str | None,
+                  accepted_only: bool, fmt: str, output: str | None) -> None:
+        """Query the raw-event lake (RAW_EVENTS_URL) by time range, merchant, status, channel."""
+        from storage.lake import LakeQuery, LakeQueryError, RawEventLake
+
+        try:
+            query = LakeQuery(parse_time(start), parse_time(end) if end else datetime.now(UTC),
+                              merchant, status, channel, accepted_only)
+            lake = RawEventLake(settings.raw_events_url, settings.lake_storage_options)
+            written = _write_events(lake, query, fmt, Path(output) if output else None)
+        except (FilterError, LakeQueryError) as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"cannot read the lake or write the output: {exc}")
+        click.echo(f"{written:,} events", err=True)
+
+
+def _write_events(lake: Any, query: Any, fmt: str, output: Path | None) -> int:
+    """Stream the matching events to ``output`` (atomically) or stdout; returns how many."""
+    import csv
+
+    from storage.lake import to_records
+
+    if fmt == "parquet" and output is None:
+        raise OSError("--format parquet needs --output FILE")
+    tmp = output.with_name(f".{output.name}.partial") if output else None
+    written = 0
+    progress = tqdm(unit=" events", disable=None, file=sys.stderr)
+    writer: Any = None
+    sink = open(tmp, "w" if fmt != "parquet" else "wb") if tmp else sys.stdout  # noqa: SIM115
+    try:
+        for batch in lake.scan(query):
+            if fmt == "parquet":
+                writer = writer or pq.ParquetWriter(sink, batch.schema, compression="zstd")
+                writer.write_batch(batch)
+            elif fmt == "csv":
+                rows = to_records(batch)
+                if writer is None:
+                    writer = csv.DictWriter(sink, fieldnames=list(rows[0]), extrasaction="ignore")
+                    writer.writeheader()
+                writer.writerows(rows)
+            else:
+                for row in to_records(batch):
+                    sink.write(json.dumps(row) + "\n")
+            written += batch.num_rows
+            progress.update(batch.num_rows)
+        if fmt == "parquet" and writer is None:  # no match: an empty file with the schema
+            from storage.parquet import RAW_SCHEMA
+
+            writer = pq.ParquetWriter(sink, RAW_SCHEMA, compression="zstd")
+        if fmt == "parquet":
+            writer.close()
+    except BaseException:
+        if tmp:
+            sink.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        progress.close()
+    if tmp and output:
+        sink.close()
+        tmp.replace(output)
+    return written
 
 
 def _fail(message: str) -> NoReturn:
