@@ -94,6 +94,69 @@ class WriteBackCache:
                 if key in self.tables[table]:
                     del self.tables[table][key]
 
+    def forget(self, partition: int) -> None: ...
+
+
+Ref = tuple[str, str]  # (table name, key)
+
+
+class WriteBackCache:
+    """Decoded table values per source partition; dirty ones written before each commit.
+
+    ``decoders[table](stored value or None)`` builds a value object; value objects
+    have ``to_dict()``.
+    """
+
+    def __init__(self, app: Any, tables: dict[str, TableT],
+                 decoders: dict[str, Callable[[Any], Any]]) -> None:
+        self.app = app
+        self.tables = tables
+        self.decoders = decoders
+        self._values: dict[int, dict[Ref, Any]] = {}
+        self._dirty: dict[int, set[Ref]] = {}
+        self._flushed: dict[int, list[tuple[str, str, Any]]] = {}
+
+    def get(self, partition: int, table: str, key: str) -> Any:
+        """The newest value (call in the partition's context: a miss reads the table)."""
+        values = self._values.setdefault(partition, {})
+        value = values.get((table, key))
+        if value is None:
+            value = values[(table, key)] = self.decoders[table](self.tables[table].get(key))
+        return value
+
+    def put(self, partition: int, table: str, key: str, value: Any) -> None:
+        self._values.setdefault(partition, {})[(table, key)] = value
+        self._dirty.setdefault(partition, set()).add((table, key))
+
+    def flush(self, partition: int, message: Message) -> int:
+        """Write the partition's dirty values to the tables; returns how many."""
+        dirty = self._dirty.pop(partition, None)
+        if not dirty:
+            return 0
+        values = self._values[partition]
+        flushed = self._flushed.setdefault(partition, [])
+        with partition_context(self.app, message):
+            for table, key in sorted(dirty):
+                value = values[(table, key)]
+                self.tables[table][key] = value.to_dict()
+                flushed.append((table, key, value))
+        return len(dirty)
+
+    def take_flushed(self, partition: int) -> list[tuple[str, str, Any]]:
+        """Values flushed since the last call: (table, key, value object)."""
+        return self._flushed.pop(partition, [])
+
+    def delete(self, partition: int, table: str, keys: list[str], message: Message) -> None:
+        """Delete expired keys from memory and from the table (a changelog tombstone each)."""
+        values = self._values.get(partition, {})
+        dirty = self._dirty.get(partition, set())
+        with partition_context(self.app, message):
+            for key in keys:
+                values.pop((table, key), None)
+                dirty.discard((table, key))
+                if key in self.tables[table]:
+                    del self.tables[table][key]
+
     def keys(self, partition: int, table: str) -> list[str]:
         """Keys of one partition in one table, as cached."""
         return [k for (t, k) in self._values.get(partition, {}) if t == table]

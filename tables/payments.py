@@ -57,12 +57,6 @@ class WindowTables:
     sizes: tuple[int, ...]
     tables: dict[str, TableT]  # by name
 
-    def counts(self, size: int) -> TableT:
-        return self.tables[counts_table(size)]
-
-    def metrics(self, size: int) -> TableT:
-        return self.tables[metrics_table(size)]
-
 
 def declare_tables(app: PaymentApp, sizes: Iterable[int] = (300, 3600)) -> WindowTables:
     """Declare the window tables and the stream clock, partitioned like ``payments``."""
