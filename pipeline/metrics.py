@@ -231,6 +231,14 @@ def _param(params: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
     return value
 
 
+def _buckets(params: Mapping[str, Any], where: str) -> tuple[float, ...]:
+    """The ``buckets`` parameter: strictly increasing upper bounds."""
+    try:
+        return check_bounds(_param(params, "buckets", list, where))
+    except ValueError as exc:
+        raise MetricsConfigError(f"{where}: buckets: {exc}") from None
+
+
 STATUS_VALUES = ("approved", "declined", "failed", "pending", "reversed")
 
 
@@ -258,10 +266,7 @@ class AmountExtractor(MetricExtractor):
     def __init__(self, params: Mapping[str, Any]) -> None:
         super().__init__(params)
         where = "extractor 'amount'"
-        try:
-            self.bounds = check_bounds(_param(params, "buckets", list, where))
-        except ValueError as exc:
-            raise MetricsConfigError(f"{where}: buckets: {exc}") from None
+        self.bounds = _buckets(params, where)
         exponents = _param(params, "currency_exponents", dict, where, {})
         self.default_exponent = _param(params, "default_exponent", int, where, 2)
         self.divisors = {str(k): 10 ** int(v) for k, v in exponents.items()}
@@ -329,11 +334,7 @@ class LatencyExtractor(MetricExtractor):
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         super().__init__(params)
-        try:
-            self.bounds = check_bounds(_param(params, "buckets", list,
-                                              "extractor 'processing_latency'"))
-        except ValueError as exc:
-            raise MetricsConfigError(f"extractor 'processing_latency': buckets: {exc}") from None
+        self.bounds = _buckets(params, "extractor 'processing_latency'")
 
     def definitions(self) -> list[MetricDef]:
         return [MetricDef("processing_ms", MetricType.HISTOGRAM, self.bounds)]
@@ -370,10 +371,7 @@ class RiskScoreExtractor(MetricExtractor):
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         super().__init__(params)
-        try:
-            self.bounds = check_bounds(_param(params, "buckets", list, "extractor 'risk_score'"))
-        except ValueError as exc:
-            raise MetricsConfigError(f"extractor 'risk_score': buckets: {exc}") from None
+        self.bounds = _buckets(params, "extractor 'risk_score'")
 
     def definitions(self) -> list[MetricDef]:
         return [MetricDef("risk_score", MetricType.HISTOGRAM, self.bounds)]

@@ -20,10 +20,11 @@ crash converges to the same rows:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -237,6 +238,24 @@ ON CONFLICT (window_start, channel) DO UPDATE SET
 """
 
 
+@contextlib.contextmanager
+def _transaction(engine: Engine) -> Iterator[Any]:
+    """A cursor on a pooled psycopg2 connection, committed at the end, rolled back on an
+    error; a connection that was lost is invalidated, not returned to the pool."""
+    raw = engine.raw_connection()
+    try:
+        yield raw.cursor()
+        raw.commit()
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        raw.invalidate()
+        raise
+    except BaseException:
+        raw.rollback()
+        raise
+    finally:
+        raw.close()
+
+
 def _ts(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
@@ -284,9 +303,7 @@ class PostgresSink:
                     c.tx_count, *(c.by_status.get(s, 0) for s in STATUSES),
                     c.amount_minor_sum, c.last_offset,
                 )
-        raw = self.engine.raw_connection()
-        try:
-            cur = raw.cursor()
+        with _transaction(self.engine) as cur:
             metric_rows = 0
             if tx_rows:
                 cur.execute(STAGE_TRANSACTIONS)
@@ -305,15 +322,6 @@ class PostgresSink:
                 keys = sorted({(k[1], k[2]) for k in partials if k[0] == 300})
                 if keys:
                     cur.execute(RECOMPUTE_5M, ([_ts(k[0]) for k in keys], [k[1] for k in keys]))
-            raw.commit()
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            raw.invalidate()  # the connection is gone: do not return it to the pool
-            raise
-        except BaseException:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
         return {
             "normalized_transactions": len(tx_rows),
             "dynamic_metrics": metric_rows,
@@ -346,9 +354,7 @@ class PostgresSink:
 
     def _write_windows_once(self, partials: Sequence[PartialRow]) -> dict[str, int]:
         keys = sorted({(r[0], r[1], r[2], r[3]) for r in partials})
-        raw = self.engine.raw_connection()
-        try:
-            cur = raw.cursor()
+        with _transaction(self.engine) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
             execute_values(cur, UPSERT_HISTOGRAM_PARTIALS, sorted(partials, key=lambda r: r[:5]),
                            PARTIALS_TEMPLATE, page_size=2000)
@@ -367,15 +373,6 @@ class PostgresSink:
                     for (ws, start, metric, dim), h in sorted(merged.items())]
             execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE,
                            page_size=2000)
-            raw.commit()
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            raw.invalidate()
-            raise
-        except BaseException:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
         return {"histogram_partials": len(partials), "aggregate_histograms": len(rows)}
 
 
