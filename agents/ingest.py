@@ -26,19 +26,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from faust.types import TP, Message, TopicT
 
+from agents.config import ConfigSync
 from agents.sinks import SinkService
 from app.batching import partition_context
 from app.faust_app import PaymentApp
 from models.batches import SinkBatch, WindowRow
 from models.events import ErrorCategory, FailedMessage, ParsedTransaction, ValidationError
-from pipeline.metrics import ExtractionResult, MetricEngine
+from pipeline.config import ConfigManager
+from pipeline.metrics import ExtractionResult
 from pipeline.parse import Validator
 from pipeline.windows import (
     LATE,
@@ -123,20 +125,24 @@ def register_ingest(
     cache: WriteBackCache,
     seen: SeenIds,
     sinks: SinkService,
-    validator: Validator,
-    engine: MetricEngine,
+    config: ConfigManager,
+    config_sync: ConfigSync,
     grace: float,
 ) -> IngestStats:
     """Register the ``payments`` batch handler; returns its live stats."""
     stats = IngestStats()
-    counter = WindowCounter(windows, cache, engine, grace)
+    counter = WindowCounter(windows, cache, config.bounds, grace)
 
     @app.batch_handler(payments)
     async def ingest(tp: TP, messages: Sequence[Message]) -> None:
         arrival = time.time()
+        if not config_sync.synced:  # the topic's version, never the source's, if one exists
+            config_sync.sync()
+        active = config.active  # the whole batch runs under this one version
+        engine = active.engine
         with partition_context(app, messages[-1]):
-            payments_by_offset, failed = _classify(validator, seen, tp.partition, messages,
-                                                   arrival)
+            payments_by_offset, failed = _classify(active.validator, seen, tp.partition,
+                                                   messages, arrival)
         partition = tp.partition
         with partition_context(app, messages[-1]):
             metrics = {offset: engine.extract(tx, offset, _history(seen, partition))
@@ -154,7 +160,7 @@ def register_ingest(
         _record_extractor_errors(stats, metrics)
         await sinks.put(
             SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
-                      window_rows, arrival, metrics)
+                      window_rows, arrival, metrics, active.version)
         )
         # Bound the producer's buffer (changelog + DLQ records) per batch.
         await app.producer.buffer.wait_until_ebb()
@@ -202,11 +208,11 @@ def _history(seen: SeenIds, partition: int):  # noqa: ANN202 - a History
 class WindowCounter:
     """Counts one partition's batch into every window size, one update per key."""
 
-    def __init__(self, windows: WindowTables, cache: WriteBackCache, engine: MetricEngine,
-                 grace: float) -> None:
+    def __init__(self, windows: WindowTables, cache: WriteBackCache,
+                 bounds: Callable[[str], tuple[float, ...]], grace: float) -> None:
         self.windows = windows
         self.cache = cache
-        self.bounds = engine.bounds
+        self.bounds = bounds
         self.grace = grace
         self.finest = windows.sizes[0]
 

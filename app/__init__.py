@@ -13,7 +13,6 @@ submodule such as ``app.settings`` does not build the worker.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from app.faust_app import PaymentApp, create_app
@@ -25,14 +24,16 @@ __all__ = ["app", "build", "PaymentApp", "Settings"]
 def build(settings: Settings) -> PaymentApp:
     """Create the app with its topics, tables, ingest handler, sinks and views."""
     # The agents import app's modules; importing them here keeps that one-way.
+    from agents.config import declare_config_table, register_config
     from agents.ingest import register_ingest
     from agents.retention import register_retention
     from agents.sinks import SinkService
     from app.commands import register_commands, register_raw_commands
+    from app.config_commands import register_config_commands
     from app.topics import declare_topics
     from app.web import register_views
-    from pipeline.metrics import COMPLIANCE_CONFIG_PATH, METRICS_CONFIG_PATH, load_engine
-    from pipeline.parse import VALIDATION_CONFIG_PATH, Validator
+    from pipeline.config import ConfigManager
+    from storage.config_sources import source_from_settings
     from storage.parquet import RawEventWriter
     from storage.postgres import PostgresSink, create_db_engine, partial_rows
     from tables.payments import declare_tables, metrics_table, split_metrics_key, window_cache
@@ -41,9 +42,9 @@ def build(settings: Settings) -> PaymentApp:
     faust_app = create_app(settings)
     payments, dlq = declare_topics(faust_app)
     windows = declare_tables(faust_app, settings.window_size_list)
-    validator = Validator.from_config(Path(settings.validation_config or VALIDATION_CONFIG_PATH))
-    engine = load_engine(Path(settings.metrics_config or METRICS_CONFIG_PATH),
-                         Path(settings.compliance_config or COMPLIANCE_CONFIG_PATH))
+    config = ConfigManager(source_from_settings(settings))
+    config.load_all_configuration()  # a bad document stops the start with a ConfigError
+    config_table = declare_config_table(faust_app)
     db_engine = create_db_engine(
         settings.database_url,
         pool_min=settings.db_pool_min,
@@ -56,10 +57,10 @@ def build(settings: Settings) -> PaymentApp:
         flush_seconds=settings.parquet_flush_seconds,
         storage_options=settings.lake_storage_options,
     )
-    cache = window_cache(faust_app, windows, engine.bounds)
+    cache = window_cache(faust_app, windows, config.bounds)
     seen = SeenIds(faust_app, declare_seen_table(faust_app), settings.dedupe_window_s)
     db = PostgresSink(db_engine, give_up_after=settings.db_retry_seconds,
-                      bounds=engine.bounds, config_version=engine.version)
+                      bounds=config.bounds)
     sizes = {metrics_table(size): size for size in windows.sizes}
 
     def flushed_windows(partition: int) -> list:
@@ -74,19 +75,22 @@ def build(settings: Settings) -> PaymentApp:
                         max_events=settings.sink_queue_events, linger=settings.sink_linger_s,
                         flushed_windows=flushed_windows)
     faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
-    stats = register_ingest(faust_app, payments, dlq, windows, cache, seen, sinks, validator,
-                            engine, settings.window_grace_s)
+    config_sync = register_config(faust_app, settings, config, config_table)
+    stats = register_ingest(faust_app, payments, dlq, windows, cache, seen, sinks, config,
+                            config_sync, settings.window_grace_s)
     register_retention(faust_app, db_engine, seen, lake, settings, windows, cache)
-    register_commands(faust_app, settings, db_engine, validator)
+    register_commands(faust_app, settings, db_engine, config)
     register_raw_commands(faust_app, settings)
+    register_config_commands(faust_app, settings, config)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
         await sinks.on_revoked(revoked)
 
     faust_app.on_partitions_revoked.connect(_on_revoked)  # type: ignore[arg-type]
-    register_views(faust_app, stats, sinks, cache, seen, windows, engine)
+    register_views(faust_app, stats, sinks, cache, seen, windows, config)
     faust_app.sinks = sinks  # type: ignore[attr-defined]
     faust_app.ingest_stats = stats  # type: ignore[attr-defined]
+    faust_app.config_manager = config  # type: ignore[attr-defined]
     return faust_app
 
 

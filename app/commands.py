@@ -39,13 +39,14 @@ from tqdm import tqdm
 from agents.ingest import REPLAY_OF_HEADER, RETRY_COUNT_HEADER
 from app.settings import Settings
 from app.topics import PAYMENTS
+from pipeline.config import ConfigError, ConfigManager
 from pipeline.parse import Mode, Validator
 from storage.failed import FailedFilter, FailedItems, FailedRow, FilterError, parse_time
 
 ACTIONS = ("list", "show", "export", "replay")
 
 
-def register_commands(app: Any, settings: Settings, engine: Engine, validator: Validator) -> None:
+def register_commands(app: Any, settings: Settings, engine: Engine, config: ConfigManager) -> None:
     @app.command(
         argument("action", type=click.Choice(ACTIONS)),
         argument("ids", nargs=-1, type=int),
@@ -70,6 +71,7 @@ def register_commands(app: Any, settings: Settings, engine: Engine, validator: V
                      partition: int | None, limit: int | None, as_json: bool, fmt: str,
                      output: str | None, dry_run: bool, only_valid: bool, force: bool) -> None:
         """Work the dead-letter queue: list, show, export or replay failed items."""
+        from app.config_commands import active_config
         try:
             flt = FailedFilter(
                 ids=ids, category=category, field=field, topic=topic, partition=partition,
@@ -78,10 +80,15 @@ def register_commands(app: Any, settings: Settings, engine: Engine, validator: V
                 include_replayed=action != "replay" or force,
                 limit=limit if limit is not None else (50 if action == "list" else None),
             )
+            # replay judges with what the workers run: the topic's latest versions
+            validator = ((await active_config(settings, config)).validator
+                         if action == "replay" else config.get_transaction_schema())
             await _run(action, ids, flt, FailedItems(engine), settings, validator, as_json=as_json,
                        fmt=fmt, output=output, dry_run=dry_run, only_valid=only_valid)
         except (FilterError, click.ClickException) as exc:
             _fail(str(exc) if isinstance(exc, FilterError) else exc.format_message())
+        except ConfigError as exc:
+            _fail(f"the active configuration does not compile: {exc}")
         except (OperationalError, InterfaceError) as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
             _fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")

@@ -102,6 +102,26 @@ class Settings(BaseSettings):
         7200, gt=0, description="windows are deleted from the tables (RocksDB and changelog) "
         "this long after they end (stream time); PostgreSQL keeps them")
 
+    # Configuration: sources, hot reload (docs/configuration.md).
+    config_source: str = Field(
+        "files", description="files (VALIDATION_CONFIG, METRICS_CONFIG, COMPLIANCE_CONFIG or "
+        "the shipped config/) or azure (Azure App Configuration)")
+    config_watch: bool = Field(
+        False, description="the leader polls the source and pushes each valid change to the "
+        "config topic (development with files; on by itself for azure)")
+    config_source_poll_s: float = Field(
+        1.0, gt=0, description="how often the leader polls the source when watching")
+    config_sync_interval_s: float = Field(
+        0.25, gt=0, description="how often each worker looks at the config table for a new "
+        "version")
+    azure_appconfig_connection_string: SecretStr | None = Field(
+        None, description="App Configuration connection string (wins over the endpoint)")
+    azure_appconfig_endpoint: str = Field(
+        "", description="https://<name>.azconfig.io, authenticated by DefaultAzureCredential")
+    azure_appconfig_label: str = Field("", description="label of the three keys (empty: none)")
+    azure_appconfig_sentinel_key: str = Field(
+        "payment-monitor:sentinel", description="key whose change triggers a reload")
+
     @field_validator("window_sizes")
     @classmethod
     def _window_sizes(cls, value: str) -> str:
@@ -141,6 +161,17 @@ class Settings(BaseSettings):
         if value not in {"development", "production"}:
             raise ValueError("ENVIRONMENT must be 'development' or 'production'")
         return value
+
+    @model_validator(mode="after")
+    def _config_source(self) -> Settings:
+        if self.config_source not in {"files", "azure"}:
+            raise ValueError(f"CONFIG_SOURCE must be 'files' or 'azure', "
+                             f"not {self.config_source!r}")
+        if (self.config_source == "azure" and self.azure_appconfig_connection_string is None
+                and not self.azure_appconfig_endpoint):
+            raise ValueError("CONFIG_SOURCE=azure needs AZURE_APPCONFIG_CONNECTION_STRING or "
+                             "AZURE_APPCONFIG_ENDPOINT")
+        return self
 
     @model_validator(mode="after")
     def _lake_credentials(self) -> Settings:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,13 @@ DASHBOARD_CHANNELS = ("ecommerce", "pos", "mobile", "moto", "recurring")
 class Windows:
     """Window summaries of this worker's partitions, and their merge across workers."""
 
-    def __init__(self, app: Any, cache: Any, windows: Any, engine: Any) -> None:
+    def __init__(self, app: Any, cache: Any, windows: Any,
+                 bounds: Callable[[str], tuple[float, ...]], config: Any = None) -> None:
         self.app = app
         self.cache = cache
         self.windows = windows
-        self.bounds = engine.bounds
+        self.bounds = bounds
+        self.config = config
         self.kinds: dict[str, tuple[str, int]] = {}
         for size in windows.sizes:
             self.kinds[counts_table(size)] = ("counts", size)
@@ -152,8 +155,10 @@ def window_list(windows: Windows, table: str, merged: dict[int, dict[str, Any]],
 
 
 async def dashboard_data(windows: Windows) -> dict[str, Any]:
-    """Current windows per channel for the dashboard: counts, approval, latency, amounts."""
-    out: dict[str, Any] = {"generated_at": datetime.now(UTC).isoformat(), "windows": []}
+    """Current windows per channel for the dashboard: counts, approval, latency, amounts;
+    and this worker's configuration versions and reload counters."""
+    out: dict[str, Any] = {"generated_at": datetime.now(UTC).isoformat(), "windows": [],
+                           "config": windows.config.snapshot() if windows.config else None}
     for size in windows.windows.sizes:
         counts = await windows.merged(counts_table(size))
         metrics = await windows.merged(metrics_table(size))
@@ -187,9 +192,9 @@ async def dashboard_data(windows: Windows) -> dict[str, Any]:
 
 
 def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, windows: Any,
-                   engine: Any) -> Windows:
+                   config: Any) -> Windows:
     """Attach the views to ``app``'s web server."""
-    views = Windows(app, cache, windows, engine)
+    views = Windows(app, cache, windows, config.bounds, config)
 
     @app.page("/payments/stats/")
     class StatsView(View):
@@ -205,9 +210,15 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, wind
                 },
                 "dedupe": {"ids_held": seen.size(), "ids_expired": seen.purged,
                            "window_s": seen.expiry},
-                "metrics": {"definitions": len(engine.definitions),
-                            "config_version": engine.version},
+                "metrics": {"definitions": len(config.active.engine.definitions),
+                            "config_version": config.active.version},
             })
+
+    @app.page("/payments/config/")
+    class ConfigView(View):
+        async def get(self, request: Request) -> Response:
+            """Active version per key, reload count and duration, rejections."""
+            return self.json(config.snapshot())
 
     @app.page("/payments/stats/reset/")
     class StatsResetView(View):

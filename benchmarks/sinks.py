@@ -52,11 +52,11 @@ def batches(n: int, size: int, seed: int, with_metrics: bool) -> list[SinkBatch]
             metrics[offset] = engine.extract(tx, offset)
         if len(payments) == size:
             out.append(SinkBatch("payments", 0, [Msg(o) for o in payments], payments, [], [],
-                                 time.time(), metrics))
+                                 time.time(), metrics, engine.version))
             payments, metrics = {}, {}
     if payments:
         out.append(SinkBatch("payments", 0, [Msg(o) for o in payments], payments, [], [],
-                             time.time(), metrics))
+                             time.time(), metrics, engine.version))
     return out
 
 
@@ -82,7 +82,7 @@ def main() -> None:
         run_migrations(url)
         engine = load_engine()
         db = create_db_engine(url)
-        sink = PostgresSink(db, bounds=engine.bounds, config_version=engine.version)
+        sink = PostgresSink(db, bounds=engine.bounds)
         print(f"{args.payments:,} payments per run, {args.batch:,} per transaction, "
               f"PostgreSQL on this machine")
         for label, seed, with_metrics in (("transactions + dynamic_metrics", 1, True),

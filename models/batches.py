@@ -37,6 +37,7 @@ class SinkBatch:
     window_rows: list[WindowRow]
     arrival: float
     metrics: dict[int, ExtractionResult] = field(default_factory=dict)  # by offset
+    config_version: str = ""  # ActiveConfig.version the batch was processed under
 
     @property
     def first_offset(self) -> int:

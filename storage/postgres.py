@@ -264,12 +264,10 @@ class PostgresSink:
     """Writes whole sink batches in one transaction per call."""
 
     def __init__(self, engine: Engine, *, give_up_after: float = 300.0,
-                 bounds: Callable[[str], tuple[float, ...]] = lambda name: (),
-                 config_version: str = "") -> None:
+                 bounds: Callable[[str], tuple[float, ...]] = lambda name: ()) -> None:
         self.engine = engine
         self.give_up_after = give_up_after
         self.bounds = bounds
-        self.config_version = config_version
 
     def write(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         """Store ``batches`` durably (retried on connection loss); returns rows per table."""
@@ -283,11 +281,12 @@ class PostgresSink:
         partials: dict[tuple[int, int, str, int], tuple[Any, ...]] = {}
         for batch in batches:
             topic = _copy_text(batch.topic)
+            version = _copy_text(batch.config_version)
             for offset, p in batch.payments.items():
                 tx_rows.append(_transaction_row(p, topic, batch.partition, offset))
                 result = batch.metrics.get(offset)
                 if result is not None:
-                    results[p.transaction_id] = result
+                    results[p.transaction_id] = (result, version)
             for f in batch.failed:
                 failed_rows.append((
                     f.raw, f.category.value, f.message, f.topic, f.partition, f.offset,
@@ -332,12 +331,12 @@ class PostgresSink:
     def _metric_rows(self, tx_ids: list[str], results: dict[str, Any]) -> list[str]:
         """``dynamic_metrics`` rows in COPY text format for each newly inserted transaction
         (:meth:`ExtractionResult.rows`; COPY: a third of the CPU of a multi-row INSERT)."""
-        version = _copy_text(self.config_version)
         rows = []
         for tx_id in tx_ids:
-            result = results.get(tx_id)
-            if result is None:
+            found = results.get(tx_id)
+            if found is None:
                 continue
+            result, version = found
             key = _copy_text(tx_id)
             for kind, data in result.rows():
                 rows.append(f"{key}\t{kind}\t{_copy_text(orjson.dumps(data).decode())}"

@@ -109,9 +109,10 @@ def test_dynamic_metrics_once_per_payment_even_when_replayed(database_url):
     engine = load_engine()
     b = batch(0, 0, 20, [])
     b.metrics = {o: engine.extract(tx, o) for o, tx in b.payments.items()}
+    b.config_version = "v-test"
     flagged = {tx.transaction_id for o, tx in b.payments.items()
                if any(r[0] == "compliance" for r in b.metrics[o].rows())}
-    sink = PostgresSink(create_db_engine(database_url), config_version="v-test")
+    sink = PostgresSink(create_db_engine(database_url))
     assert sink.write([b])["dynamic_metrics"] == 20 + len(flagged)
     assert sink.write([b])["dynamic_metrics"] == 0  # the replay inserts no transaction
     rows = query(database_url, "SELECT transaction_id, metric_type, metric_data, config_version "

@@ -12,13 +12,14 @@ import pytest
 from faust.types import TP
 from faust.types.tuples import Message
 
+from agents.config import ConfigSync
 from agents.ingest import register_ingest
 from app.faust_app import create_app
 from app.settings import Settings
 from app.topics import declare_topics
-from pipeline.metrics import load_engine
-from pipeline.parse import default_validator
+from pipeline.config import ConfigManager
 from simulator.generator import PaymentGenerator, load_scenario
+from storage.config_sources import FileSource
 from tables.payments import declare_tables, window_cache
 from tables.seen import SeenIds, declare_seen_table
 from tests.helpers import expected_windows, too_late
@@ -41,13 +42,14 @@ def handler_setup(tmp_path):
     payments, dlq = declare_topics(app)
     sent: list = []
     dlq.send_soon = lambda **kw: sent.append(kw)  # no broker: record DLQ records instead
-    engine = load_engine()
+    config = ConfigManager(FileSource())
+    config.load_all_configuration()
     windows = declare_tables(app)
-    cache = window_cache(app, windows, engine.bounds)
+    cache = window_cache(app, windows, config.bounds)
     seen = SeenIds(app, declare_seen_table(app), expiry=3600)
     sink = RecordingSink()
-    stats = register_ingest(app, payments, dlq, windows, cache, seen, sink, default_validator(),
-                            engine, grace=120)
+    stats = register_ingest(app, payments, dlq, windows, cache, seen, sink, config,
+                            ConfigSync(config, {}), grace=120)
     return app, app.batch_handlers["payments"], cache, sink, stats, sent
 
 
