@@ -1,13 +1,13 @@
-"""Hot reload on every worker: the ``config`` GlobalTable and the source watcher.
+"""Hot reload on every worker: the config topic reader and the source watcher.
 
-* Every worker reads the config topic (:mod:`storage.config_topic`) as the ``config``
-  GlobalTable: one partition, kept in memory, consumed by every worker as a standby
-  of all partitions (``synchronize_all_active_partitions``), so a record pushed by the
-  CLI reaches every worker. :class:`ConfigSync` looks at the table's pointers every
-  CONFIG_SYNC_INTERVAL_S and activates a newer version through the
-  :class:`~pipeline.config.ConfigManager`; the ingest handler also syncs once before
-  its first batch, so no batch runs under the source's version when the topic holds a
-  pushed one.
+* Every worker reads the whole config topic (:mod:`storage.config_topic`, one
+  compacted partition) with its own :class:`ConfigReader`: no consumer group, from the
+  beginning, then every CONFIG_SYNC_INTERVAL_S it asks for the end offset and fetches
+  only when something was appended. :class:`ConfigSync` activates a newer version
+  through the :class:`~pipeline.config.ConfigManager` as soon as it arrives; the ingest
+  handler waits for the first catch-up before its first batch, so no batch runs under
+  the source's version when the topic holds a pushed one. (Not a Faust GlobalTable:
+  ADR 0006 says why.)
 * With CONFIG_WATCH (files, for development) or CONFIG_SOURCE=azure, the leader polls
   the source and pushes each valid change to the topic, from where it reaches every
   worker the same way.
@@ -16,32 +16,92 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from mode import Service
 
 from app.faust_app import PaymentApp
 from app.settings import Settings
 from pipeline.config import KEYS, ConfigError, ConfigManager, ConfigVersion, compile_config
 from storage.config_sources import user
-from storage.config_topic import CONFIG_TABLE, ConfigTopic
+from storage.config_topic import ConfigTopic
 
 log = logging.getLogger(__name__)
 
 
-def declare_config_table(app: PaymentApp) -> Any:
-    # partitions=1 and recovery_buffer_size=1: Faust's advice against a recovery loop with
-    # several workers (faust/tables/globaltable.py); memory://: a few kB, re-read at start.
-    return app.GlobalTable(CONFIG_TABLE, partitions=1, recovery_buffer_size=1,
-                           synchronize_all_active_partitions=True, store="memory://",
-                           help="pushed configuration versions (faust -A app config)")
+class ConfigReader(Service):
+    """Keeps ``records`` equal to the config topic (record key -> JSON value)."""
+
+    def __init__(self, topic: ConfigTopic, interval: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.topic = topic
+        self.interval = interval
+        self.records: dict[str, Any] = {}
+        self.caught_up = asyncio.Event()
+        self.listeners: list[Any] = []
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def on_start(self) -> None:
+        await self.topic.ensure()
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.topic.bootstrap,
+                                          enable_auto_commit=False, fetch_max_wait_ms=200)
+        await self._consumer.start()
+        tp = TopicPartition(self.topic.topic, 0)
+        self._consumer.assign([tp])
+        await self._consumer.seek_to_beginning(tp)
+        self._consumer.pause(tp)  # fetch only when the end offset moved (see _poll)
+        self.add_future(self._run(tp))
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _run(self, tp: TopicPartition) -> None:
+        while not self.should_stop:
+            try:
+                if await self._poll(tp):
+                    for listener in self.listeners:
+                        listener()
+                self.caught_up.set()
+            except Exception:  # the broker may be away for a while; keep the last records
+                log.exception("config topic %s: read failed, retrying", self.topic.topic)
+            await self.sleep(self.interval)
+
+    async def _poll(self, tp: TopicPartition) -> bool:
+        """Read up to the current end offset; True when records arrived."""
+        consumer = self._consumer
+        assert consumer is not None
+        end = (await consumer.end_offsets([tp]))[tp]
+        if await consumer.position(tp) >= end:
+            return False
+        consumer.resume(tp)
+        try:
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for message in batch.get(tp, ()):
+                    if message.key:
+                        key = json.loads(message.key)
+                        if message.value:
+                            self.records[key] = json.loads(message.value)
+                        else:
+                            self.records.pop(key, None)
+        finally:
+            consumer.pause(tp)
+        return True
 
 
 class ConfigSync:
-    """Activates the newest version the config table holds for each key."""
+    """Activates the newest version the config topic holds for each key."""
 
-    def __init__(self, manager: ConfigManager, table: Any) -> None:
+    def __init__(self, manager: ConfigManager, records: Mapping[str, Any],
+                 ready: asyncio.Event | None = None) -> None:
         self.manager = manager
-        self.table = table
+        self.records = records
+        self.ready = ready  # set once the records caught up with the topic
         self.synced = False
         self._rejected: set[tuple[str, int]] = set()
 
@@ -49,7 +109,7 @@ class ConfigSync:
         active = self.manager.active.versions
         changes = {}
         for key in KEYS:
-            record = self.table.get(key)
+            record = self.records.get(key)
             if not record:
                 continue
             version = ConfigVersion.from_record(record)
@@ -60,6 +120,12 @@ class ConfigSync:
                 changes[key] = version
         return changes
 
+    async def first_sync(self) -> None:
+        """Before the first batch: wait for the topic's records, then activate them."""
+        if self.ready is not None:
+            await self.ready.wait()
+        self.sync()
+
     def sync(self) -> None:
         changes = self.pending()
         if changes:
@@ -69,22 +135,20 @@ class ConfigSync:
         self.synced = True
 
 
-def register_config(app: PaymentApp, settings: Settings, manager: ConfigManager,
-                    table: Any) -> ConfigSync:
-    """The sync timer on every worker and, when watching, the source poll on the leader."""
-    sync = ConfigSync(manager, table)
-
-    @app.timer(settings.config_sync_interval_s)
-    async def sync_config() -> None:
-        if _recovered(app):
-            sync.sync()
+def register_config(app: PaymentApp, settings: Settings, manager: ConfigManager) -> ConfigSync:
+    """The config topic reader on every worker and, when watching, the source poll on the
+    leader; returns the sync the ingest handler waits on before its first batch."""
+    topic = ConfigTopic(settings.broker_bootstrap, settings.app_id)
+    reader = ConfigReader(topic, settings.config_sync_interval_s)
+    sync = ConfigSync(manager, reader.records, reader.caught_up)
+    reader.listeners.append(sync.sync)
+    app.service(reader)  # type: ignore[arg-type]  # an instance is accepted too
 
     if settings.config_watch or settings.config_source == "azure":
-        topic = ConfigTopic(settings.broker_bootstrap, settings.app_id)
 
         @app.timer(settings.config_source_poll_s, on_leader=True)
         async def watch_source() -> None:
-            if not _recovered(app):
+            if not reader.caught_up.is_set():
                 return
             try:
                 if not await asyncio.to_thread(manager.source.changed):
@@ -96,10 +160,6 @@ def register_config(app: PaymentApp, settings: Settings, manager: ConfigManager,
     return sync
 
 
-def _recovered(app: PaymentApp) -> bool:
-    return bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
-
-
 async def publish_source_changes(manager: ConfigManager, sync: ConfigSync,
                                  topic: ConfigTopic) -> list[ConfigVersion]:
     """Push the source's changed keys to the topic if the whole set compiles."""
@@ -108,7 +168,7 @@ async def publish_source_changes(manager: ConfigManager, sync: ConfigSync,
     except ConfigError as exc:
         _reject(manager, exc)
         return []
-    latest = {key: ConfigVersion.from_record(r) for key in KEYS if (r := sync.table.get(key))}
+    latest = {key: ConfigVersion.from_record(r) for key in KEYS if (r := sync.records.get(key))}
     base = {**manager.active.versions, **latest}
     changed = [key for key in KEYS if loaded[key].digest != base[key].digest]
     if not changed:

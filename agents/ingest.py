@@ -137,7 +137,7 @@ def register_ingest(
     async def ingest(tp: TP, messages: Sequence[Message]) -> None:
         arrival = time.time()
         if not config_sync.synced:  # the topic's version, never the source's, if one exists
-            config_sync.sync()
+            await config_sync.first_sync()
         active = config.active  # the whole batch runs under this one version
         engine = active.engine
         with partition_context(app, messages[-1]):

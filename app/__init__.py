@@ -24,7 +24,7 @@ __all__ = ["app", "build", "PaymentApp", "Settings"]
 def build(settings: Settings) -> PaymentApp:
     """Create the app with its topics, tables, ingest handler, sinks and views."""
     # The agents import app's modules; importing them here keeps that one-way.
-    from agents.config import declare_config_table, register_config
+    from agents.config import register_config
     from agents.ingest import register_ingest
     from agents.retention import register_retention
     from agents.sinks import SinkService
@@ -44,7 +44,6 @@ def build(settings: Settings) -> PaymentApp:
     windows = declare_tables(faust_app, settings.window_size_list)
     config = ConfigManager(source_from_settings(settings))
     config.load_all_configuration()  # a bad document stops the start with a ConfigError
-    config_table = declare_config_table(faust_app)
     db_engine = create_db_engine(
         settings.database_url,
         pool_min=settings.db_pool_min,
@@ -75,7 +74,7 @@ def build(settings: Settings) -> PaymentApp:
                         max_events=settings.sink_queue_events, linger=settings.sink_linger_s,
                         flushed_windows=flushed_windows)
     faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
-    config_sync = register_config(faust_app, settings, config, config_table)
+    config_sync = register_config(faust_app, settings, config)
     stats = register_ingest(faust_app, payments, dlq, windows, cache, seen, sinks, config,
                             config_sync, settings.window_grace_s)
     register_retention(faust_app, db_engine, seen, lake, settings, windows, cache)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,11 +79,12 @@ def register_config_commands(app: Any, settings: Settings, manager: ConfigManage
             _fail(f"rejected, nothing published: {exc}")
         except OSError as exc:  # aiokafka's connection errors are OSErrors too
             _fail(f"cannot reach the broker at {settings.broker_bootstrap}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - e.g. KafkaConnectionError, timeouts
+        except Exception as exc:  # noqa: BLE001 - Faust's runner would exit 0 on it
             if type(exc).__module__.startswith("aiokafka"):
                 _fail(f"cannot reach the broker at {settings.broker_bootstrap}: "
                       f"{type(exc).__name__}: {exc}")
-            raise
+            traceback.print_exc()
+            _fail(f"config {action} failed: {type(exc).__name__}: {exc}")
 
 
 async def active_config(settings: Settings, manager: ConfigManager) -> ActiveConfig:
@@ -155,7 +157,8 @@ async def _rollback(topic: ConfigTopic, records: ConfigRecords, manager: ConfigM
 
 
 def _dump(document: Any) -> str:
-    return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=False, width=100)
+    return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=False, width=100,
+                          default_flow_style=None)
 
 
 def _show(records: ConfigRecords, manager: ConfigManager, keys: tuple[str, ...],
@@ -183,10 +186,15 @@ def _diff(records: ConfigRecords, manager: ConfigManager, keys: tuple[str, ...])
     same = True
     for key in keys:
         latest = records.latest(key)
-        before = _dump(latest.document).splitlines(keepends=True) if latest else []
+        if latest is None:
+            same = False
+            click.echo(f"{key}: nothing pushed; the workers run {manager.source.name}' "
+                       f"version, which push would make v1")
+            continue
+        before = _dump(latest.document).splitlines(keepends=True)
         after = _dump(source[key].document).splitlines(keepends=True)
         lines = list(difflib.unified_diff(
-            before, after, fromfile=f"{key} {latest.label if latest else '(nothing pushed)'}",
+            before, after, fromfile=f"{key} {latest.label}",
             tofile=f"{key} {manager.source.name}"))
         if lines:
             same = False

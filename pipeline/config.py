@@ -113,7 +113,7 @@ class ConfigVersion:
     def pushed(self, version: int, by: str, comment: str = "") -> ConfigVersion:
         """This document as version ``version`` of the config topic."""
         return ConfigVersion(self.key, self.document, version, "topic",
-                             datetime.now(UTC).isoformat(timespec="seconds"), by, comment,
+                             datetime.now(UTC).isoformat(timespec="milliseconds"), by, comment,
                              self.digest)
 
 
@@ -344,7 +344,7 @@ class ConfigManager:
         self._active = active
         self.stats.reloads += 1
         self.stats.last_reload_seconds = seconds
-        self.stats.last_reload_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.stats.last_reload_at = datetime.now(UTC).isoformat(timespec="milliseconds")
 
     def on_change(self, callback: Callable[[ActiveConfig, tuple[str, ...]], None]) -> None:
         """Call ``callback(active, changed_keys)`` after each successful reload."""

@@ -100,10 +100,9 @@ class ConfigTopic:
         await consumer.start()
         records: dict[str, Any] = {}
         try:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if partitions is None:
-                await consumer.client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(self.topic) or set()
+            if self.topic not in await consumer.topics():  # fetches the metadata
+                return ConfigRecords({})
+            partitions = consumer.partitions_for_topic(self.topic) or set()
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             if not tps:
                 return ConfigRecords({})
