@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -63,6 +64,20 @@ class ConfigError(ValueError):
     def __init__(self, key: str, path: str, problem: str) -> None:
         self.key, self.path, self.problem = key, path, problem
         super().__init__(f"{key}: {path}: {problem}" if path else f"{key}: {problem}")
+
+    @classmethod
+    def from_compiler(cls, key: str, message: str) -> ConfigError:
+        """From a compiler's message such as ``extractors[1] (amount): buckets: ...``."""
+        if message.startswith(f"{key}: "):
+            message = message[len(key) + 2:]
+        match = _COMPILER_PATH.match(message)
+        if match:
+            return cls(key, match["path"], match["problem"])
+        return cls(key, "", message)
+
+
+_COMPILER_PATH = re.compile(r"^(?P<path>(?:extractors|rules)\[\d+\])(?: \([^)]*\))?: "
+                            r"(?P<problem>.*)$", re.S)
 
 
 def digest(document: Mapping[str, Any]) -> str:
@@ -191,7 +206,7 @@ def _compile_validator(document: Mapping[str, Any]) -> Validator:
         rules = build_rules(document.get("rules") or [])
         fast = Validator(schema, rules, Mode(document.get("mode", Mode.FAIL_FAST)))
     except RuleConfigError as exc:
-        raise ConfigError(key, "", str(exc)) from None
+        raise ConfigError.from_compiler(key, str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a schema the compilers refuse
         raise ConfigError(key, "schema", f"does not compile: {type(exc).__name__}: {exc}"
                           ) from None
@@ -203,10 +218,8 @@ def _compile_engine(metrics: Mapping[str, Any], compliance: Mapping[str, Any]) -
         return engine_from_config(dict(metrics), dict(compliance))
     except MetricsConfigError as exc:
         message = str(exc)
-        for key in (METRICS_KEY, COMPLIANCE_KEY):
-            if message.startswith(f"{key}: "):
-                raise ConfigError(key, "", message[len(key) + 2:]) from None
-        raise ConfigError(METRICS_KEY, "", message) from None
+        key = COMPLIANCE_KEY if message.startswith(f"{COMPLIANCE_KEY}: ") else METRICS_KEY
+        raise ConfigError.from_compiler(key, message) from None
 
 
 def _check_bounds(engine: MetricEngine, known: Mapping[str, tuple[float, ...]],
