@@ -71,9 +71,13 @@ class Worker:
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.web_url}/payments/stats/", timeout=5) as resp:
+    def get(self, path: str) -> Any:
+        """GET one of the worker's JSON views, e.g. ``/payments/config/``."""
+        with urllib.request.urlopen(f"{self.web_url}{path}", timeout=5) as resp:
             return json.loads(resp.read())
+
+    def stats(self) -> dict[str, Any]:
+        return self.get("/payments/stats/")
 
     def stop(self) -> None:
         if self.proc is not None:
