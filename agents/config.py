@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 class ConfigReader(Service):
     """Keeps ``records`` equal to the config topic (record key -> JSON value)."""
 
-    def __init__(self, topic: ConfigTopic, interval: float, **kwargs: Any) -> None:
+    def __init__(self, topic: ConfigTopic, interval: float,
+                 manager: ConfigManager | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.manager = manager
         self.topic = topic
         self.interval = interval
         self.records: dict[str, Any] = {}
@@ -46,6 +48,12 @@ class ConfigReader(Service):
         self._consumer: AIOKafkaConsumer | None = None
 
     async def on_start(self) -> None:
+        if self.manager is not None and not self.manager.loaded:
+            try:  # the source's documents: active until the topic says otherwise
+                self.manager.load_all_configuration()
+            except ConfigError as exc:
+                log.critical("the worker cannot start: %s", exc)
+                raise
         await self.topic.ensure()
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.topic.bootstrap,
                                           enable_auto_commit=False, fetch_max_wait_ms=200)
@@ -139,7 +147,7 @@ def register_config(app: PaymentApp, settings: Settings, manager: ConfigManager)
     """The config topic reader on every worker and, when watching, the source poll on the
     leader; returns the sync the ingest handler waits on before its first batch."""
     topic = ConfigTopic(settings.broker_bootstrap, settings.app_id)
-    reader = ConfigReader(topic, settings.config_sync_interval_s)
+    reader = ConfigReader(topic, settings.config_sync_interval_s, manager)
     sync = ConfigSync(manager, reader.records, reader.caught_up)
     reader.listeners.append(sync.sync)
     app.service(reader)  # type: ignore[arg-type]  # an instance is accepted too

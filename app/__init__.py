@@ -42,8 +42,7 @@ def build(settings: Settings) -> PaymentApp:
     faust_app = create_app(settings)
     payments, dlq = declare_topics(faust_app)
     windows = declare_tables(faust_app, settings.window_size_list)
-    config = ConfigManager(source_from_settings(settings))
-    config.load_all_configuration()  # a bad document stops the start with a ConfigError
+    config = ConfigManager(source_from_settings(settings))  # loaded when the worker starts
     db_engine = create_db_engine(
         settings.database_url,
         pool_min=settings.db_pool_min,

@@ -82,7 +82,7 @@ def register_commands(app: Any, settings: Settings, engine: Engine, config: Conf
             )
             # replay judges with what the workers run: the topic's latest versions
             validator = ((await active_config(settings, config)).validator
-                         if action == "replay" else config.get_transaction_schema())
+                         if action == "replay" else None)
             await _run(action, ids, flt, FailedItems(engine), settings, validator, as_json=as_json,
                        fmt=fmt, output=output, dry_run=dry_run, only_valid=only_valid)
         except (FilterError, click.ClickException) as exc:
@@ -185,7 +185,7 @@ def _fail(message: str) -> NoReturn:
 
 
 async def _run(action: str, ids: tuple[int, ...], flt: FailedFilter, store: FailedItems,
-               settings: Settings, validator: Validator, *, as_json: bool, fmt: str,
+               settings: Settings, validator: Validator | None, *, as_json: bool, fmt: str,
                output: str | None, dry_run: bool, only_valid: bool) -> None:
     if action == "list":
         _list(store, flt, as_json)
@@ -198,6 +198,7 @@ async def _run(action: str, ids: tuple[int, ...], flt: FailedFilter, store: Fail
             raise click.UsageError("export needs --output FILE")
         _export(store, flt, Path(output), fmt)
     else:
+        assert validator is not None
         await _replay(store, flt, settings, validator, dry_run=dry_run,
                       only_valid=only_valid)
 

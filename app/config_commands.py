@@ -156,9 +156,10 @@ async def _rollback(topic: ConfigTopic, records: ConfigRecords, manager: ConfigM
     click.echo(f"{key}: {verb} v{new.version} = v{number} (was {latest[key].label})")
 
 
-def _dump(document: Any) -> str:
-    return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=False, width=100,
-                          default_flow_style=None)
+def _dump(document: Any, *, sort_keys: bool = False) -> str:
+    """YAML, one scalar per line (diffs name the line that changed)."""
+    return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=sort_keys, width=100,
+                          default_flow_style=False)
 
 
 def _show(records: ConfigRecords, manager: ConfigManager, keys: tuple[str, ...],
@@ -191,8 +192,8 @@ def _diff(records: ConfigRecords, manager: ConfigManager, keys: tuple[str, ...])
             click.echo(f"{key}: nothing pushed; the workers run {manager.source.name}' "
                        f"version, which push would make v1")
             continue
-        before = _dump(latest.document).splitlines(keepends=True)
-        after = _dump(source[key].document).splitlines(keepends=True)
+        before = _dump(latest.document, sort_keys=True).splitlines(keepends=True)
+        after = _dump(source[key].document, sort_keys=True).splitlines(keepends=True)
         lines = list(difflib.unified_diff(
             before, after, fromfile=f"{key} {latest.label}",
             tofile=f"{key} {manager.source.name}"))

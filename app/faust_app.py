@@ -100,7 +100,6 @@ def create_app(settings: Settings) -> PaymentApp:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replicas,
         topic_allow_declare=True,
-        topic_disable_leader=True,
         broker_max_poll_records=settings.max_poll_records,
         producer_linger=settings.producer_linger_s,
         web_port=settings.web_port,

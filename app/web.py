@@ -210,8 +210,9 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, wind
                 },
                 "dedupe": {"ids_held": seen.size(), "ids_expired": seen.purged,
                            "window_s": seen.expiry},
-                "metrics": {"definitions": len(config.active.engine.definitions),
-                            "config_version": config.active.version},
+                "metrics": ({"definitions": len(config.active.engine.definitions),
+                             "config_version": config.active.version}
+                            if config.loaded else None),
             })
 
     @app.page("/payments/config/")

@@ -308,6 +308,10 @@ class ConfigManager:
         self.stats = ConfigStats()
 
     @property
+    def loaded(self) -> bool:
+        return self._active is not None
+
+    @property
     def active(self) -> ActiveConfig:
         active = self._active
         if active is None:

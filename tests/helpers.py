@@ -101,6 +101,16 @@ def expected_histograms(counted: list[SimEvent], late: list[SimEvent],
     return out
 
 
+def execute(url: str, sql: str) -> None:
+    """Run one SQL statement against the database at ``url`` and commit."""
+    conn = psycopg2.connect(libpq_dsn(url))
+    try:
+        conn.cursor().execute(sql)
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def query(url: str, sql: str) -> list[tuple]:
     """Rows of one SQL statement against the database at ``url``."""
     conn = psycopg2.connect(libpq_dsn(url))
