@@ -133,6 +133,10 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
               AND (metric_type LIKE 'compliance_%%' OR metric_type = 'late_events')
             GROUP BY metric_type ORDER BY metric_type""")
         flags = cur.fetchall()
+        cur.execute("""
+            SELECT config_version, count(*) FROM dynamic_metrics
+            WHERE metric_type = 'metrics' GROUP BY config_version ORDER BY 1""")
+        versions = cur.fetchall()
     finally:
         conn.close()
 
@@ -176,6 +180,9 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
     if flags:
         out += ["", "compliance flags and late events, all windows:"]
         out += [f"  {name:<32}{n:>10,}" for name, n in flags]
+    if versions:
+        out += ["", "configuration versions the payments ran under (docs/configuration.md):"]
+        out += [f"  {v:<58}{n:>10,}" for v, n in versions]
     out += ["", f"web UI (while the worker ran): {web_url}/payments/dashboard/  "
             f"{web_url}/payments/stats/",
             f"logs and data: {stack.workdir}", "=" * 72,

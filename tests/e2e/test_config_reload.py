@@ -53,6 +53,9 @@ def test_pushed_rule_reaches_both_workers_within_5s_and_loses_nothing(stack, tmp
     while not workers[1].stats()["assigned"]:
         assert time.monotonic() < deadline, "the second worker was never assigned a partition"
         time.sleep(0.5)
+    while not all(w.get("/payments/config/")["version"] for w in workers):
+        assert time.monotonic() < deadline, "a worker never loaded its configuration"
+        time.sleep(0.2)
     before = workers[0].get("/payments/config/")["version"]
     assert before == workers[1].get("/payments/config/")["version"]
     assert ";compliance=files:" in before

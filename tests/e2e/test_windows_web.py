@@ -86,6 +86,10 @@ def test_web_views_dashboard_recovery_and_two_workers(stack):
         assert f'data-channel="{channel}"><td>{channel}</td><td>{value["tx_count"]:,}</td>' \
             in page, f"{channel} row missing from the rendered dashboard"
     assert "Current 5-minute window from " + current["window_start"] in page
+    config = get(f"{w1.web_url}/payments/config/")
+    label = config["keys"]["compliance:rules:v1"]["label"]
+    assert f"Configuration {config['version']}" in page
+    assert f"<td>compliance:rules:v1</td><td>{label}</td><td>files</td>" in page
 
     # recovery: the RocksDB files are gone; the changelogs give the same values back
     before = {t: windows(w1, t) for t in ("window-counts-5m", "window-metrics-5m",
