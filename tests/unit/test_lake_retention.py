@@ -33,3 +33,19 @@ def test_day_folders_older_than_the_retention_are_deleted(tmp_path):
 
 def test_a_missing_lake_is_not_an_error(tmp_path):
     assert purge_lake(fsspec.filesystem("file"), str(tmp_path / "none"), 90) == []
+
+
+def test_the_azure_lifecycle_policy_deletes_at_the_lake_retention():
+    import json
+    from pathlib import Path
+
+    from app.settings import Settings
+
+    policy = json.loads(Path("deploy/azure/lake-lifecycle-policy.json").read_text())
+    (rule,) = policy["rules"]
+    actions = rule["definition"]["actions"]
+    days = Settings().lake_retention_days
+    assert actions["baseBlob"]["delete"]["daysAfterModificationGreaterThan"] == days
+    assert actions["snapshot"]["delete"]["daysAfterCreationGreaterThan"] == days
+    assert actions["version"]["delete"]["daysAfterCreationGreaterThan"] == days
+    assert actions["baseBlob"]["tierToCool"]["daysAfterModificationGreaterThan"] < days
