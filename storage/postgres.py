@@ -56,6 +56,7 @@ def create_db_engine(
     pool_max: int = 10,
     statement_timeout_ms: int = 30_000,
     connect_timeout_s: int = 10,
+    pool_timeout_s: float = 10,
 ) -> Engine:
     """The pooled engine: 2-10 connections, pre-ping, recycled every 5 minutes."""
     return sa.create_engine(
@@ -64,7 +65,7 @@ def create_db_engine(
         max_overflow=max(0, pool_max - pool_min),
         pool_pre_ping=True,
         pool_recycle=300,
-        pool_timeout=10,
+        pool_timeout=pool_timeout_s,
         connect_args={
             "application_name": APPLICATION_NAME,
             "connect_timeout": connect_timeout_s,
