@@ -34,7 +34,7 @@ FILL = [
         INSERT INTO normalized_transactions
         SELECT 'tx' || g, %(end)s - make_interval(secs => (g * %(spacing)s)::double precision),
                'm' || lpad((g %% 1000)::text, 4, '0'), 'c' || (g %% 200000),
-               (g * 7919) %% 2000000, ({CURRENCIES})[1 + g %% 4], ({CHANNELS})[1 + g %% 5],
+               (g::bigint * 7919) %% 2000000, ({CURRENCIES})[1 + g %% 4], ({CHANNELS})[1 + g %% 5],
                'card', ({STATUSES})[1 + (g / 5) %% 7], NULL, 'DE', 50 + g %% 900, NULL,
                NULL, NULL, 'payments', (g %% 4)::int, g / 4, now()
         FROM generate_series(%(lo)s, %(hi)s) g"""),
