@@ -96,9 +96,12 @@ def register_commands(app: Any, settings: Settings, engine: Engine, config: Conf
 
 def register_raw_commands(app: Any, settings: Settings) -> None:
     @app.command(
-        argument("action", type=click.Choice(["query"])),
-        option("--from", "start", required=True,
-               help="start (inclusive): ISO 8601 time, a date, or 30m / 24h / 7d ago"),
+        argument("action", type=click.Choice(["query", "compact"])),
+        option("--from", "start", default=None,
+               help="query: start (inclusive): ISO 8601 time, a date, or 30m / 24h / 7d ago; "
+               "compact: only hour folders from this time on"),
+        option("--before", default="2h",
+               help="compact: only hour folders that ended before this (default 2h ago)"),
         option("--to", "end", default=None, help="end (exclusive); default now"),
         option("--merchant", help="merchant_id"),
         option("--status", help="approved, declined, failed, pending or reversed"),
@@ -109,12 +112,19 @@ def register_raw_commands(app: Any, settings: Settings) -> None:
         option("--output", type=click.Path(dir_okay=False),
                help="file to write (parquet: required; jsonl/csv: default stdout)"),
     )
-    async def raw(self: AppCommand, action: str, start: str, end: str | None,
-                  merchant: str | None, status: str | None, channel: str | None,
-                  accepted_only: bool, fmt: str, output: str | None) -> None:
-        """Query the raw-event lake (RAW_EVENTS_URL) by time range, merchant, status, channel."""
+    async def raw(self: AppCommand, action: str, start: str | None, before: str,
+                  end: str | None, merchant: str | None, status: str | None,
+                  channel: str | None, accepted_only: bool, fmt: str,
+                  output: str | None) -> None:
+        """Query the raw-event lake (RAW_EVENTS_URL) by time range, merchant, status,
+        channel; or compact its small files (one per partition and hour)."""
         from storage.lake import LakeQuery, LakeQueryError, RawEventLake
 
+        if action == "compact":
+            _compact(settings, start, before)
+            return
+        if start is None:
+            _fail("query needs --from")
         try:
             query = LakeQuery(parse_time(start), parse_time(end) if end else datetime.now(UTC),
                               merchant, status, channel, accepted_only)
@@ -173,6 +183,28 @@ def _write_events(lake: Any, query: Any, fmt: str, output: Path | None) -> int:
         sink.close()
         tmp.replace(output)
     return written
+
+
+def _compact(settings: Settings, since: str | None, before: str) -> None:
+    import fsspec
+
+    from storage.compaction import compact
+
+    try:
+        until = parse_time(before)
+        start = parse_time(since) if since else None
+    except FilterError as exc:
+        _fail(str(exc))
+    fs, root = fsspec.core.url_to_fs(settings.raw_events_url, **settings.lake_storage_options)
+    try:
+        report = compact(fs, root.rstrip("/"), before=until, since=start,
+                         progress=lambda line: click.echo(line, err=True))
+    except OSError as exc:
+        _fail(f"cannot compact the lake: {exc}")
+    click.echo(f"{report.folders} hour folders: {report.merged_files} files merged into "
+               f"{report.written} ({report.rows:,} rows); {report.removed_leftovers} "
+               f"leftovers of an interrupted run removed; {report.skipped_uncommitted} "
+               f"files not yet committed left as they are")
 
 
 def _fail(message: str) -> NoReturn:

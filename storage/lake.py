@@ -27,6 +27,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from storage.compaction import live_files
 from storage.parquet import RAW_SCHEMA
 
 PARTITIONING = ds.partitioning(pa.schema([("date", pa.string()), ("hour", pa.string())]),
@@ -97,8 +98,10 @@ class RawEventLake:
                 names = self.fs.ls(folder, detail=False)
             except FileNotFoundError:
                 continue
-            files += [n for n in names if n.endswith(".parquet")
-                      and not n.rsplit("/", 1)[-1].startswith((".", "_"))]
+            # live_files: inputs of a compaction interrupted before it deleted them
+            # are inside the merged file's range and are not read twice
+            files += live_files(n for n in names if n.endswith(".parquet")
+                                and not n.rsplit("/", 1)[-1].startswith((".", "_")))
         return sorted(files)
 
     def scan(self, query: LakeQuery, columns: Sequence[str] | None = None,
