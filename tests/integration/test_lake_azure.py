@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import adlfs
 import pyarrow.dataset as ds
@@ -79,3 +79,33 @@ def test_retention_deletes_old_day_folders_on_blob_storage(lake):
     assert [p.rsplit("/", 1)[1] for p in removed] == ["date=2026-03-01"]
     left = {p.rsplit("/", 1)[1] for p in fs.ls(root)}
     assert "date=2026-03-01" not in left and {"_inflight", "date=2026-11-21"} <= left
+
+
+def test_compaction_on_blob_storage_keeps_each_event_once(lake):
+    from storage.compaction import compact
+    from storage.lake import RawEventLake
+
+    url, options, fs, root = lake
+    w = RawEventWriter(url, storage_options=options)
+    for first in range(0, 1000, 100):  # ten small flushes, each committed
+        w.append(make_batch(first, 100))
+        flushed = w.flush("payments", 0)
+        w.committed("payments", 0, flushed.last_offset + 1)
+    w.append(make_batch(1000, 10))  # and an eleventh, so the ten are all final
+    w.flush("payments", 0)
+    before = sorted(read(fs, root)["offset"].to_pylist())
+    assert before == list(range(1010))
+    n_before = len([b for b in fs.find(root) if b.endswith(".parquet")])
+
+    report = compact(fs, root, before=datetime(2026, 3, 2, tzinfo=UTC))
+    blobs = [b for b in fs.find(root) if b.endswith(".parquet")]
+    assert report.written >= 1 and len(blobs) < n_before
+    assert any(b.rsplit("/", 1)[1].startswith("payments-0-0-") for b in blobs), blobs
+    assert sorted(read(fs, root)["offset"].to_pylist()) == before
+    lake_reader = RawEventLake(url, options)
+    now = datetime.now(UTC)
+    batches = [*lake_reader.get_events_by_time_range(datetime(2026, 3, 1, tzinfo=UTC),
+                                                     datetime(2026, 3, 2, tzinfo=UTC)),
+               *lake_reader.get_events_by_time_range(  # failed rows: by arrival (now)
+                   now - timedelta(hours=2), now + timedelta(hours=2))]
+    assert sorted(o for b in batches for o in b.column("offset").to_pylist()) == before
