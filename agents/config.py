@@ -48,12 +48,12 @@ class ConfigReader(Service):
         self._consumer: AIOKafkaConsumer | None = None
 
     async def on_start(self) -> None:
+        source_error: ConfigError | None = None
         if self.manager is not None and not self.manager.loaded:
             try:  # the source's documents: active until the topic says otherwise
                 self.manager.load_all_configuration()
             except ConfigError as exc:
-                log.critical("the worker cannot start: %s", exc)
-                raise
+                source_error = exc
         await self.topic.ensure()
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.topic.bootstrap,
                                           enable_auto_commit=False, fetch_max_wait_ms=200)
@@ -62,7 +62,27 @@ class ConfigReader(Service):
         self._consumer.assign([tp])
         await self._consumer.seek_to_beginning(tp)
         self._consumer.pause(tp)  # fetch only when the end offset moved (see _poll)
+        if source_error is not None:
+            await self._start_from_topic(tp, source_error)
         self.add_future(self._run(tp))
+
+    async def _start_from_topic(self, tp: TopicPartition, source_error: ConfigError) -> None:
+        """The source is invalid: start on the topic's versions if it holds every key."""
+        assert self.manager is not None
+        await self._poll(tp)
+        pushed = {k: ConfigVersion.from_record(r) for k in KEYS if (r := self.records.get(k))}
+        if len(pushed) < len(KEYS):
+            log.critical("the worker cannot start: %s (and the config topic does not hold "
+                         "every key to fall back on)", source_error)
+            raise source_error
+        try:
+            self.manager.load_all_configuration(pushed)
+        except ConfigError as exc:
+            log.critical("the worker cannot start: %s; the config topic's versions are "
+                         "invalid too: %s", source_error, exc)
+            raise
+        log.warning("the source's configuration is invalid (%s); running the config topic's "
+                    "versions %s", source_error, self.manager.active.version)
 
     async def on_stop(self) -> None:
         if self._consumer is not None:

@@ -318,12 +318,14 @@ class ConfigManager:
             raise RuntimeError("configuration not loaded: call load_all_configuration() first")
         return active
 
-    def load_all_configuration(self) -> ActiveConfig:
-        """Load every key from the source and activate it; raises :class:`ConfigError`
-        (at start-up there is no earlier version to fall back on)."""
+    def load_all_configuration(self, versions: Mapping[str, ConfigVersion] | None = None,
+                               ) -> ActiveConfig:
+        """Load every key from the source (or take ``versions``) and activate it; raises
+        :class:`ConfigError` (at start-up there is no earlier version to fall back on)."""
         start = time.perf_counter()
         with self._lock:
-            active = compile_config(self.source.load(), self._known_bounds)
+            active = compile_config(versions if versions is not None else self.source.load(),
+                                    self._known_bounds)
             self._activate(active, KEYS, time.perf_counter() - start)
         return active
 

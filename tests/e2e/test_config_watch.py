@@ -65,3 +65,16 @@ def test_a_worker_with_an_invalid_config_refuses_to_start(stack, tmp_path):
     log = worker.log_path.read_text()
     assert ("the worker cannot start: metrics:definitions:v1: extractors[6]: unknown "
             "extractor 'tea_leaves'") in log
+    assert "does not hold every key" in log
+
+
+def test_a_worker_with_an_invalid_config_runs_the_topics_versions(stack, tmp_path):
+    assert stack.cli("config", "push").returncode == 0  # v1 of every key
+    bad = tmp_path / "metrics.yaml"
+    bad.write_text(Path("config/metrics.yaml").read_text().replace(
+        "extractor: risk_score", "extractor: tea_leaves"))
+    worker = stack.start_worker("w1", METRICS_CONFIG=str(bad))
+    config = wait_for(worker, lambda c: c["version"] is not None, "no configuration loaded")
+    assert config["version"] == "schema=v1;metrics=v1;compliance=v1"
+    assert worker.alive()
+    assert "the source's configuration is invalid" in worker.log_path.read_text()
