@@ -203,7 +203,7 @@ async def publish_source_changes(manager: ConfigManager, sync: ConfigSync,
         return []
     try:
         await asyncio.to_thread(compile_config, {**base, **{k: loaded[k] for k in changed}},
-                                manager._known_bounds)
+                                manager.known_bounds)
     except ConfigError as exc:
         _reject(manager, exc)
         return []

@@ -225,8 +225,8 @@ def _compile_engine(metrics: Mapping[str, Any], compliance: Mapping[str, Any]) -
 def _check_bounds(engine: MetricEngine, known: Mapping[str, tuple[float, ...]],
                   metrics: Mapping[str, Any]) -> None:
     """No metric may change its bucket bounds: the windows already stored would not merge."""
-    index = {d.name: i for i, c in enumerate(engine._compiled)
-             for d in c.extractor.definitions()}
+    index = {d.name: i for i, extractor in enumerate(engine.extractors)
+             for d in extractor.definitions()}
     for name, definition in engine.definitions.items():
         before = known.get(name)
         if before is not None and before != definition.bounds:
@@ -378,7 +378,13 @@ class ConfigManager:
         return self.active.engine
 
     def get_compliance_rules(self) -> list[MetricExtractor]:
-        return [c.extractor for c in self.active.engine._compiled if c.extractor.is_rule]
+        return [e for e in self.active.engine.extractors if e.is_rule]
+
+    @property
+    def known_bounds(self) -> Mapping[str, tuple[float, ...]]:
+        """Bucket bounds of every metric this process has activated (a candidate may not
+        change them)."""
+        return self._known_bounds
 
     def bounds(self, name: str) -> tuple[float, ...]:
         """Bucket bounds of a windowed metric of any version this process has activated

@@ -472,6 +472,11 @@ class MetricEngine:
                 tuple(f"{info.name}|{dims[i]}" for i in info.windowed) for info in self._infos]
         return plan
 
+    @property
+    def extractors(self) -> list[MetricExtractor]:
+        """The compiled extractors and rules, in configuration order (metrics first)."""
+        return [c.extractor for c in self._compiled]
+
     def bounds(self, name: str) -> tuple[float, ...]:
         """Bucket bounds of a metric's windowed aggregate (empty: count, sum, min, max)."""
         d = self.definitions.get(name)

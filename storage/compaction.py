@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.parquet import ROW_GROUP_ROWS
+from storage.parquet import write_parquet_atomic
 
 NAME = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 FOLDER = re.compile(r"date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})$")
@@ -135,20 +135,19 @@ def compact(fs: Any, root: str, *, before: datetime, since: datetime | None = No
     """Compact every hour folder that ends by ``before`` (and starts at ``since`` or later)."""
     report = CompactionReport()
     safe = safe_offsets(fs, root)
-    local = fs.protocol in ("file", "local") or "file" in fs.protocol
     for start, folder in hour_folders(fs, root):
         if start.timestamp() + 3600 > before.timestamp():
             continue
         if since is not None and start < since:
             continue
         report.folders += 1
-        _compact_folder(fs, folder, safe, local, report)
+        _compact_folder(fs, folder, safe, report)
         if progress is not None:
             progress(f"{folder}: {report.written} merged files so far")
     return report
 
 
-def _compact_folder(fs: Any, folder: str, safe: dict[tuple[str, int], int], local: bool,
+def _compact_folder(fs: Any, folder: str, safe: dict[tuple[str, int], int],
                     report: CompactionReport) -> None:
     names = [n for n in fs.ls(folder, detail=False)
              if not n.rsplit("/", 1)[-1].startswith((".", "_"))]
@@ -173,21 +172,10 @@ def _compact_folder(fs: Any, folder: str, safe: dict[tuple[str, int], int], loca
         table = pa.concat_tables([pq.read_table(f.path, filesystem=fs) for f in ready])
         table = table.sort_by([("offset", "ascending")])
         target = f"{folder}/{topic}-{partition}-{first}-{last}.parquet"
-        _write(fs, table, target, local)
+        write_parquet_atomic(fs, table, target)
         for f in ready:
             if f.path != target:
                 fs.rm(f.path)
         report.merged_files += len(ready)
         report.written += 1
         report.rows += table.num_rows
-
-
-def _write(fs: Any, table: pa.Table, path: str, local: bool) -> None:
-    """Atomically: a temporary name then a rename on disk; a blob is visible only once
-    its upload is committed."""
-    directory, name = path.rsplit("/", 1)
-    target = f"{directory}/.{name}.tmp" if local else path
-    with fs.open(target, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    if local:
-        fs.mv(target, path)

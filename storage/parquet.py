@@ -102,7 +102,7 @@ class RawEventWriter:
         self._checked: set[tuple[str, int]] = set()
         self._next: dict[tuple[str, int], int] = {}  # next offset to buffer, per partition
         self._uncommitted: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-        self._local = self.fs.protocol in ("file", "local") or "file" in self.fs.protocol
+        self._local = is_local(self.fs)
 
     # -- buffering --------------------------------------------------------------
 
@@ -252,13 +252,7 @@ class RawEventWriter:
         self._put_atomic(path, body.encode())
 
     def _write_atomic(self, table: pa.Table, path: str) -> None:
-        directory, name = path.rsplit("/", 1)
-        self.fs.makedirs(directory, exist_ok=True)
-        target = f"{directory}/.{name}.tmp" if self._local else path
-        with self.fs.open(target, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        if self._local:
-            self.fs.mv(target, path)
+        write_parquet_atomic(self.fs, table, path)
 
     def _put_atomic(self, path: str, data: bytes) -> None:
         directory, name = path.rsplit("/", 1)
@@ -267,3 +261,20 @@ class RawEventWriter:
             fh.write(data)
         if self._local:
             self.fs.mv(target, path)
+
+
+def is_local(fs: Any) -> bool:
+    return fs.protocol in ("file", "local") or "file" in fs.protocol
+
+
+def write_parquet_atomic(fs: Any, table: pa.Table, path: str) -> None:
+    """Write ``table`` to ``path`` so no reader sees half a file: on disk under a hidden
+    temporary name then renamed; a blob is visible only once its upload is committed."""
+    directory, name = path.rsplit("/", 1)
+    fs.makedirs(directory, exist_ok=True)
+    local = is_local(fs)
+    target = f"{directory}/.{name}.tmp" if local else path
+    with fs.open(target, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    if local:
+        fs.mv(target, path)

@@ -258,9 +258,9 @@ def test_readers_never_see_a_half_swapped_config_under_concurrent_reloads(shippe
         while not stop.is_set():
             active = manager.active
             label = active.versions[COMPLIANCE_KEY].label
-            (rule,) = [r for r in active.engine._compiled if r.extractor.kind == "high_risk_score"]
+            (rule,) = [e for e in active.engine.extractors if e.kind == "high_risk_score"]
             expected = {"v1": 0.5, "v2": 0.6}.get(label, 0.8)
-            if rule.extractor.threshold != expected or active.engine.version != active.version:
+            if rule.threshold != expected or active.engine.version != active.version:
                 errors.append(label)
             seen.append(label)
 
