@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from pipeline.config import KEYS, ConfigVersion
+from pipeline.config import ConfigVersion
 
 CONFIG_TABLE = "config"
 
@@ -66,9 +66,6 @@ class ConfigRecords:
         history = self.history(key)
         latest = self.latest(key)
         return max([0, *(v.version for v in history), latest.version if latest else 0]) + 1
-
-    def all_versions(self) -> list[ConfigVersion]:
-        return [v for key in KEYS for v in self.history(key)]
 
 
 class ConfigTopic:
