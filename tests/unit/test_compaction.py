@@ -11,14 +11,11 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
-from models.batches import SinkBatch
-from models.events import FailedMessage
-from pipeline.parse import parse_payment
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.compaction import compact, live_files
 from storage.lake import RawEventLake
 from storage.parquet import RawEventWriter
-from tests.unit.test_parquet_writer import Msg
+from tests.unit.test_parquet_writer import batch_of
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 LATER = START + timedelta(days=1)
@@ -36,19 +33,8 @@ def write_lake(root, batches: int = 12, per_batch: int = 300, commit_all: bool =
     for partition in (0, 1):
         mine = events[partition::2]
         for b in range(batches):
-            msgs, payments, failed = [], {}, []
-            for i in range(b * per_batch, (b + 1) * per_batch):
-                e = mine[i]
-                msgs.append(Msg("payments", partition, i, e.key, e.value, arrival))
-                r = parse_payment(e.value)
-                if r.transaction is None:
-                    failed.append(FailedMessage(e.value, r.category, r.errors, "payments",
-                                                partition, i, datetime.fromtimestamp(arrival,
-                                                                                     UTC)))
-                else:
-                    payments[i] = r.transaction
-            writer.append(SinkBatch("payments", partition, msgs, payments, failed, [],
-                                    arrival))
+            first = b * per_batch
+            writer.append(batch_of(mine[first:first + per_batch], partition, first, arrival))
             flushed = writer.flush("payments", partition)
             if commit_all or b < batches - 2:
                 writer.committed("payments", partition, flushed.last_offset + 1)

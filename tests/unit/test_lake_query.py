@@ -12,13 +12,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from models.batches import SinkBatch
-from models.events import FailedMessage
-from pipeline.parse import parse_payment
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.lake import LakeQuery, LakeQueryError, RawEventLake
 from storage.parquet import RawEventWriter
-from tests.unit.test_parquet_writer import Msg
+from tests.unit.test_parquet_writer import batch_of
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 ARRIVAL = datetime(2026, 3, 2, 12, 30, tzinfo=UTC).timestamp()  # failed rows: arrival time
@@ -36,18 +33,9 @@ def lake(tmp_path_factory):
     writer = RawEventWriter(str(root), flush_rows=100_000, flush_seconds=600)
     accepted = []
     for partition in (0, 1):
-        msgs, payments, failed = [], {}, []
-        for offset, e in enumerate(events[partition::2]):
-            msgs.append(Msg("payments", partition, offset, e.key, e.value, ARRIVAL))
-            r = parse_payment(e.value)
-            if r.transaction is None:
-                failed.append(FailedMessage(e.value, r.category, r.errors, "payments",
-                                            partition, offset, datetime.fromtimestamp(ARRIVAL,
-                                                                                      UTC)))
-            else:
-                payments[offset] = r.transaction
-                accepted.append(r.transaction)
-        writer.append(SinkBatch("payments", partition, msgs, payments, failed, [], ARRIVAL))
+        batch = batch_of(events[partition::2], partition, 0, ARRIVAL)
+        accepted += batch.payments.values()
+        writer.append(batch)
         writer.flush("payments", partition)
     return root, accepted, len(events) - len(accepted)
 

@@ -32,18 +32,23 @@ class Msg:
 def make_batch(first: int, count: int, *, partition: int = 0, invalid: float = 0.1) -> SinkBatch:
     gen = PaymentGenerator(load_scenario(), seed=11, invalid_ratio=invalid,
                            start=datetime(2026, 3, 1, 9, 59, 58, tzinfo=UTC))
-    events = list(gen.events(first + count))[first:]
+    return batch_of(list(gen.events(first + count))[first:], partition, first)
+
+
+def batch_of(events: list, partition: int, first: int,
+             arrival: float | None = None) -> SinkBatch:
+    """The sink batch of simulator ``events`` at offsets ``first``...: parsed, failures kept."""
+    arrival = time.time() if arrival is None else arrival
     msgs, payments, failed = [], {}, []
-    for i, e in enumerate(events):
-        m = Msg("payments", partition, first + i, e.key, e.value, time.time())
-        msgs.append(m)
+    for offset, e in enumerate(events, start=first):
+        msgs.append(Msg("payments", partition, offset, e.key, e.value, arrival))
         r = parse_payment(e.value)
         if r.transaction is None:
             failed.append(FailedMessage(e.value, r.category, r.errors, "payments", partition,
-                                        first + i, datetime.now(UTC)))
+                                        offset, datetime.fromtimestamp(arrival, UTC)))
         else:
-            payments[first + i] = r.transaction
-    return SinkBatch("payments", partition, msgs, payments, failed, [], time.time())
+            payments[offset] = r.transaction
+    return SinkBatch("payments", partition, msgs, payments, failed, [], arrival)
 
 
 def read(root) -> ds.Dataset:
