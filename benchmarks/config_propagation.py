@@ -98,14 +98,9 @@ def main() -> None:
             pushed_at = datetime.fromisoformat(pushed["pushed_at"])
             per_worker = []
             for worker in workers:
-                deadline = time.monotonic() + 30
-                while True:
-                    config = worker.get("/payments/config/")
-                    if config["keys"][KEY]["version"] == pushed["version"]:
-                        break
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"v{pushed['version']} not applied in 30 s")
-                    time.sleep(0.02)
+                config = worker.wait_for_config(
+                    lambda c, v=pushed["version"]: c["keys"][KEY]["version"] == v,
+                    f"v{pushed['version']} not applied", timeout=30, poll=0.02)
                 applied = datetime.fromisoformat(config["last_reload_at"])
                 per_worker.append((applied - pushed_at).total_seconds())
             fleet.append(max(per_worker))

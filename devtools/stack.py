@@ -79,6 +79,19 @@ class Worker:
     def stats(self) -> dict[str, Any]:
         return self.get("/payments/stats/")
 
+    def wait_for_config(self, ready: Any, what: str, timeout: float = 10.0,
+                        poll: float = 0.05) -> dict[str, Any]:
+        """Poll ``/payments/config/`` until ``ready(config)``; returns that config."""
+        deadline = time.monotonic() + timeout
+        while True:
+            config = self.get("/payments/config/")
+            if ready(config):
+                return config
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{what} within {timeout:.0f} s (last: {config}); "
+                                   f"see {self.log_path}")
+            time.sleep(poll)
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, timeout=30)

@@ -73,13 +73,8 @@ def test_pushed_rule_reaches_both_workers_within_5s_and_loses_nothing(stack, tmp
 
     applied = []
     for worker in workers:
-        deadline = time.monotonic() + 10
-        while True:
-            config = worker.get("/payments/config/")
-            if config["keys"][KEY]["version"] == 1:
-                break
-            assert time.monotonic() < deadline, f"{worker.log_path}: v1 not applied"
-            time.sleep(0.05)
+        config = worker.wait_for_config(lambda c: c["keys"][KEY]["version"] == 1,
+                                        "v1 not applied")
         assert config["rejected"] == 0
         applied.append(datetime.fromisoformat(config["last_reload_at"]))
     propagation = (max(applied) - pushed_at).total_seconds()

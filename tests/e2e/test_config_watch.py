@@ -18,27 +18,17 @@ def write_rules(path: Path, eur: int) -> None:
     path.write_text(yaml.safe_dump(doc))
 
 
-def wait_for(worker, predicate, what: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        config = worker.get("/payments/config/")
-        if predicate(config):
-            return config
-        assert time.monotonic() < deadline, f"{what}; last: {config}"
-        time.sleep(0.1)
-
-
 def test_file_edits_are_pushed_by_the_watcher_and_bad_ones_rejected(stack, tmp_path):
     rules = tmp_path / "compliance.yaml"
     write_rules(rules, 1_000_000)
     env = {"COMPLIANCE_CONFIG": str(rules), "CONFIG_WATCH": "true",
            "CONFIG_SOURCE_POLL_S": "0.5"}
     worker = stack.start_worker("w1", **env)
-    wait_for(worker, lambda c: c["version"] is not None, "the worker never loaded its config")
+    worker.wait_for_config(lambda c: c["version"] is not None, "the worker never loaded its config")
 
     write_rules(rules, 400_000)
     started = time.monotonic()
-    config = wait_for(worker, lambda c: c["keys"][KEY]["version"] == 1,
+    config = worker.wait_for_config(lambda c: c["keys"][KEY]["version"] == 1,
                       "the edit was not pushed and applied")
     print(f"file edit -> applied: {(time.monotonic() - started) * 1000:.0f} ms")
     assert config["keys"][KEY]["pushed_by"].startswith("files watcher")
@@ -46,7 +36,7 @@ def test_file_edits_are_pushed_by_the_watcher_and_bad_ones_rejected(stack, tmp_p
     assert " v1 " in history.stdout and "from files" in history.stdout
 
     rules.write_text(rules.read_text().replace("EUR: 400000", "EUR: -3"))
-    config = wait_for(worker, lambda c: c["rejected"] >= 1, "the bad edit was not rejected")
+    config = worker.wait_for_config(lambda c: c["rejected"] >= 1, "the bad edit was not rejected")
     assert config["keys"][KEY]["version"] == 1  # the previous version stays active
     assert "rules[0].thresholds_minor.EUR: -3 is less than the minimum of 1" in \
         config["last_error"]
@@ -74,7 +64,7 @@ def test_a_worker_with_an_invalid_config_runs_the_topics_versions(stack, tmp_pat
     bad.write_text(Path("config/metrics.yaml").read_text().replace(
         "extractor: risk_score", "extractor: tea_leaves"))
     worker = stack.start_worker("w1", METRICS_CONFIG=str(bad))
-    config = wait_for(worker, lambda c: c["version"] is not None, "no configuration loaded")
+    config = worker.wait_for_config(lambda c: c["version"] is not None, "no configuration loaded")
     assert config["version"] == "schema=v1;metrics=v1;compliance=v1"
     assert worker.alive()
     assert "the source's configuration is invalid" in worker.log_path.read_text()

@@ -14,6 +14,16 @@ from tests.e2e.test_pipeline import send
 from tests.proxy import TcpProxy
 
 
+def send_until_first_commit(stack, events) -> threading.Thread:
+    """Send ``events`` at 1,500/s in the background; return once an offset is committed."""
+    sender = threading.Thread(target=send, args=(stack, events), kwargs={"rate": 1500})
+    sender.start()
+    deadline = time.monotonic() + 60
+    while stack.committed_and_end()[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return sender
+
+
 def test_an_outage_shorter_than_the_retry_budget_loses_nothing(stack):
     events = list(PaymentGenerator(load_scenario(), seed=71, invalid_ratio=0.05,
                                    start=datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
@@ -24,11 +34,7 @@ def test_an_outage_shorter_than_the_retry_budget_loses_nothing(stack):
         worker = stack.start_worker(
             "w1", DATABASE_URL=url.set(port=proxy.port).render_as_string(hide_password=False),
             PARQUET_FLUSH_SECONDS="1", DB_RETRY_SECONDS="120")
-        sender = threading.Thread(target=send, args=(stack, events), kwargs={"rate": 1500})
-        sender.start()
-        deadline = time.monotonic() + 60
-        while stack.committed_and_end()[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        sender = send_until_first_commit(stack, events)
 
         proxy.cut()
         time.sleep(1)  # what was in flight settles
@@ -63,11 +69,7 @@ def test_a_postgres_restart_mid_stream_loses_nothing(tmp_path):
                                        start=datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
                       .events(10_000))
         worker = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1", DB_RETRY_SECONDS="120")
-        sender = threading.Thread(target=send, args=(stack, events), kwargs={"rate": 1500})
-        sender.start()
-        deadline = time.monotonic() + 60
-        while stack.committed_and_end()[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        sender = send_until_first_commit(stack, events)
 
         pg.stop()  # SIGINT: fast shutdown, every connection is closed by the server
         committed_at_stop = stack.committed_and_end()[0]
