@@ -5,11 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+KAFKA_STAMP := .kafka/.installed
 COUNT ?= 100000
 RATE ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: chromium help install demo test test-unit test-integration test-e2e lint bench simulate migrate worker clean
+.PHONY: kafka chromium help install demo test test-unit test-integration test-e2e lint bench simulate migrate worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,6 +27,20 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+# Apache Kafka's broker jars from Maven Central (needs Java 17 and Maven; a machine
+# without a JVM skips this and the tests fall back to noida-db).
+$(KAFKA_STAMP): devtools/kafka/pom.xml
+	@if command -v java >/dev/null; then \
+	  command -v mvn >/dev/null || { echo "Maven is needed to fetch Kafka's jars (Java is here)"; exit 1; }; \
+	  rm -rf .kafka/libs; \
+	  mvn -q -B -f devtools/kafka/pom.xml dependency:copy-dependencies \
+	    -DoutputDirectory=$(CURDIR)/.kafka/libs -DincludeScope=runtime && \
+	  echo "Kafka's jars are in .kafka/libs"; \
+	else echo "no Java here: the local broker will be noida-db"; mkdir -p .kafka; fi
+	touch $(KAFKA_STAMP)
+
+kafka: $(KAFKA_STAMP) ## fetch Apache Kafka's broker jars into .kafka/libs (Maven)
+
 # Headless Chromium for the dashboard's browser test (Debian packages; root or sudo).
 chromium:
 	@command -v chromium >/dev/null || { \
@@ -34,28 +49,28 @@ chromium:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
-install: $(STAMP) $(NODE_STAMP) chromium ## create .venv, install the package with its dev tools, Azurite and Chromium
+install: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) chromium ## create .venv, install the package with its dev tools, Kafka's jars, Azurite and Chromium
 
-demo: $(STAMP) ## broker + PostgreSQL + migrations + worker + simulator (COUNT=100000), then a summary; stops everything
+demo: $(STAMP) $(KAFKA_STAMP) ## broker + PostgreSQL + migrations + worker + simulator (COUNT=100000), then a summary; stops everything
 	$(PY) -m devtools.demo --count $(COUNT) --rate $(RATE)
 
-test: $(STAMP) $(NODE_STAMP) chromium ## every test tier against the real broker and PostgreSQL (started and stopped by the tests)
+test: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) chromium ## every test tier against the real broker and PostgreSQL (started and stopped by the tests)
 	$(PY) -m pytest tests
 
 test-unit: $(STAMP) ## unit tests only (no services)
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP) $(NODE_STAMP) ## integration tests (real broker, real PostgreSQL)
+test-integration: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) ## integration tests (real broker, real PostgreSQL)
 	$(PY) -m pytest tests/integration
 
-test-e2e: $(STAMP) chromium ## end-to-end tests (worker processes fed by the simulator)
+test-e2e: $(STAMP) $(KAFKA_STAMP) chromium ## end-to-end tests (worker processes fed by the simulator)
 	$(PY) -m pytest tests/e2e
 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP) ## throughput and latency against a raw aiokafka consumer (prints figures)
+bench: $(STAMP) $(KAFKA_STAMP) ## throughput and latency against a raw aiokafka consumer (prints figures)
 	$(PY) -m benchmarks.pipeline
 
 simulate: $(STAMP) ## send COUNT events to BROKER_URL at RATE events/s
@@ -68,4 +83,4 @@ worker: $(STAMP) ## run a worker on BROKER_URL / DATABASE_URL (web UI on 6066)
 	$(VENV)/bin/faust -A app worker -l info --web-port 6066
 
 clean: ## remove the venv and local run data
-	rm -rf $(VENV) node_modules .run data
+	rm -rf $(VENV) node_modules .kafka .run data

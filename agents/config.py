@@ -55,8 +55,8 @@ class ConfigReader(Service):
             except ConfigError as exc:
                 source_error = exc
         await self.topic.ensure()
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.topic.bootstrap,
-                                          enable_auto_commit=False, fetch_max_wait_ms=200)
+        self._consumer = AIOKafkaConsumer(**self.topic.conn.client_kwargs(
+            enable_auto_commit=False, fetch_max_wait_ms=200))
         await self._consumer.start()
         tp = TopicPartition(self.topic.topic, 0)
         self._consumer.assign([tp])
@@ -166,7 +166,7 @@ class ConfigSync:
 def register_config(app: PaymentApp, settings: Settings, manager: ConfigManager) -> ConfigSync:
     """The config topic reader on every worker and, when watching, the source poll on the
     leader; returns the sync the ingest handler waits on before its first batch."""
-    topic = ConfigTopic(settings.broker_bootstrap, settings.app_id)
+    topic = ConfigTopic(settings.broker, settings.app_id)
     reader = ConfigReader(topic, settings.config_sync_interval_s, manager)
     sync = ConfigSync(manager, reader.records, reader.caught_up)
     reader.listeners.append(sync.sync)

@@ -30,6 +30,7 @@ def build(settings: Settings) -> PaymentApp:
     from agents.sinks import SinkService
     from app.commands import register_commands, register_raw_commands
     from app.config_commands import register_config_commands
+    from app.topic_commands import register_topic_commands
     from app.topics import declare_topics
     from app.web import register_views
     from pipeline.config import ConfigManager
@@ -80,6 +81,7 @@ def build(settings: Settings) -> PaymentApp:
     register_commands(faust_app, settings, db_engine, config)
     register_raw_commands(faust_app, settings)
     register_config_commands(faust_app, settings, config)
+    register_topic_commands(faust_app, settings)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
         await sinks.on_revoked(revoked)

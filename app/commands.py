@@ -41,6 +41,7 @@ from app.settings import Settings
 from app.topics import PAYMENTS
 from pipeline.config import ConfigError, ConfigManager
 from pipeline.parse import Mode, Validator
+from storage.broker import explain
 from storage.failed import FailedFilter, FailedItems, FailedRow, FilterError, parse_time
 
 ACTIONS = ("list", "show", "export", "replay")
@@ -334,13 +335,16 @@ async def _replay(store: FailedItems, flt: FailedFilter, settings: Settings,
         click.echo(f"dry run: {len(selected)} selected ({summary}); would replay "
                    f"{len(to_send)} to {PAYMENTS}", err=True)
         return
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all",
-                                enable_idempotence=True)
+    conn = settings.broker
+    # idempotence needs InitProducerId, which we do not count on at Event Hubs; a resent
+    # replay is caught by the duplicate check either way
+    producer = AIOKafkaProducer(**conn.client_kwargs(acks="all",
+                                                     enable_idempotence=not conn.eventhubs))
     try:
         await producer.start()
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
-        raise click.ClickException(f"cannot reach the broker at "
-                                   f"{settings.broker_bootstrap}: {exc}") from exc
+        await producer.stop()
+        raise click.ClickException(explain(exc, conn)) from exc
     try:
         for row in tqdm(to_send, unit="item", desc="replay", file=sys.stderr, disable=None):
             await producer.send(PAYMENTS, row.raw_payload, key=row.source_key, headers=[

@@ -60,7 +60,7 @@ def register_config_commands(app: Any, settings: Settings, manager: ConfigManage
         if unknown:
             _fail(f"unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
         chosen = keys or KEYS
-        topic = ConfigTopic(settings.broker_bootstrap, settings.app_id)
+        topic = ConfigTopic(settings.broker, settings.app_id)
         try:
             records = await topic.read()
             if action == "push":
@@ -89,7 +89,7 @@ def register_config_commands(app: Any, settings: Settings, manager: ConfigManage
 
 async def active_config(settings: Settings, manager: ConfigManager) -> ActiveConfig:
     """What the workers run: the topic's latest versions over the source's documents."""
-    records = await ConfigTopic(settings.broker_bootstrap, settings.app_id).read()
+    records = await ConfigTopic(settings.broker, settings.app_id).read()
     return compile_config(_latest(records, _source(manager)))
 
 

@@ -4,25 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import os
+import sys
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import faust
 import uvloop
 from faust.app.base import BootStrategy
-from faust.types import TopicT, TransportT
+from faust.auth import Credentials
+from faust.types import TP, TopicT, TransportT
 from mode import Service, ServiceT
 
 from app.batching import BatchHandler, BatchTransport
 from app.settings import Settings
+from storage.broker import (
+    EVENTHUBS_CONNECTIONS_MAX_IDLE_MS,
+    EVENTHUBS_METADATA_MAX_AGE_MS,
+    REQUEST_TIMEOUT_MS,
+    BrokerConnection,
+    BrokerError,
+    TopicSpec,
+    check_topics,
+    existing_partitions,
+    explain,
+)
+from storage.config_topic import config_topic
+
+log = logging.getLogger(__name__)
 
 
 class DeclareBatchTopics(Service):
     """Prepares the batch path before the consumer subscribes to its topics.
 
-    Declares the batch topics (agents do this for their own topics; without
-    it the broker would auto-create ``payments`` with its default partition
-    count on subscribe), and lets the producer buffer hold a batch's
+    Declares the app's plain topics, ``payments`` and the DLQ (agents do this
+    for their own topics; Kafka here and Event Hubs create none on their own,
+    and a DLQ record sent to a missing topic would wait for it in vain), and lets the producer buffer hold a batch's
     changelog and DLQ records: at Faust's default of 100 it stalls the
     fetch loop in ``wait_until_ebb()`` on every batch.
     """
@@ -33,12 +51,52 @@ class DeclareBatchTopics(Service):
 
     async def on_start(self) -> None:
         self.app.producer.buffer.max_messages = self.app.settings.producer_buffer_messages
-        for topic in self.app.batch_topics:
+        for topic in self.app.plain_topics:  # payments and the DLQ
             await topic.maybe_declare()
 
 
+class BrokerPreflight(Service):
+    """The worker's first step: reach the broker, and find every topic when it may not
+    create them (Event Hubs).
+
+    A refused password, an untrusted certificate or a missing hub ends the worker
+    with one line and exit status 2, before Faust's clients start retrying forever.
+    """
+
+    def __init__(self, app: PaymentApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+
+    async def on_start(self) -> None:
+        conn = self.app.settings.broker
+        try:
+            if self.app.conf.topic_allow_declare:
+                await existing_partitions(conn, [])
+            else:
+                await check_topics(conn, self.app.topic_plan())
+        except BrokerError as exc:
+            exit_with(str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure to connect: one line, exit 2
+            exit_with(explain(exc, conn))
+        log.info("broker: %s", conn.describe())
+
+
+def exit_with(message: str) -> NoReturn:
+    """Log one line and end the process with status 2 (mode would log a traceback and
+    keep the web server up)."""
+    log.critical("the worker cannot start: %s", message)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(2)
+
+
 class PaymentBootStrategy(BootStrategy):
-    """Faust's boot order, with the batch topics declared at the agents' step."""
+    """Faust's boot order, with the broker checked first and the batch topics declared
+    at the agents' step."""
+
+    def server(self) -> Iterable[ServiceT]:
+        app = cast(PaymentApp, self.app)
+        return [app.preflight, *super().server()]
 
     def agents(self) -> Iterable[ServiceT]:
         app = cast(PaymentApp, self.app)
@@ -58,7 +116,33 @@ class PaymentApp(faust.App):
         self.batch_handlers: dict[str, BatchHandler] = {}
         self.batch_topics: list[TopicT] = []
         self.topic_declarer = DeclareBatchTopics(self)
+        self.preflight = BrokerPreflight(self)
         self.empty_fetch_pause = settings.empty_fetch_pause_s
+        self.plain_topics: list[TopicT] = []  # declared topics that are not changelogs
+
+    def is_leader(self) -> bool:
+        """The worker that owns ``payments`` partition 0 runs the leader's timers.
+
+        Faust's own election needs a topic of its own (``<id>-__assignor-__leader``);
+        an Event Hubs namespace has room for few (docs/eventhubs.md), so it is off.
+        """
+        return self.leader_tp in self.consumer.assignment()
+
+    @property
+    def leader_tp(self) -> TP:
+        return TP(self.batch_topics[0].get_topic_name(), 0)
+
+    def topic_plan(self) -> list[TopicSpec]:
+        """Every topic the worker uses, with its partitions and cleanup policy."""
+        plan = [TopicSpec(t.get_topic_name(), t.partitions or self.conf.topic_partitions,
+                          compacted=False) for t in self.plain_topics]
+        for table in self.tables.values():
+            changelog = table.changelog_topic
+            plan.append(TopicSpec(changelog.get_topic_name(),
+                                  changelog.partitions or self.conf.topic_partitions,
+                                  compacted=True))
+        plan.append(TopicSpec(config_topic(self.conf.id), 1, compacted=True))
+        return plan
 
     def batch_handler(self, topic: TopicT) -> Callable[[BatchHandler], BatchHandler]:
         """Register ``fn(tp, messages)`` for every fetched batch of ``topic``.
@@ -82,6 +166,40 @@ class PaymentApp(faust.App):
         return BatchTransport(self.conf.broker_consumer, self)
 
 
+def broker_credentials(conn: BrokerConnection) -> Credentials | None:
+    """Faust's credentials for the connection (the same one every raw client uses)."""
+    if conn.security_protocol == "PLAINTEXT":
+        return None
+    context = conn.ssl_context()
+    if conn.security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    provider = conn.token_provider()
+    if provider is not None:
+        return faust.OAuthCredentials(oauth_cb=provider, ssl_context=context)
+    assert conn.password is not None
+    return faust.SASLCredentials(username=conn.username,
+                                 password=conn.password.get_secret_value(),
+                                 ssl_context=context, mechanism=conn.sasl_mechanism)
+
+
+def broker_options(conn: BrokerConnection) -> dict[str, Any]:
+    """Faust settings for the broker: credentials, timeouts and Event Hubs' limits."""
+    options: dict[str, Any] = {
+        "broker_credentials": broker_credentials(conn),
+        "broker_request_timeout": REQUEST_TIMEOUT_MS / 1000,
+        "broker_session_timeout": conn.session_timeout_s,
+        "broker_heartbeat_interval": min(3.0, conn.session_timeout_s / 3),
+        # hubs are created in advance on Event Hubs (checked at start instead)
+        "topic_allow_declare": not conn.eventhubs,
+        "processing_guarantee": "at_least_once",  # Event Hubs has no transactions
+    }
+    if conn.eventhubs:
+        for client in ("consumer", "producer"):
+            options[f"{client}_metadata_max_age_ms"] = EVENTHUBS_METADATA_MAX_AGE_MS
+            options[f"{client}_connections_max_idle_ms"] = EVENTHUBS_CONNECTIONS_MAX_IDLE_MS
+    return options
+
+
 def create_app(settings: Settings) -> PaymentApp:
     """Create the worker app; nothing connects until the worker starts."""
     # uvloop: -24 % throughput without it (docs/adr/0001-batch-path.md). Set before
@@ -94,12 +212,11 @@ def create_app(settings: Settings) -> PaymentApp:
     return PaymentApp(
         settings.app_id,
         settings=settings,
-        broker=settings.broker_url,
+        broker=settings.faust_broker_url,
         store=settings.store_url,
         datadir=settings.app_datadir,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replicas,
-        topic_allow_declare=True,
         broker_max_poll_records=settings.max_poll_records,
         producer_linger=settings.producer_linger_s,
         web_port=settings.web_port,
@@ -110,4 +227,6 @@ def create_app(settings: Settings) -> PaymentApp:
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
         key_serializer="json",  # table keys; the payments topics declare raw bytes
+        topic_disable_leader=True,  # PaymentApp.is_leader: one topic fewer
+        **broker_options(settings.broker),
     )

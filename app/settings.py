@@ -13,15 +13,42 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.broker import (
+    EVENTHUBS_SUFFIX,
+    EVENTHUBS_USERNAME,
+    BrokerConnection,
+    eventhubs_endpoint,
+)
+
 
 class Settings(BaseSettings):
     """Worker settings, validated once at start-up and frozen afterwards."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_file=None)
+    # hide_input_in_errors: an invalid secret must not be echoed in the error
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_file=None,
+                                      hide_input_in_errors=True)
 
     environment: str = Field("development", description="development | production")
     app_id: str = Field("payment-monitor", description="Faust app id = consumer group id")
     broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s)")
+    # How every Kafka client connects (storage/broker.py, docs/eventhubs.md).
+    broker_security_protocol: str = Field(
+        "", description="PLAINTEXT, SSL or SASL_SSL; empty: SASL_SSL with "
+        "EVENTHUBS_CONNECTION_STRING, else PLAINTEXT")
+    broker_sasl_mechanism: str = Field(
+        "", description="PLAIN or OAUTHBEARER (azure-identity tokens); empty: PLAIN")
+    broker_sasl_username: str = Field("", description="SASL PLAIN username")
+    broker_sasl_password: SecretStr | None = Field(None, description="SASL PLAIN password")
+    broker_ca_file: str = Field(
+        "", description="PEM file of the CAs that sign the broker's certificate; empty: the "
+        "system's")
+    eventhubs_connection_string: SecretStr | None = Field(
+        None, description="Event Hubs namespace connection string: SASL_SSL PLAIN as "
+        "$ConnectionString, bootstrap <namespace>.servicebus.windows.net:9093 unless "
+        "BROKER_URL is set")
+    broker_session_timeout_s: float = Field(
+        30.0, ge=6, le=60, description="consumer group session timeout: a worker that "
+        "died is replaced after this long")
     database_url: str = Field(
         "postgresql+psycopg2://postgres@127.0.0.1:5432/payment_monitor",
         description="SQLAlchemy URL of the metrics database",
@@ -186,10 +213,40 @@ class Settings(BaseSettings):
                     raise ValueError(f"{name.upper()} must be set when ENVIRONMENT=production")
         return self
 
+    @model_validator(mode="after")
+    def _broker_connection(self) -> Settings:
+        self.broker  # noqa: B018 - raises with a clear message when inconsistent
+        return self
+
     @property
     def broker_bootstrap(self) -> str:
-        """``host:port[,host:port]`` without the ``kafka://`` scheme, for raw clients."""
+        """``host:port[,host:port]`` without the ``kafka://`` scheme, for raw clients.
+
+        With only ``EVENTHUBS_CONNECTION_STRING``, its namespace on port 9093.
+        """
+        if self.eventhubs_connection_string is not None and "broker_url" not in \
+                self.model_fields_set:
+            return eventhubs_endpoint(self.eventhubs_connection_string.get_secret_value())
         return ",".join(part.split("://", 1)[-1] for part in self.broker_url.split(";"))
+
+    @property
+    def faust_broker_url(self) -> str:
+        return ";".join(f"kafka://{host}" for host in self.broker_bootstrap.split(","))
+
+    @property
+    def broker(self) -> BrokerConnection:
+        """How every Kafka client connects (the one helper: storage/broker.py)."""
+        bootstrap = self.broker_bootstrap
+        conn_string = self.eventhubs_connection_string
+        protocol = self.broker_security_protocol or ("SASL_SSL" if conn_string else "PLAINTEXT")
+        mechanism = self.broker_sasl_mechanism or ("PLAIN" if protocol == "SASL_SSL" else "")
+        username, password = self.broker_sasl_username, self.broker_sasl_password
+        if conn_string is not None and mechanism == "PLAIN":
+            username, password = EVENTHUBS_USERNAME, conn_string
+        eventhubs = conn_string is not None or any(
+            h.rsplit(":", 1)[0].endswith(EVENTHUBS_SUFFIX) for h in bootstrap.split(","))
+        return BrokerConnection(bootstrap, protocol, mechanism, username, password,
+                                self.broker_ca_file, eventhubs, self.broker_session_timeout_s)
 
     @property
     def lake_storage_options(self) -> dict[str, Any]:

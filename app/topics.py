@@ -30,4 +30,5 @@ def declare_topics(app: PaymentApp) -> tuple:
         key_serializer="raw",
         value_serializer="raw",
     )
+    app.plain_topics += [payments, dlq]
     return payments, dlq

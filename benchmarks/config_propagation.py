@@ -82,7 +82,7 @@ def main() -> None:
             gen = PaymentGenerator(load_scenario(), seed=7)
             while not stop.is_set():
                 asyncio.run(produce(list(gen.events(int(args.rate))),
-                                    bootstrap=stack.broker.bootstrap, topic="payments",
+                                    broker=stack.broker.bootstrap, topic="payments",
                                     total=int(args.rate), rate=args.rate, progress=False))
 
         sender = threading.Thread(target=traffic, daemon=True)

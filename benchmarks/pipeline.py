@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(ensure_topic(boot, "payments", stack.partitions))
         events = PaymentGenerator(load_scenario(), seed=1, invalid_ratio=0.02).events(args.events)
         print(f"producing {args.events:,} events ...", flush=True)
-        asyncio.run(produce(events, bootstrap=boot, topic="payments", total=args.events,
+        asyncio.run(produce(events, broker=boot, topic="payments", total=args.events,
                             progress=False))
 
         n, secs = asyncio.run(raw_consume(boot, "payments", args.events))
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         steady = PaymentGenerator(load_scenario(), seed=2, invalid_ratio=0.02).events(total)
         print(f"latency: offering {args.rate:,.0f} events/s for {args.seconds:.0f} s ...",
               flush=True)
-        offered = asyncio.run(produce(steady, bootstrap=boot, topic="payments", total=total,
+        offered = asyncio.run(produce(steady, broker=boot, topic="payments", total=total,
                                       rate=args.rate, progress=False))
         stack.wait_until_committed(args.events + total, timeout=300)
         final = worker.stats()["ingest"]

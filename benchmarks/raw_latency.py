@@ -48,7 +48,7 @@ async def run(events: int, rate: float) -> list[float]:
         reader = asyncio.create_task(consume(broker.bootstrap, events, latencies))
         await asyncio.sleep(2)  # joined and assigned before the first event
         await produce(PaymentGenerator(load_scenario(), seed=1).events(events),
-                      bootstrap=broker.bootstrap, topic="payments", total=events, rate=rate,
+                      broker=broker.bootstrap, topic="payments", total=events, rate=rate,
                       progress=False)
         await reader
         return sorted(latencies)

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         gen = PaymentGenerator(load_scenario(), seed=args.seed, invalid_ratio=args.invalid_ratio)
         asyncio.run(ensure_topic(stack.broker.bootstrap, "payments", stack.partitions))
-        summary = asyncio.run(produce(gen.events(args.count), bootstrap=stack.broker.bootstrap,
+        summary = asyncio.run(produce(gen.events(args.count), broker=stack.broker.bootstrap,
                                       topic="payments", total=args.count, rate=args.rate))
         for line in summary.lines():
             print("  " + line)

@@ -1,7 +1,8 @@
 """Local services for the demo, the tests and the benchmarks: broker, PostgreSQL, Azurite.
 
-- The broker is ``noida-db`` (a Kafka-protocol server from PyPI) run in the
-  foreground on a free loopback port with a fresh data dir, stopped by PID.
+- The broker is Apache Kafka in KRaft mode (:mod:`devtools.kafka`) whenever
+  there is a JVM, else ``noida-db`` (a Kafka-protocol server from PyPI); either
+  runs on a free loopback port with its own data dir and is stopped by PID.
 - Azurite (npm package, ``make install`` puts it in ``node_modules``) emulates
   Azure Blob Storage for the ``abfs://`` lake path.
 - PostgreSQL is the server ``DATABASE_URL`` points at if it answers, else an
@@ -22,6 +23,8 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
+
+from devtools import kafka
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/payment_monitor"
@@ -58,14 +61,30 @@ def noida_binary() -> Path:
     return path
 
 
+def broker_kind() -> str:
+    """``kafka`` (Apache Kafka, whenever there is a JVM) or ``noida-db`` (the fallback).
+
+    ``LOCAL_BROKER=kafka|noida-db`` forces one. With a JVM but no jars this is
+    still ``kafka``, and starting it says to run ``make install``: a missing
+    install must not quietly turn into the weaker broker.
+    """
+    forced = os.environ.get("LOCAL_BROKER", "")
+    if forced in ("kafka", "noida-db"):
+        return forced
+    return "kafka" if kafka.java_binary() is not None else "noida-db"
+
+
 @dataclass
 class Broker:
-    """A running noida-db Kafka server."""
+    """A running local broker: Apache Kafka, or noida-db where there is no JVM."""
 
+    kind: str
     port: int
     data_dir: Path
     proc: subprocess.Popen
     log_path: Path
+    controller_port: int = 0
+    eventhubs: kafka.EventHubsStandIn | None = None  # Kafka's SASL_SSL listener, if asked
 
     @property
     def bootstrap(self) -> str:
@@ -75,14 +94,56 @@ class Broker:
     def url(self) -> str:
         return f"kafka://127.0.0.1:{self.port}"
 
+    @property
+    def name(self) -> str:
+        """What ran, for summaries: ``Apache Kafka 3.9.2 (KRaft)`` or ``noida-db``."""
+        if self.kind != "kafka":
+            return "noida-db (no JVM here: the fallback)"
+        jars = sorted(kafka.KAFKA_LIBS.glob("kafka_2.13-*.jar"))
+        version = jars[0].stem.removeprefix("kafka_2.13-") if jars else "?"
+        return f"Apache Kafka {version} (KRaft, single node)"
+
     def stop(self) -> None:
-        stop_process(self.proc)
+        stop_process(self.proc, timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL the broker: no flush, no clean shutdown."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def restart(self) -> Broker:
+        """Start again on the same ports and data (after :meth:`stop` or :meth:`kill`)."""
+        return start_broker(self.data_dir, self.port, kind=self.kind,
+                            controller_port=self.controller_port,
+                            eventhubs=self.eventhubs)
 
 
-def start_broker(data_dir: Path, port: int | None = None) -> Broker:
-    """Start noida-db (Kafka only) on ``port`` (a free one by default), fresh data dir."""
+def start_broker(data_dir: Path, port: int | None = None, *, kind: str | None = None,
+                 controller_port: int | None = None, sasl_ssl: bool = False,
+                 eventhubs: kafka.EventHubsStandIn | None = None) -> Broker:
+    """Start a broker on ``port`` (a free one by default) keeping its data in ``data_dir``.
+
+    ``sasl_ssl=True`` (Kafka only) also opens the Event Hubs stand-in listener.
+    """
+    kind = kind or broker_kind()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    if kind == "kafka":
+        controller_port = controller_port or free_port()
+        if sasl_ssl and eventhubs is None:
+            ca_file = kafka.make_tls(data_dir / "tls")
+            eventhubs = kafka.EventHubsStandIn(free_port(), ca_file,
+                                               kafka.eventhubs_connection_string())
+        try:
+            proc, log_path = kafka.start_kafka(data_dir, port, controller_port,
+                                               standin=eventhubs)
+        except kafka.KafkaError as exc:
+            raise ServiceError(str(exc)) from exc
+        return Broker(kind, port, data_dir, proc, log_path, controller_port, eventhubs)
+    if sasl_ssl or eventhubs is not None:
+        raise ServiceError("the Event Hubs stand-in needs Apache Kafka (a JVM); noida-db has "
+                           "no SASL_SSL listener")
     log_path = data_dir / "broker.log"
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
     proc = subprocess.Popen(
@@ -96,7 +157,7 @@ def start_broker(data_dir: Path, port: int | None = None) -> Broker:
     except ServiceError as exc:
         stop_process(proc)
         raise ServiceError(f"broker did not start ({exc}); see {log_path}") from exc
-    return Broker(port, data_dir, proc, log_path)
+    return Broker(kind, port, data_dir, proc, log_path)
 
 
 # Azurite's well-known development account (public, documented by Microsoft).

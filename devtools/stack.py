@@ -117,14 +117,27 @@ class Stack:
     partitions: int = 4
     app_id: str = "payment-monitor"
     workers: list[Worker] = field(default_factory=list)
+    eventhubs: bool = False  # workers connect through the Event Hubs stand-in
 
     @classmethod
-    def start(cls, workdir: Path, pg: Postgres, database: str, *, partitions: int = 4) -> Stack:
+    def start(cls, workdir: Path, pg: Postgres, database: str, *, partitions: int = 4,
+              eventhubs: bool = False) -> Stack:
+        """Broker (with the Event Hubs stand-in listener when ``eventhubs``), a fresh
+        migrated database."""
         workdir.mkdir(parents=True, exist_ok=True)
-        broker = start_broker(workdir / "broker")
+        broker = start_broker(workdir / "broker", sasl_ssl=eventhubs)
         url = pg.create_database(database)
         run_migrations(url)
-        return cls(workdir, broker, pg, url, partitions)
+        return cls(workdir, broker, pg, url, partitions, eventhubs=eventhubs)
+
+    def broker_env(self) -> dict[str, str]:
+        """What a worker, the simulator or a CLI needs to reach the broker."""
+        hubs = self.broker.eventhubs
+        if not self.eventhubs or hubs is None:
+            return {"BROKER_URL": self.broker.url}
+        return {"BROKER_URL": f"kafka://{hubs.bootstrap}",
+                "EVENTHUBS_CONNECTION_STRING": hubs.connection_string,
+                "BROKER_CA_FILE": str(hubs.ca_file)}
 
     @property
     def raw_dir(self) -> Path:
@@ -132,8 +145,10 @@ class Stack:
 
     def worker_env(self, name: str = "w1", **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+        env.update(self.broker_env())
         env.update({
-            "BROKER_URL": self.broker.url,
+            # a SIGKILLed worker's partitions move after this long (production: 30 s)
+            "BROKER_SESSION_TIMEOUT_S": "10",
             "DATABASE_URL": self.database_url,
             "RAW_EVENTS_URL": str(self.raw_dir),
             "APP_DATADIR": str(self.workdir / name / "faust"),
@@ -155,17 +170,14 @@ class Stack:
                               cwd=self.workdir, capture_output=True, text=True, timeout=120,
                               stdin=subprocess.DEVNULL, check=False)
 
-    def restart_broker(self) -> None:
-        """Stop and start the broker on the same port and data (SIGTERM: it saves first).
-
-        noida-db never expires the session of a consumer that died without
-        leaving the group (real Kafka does, after ``session.timeout.ms``), so
-        after a SIGKILL the group would wait for it forever. A restart clears
-        the broker's group membership and keeps topics and committed offsets.
-        """
-        port, data_dir = self.broker.port, self.broker.data_dir
-        self.broker.stop()
-        self.broker = start_broker(data_dir, port)
+    def restart_broker(self, *, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with ``kill``) and start the broker on the same
+        ports and data."""
+        if kill:
+            self.broker.kill()
+        else:
+            self.broker.stop()
+        self.broker = self.broker.restart()
 
     def committed_and_end(self, topic: str = "payments") -> tuple[int, int]:
         return asyncio.run(_committed_and_end(self.broker.bootstrap, self.app_id, topic,

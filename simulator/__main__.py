@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from datetime import datetime
@@ -40,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 0 or args.rate < 0:
         print("error: --count and --rate must not be negative", file=sys.stderr)
         return 2
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError; secrets are not echoed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         scenario = load_scenario(args.scenario)
         start = datetime.fromisoformat(args.start.replace("Z", "+00:00")) if args.start else None
@@ -53,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         for event in gen.events(args.dump):
             sys.stdout.write(event.value.decode("utf-8", "backslashreplace") + "\n")
         return 0
-    bootstrap = args.broker or settings.broker_bootstrap
+    broker = settings.broker
+    if args.broker:  # the same credentials, another address
+        broker = dataclasses.replace(broker, bootstrap=args.broker)
     try:
-        asyncio.run(ensure_topic(bootstrap, args.topic, settings.topic_partitions))
-        summary = asyncio.run(produce(gen.events(args.count), bootstrap=bootstrap,
+        asyncio.run(ensure_topic(broker, args.topic, settings.topic_partitions))
+        summary = asyncio.run(produce(gen.events(args.count), broker=broker,
                                       topic=args.topic, total=args.count, rate=args.rate,
                                       progress=not args.quiet))
     except BrokerUnreachable as exc:

@@ -11,10 +11,18 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from tqdm import tqdm
 
 from simulator.generator import SimEvent
+from storage.broker import (
+    BrokerConnection,
+    BrokerError,
+    TopicSpec,
+    check_topics,
+    connection,
+    explain,
+)
 
 
 class BrokerUnreachable(RuntimeError):
@@ -41,13 +49,24 @@ class RunSummary:
         ]
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    """Create ``topic`` with ``partitions`` unless it exists (never let a broker pick)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+async def ensure_topic(broker: str | BrokerConnection, topic: str, partitions: int) -> None:
+    """Create ``topic`` with ``partitions`` unless it exists (never let a broker pick).
+
+    On Event Hubs the hub must exist already (it is checked, not created).
+    """
+    conn = connection(broker)
+    if conn.eventhubs:
+        try:
+            await check_topics(conn, [TopicSpec(topic, partitions, compacted=False)])
+        except BrokerError as exc:
+            raise BrokerUnreachable(str(exc)) from exc
+        return
+    admin = AIOKafkaAdminClient(**conn.client_kwargs(request_timeout_ms=10_000))
     try:
         await admin.start()
-    except KafkaConnectionError as exc:
-        raise BrokerUnreachable(f"cannot reach the broker at {bootstrap}: {exc}") from exc
+    except KafkaError as exc:
+        await admin.close()
+        raise BrokerUnreachable(explain(exc, conn)) from exc
     try:
         existing = await admin.list_topics()
         if topic not in existing:
@@ -60,22 +79,21 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
 async def produce(
     events: Iterable[SimEvent],
     *,
-    bootstrap: str,
+    broker: str | BrokerConnection,
     topic: str,
     total: int,
     rate: float = 0.0,
     progress: bool = True,
 ) -> RunSummary:
     """Send ``events`` keyed by merchant; ``rate`` events/s at most (0: as fast as possible)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024,
-        acks=1, request_timeout_ms=30_000,
-    )
+    conn = connection(broker)
+    producer = AIOKafkaProducer(**conn.client_kwargs(
+        linger_ms=5, max_batch_size=256 * 1024, acks=1, request_timeout_ms=30_000))
     try:
         await producer.start()
-    except KafkaConnectionError as exc:
+    except KafkaError as exc:
         await producer.stop()
-        raise BrokerUnreachable(f"cannot reach the broker at {bootstrap}: {exc}") from exc
+        raise BrokerUnreachable(explain(exc, conn)) from exc
     summary = RunSummary()
     bar = tqdm(total=total, unit="ev", disable=not progress, mininterval=0.5, smoothing=0.1)
     started = time.perf_counter()
@@ -96,7 +114,7 @@ async def produce(
         bar.update(len(pending))
         await producer.flush()
     except KafkaError as exc:
-        raise BrokerUnreachable(f"sending to {topic} at {bootstrap} failed: {exc}") from exc
+        raise BrokerUnreachable(f"sending to {topic}: {explain(exc, conn)}") from exc
     finally:
         bar.close()
         await producer.stop()

@@ -10,7 +10,8 @@ record within its fetch wait. Two records per push, both JSON:
 The history record is written first, so the pointer never names a version the topic
 does not hold; a rollback pushes an old document again as a new version.
 This module is the raw-Kafka side (the ``faust -A app config`` commands and the
-leader's watcher); the workers read the same records through the GlobalTable.
+leader's watcher); each worker reads the same records with its own reader
+(``agents/config.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from pipeline.config import ConfigVersion
+from storage.broker import BrokerConnection, TopicSpec, check_topics, connection
 
 CONFIG_TABLE = "config"
 
@@ -71,15 +73,19 @@ class ConfigRecords:
 class ConfigTopic:
     """Reads and appends the config topic with plain aiokafka clients."""
 
-    def __init__(self, bootstrap: str, app_id: str, *, timeout_s: float = 15.0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, broker: str | BrokerConnection, app_id: str, *,
+                 timeout_s: float = 15.0) -> None:
+        self.conn = connection(broker)
         self.topic = config_topic(app_id)
         self.timeout_ms = int(timeout_s * 1000)
 
     async def ensure(self) -> None:
-        """Create the topic (one partition, compacted) if no worker has yet."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                    request_timeout_ms=self.timeout_ms)
+        """Create the topic (one partition, compacted) if no worker has yet; on Event Hubs
+        it must exist (created from ``faust -A app topics plan``)."""
+        if self.conn.eventhubs:
+            await check_topics(self.conn, [TopicSpec(self.topic, 1, compacted=True)])
+            return
+        admin = AIOKafkaAdminClient(**self.conn.client_kwargs(request_timeout_ms=self.timeout_ms))
         await admin.start()
         try:
             if self.topic in await admin.list_topics():
@@ -92,17 +98,16 @@ class ConfigTopic:
 
     async def read(self) -> ConfigRecords:
         """Every record from the beginning to the current end."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    request_timeout_ms=self.timeout_ms)
+        consumer = AIOKafkaConsumer(**self.conn.client_kwargs(
+            enable_auto_commit=False, request_timeout_ms=self.timeout_ms))
         await consumer.start()
         records: dict[str, Any] = {}
         try:
             if self.topic not in await consumer.topics():  # fetches the metadata
                 return ConfigRecords({})
-            partitions = consumer.partitions_for_topic(self.topic) or set()
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            if not tps:
-                return ConfigRecords({})
+            # one partition by design (topics plan); topics() does not fill the client's
+            # own metadata, so partitions_for_topic() would still say None here
+            tps = [TopicPartition(self.topic, 0)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)
@@ -126,8 +131,8 @@ class ConfigTopic:
     async def publish(self, versions: list[ConfigVersion]) -> None:
         """Append each version (history record, then the pointer); waits for the acks."""
         await self.ensure()
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                    request_timeout_ms=self.timeout_ms)
+        producer = AIOKafkaProducer(**self.conn.client_kwargs(
+            acks="all", request_timeout_ms=self.timeout_ms))
         await producer.start()
         try:
             for version in versions:

@@ -14,7 +14,7 @@ START = datetime(2026, 11, 1, 9, 58, tzinfo=UTC)
 
 def send(stack, events, rate=0.0):
     asyncio.run(ensure_topic(stack.broker.bootstrap, "payments", stack.partitions))
-    asyncio.run(produce(events, bootstrap=stack.broker.bootstrap, topic="payments",
+    asyncio.run(produce(events, broker=stack.broker.bootstrap, topic="payments",
                         total=len(events), rate=rate, progress=False))
 
 
