@@ -131,7 +131,8 @@ def register_ingest(
 ) -> IngestStats:
     """Register the ``payments`` batch handler; returns its live stats."""
     stats = IngestStats()
-    counter = WindowCounter(windows, cache, config.bounds, grace)
+    counter = WindowCounter(windows, cache, config.bounds, grace,
+                            committed=lambda partition: sinks.committed_offsets.get(partition, 0))
 
     @app.batch_handler(payments)
     async def ingest(tp: TP, messages: Sequence[Message]) -> None:
@@ -147,7 +148,8 @@ def register_ingest(
         with partition_context(app, messages[-1]):
             metrics = {offset: engine.extract(tx, offset, _history(seen, partition))
                        for offset, tx in payments_by_offset.items()}
-            window_rows, late = counter.count(partition, payments_by_offset, metrics)
+            window_rows, late = counter.count(partition, messages[0].offset,
+                                              payments_by_offset, metrics)
         done = time.time()
 
         for item in failed:
@@ -209,20 +211,27 @@ class WindowCounter:
     """Counts one partition's batch into every window size, one update per key."""
 
     def __init__(self, windows: WindowTables, cache: WriteBackCache,
-                 bounds: Callable[[str], tuple[float, ...]], grace: float) -> None:
+                 bounds: Callable[[str], tuple[float, ...]], grace: float,
+                 committed: Callable[[int], int] = lambda partition: 0) -> None:
         self.windows = windows
         self.cache = cache
         self.bounds = bounds
         self.grace = grace
+        self.committed = committed  # a partition's committed offset (prunes checkpoints)
+        self.rewinds = 0
         self.finest = windows.sizes[0]
 
-    def count(self, partition: int, payments: dict[int, ParsedTransaction],
+    def count(self, partition: int, first_offset: int, payments: dict[int, ParsedTransaction],
               metrics: dict[int, ExtractionResult]) -> tuple[list[WindowRow], int]:
-        """Count a batch (call in the partition's context); returns the count rows and
-        how many payments were too late for the windows."""
+        """Count a batch whose first message has ``first_offset`` (call in the
+        partition's context); returns the count rows and how many were too late."""
+        clock: StreamClock = self.cache.get(partition, CLOCK_TABLE, str(partition))
+        if clock.begin_batch(first_offset, self.committed(partition)):
+            self.rewinds += 1
+        self.cache.put(partition, CLOCK_TABLE, str(partition), clock)
         if not payments:
             return [], 0
-        on_time, late = self._split_late(partition, payments)
+        on_time, late = self._split_late(clock, payments)
         rows = self._count_payments(partition, on_time)
         # windowed metrics, grouped by finest window; late ones only count as late
         entries: dict[int, list[MetricEntry]] = {}
@@ -233,9 +242,8 @@ class WindowCounter:
         self._count_metrics(partition, entries)
         return rows, len(late)
 
-    def _split_late(self, partition: int, payments: dict[int, ParsedTransaction],
+    def _split_late(self, clock: StreamClock, payments: dict[int, ParsedTransaction],
                     ) -> tuple[list[tuple[int, ParsedTransaction]], set[int]]:
-        clock: StreamClock = self.cache.get(partition, CLOCK_TABLE, str(partition))
         on_time: list[tuple[int, ParsedTransaction]] = []
         late: set[int] = set()
         for offset, tx in payments.items():
@@ -248,7 +256,6 @@ class WindowCounter:
                 clock.last_offset = offset
                 if ts > clock.stream_time:
                     clock.stream_time = ts
-        self.cache.put(partition, CLOCK_TABLE, str(partition), clock)
         return on_time, late
 
     def _count_payments(self, partition: int,

@@ -59,6 +59,7 @@ class SinkService(Service):
         self.rows_written: Counter[str] = Counter()
         self.files_written = 0
         self.commits = 0
+        self.committed_offsets: dict[int, int] = {}  # partition -> offset we committed
 
     async def put(self, batch: SinkBatch) -> None:
         """Queue a batch; waits while ``max_events`` events are already queued."""
@@ -122,6 +123,7 @@ class SinkService(Service):
         tp = flushed.messages[-1].tp
         if await consumer.commit({tp}):
             self.commits += 1
+            self.committed_offsets[partition] = flushed.last_offset + 1
             self.lake.committed(topic, partition, flushed.last_offset + 1)
         else:
             # acked all the same: a later commit (ours or Faust's) covers these

@@ -99,20 +99,47 @@ def is_late(event_ts: float, stream_time: float, size: int, grace: float) -> boo
 
 @dataclass(slots=True)
 class StreamClock:
-    """Stream time of one source partition: the newest event time counted so far."""
+    """Stream time of one source partition: the newest event time counted so far.
+
+    ``checkpoints`` are ``(first offset of a batch, stream time before it)`` for the
+    batches not yet committed. A clock is stored with the window tables but may
+    reach the store (RocksDB, the changelog) without every window of the same flush,
+    when the worker dies in between; a replay from the committed offset then rewinds
+    the clock to the checkpoint of its first offset, so each replayed payment is
+    judged late or on time exactly as it was the first time.
+    """
 
     stream_time: float = float("-inf")
     last_offset: int = -1
+    checkpoints: list[tuple[int, float]] = field(default_factory=list)
+
+    def begin_batch(self, first_offset: int, committed: int) -> bool:
+        """Call before judging a batch whose first message has ``first_offset``, with
+        the partition's committed offset; returns True if the clock was rewound."""
+        rewound = False
+        if first_offset <= self.last_offset:  # a replay of offsets this clock counted
+            before = [t for offset, t in self.checkpoints if offset == first_offset]
+            if before:
+                self.stream_time, self.last_offset = before[-1], first_offset - 1
+                self.checkpoints = [c for c in self.checkpoints if c[0] < first_offset]
+                rewound = True
+        self.checkpoints = [c for c in self.checkpoints if c[0] >= committed]
+        self.checkpoints.append((first_offset, self.stream_time))
+        return rewound
 
     def to_dict(self) -> dict[str, Any]:
         return {"stream_time": self.stream_time if self.last_offset >= 0 else None,
-                "last_offset": self.last_offset}
+                "last_offset": self.last_offset,
+                "checkpoints": [[o, t if t != float("-inf") else None]
+                                for o, t in self.checkpoints]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> StreamClock:
         if not data or data.get("stream_time") is None:
             return cls()
-        return cls(float(data["stream_time"]), int(data["last_offset"]))
+        checkpoints = [(int(o), float("-inf") if t is None else float(t))
+                       for o, t in data.get("checkpoints") or []]
+        return cls(float(data["stream_time"]), int(data["last_offset"]), checkpoints)
 
 
 class WindowMetrics:

@@ -6,12 +6,10 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from sqlalchemy.engine import make_url
-
 from simulator.generator import PaymentGenerator, load_scenario
 from tests.e2e.conftest import assert_end_state
 from tests.e2e.test_pipeline import send
-from tests.proxy import TcpProxy
+from tests.proxy import proxy_database
 
 
 def send_until_first_commit(stack, events) -> threading.Thread:
@@ -28,12 +26,10 @@ def test_an_outage_shorter_than_the_retry_budget_loses_nothing(stack):
     events = list(PaymentGenerator(load_scenario(), seed=71, invalid_ratio=0.05,
                                    start=datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
                   .events(12_000))
-    url = make_url(stack.database_url)
-    proxy = TcpProxy(url.port or 5432)
+    proxy, proxied_url = proxy_database(stack.database_url)
     try:
-        worker = stack.start_worker(
-            "w1", DATABASE_URL=url.set(port=proxy.port).render_as_string(hide_password=False),
-            PARQUET_FLUSH_SECONDS="1", DB_RETRY_SECONDS="120")
+        worker = stack.start_worker("w1", DATABASE_URL=proxied_url,
+                                    PARQUET_FLUSH_SECONDS="1", DB_RETRY_SECONDS="120")
         sender = send_until_first_commit(stack, events)
 
         proxy.cut()

@@ -1,0 +1,70 @@
+"""Faults on the real broker: the broker SIGKILLed, one of two workers SIGKILLed.
+
+Each ends with the exact end-state check against an independent computation
+(PostgreSQL, the lake, the windows): nothing lost, nothing counted twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+from simulator.generator import PaymentGenerator, load_scenario
+from tests.e2e.conftest import assert_end_state
+from tests.e2e.test_pipeline import send
+
+
+def wait_for_committed(stack, at_least: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while (committed := stack.committed_and_end()[0]) < at_least:
+        assert time.monotonic() < deadline, f"never committed {at_least} offsets"
+        time.sleep(0.05)
+    return committed
+
+
+def test_broker_sigkilled_mid_stream_and_restarted(stack):
+    """The broker dies with no warning while the worker is behind; it restarts on the
+    same data. Acknowledged records and committed offsets survive (a SIGKILL leaves
+    the page cache to the OS); the worker reconnects by itself."""
+    events = list(PaymentGenerator(load_scenario(), seed=81, invalid_ratio=0.04,
+                                   start=datetime(2026, 11, 1, 8, 0, tzinfo=UTC))
+                  .events(30_000))
+    send(stack, events[:20_000])
+    worker = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1")
+    at_kill = wait_for_committed(stack, 4_000)
+    stack.restart_broker(kill=True)
+    assert at_kill < 20_000, "the kill did not land mid-stream"
+    send(stack, events[20_000:])
+    stack.wait_until_committed(len(events), timeout=240)
+    assert worker.alive(), f"the worker did not ride out the broker's restart: {worker.log_path}"
+    assert_end_state(stack, events)
+
+
+def test_one_of_two_workers_sigkilled_the_other_takes_every_partition(stack):
+    events = list(PaymentGenerator(load_scenario(), seed=82, invalid_ratio=0.03,
+                                   start=datetime(2026, 11, 1, 8, 30, tzinfo=UTC))
+                  .events(40_000))
+    first = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1")
+    second = stack.start_worker("w2", PARQUET_FLUSH_SECONDS="1")
+    deadline = time.monotonic() + 90
+    while not (first.stats()["assigned"] and second.stats()["assigned"]):
+        assert time.monotonic() < deadline, "the two workers never shared the partitions"
+        time.sleep(0.5)
+    sender = threading.Thread(target=send, args=(stack, events), kwargs={"rate": 2500})
+    sender.start()
+    wait_for_committed(stack, 6_000)
+    time.sleep(0.3)
+    second.kill()
+    at_kill = stack.committed_and_end()[0]
+
+    everything = {f"payments[{p}]" for p in range(stack.partitions)}
+    deadline = time.monotonic() + 90  # the session timeout is 10 s in the tests
+    while {tp for tp in first.stats()["assigned"] if tp.startswith("payments[")} != everything:
+        assert time.monotonic() < deadline, "the survivor never took every partition"
+        time.sleep(0.5)
+    sender.join()
+    stack.wait_until_committed(len(events), timeout=240)
+    assert first.alive()
+    assert at_kill < len(events), "the kill did not land mid-stream"
+    assert_end_state(stack, events)
