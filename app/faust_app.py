@@ -40,8 +40,8 @@ class DeclareBatchTopics(Service):
 
     Declares the app's plain topics, ``payments`` and the DLQ (agents do this
     for their own topics; Kafka here and Event Hubs create none on their own,
-    and a DLQ record sent to a missing topic would wait for it in vain), and lets the producer buffer hold a batch's
-    changelog and DLQ records: at Faust's default of 100 it stalls the
+    and a DLQ record sent to a missing topic would wait for it in vain), and
+    lets the producer buffer hold a batch's changelog and DLQ records: at Faust's default of 100 it stalls the
     fetch loop in ``wait_until_ebb()`` on every batch.
     """
 
