@@ -41,8 +41,9 @@ class DeclareBatchTopics(Service):
     Declares the app's plain topics, ``payments`` and the DLQ (agents do this
     for their own topics; Kafka here and Event Hubs create none on their own,
     and a DLQ record sent to a missing topic would wait for it in vain), and
-    lets the producer buffer hold a batch's changelog and DLQ records: at Faust's default of 100 it stalls the
-    fetch loop in ``wait_until_ebb()`` on every batch.
+    lets the producer buffer hold a batch's changelog and DLQ records: at
+    Faust's default of 100 it stalls the fetch loop in ``wait_until_ebb()`` on
+    every batch.
     """
 
     def __init__(self, app: PaymentApp, **kwargs: Any) -> None:
