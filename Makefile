@@ -10,7 +10,7 @@ COUNT ?= 100000
 RATE ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: kafka chromium help install demo test test-unit test-integration test-e2e lint bench simulate migrate worker clean
+.PHONY: kafka chromium help install demo test test-chaos test-unit test-integration test-e2e lint bench simulate migrate worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -54,8 +54,11 @@ install: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) chromium ## create .venv, install
 demo: $(STAMP) $(KAFKA_STAMP) ## broker + PostgreSQL + migrations + worker + simulator (COUNT=100000), then a summary; stops everything
 	$(PY) -m devtools.demo --count $(COUNT) --rate $(RATE)
 
-test: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) chromium ## every test tier against the real broker and PostgreSQL (started and stopped by the tests)
-	$(PY) -m pytest tests
+test: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) chromium ## every test tier against the real broker (Kafka) and PostgreSQL (started and stopped by the tests)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e
+
+test-chaos: $(STAMP) $(KAFKA_STAMP) ## the long fault runs: 10 SIGKILLs across 500,000 events, PostgreSQL down 60 s
+	$(PY) -m pytest tests/chaos -s
 
 test-unit: $(STAMP) ## unit tests only (no services)
 	$(PY) -m pytest tests/unit

@@ -41,7 +41,7 @@ from app.settings import Settings
 from app.topics import PAYMENTS
 from pipeline.config import ConfigError, ConfigManager
 from pipeline.parse import Mode, Validator
-from storage.broker import explain
+from storage.broker import describe_failure
 from storage.failed import FailedFilter, FailedItems, FailedRow, FilterError, parse_time
 
 ACTIONS = ("list", "show", "export", "replay")
@@ -344,7 +344,7 @@ async def _replay(store: FailedItems, flt: FailedFilter, settings: Settings,
         await producer.start()
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
         await producer.stop()
-        raise click.ClickException(explain(exc, conn)) from exc
+        raise click.ClickException(await describe_failure(exc, conn)) from exc
     try:
         for row in tqdm(to_send, unit="item", desc="replay", file=sys.stderr, disable=None):
             await producer.send(PAYMENTS, row.raw_payload, key=row.source_key, headers=[

@@ -27,8 +27,8 @@ from storage.broker import (
     BrokerError,
     TopicSpec,
     check_topics,
+    describe_failure,
     existing_partitions,
-    explain,
 )
 from storage.config_topic import config_topic
 
@@ -78,7 +78,7 @@ class BrokerPreflight(Service):
         except BrokerError as exc:
             exit_with(str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure to connect: one line, exit 2
-            exit_with(explain(exc, conn))
+            exit_with(await describe_failure(exc, conn))
         log.info("broker: %s", conn.describe())
 
 

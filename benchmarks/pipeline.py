@@ -1,6 +1,7 @@
 """``make bench``: pipeline throughput and latency against a raw aiokafka consumer.
 
-One run, one broker (noida-db on loopback), one worker process:
+One run, one broker (Apache Kafka on loopback whenever there is a JVM, else
+noida-db; the figures say which), one worker process:
 
 1. produce N events (2 % invalid) to ``payments``;
 2. raw: a plain aiokafka consumer reads all N (no processing): events/s;
@@ -8,11 +9,14 @@ One run, one broker (noida-db on loopback), one worker process:
    (``benchmarks/stock_app.py``), the per-event path this design replaces;
 3. pipeline: ``faust -A app worker`` consumes the same N with everything on
    (parse, validate, both window tables with changelogs, DLQ, PostgreSQL,
-   Parquet, commits): events/s from its first batch to its last, and the
-   time until every offset is committed;
+   Parquet, commits): events/s from its first batch to its last, the time
+   until every offset is committed, and the worker process's CPU time (user +
+   system, from /proc) per event from its first batch to the last commit;
 4. latency: the simulator offers a steady R events/s for T seconds to the
    caught-up worker; p50/p95/p99 from each event's producer timestamp to the
-   end of its batch's table update.
+   end of its batch's table update, and to the commit of its offset (the
+   committed offsets are polled every 20 ms: up to 20 ms is the poll's own);
+   the worker's CPU per event over that phase; its peak RSS over the run.
 
     python -m benchmarks.pipeline --events 200000 --rate 5000 --seconds 20
 """
@@ -27,12 +31,13 @@ import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from devtools.services import ensure_postgres
 from devtools.stack import REPO_ROOT, Stack
@@ -83,9 +88,104 @@ def run_stock_agent(stack: Stack, events: int) -> float:
         log.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (its threads included), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class CommitWatcher:
+    """Polls the group's committed offsets every ``interval`` s in a thread; keeps
+    (time, offsets) whenever they move."""
+
+    def __init__(self, stack: Stack, interval: float = 0.02) -> None:
+        self.stack, self.interval = stack, interval
+        self.moves: list[tuple[float, dict[int, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> CommitWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    async def _run(self) -> None:
+        tps = [TopicPartition("payments", p) for p in range(self.stack.partitions)]
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.broker.bootstrap,
+                                    group_id=self.stack.app_id, enable_auto_commit=False)
+        await consumer.start()
+        last: dict[int, int] = {}
+        try:
+            while not self._stop.is_set():
+                now = {tp.partition: await consumer.committed(tp) or 0 for tp in tps}
+                if now != last:
+                    self.moves.append((time.time(), now))
+                    last = now
+                await asyncio.sleep(self.interval)
+        finally:
+            await consumer.stop()
+
+    def committed_at(self, partition: int, offset: int) -> float | None:
+        """When the committed offset of ``partition`` first passed ``offset``."""
+        for at, offsets in self.moves:
+            if offsets.get(partition, 0) > offset:
+                return at
+        return None
+
+
+async def record_times(bootstrap: str, start: dict[int, int],
+                       partitions: int) -> list[tuple[int, int, float]]:
+    """(partition, offset, producer timestamp in s) of every record from ``start`` on."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    out = []
+    try:
+        tps = [TopicPartition("payments", p) for p in range(partitions)]
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, start.get(tp.partition, 0))
+        remaining = {tp for tp in tps if end[tp] > start.get(tp.partition, 0)}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                out += [(tp.partition, r.offset, r.timestamp / 1000) for r in records]
+                if records and records[-1].offset + 1 >= end[tp]:
+                    remaining.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def pct(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    return {f"p{int(q * 100)}": round(values[int(q * (len(values) - 1))] * 1000, 1)
+            for q in (0.5, 0.95, 0.99)} if values else {}
+
+
 def post(url: str) -> None:
     req = urllib.request.Request(url, data=b"", method="POST")
     urllib.request.urlopen(req, timeout=5).read()
+
+
+async def partition_ends(bootstrap: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition("payments", p) for p in range(partitions)]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,33 +226,54 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.monotonic()
         worker = stack.start_worker(**dict(kv.split("=", 1) for kv in args.env))
+        assert worker.proc is not None
+        pid = worker.proc.pid
+        cpu_before = cpu_seconds(pid)  # start-up (imports, recovery) is left out
+        while worker.stats()["ingest"]["consumed"] == 0:
+            cpu_before = cpu_seconds(pid)
+            time.sleep(0.02)
         stack.wait_until_committed(args.events, timeout=900)
         committed_after = time.monotonic() - started
+        cpu_throughput = cpu_seconds(pid) - cpu_before
         stats = worker.stats()["ingest"]
         pipe_rate = stats["events_per_second"]
+        cpu_us = cpu_throughput / stats["consumed"] * 1e6
         print(f"pipeline: {stats['consumed']:,} events at {pipe_rate:,.0f}/s (first to last "
-              f"batch); all committed {committed_after:.1f} s after the worker started",
-              flush=True)
+              f"batch); all committed {committed_after:.1f} s after the worker started; "
+              f"worker CPU {cpu_us:.1f} us/event", flush=True)
 
         post(f"{worker.web_url}/payments/stats/reset/")
         total = int(args.rate * args.seconds)
         steady = PaymentGenerator(load_scenario(), seed=2, invalid_ratio=0.02).events(total)
         print(f"latency: offering {args.rate:,.0f} events/s for {args.seconds:.0f} s ...",
               flush=True)
-        offered = asyncio.run(produce(steady, broker=boot, topic="payments", total=total,
-                                      rate=args.rate, progress=False))
-        stack.wait_until_committed(args.events + total, timeout=300)
+        start_offsets = asyncio.run(partition_ends(boot, stack.partitions))
+        cpu_before = cpu_seconds(pid)
+        with CommitWatcher(stack) as watcher:
+            offered = asyncio.run(produce(steady, broker=boot, topic="payments", total=total,
+                                          rate=args.rate, progress=False))
+            stack.wait_until_committed(args.events + total, timeout=300)
+            time.sleep(0.1)
+        cpu_latency = (cpu_seconds(pid) - cpu_before) / total * 1e6
         final = worker.stats()["ingest"]
         lat = final["latency_ms"]
+        records = asyncio.run(record_times(boot, start_offsets, stack.partitions))
+        to_commit = [at - ts for p, o, ts in records
+                     if (at := watcher.committed_at(p, o)) is not None]
+        commit = pct(to_commit)
         figures = {
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                        f"{platform.python_version()}",
+            "broker": stack.broker.name,
             "events": args.events,
             "raw_aiokafka_events_per_s": round(raw_rate),
             "pipeline_events_per_s": round(pipe_rate),
             "pipeline_to_raw_ratio": round(pipe_rate / raw_rate, 3),
             "stock_faust_agent_parse_only_per_s": round(stock_rate) if stock_rate else None,
             "all_committed_s": round(committed_after, 1),
+            "worker_cpu_us_per_event": round(cpu_us, 1),
+            "worker_cpu_us_per_event_at_offered_rate": round(cpu_latency, 1),
+            "worker_peak_rss_mb": round(peak_rss_mb(pid)),
             "latency_offered_per_s": args.rate,
             "latency_achieved_offer_per_s": round(offered.rate),
             "latency_ms_p50": lat["p50"],
@@ -160,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             "latency_ms_p99": lat["p99"],
             "of_which_until_fetched_ms_p50_p95": [final["fetch_latency_ms"]["p50"],
                                                   final["fetch_latency_ms"]["p95"]],
+            "to_commit_ms_p50": commit.get("p50"),
+            "to_commit_ms_p95": commit.get("p95"),
+            "to_commit_ms_p99": commit.get("p99"),
+            "to_commit_events_measured": len(to_commit),
             "batches_in_latency_phase": final["batches"],
         }
         print("\n" + "\n".join(f"{k:<30} {v}" for k, v in figures.items()))

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KAFKA_LIBS = REPO_ROOT / ".kafka" / "libs"
+# KAFKA_LIBS=<dir> runs other jars (the ADR's Kafka 4 trial); make install fills this one
+KAFKA_LIBS = Path(os.environ.get("KAFKA_LIBS") or REPO_ROOT / ".kafka" / "libs")
 KAFKA_STARTED = "Kafka Server started"
 EVENTHUBS_NAMESPACE = "payments-local"  # the stand-in's namespace name in its strings
 
@@ -126,6 +127,15 @@ log4j.logger.org.apache.kafka.metadata=WARN
 log4j.logger.kafka.server.metadata=WARN
 """
 
+LOG4J2 = """\
+appender.stdout.type = Console
+appender.stdout.name = STDOUT
+appender.stdout.layout.type = PatternLayout
+appender.stdout.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.stdout.ref = STDOUT
+"""  # Kafka 4 logs through log4j2
+
 
 def make_tls(tls_dir: Path) -> Path:
     """A CA and a server certificate for 127.0.0.1/localhost; returns the CA's PEM file.
@@ -188,10 +198,11 @@ def start_kafka(data_dir: Path, port: int, controller_port: int, *,
     props = data_dir / "server.properties"
     props.write_text(server_properties(data_dir, port, controller_port, standin, tls_dir))
     (data_dir / "log4j.properties").write_text(LOG4J)
+    (data_dir / "log4j2.properties").write_text(LOG4J2)
     classpath = f"{KAFKA_LIBS}/*"
     jvm = [java, "-Xms128m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
            "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{data_dir}/log4j.properties",
-           "-cp", classpath]
+           f"-Dlog4j2.configurationFile={data_dir}/log4j2.properties", "-cp", classpath]
     if not (data_dir / "logs" / "meta.properties").exists():
         formatted = subprocess.run(
             [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props),

@@ -21,6 +21,7 @@ from storage.broker import (
     TopicSpec,
     check_topics,
     connection,
+    describe_failure,
     explain,
 )
 
@@ -66,7 +67,7 @@ async def ensure_topic(broker: str | BrokerConnection, topic: str, partitions: i
         await admin.start()
     except KafkaError as exc:
         await admin.close()
-        raise BrokerUnreachable(explain(exc, conn)) from exc
+        raise BrokerUnreachable(await describe_failure(exc, conn)) from exc
     try:
         existing = await admin.list_topics()
         if topic not in existing:
@@ -93,7 +94,7 @@ async def produce(
         await producer.start()
     except KafkaError as exc:
         await producer.stop()
-        raise BrokerUnreachable(explain(exc, conn)) from exc
+        raise BrokerUnreachable(await describe_failure(exc, conn)) from exc
     summary = RunSummary()
     bar = tqdm(total=total, unit="ev", disable=not progress, mininterval=0.5, smoothing=0.1)
     started = time.perf_counter()

@@ -199,6 +199,26 @@ def explain(exc: BaseException, conn: BrokerConnection) -> str:
     return f"{conn.describe()}: {text}"
 
 
+async def describe_failure(exc: BaseException, conn: BrokerConnection) -> str:
+    """:func:`explain`, after finding the cause aiokafka's bootstrap only logs.
+
+    A refused password or an untrusted certificate reaches the caller as
+    ``KafkaConnectionError: Unable to bootstrap``; one direct connection to the
+    first bootstrap host brings the real error back.
+    """
+    if isinstance(exc, KafkaConnectionError):
+        from aiokafka.conn import create_conn
+
+        host, port = conn.hosts[0].rsplit(":", 1)
+        try:
+            probe = await create_conn(host, int(port), request_timeout_ms=10_000,
+                                      **conn.auth_kwargs())
+        except Exception as cause:  # noqa: BLE001 - any cause is the answer here
+            return explain(cause, conn)
+        probe.close()
+    return explain(exc, conn)
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic the app needs: ``faust -A app topics plan`` prints these."""
@@ -227,7 +247,7 @@ async def existing_partitions(broker: str | BrokerConnection,
                 found[topic["topic"]] = len(topic["partitions"])
         return found
     except (KafkaError, OSError) as exc:
-        raise BrokerError(explain(exc, conn)) from exc
+        raise BrokerError(await describe_failure(exc, conn)) from exc
     finally:
         await admin.close()
 
@@ -239,9 +259,13 @@ async def check_topics(conn: BrokerConnection, plan: list[TopicSpec]) -> None:
     for spec in plan:
         have = found.get(spec.name)
         if have is None:
-            problems.append(f"{spec.name} is missing (needs {spec.partitions} partitions)")
+            problems.append(f"{spec.name} is missing (needs {_partitions(spec.partitions)})")
         elif have != spec.partitions:
-            problems.append(f"{spec.name} has {have} partitions, needs {spec.partitions}")
+            problems.append(f"{spec.name} has {_partitions(have)}, needs {spec.partitions}")
     if problems:
         raise BrokerError(f"topics do not match `faust -A app topics plan` on "
                           f"{conn.describe()}: {'; '.join(problems)}")
+
+
+def _partitions(n: int) -> str:
+    return f"{n} partition" + ("" if n == 1 else "s")

@@ -24,7 +24,8 @@ from devtools.services import (
 )
 from devtools.stack import run_migrations
 
-TIERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+TIERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e,
+         "chaos": pytest.mark.chaos}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -23,19 +23,20 @@ START = datetime(2026, 11, 1, 10, 3, tzinfo=UTC)
 
 
 def kill_and_restart(stack: Stack, events: list, kills: int, *, rate: float, seed: int,
-                     fresh_datadir: bool = False) -> list[int]:
+                     fresh_datadir: bool = False,
+                     gap: tuple[int, int] = (1000, 4000)) -> list[int]:
     """Send ``events`` at ``rate`` while SIGKILLing the worker ``kills`` times; after each
     kill a worker starts again (with a fresh RocksDB directory when ``fresh_datadir``:
     tables rebuilt from the changelogs). Each kill lands once the running worker has
-    committed a random 1,000-4,000 offsets more than at the last kill, a random moment
-    after a commit. Returns the committed offsets at each kill."""
+    committed a random ``gap`` (1,000-4,000) offsets more than at the last kill, a
+    random moment after a commit. Returns the committed offsets at each kill."""
     rng = random.Random(seed)
     producer = threading.Thread(target=send, args=(stack, events), kwargs={"rate": rate})
     worker = stack.start_worker("w0", PARQUET_FLUSH_SECONDS="1")
     producer.start()
     at_kill: list[int] = []
     for i in range(kills):
-        target = (at_kill[-1] if at_kill else 0) + rng.randint(1000, 4000)
+        target = (at_kill[-1] if at_kill else 0) + rng.randint(*gap)
         deadline = time.monotonic() + 240
         while stack.committed_and_end()[0] < target:
             assert time.monotonic() < deadline, f"kill {i}: never reached offset {target}"
@@ -47,7 +48,7 @@ def kill_and_restart(stack: Stack, events: list, kills: int, *, rate: float, see
         name = f"w{i + 1}" if fresh_datadir else "w0"
         worker = stack.start_worker(name, PARQUET_FLUSH_SECONDS="1")
     producer.join()
-    stack.wait_until_committed(len(events), timeout=300)
+    stack.wait_until_committed(len(events), timeout=900)
     return at_kill
 
 
