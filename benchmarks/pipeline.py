@@ -173,6 +173,46 @@ def pct(values: list[float]) -> dict[str, float]:
             for q in (0.5, 0.95, 0.99)} if values else {}
 
 
+def start_profiler(pid: int, path: str) -> subprocess.Popen:
+    """py-spy (sampling, 200 Hz, every thread, native frames off) on the worker."""
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([spy, "record", "-p", str(pid), "-r", "200", "-f", "raw",
+                             "-o", path, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+PROJECT = ("(agents/", "(pipeline/", "(storage/", "(tables/", "(app/", "(models/")
+LIBRARIES = {"Kafka client (aiokafka)": ("aiokafka/",),
+             "PostgreSQL driver (psycopg2, SQLAlchemy)": ("psycopg2", "sqlalchemy/"),
+             "Parquet (pyarrow)": ("pyarrow",),
+             "table stores (faust tables, rocksdict)": ("faust/tables", "faust/stores",
+                                                        "rocksdict")}
+
+
+def top_frames(path: Path, n: int = 25) -> str:
+    """The project's frames and the main libraries by inclusive share of the worker's
+    busy samples, from py-spy's collapsed stacks."""
+    inclusive: dict[str, int] = {}
+    libraries = dict.fromkeys(LIBRARIES, 0)
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        samples, frames = int(count), set(stack.split(";"))
+        total += samples
+        for frame in frames:
+            if any(p in frame for p in PROJECT):
+                inclusive[frame] = inclusive.get(frame, 0) + samples
+        for name, patterns in LIBRARIES.items():
+            if any(p in f for f in frames for p in patterns):
+                libraries[name] += samples
+    rows = sorted(inclusive.items(), key=lambda kv: -kv[1])[:n]
+    rows += sorted(libraries.items(), key=lambda kv: -kv[1])
+    return f"profile ({total} busy samples; inclusive share):\n" + "\n".join(
+        f"  {100 * c / max(total, 1):5.1f}%  {frame[:110]}" for frame, c in rows)
+
+
 def post(url: str) -> None:
     req = urllib.request.Request(url, data=b"", method="POST")
     urllib.request.urlopen(req, timeout=5).read()
@@ -196,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=str(REPO_ROOT / ".run" / "bench"))
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--stock", action="store_true", help="also time a stock Faust agent")
+    p.add_argument("--profile", metavar="FILE", help="sample the worker with py-spy during "
+                   "the throughput phase; collapsed stacks to FILE, top frames printed")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="worker setting for this run, e.g. --env PARQUET_FLUSH_SECONDS=60")
     args = p.parse_args(argv)
@@ -232,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         while worker.stats()["ingest"]["consumed"] == 0:
             cpu_before = cpu_seconds(pid)
             time.sleep(0.02)
+        profiler = start_profiler(pid, args.profile) if args.profile else None
         stack.wait_until_committed(args.events, timeout=900)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
+            print(top_frames(Path(args.profile)), flush=True)
         committed_after = time.monotonic() - started
         cpu_throughput = cpu_seconds(pid) - cpu_before
         stats = worker.stats()["ingest"]

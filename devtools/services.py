@@ -98,7 +98,7 @@ class Broker:
     def name(self) -> str:
         """What ran, for summaries: ``Apache Kafka 3.9.2 (KRaft)`` or ``noida-db``."""
         if self.kind != "kafka":
-            return "noida-db (no JVM here: the fallback)"
+            return "noida-db (the fallback broker)"
         jars = sorted(kafka.KAFKA_LIBS.glob("kafka_2.13-*.jar"))
         version = jars[0].stem.removeprefix("kafka_2.13-") if jars else "?"
         return f"Apache Kafka {version} (KRaft, single node)"
