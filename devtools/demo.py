@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         step("broker, database, migrations")
         stack = Stack.start(workdir, pg, "payment_monitor_demo")
-        step.done(f"{stack.broker.url}, alembic upgrade head")
+        step.done(f"{stack.broker.name} at {stack.broker.url}, alembic upgrade head")
         step("worker (faust -A app worker)")
         worker = stack.start_worker()
         step.done(f"web UI {worker.web_url}")
@@ -148,6 +148,7 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
     accepted, failed = rows["normalized_transactions"], rows["failed_items"]
     verdict = "OK" if accepted + failed == produced and lake_rows == produced else "MISMATCH"
     out = ["", "=" * 72, "Payment monitor demo: summary", "=" * 72,
+           f"broker               {stack.broker.name}",
            f"events produced      {produced:>12,}",
            f"accepted             {accepted:>12,}",
            f"failed (DLQ)         {failed:>12,}",
