@@ -43,13 +43,14 @@ from devtools.services import ensure_postgres
 from devtools.stack import REPO_ROOT, Stack
 from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic, produce
+from storage.broker import connection
 
 
 async def raw_consume(bootstrap: str, topic: str, total: int) -> tuple[int, float]:
     """Read ``total`` records with a plain aiokafka consumer; (records, seconds)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4()}",
-                                auto_offset_reset="earliest", enable_auto_commit=False,
-                                max_poll_records=5000)
+    consumer = AIOKafkaConsumer(topic, **connection(bootstrap).client_kwargs(
+        group_id=f"raw-{uuid.uuid4()}", auto_offset_reset="earliest",
+        enable_auto_commit=False, max_poll_records=5000))
     await consumer.start()
     n, first = 0, None
     try:
@@ -121,8 +122,8 @@ class CommitWatcher:
 
     async def _run(self) -> None:
         tps = [TopicPartition("payments", p) for p in range(self.stack.partitions)]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.broker.bootstrap,
-                                    group_id=self.stack.app_id, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**connection(self.stack.broker.bootstrap).client_kwargs(
+            group_id=self.stack.app_id, enable_auto_commit=False))
         await consumer.start()
         last: dict[int, int] = {}
         try:
@@ -146,7 +147,7 @@ class CommitWatcher:
 async def record_times(bootstrap: str, start: dict[int, int],
                        partitions: int) -> list[tuple[int, int, float]]:
     """(partition, offset, producer timestamp in s) of every record from ``start`` on."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection(bootstrap).client_kwargs(enable_auto_commit=False))
     await consumer.start()
     out = []
     try:
@@ -219,7 +220,7 @@ def post(url: str) -> None:
 
 
 async def partition_ends(bootstrap: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(**connection(bootstrap).client_kwargs())
     await consumer.start()
     try:
         tps = [TopicPartition("payments", p) for p in range(partitions)]

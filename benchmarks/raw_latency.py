@@ -1,8 +1,8 @@
 """The broker's own latency floor: a plain aiokafka consumer at a steady offered rate.
 
-Same broker (noida-db on loopback), same simulator and pacing as ``benchmarks.pipeline``'s
-latency phase, but the consumer does nothing: p50/p95/p99 from each event's producer
-timestamp to the return of the fetch that brought it.
+Same broker (Kafka on loopback, noida-db without a JVM), same simulator and pacing as
+``benchmarks.pipeline``'s latency phase, but the consumer does nothing: p50/p95/p99
+from each event's producer timestamp to the return of the fetch that brought it.
 
     python -m benchmarks.raw_latency --events 50000 --rate 5000
 """
@@ -20,11 +20,12 @@ from aiokafka import AIOKafkaConsumer
 from devtools.services import start_broker
 from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic, produce
+from storage.broker import connection
 
 
 async def consume(bootstrap: str, total: int, latencies: list[float]) -> None:
-    consumer = AIOKafkaConsumer("payments", bootstrap_servers=bootstrap, group_id="raw-latency",
-                                auto_offset_reset="earliest", max_poll_records=5000)
+    consumer = AIOKafkaConsumer("payments", **connection(bootstrap).client_kwargs(
+        group_id="raw-latency", auto_offset_reset="earliest", max_poll_records=5000))
     await consumer.start()
     seen = 0
     try:
@@ -35,7 +36,7 @@ async def consume(bootstrap: str, total: int, latencies: list[float]) -> None:
                 latencies.extend(now - r.timestamp / 1000 for r in records)
                 seen += len(records)
             if not batch:
-                await asyncio.sleep(0.01)  # noida-db answers an empty fetch at once
+                await asyncio.sleep(0.01)  # noida-db (no JVM) answers an empty fetch at once
     finally:
         await consumer.stop()
 

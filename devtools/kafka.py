@@ -205,8 +205,10 @@ def start_kafka(data_dir: Path, port: int, controller_port: int, *,
            f"-Dlog4j2.configurationFile={data_dir}/log4j2.properties", "-cp", classpath]
     if not (data_dir / "logs" / "meta.properties").exists():
         formatted = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props),
-             "--ignore-formatted"],
+            # --cluster-id=: a random id may start with "-", which argparse would take
+            # for an option
+            [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
+             "-c", str(props), "--ignore-formatted"],
             capture_output=True, text=True, timeout=120, check=False)
         if formatted.returncode != 0:
             raise KafkaError(f"formatting {data_dir} failed: {formatted.stderr.strip()[-500:]}")

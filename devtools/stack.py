@@ -30,6 +30,7 @@ from devtools.services import (
     stop_process,
     wait_for_port,
 )
+from storage.broker import connection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAUST = str(Path(sys.executable).with_name("faust"))
@@ -221,14 +222,14 @@ async def _committed_and_end(bootstrap: str, group: str, topic: str,
     partition count (1 on noida-db), and the worker then crash-loops with
     ``PartitionsMismatch``.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**connection(bootstrap).client_kwargs())
     await admin.start()
     try:
         if topic not in await admin.list_topics():
             return 0, 0
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+    consumer = AIOKafkaConsumer(**connection(bootstrap).client_kwargs(), group_id=group,
                                 enable_auto_commit=False)
     await consumer.start()
     try:

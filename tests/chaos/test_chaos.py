@@ -12,18 +12,14 @@ for 7 s and restarted (tests/e2e/test_database_outage.py).
 
 from __future__ import annotations
 
-import time
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 
-from devtools.services import start_embedded_postgres
-from devtools.stack import Stack
 from simulator.generator import PaymentGenerator, load_scenario
 from tests.e2e.conftest import assert_end_state
 from tests.e2e.test_crash import kill_and_restart
-from tests.e2e.test_database_outage import send_until_first_commit
+from tests.e2e.test_database_outage import postgres_restart_mid_stream
 
 START = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
 
@@ -40,26 +36,6 @@ def test_ten_sigkills_across_500k_events(stack):
 
 @pytest.mark.timeout(1200)
 def test_postgres_down_for_60_seconds(tmp_path):
-    pg = start_embedded_postgres(tmp_path / "pg")
-    stack = Stack.start(tmp_path / "stack", pg, f"pm_chaos_{uuid.uuid4().hex[:6]}")
-    try:
-        events = list(PaymentGenerator(load_scenario(), seed=92, invalid_ratio=0.03,
-                                       start=START).events(150_000))
-        worker = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1", DB_RETRY_SECONDS="300")
-        sender = send_until_first_commit(stack, events)
-        pg.stop()
-        committed_at_stop = stack.committed_and_end()[0]
-        time.sleep(60)
-        assert worker.alive(), "the worker gave up within its 300 s retry budget"
-        assert stack.committed_and_end()[0] == committed_at_stop, \
-            "offsets were committed while PostgreSQL was down"
-        restarted = start_embedded_postgres(tmp_path / "pg")
-        pg.embedded_pid = restarted.embedded_pid
-        sender.join()
-        stack.wait_until_committed(len(events), timeout=600)
-        assert worker.alive()
-        assert 0 < committed_at_stop < len(events), "the outage did not land mid-stream"
-        assert_end_state(stack, events)
-    finally:
-        stack.stop(drop_database=True)
-        pg.stop()
+    events = list(PaymentGenerator(load_scenario(), seed=92, invalid_ratio=0.03,
+                                   start=START).events(150_000))
+    postgres_restart_mid_stream(tmp_path, events, down_s=60, retry_s=300)

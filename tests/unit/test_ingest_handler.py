@@ -30,6 +30,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.batches: list = []
+        self.committed_offsets: dict[int, int] = {}  # nothing committed in these tests
 
     async def put(self, batch) -> None:
         self.batches.append(batch)
