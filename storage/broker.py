@@ -15,6 +15,7 @@ in advance; :func:`check_topics` says which one is missing or wrong).
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 from collections.abc import Iterable
@@ -114,6 +115,8 @@ class BrokerConnection:
     credential: TokenCredential | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.ca_file and not os.path.isfile(self.ca_file):
+            raise ValueError(f"BROKER_CA_FILE {self.ca_file!r} is not a readable file")
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise ValueError(f"BROKER_SECURITY_PROTOCOL must be one of "
                              f"{', '.join(SECURITY_PROTOCOLS)}, not {self.security_protocol!r}")

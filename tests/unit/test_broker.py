@@ -42,13 +42,15 @@ def test_a_connection_string_alone_means_sasl_ssl_plain_on_the_namespace():
     assert kwargs["request_timeout_ms"] == 60_000
 
 
-def test_broker_url_replaces_only_the_address():
+def test_broker_url_replaces_only_the_address(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here")
     s = settings(EVENTHUBS_CONNECTION_STRING=CONN, BROKER_URL="kafka://127.0.0.1:19093",
-                 BROKER_CA_FILE="/tmp/ca.pem")
+                 BROKER_CA_FILE=str(ca))
     conn = s.broker
     assert conn.bootstrap == "127.0.0.1:19093"
     assert conn.username == "$ConnectionString" and conn.eventhubs
-    assert conn.ca_file == "/tmp/ca.pem"
+    assert conn.ca_file == str(ca)
     assert s.faust_broker_url == "kafka://127.0.0.1:19093"
 
 
@@ -76,6 +78,8 @@ def test_event_hubs_is_recognised_by_its_host_too():
 
 @pytest.mark.parametrize("env, message", [
     ({"BROKER_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}, "BROKER_SECURITY_PROTOCOL must be one of"),
+    ({"BROKER_SECURITY_PROTOCOL": "SSL", "BROKER_CA_FILE": "/nonexistent/ca.pem"},
+     "BROKER_CA_FILE '/nonexistent/ca.pem' is not a readable file"),
     ({"BROKER_SECURITY_PROTOCOL": "SASL_SSL", "BROKER_SASL_MECHANISM": "SCRAM-SHA-512"},
      "BROKER_SASL_MECHANISM must be one of"),
     ({"BROKER_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL PLAIN needs BROKER_SASL_USERNAME"),
