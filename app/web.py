@@ -41,6 +41,9 @@ DASHBOARD_HTML = Path(__file__).with_name("dashboard.html")
 DASHBOARD_CHANNELS = ("ecommerce", "pos", "mobile", "moto", "recurring")
 
 
+STARTING = ("the worker is starting and has not loaded its configuration yet (the bucket "
+            "bounds of the windows come from it): try again in a moment")
+
 class Windows:
     """Window summaries of this worker's partitions, and their merge across workers."""
 
@@ -57,6 +60,12 @@ class Windows:
             self.kinds[metrics_table(size)] = ("metrics", size)
 
     # -- this worker --------------------------------------------------------------------
+
+    @property
+    def starting(self) -> bool:
+        """True until the worker has loaded its configuration: the histograms' bucket
+        bounds come from it, so window values cannot be decoded before."""
+        return self.config is not None and not self.config.loaded
 
     def local_raw(self, table: str) -> dict[str, Any]:
         """This worker's stored values of ``table`` by key (one per window and partition)."""
@@ -120,6 +129,8 @@ class Windows:
         try:
             async with self.app.http_client.get(url.with_query(scope="local", raw="1"),
                                                 timeout=5) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}")
                 return orjson.loads(await resp.read())
         except Exception as exc:  # noqa: BLE001 - show what we have, say what is missing
             log.warning("web: worker %s did not answer for %s: %s", peer, table, exc)
@@ -243,9 +254,11 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, wind
         async def get(self, request: Request, table: str) -> Response:
             if table not in views.kinds:
                 return self.error(404, f"no window table {table!r}; see /payments/tables/")
+            if request.query.get("scope") == "local" and request.query.get("raw"):
+                return self.json(views.local_raw(table))  # encoded: no bounds needed
+            if views.starting:
+                return self.error(503, STARTING)
             if request.query.get("scope") == "local":
-                if request.query.get("raw"):
-                    return self.json(views.local_raw(table))
                 merged = views.local(table)
             else:
                 merged = await views.merged(table)
@@ -261,6 +274,8 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, wind
             key = request.query.get("key", "")
             if not key:
                 return self.error(400, "give ?key=<channel> or ?key=<metric>|<dimension>")
+            if views.starting:
+                return self.error(503, STARTING)
             kind, size = views.kinds[table]
             merged = await views.merged(table)
             series = []
@@ -299,6 +314,8 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, wind
     @app.page("/payments/dashboard.json")
     class DashboardDataView(View):
         async def get(self, request: Request) -> Response:
+            if views.starting:
+                return self.error(503, STARTING)
             return self.bytes(orjson.dumps(await dashboard_data(views)),
                               content_type="application/json")
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 
@@ -29,9 +30,15 @@ def windows(worker, table: str) -> list:
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    """Poll ``predicate``; a 503 (a worker still starting) counts as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise
+            value = None
         if value:
             return value
         time.sleep(0.5)
