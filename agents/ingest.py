@@ -218,7 +218,6 @@ class WindowCounter:
         self.bounds = bounds
         self.grace = grace
         self.committed = committed  # a partition's committed offset (prunes checkpoints)
-        self.rewinds = 0
         self.finest = windows.sizes[0]
 
     def count(self, partition: int, first_offset: int, payments: dict[int, ParsedTransaction],
@@ -226,8 +225,7 @@ class WindowCounter:
         """Count a batch whose first message has ``first_offset`` (call in the
         partition's context); returns the count rows and how many were too late."""
         clock: StreamClock = self.cache.get(partition, CLOCK_TABLE, str(partition))
-        if clock.begin_batch(first_offset, self.committed(partition)):
-            self.rewinds += 1
+        clock.begin_batch(first_offset, self.committed(partition))
         self.cache.put(partition, CLOCK_TABLE, str(partition), clock)
         if not payments:
             return [], 0

@@ -36,6 +36,7 @@ from pipeline.config import (
     compile_config,
 )
 from pipeline.metrics import MetricsConfigError, engine_from_config
+from storage.broker import BrokerError, describe_failure
 from storage.config_sources import user
 from storage.config_topic import ConfigRecords, ConfigTopic
 
@@ -77,12 +78,12 @@ def register_config_commands(app: Any, settings: Settings, manager: ConfigManage
                 _history(records, chosen, as_json)
         except ConfigError as exc:
             _fail(f"rejected, nothing published: {exc}")
-        except OSError as exc:  # aiokafka's connection errors are OSErrors too
-            _fail(f"cannot reach the broker at {settings.broker_bootstrap}: {exc}")
+        except BrokerError as exc:
+            _fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - Faust's runner would exit 0 on it
-            if type(exc).__module__.startswith("aiokafka"):
-                _fail(f"cannot reach the broker at {settings.broker_bootstrap}: "
-                      f"{type(exc).__name__}: {exc}")
+            # aiokafka's connection errors (OSErrors among them): the cause, one line
+            if isinstance(exc, OSError) or type(exc).__module__.startswith("aiokafka"):
+                _fail(await describe_failure(exc, settings.broker))
             traceback.print_exc()
             _fail(f"config {action} failed: {type(exc).__name__}: {exc}")
 

@@ -44,6 +44,7 @@ DASHBOARD_CHANNELS = ("ecommerce", "pos", "mobile", "moto", "recurring")
 STARTING = ("the worker is starting and has not loaded its configuration yet (the bucket "
             "bounds of the windows come from it): try again in a moment")
 
+
 class Windows:
     """Window summaries of this worker's partitions, and their merge across workers."""
 

@@ -70,7 +70,7 @@ def eventhubs_connection_string(namespace: str = EVENTHUBS_NAMESPACE,
 
 
 def server_properties(data_dir: Path, port: int, controller_port: int,
-                      standin: EventHubsStandIn | None, tls_dir: Path | None) -> str:
+                      standin: EventHubsStandIn | None) -> str:
     listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
     advertised = [f"PLAINTEXT://127.0.0.1:{port}"]
     props = {
@@ -96,7 +96,7 @@ def server_properties(data_dir: Path, port: int, controller_port: int,
         "group.initial.rebalance.delay.ms": "0",
         "log.segment.bytes": str(64 * 1024 * 1024),
     }
-    if standin is not None and tls_dir is not None:
+    if standin is not None:  # its server.pem lies beside its CA file (make_tls)
         listeners.append(f"SASL_SSL://127.0.0.1:{standin.port}")
         advertised.append(f"SASL_SSL://127.0.0.1:{standin.port}")
         jaas = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
@@ -105,7 +105,7 @@ def server_properties(data_dir: Path, port: int, controller_port: int,
             "sasl.enabled.mechanisms": "PLAIN",
             "listener.name.sasl_ssl.plain.sasl.jaas.config": jaas,
             "ssl.keystore.type": "PEM",
-            "ssl.keystore.location": str(tls_dir / "server.pem"),
+            "ssl.keystore.location": str(standin.ca_file.with_name("server.pem")),
         })
     props["listeners"] = ",".join(listeners)
     props["advertised.listeners"] = ",".join(advertised)
@@ -150,8 +150,6 @@ def make_tls(tls_dir: Path) -> Path:
 
     tls_dir.mkdir(parents=True, exist_ok=True)
     ca_file = tls_dir / "ca.pem"
-    if ca_file.exists() and (tls_dir / "server.pem").exists():
-        return ca_file
     now = dt.datetime.now(dt.UTC)
 
     def cert(subject: str, key, issuer: str, issuer_key, *, ca: bool):  # noqa: ANN001, ANN202
@@ -194,9 +192,8 @@ def start_kafka(data_dir: Path, port: int, controller_port: int, *,
         raise KafkaError(f"Kafka's jars are not in {KAFKA_LIBS}: run `make install` "
                          "(Maven fetches them)")
     data_dir.mkdir(parents=True, exist_ok=True)
-    tls_dir = standin.ca_file.parent if standin is not None else None
     props = data_dir / "server.properties"
-    props.write_text(server_properties(data_dir, port, controller_port, standin, tls_dir))
+    props.write_text(server_properties(data_dir, port, controller_port, standin))
     (data_dir / "log4j.properties").write_text(LOG4J)
     (data_dir / "log4j2.properties").write_text(LOG4J2)
     classpath = f"{KAFKA_LIBS}/*"

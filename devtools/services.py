@@ -108,9 +108,7 @@ class Broker:
 
     def kill(self) -> None:
         """SIGKILL the broker: no flush, no clean shutdown."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def restart(self) -> Broker:
         """Start again on the same ports and data (after :meth:`stop` or :meth:`kill`)."""
@@ -210,6 +208,13 @@ def start_azurite(data_dir: Path, port: int | None = None) -> Azurite:
         log_path = data_dir / "azurite.log"
         raise ServiceError(f"Azurite did not start ({exc}); see {log_path}") from exc
     return Azurite(port, data_dir, proc)
+
+
+def kill_process(proc: subprocess.Popen) -> None:
+    """SIGKILL the process and its group (it was started in a session of its own)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:

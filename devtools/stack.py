@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from devtools.services import (
     Postgres,
     ServiceError,
     free_port,
+    kill_process,
     start_broker,
     stop_process,
     wait_for_port,
@@ -99,9 +99,8 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL: no flush, no commit, no goodbye to the group."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            kill_process(self.proc)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -118,23 +117,22 @@ class Stack:
     partitions: int = 4
     app_id: str = "payment-monitor"
     workers: list[Worker] = field(default_factory=list)
-    eventhubs: bool = False  # workers connect through the Event Hubs stand-in
 
     @classmethod
     def start(cls, workdir: Path, pg: Postgres, database: str, *, partitions: int = 4,
               eventhubs: bool = False) -> Stack:
-        """Broker (with the Event Hubs stand-in listener when ``eventhubs``), a fresh
-        migrated database."""
+        """Broker (with the Event Hubs stand-in listener when ``eventhubs``: then the
+        workers connect through it), a fresh migrated database."""
         workdir.mkdir(parents=True, exist_ok=True)
         broker = start_broker(workdir / "broker", sasl_ssl=eventhubs)
         url = pg.create_database(database)
         run_migrations(url)
-        return cls(workdir, broker, pg, url, partitions, eventhubs=eventhubs)
+        return cls(workdir, broker, pg, url, partitions)
 
     def broker_env(self) -> dict[str, str]:
         """What a worker, the simulator or a CLI needs to reach the broker."""
         hubs = self.broker.eventhubs
-        if not self.eventhubs or hubs is None:
+        if hubs is None:
             return {"BROKER_URL": self.broker.url}
         return {"BROKER_URL": f"kafka://{hubs.bootstrap}",
                 "EVENTHUBS_CONNECTION_STRING": hubs.connection_string,

@@ -113,19 +113,16 @@ class StreamClock:
     last_offset: int = -1
     checkpoints: list[tuple[int, float]] = field(default_factory=list)
 
-    def begin_batch(self, first_offset: int, committed: int) -> bool:
+    def begin_batch(self, first_offset: int, committed: int) -> None:
         """Call before judging a batch whose first message has ``first_offset``, with
-        the partition's committed offset; returns True if the clock was rewound."""
-        rewound = False
+        the partition's committed offset."""
         if first_offset <= self.last_offset:  # a replay of offsets this clock counted
             before = [t for offset, t in self.checkpoints if offset == first_offset]
             if before:
                 self.stream_time, self.last_offset = before[-1], first_offset - 1
                 self.checkpoints = [c for c in self.checkpoints if c[0] < first_offset]
-                rewound = True
         self.checkpoints = [c for c in self.checkpoints if c[0] >= committed]
         self.checkpoints.append((first_offset, self.stream_time))
-        return rewound
 
     def to_dict(self) -> dict[str, Any]:
         return {"stream_time": self.stream_time if self.last_offset >= 0 else None,

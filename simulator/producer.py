@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
 from simulator.generator import SimEvent
@@ -19,9 +17,9 @@ from storage.broker import (
     BrokerConnection,
     BrokerError,
     TopicSpec,
-    check_topics,
     connection,
     describe_failure,
+    ensure_topics,
     explain,
 )
 
@@ -55,26 +53,10 @@ async def ensure_topic(broker: str | BrokerConnection, topic: str, partitions: i
 
     On Event Hubs the hub must exist already (it is checked, not created).
     """
-    conn = connection(broker)
-    if conn.eventhubs:
-        try:
-            await check_topics(conn, [TopicSpec(topic, partitions, compacted=False)])
-        except BrokerError as exc:
-            raise BrokerUnreachable(str(exc)) from exc
-        return
-    admin = AIOKafkaAdminClient(**conn.client_kwargs(request_timeout_ms=10_000))
     try:
-        await admin.start()
-    except KafkaError as exc:
-        await admin.close()
-        raise BrokerUnreachable(await describe_failure(exc, conn)) from exc
-    try:
-        existing = await admin.list_topics()
-        if topic not in existing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+        await ensure_topics(broker, [TopicSpec(topic, partitions, compacted=False)])
+    except BrokerError as exc:
+        raise BrokerUnreachable(str(exc)) from exc
 
 
 async def produce(

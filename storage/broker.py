@@ -15,6 +15,7 @@ in advance; :func:`check_topics` says which one is missing or wrong).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import time
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka.abc import AbstractTokenProvider
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from pydantic import SecretStr
 
@@ -175,13 +176,20 @@ class BrokerConnection:
         kwargs.update(overrides)
         return kwargs
 
+    @property
+    def auth(self) -> str:
+        """``PLAINTEXT``, ``SSL`` or ``SASL_SSL/<mechanism>``."""
+        if self.security_protocol == "SASL_SSL":
+            return f"SASL_SSL/{self.sasl_mechanism}"
+        return self.security_protocol
+
+    @property
+    def kind(self) -> str:
+        return "Event Hubs" if self.eventhubs else "Kafka"
+
     def describe(self) -> str:
         """One line for logs: never a secret."""
-        auth = self.security_protocol
-        if self.security_protocol == "SASL_SSL":
-            auth += f"/{self.sasl_mechanism}"
-        kind = "Event Hubs" if self.eventhubs else "Kafka"
-        return f"{kind} at {self.bootstrap} ({auth})"
+        return f"{self.kind} at {self.bootstrap} ({self.auth})"
 
 
 def connection(broker: str | BrokerConnection) -> BrokerConnection:
@@ -198,7 +206,7 @@ def explain(exc: BaseException, conn: BrokerConnection) -> str:
     if isinstance(exc, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text:
         return (f"TLS to {conn.describe()} failed ({exc}): check BROKER_CA_FILE")
     if isinstance(exc, KafkaConnectionError | OSError | asyncio.TimeoutError):
-        return f"cannot reach {conn.describe()}: {exc}"
+        return f"cannot reach the broker at {conn.bootstrap} ({conn.kind}, {conn.auth}): {exc}"
     return f"{conn.describe()}: {text}"
 
 
@@ -249,6 +257,32 @@ async def existing_partitions(broker: str | BrokerConnection,
             if topic.get("error_code", 0) == 0 and topic["topic"] in wanted:
                 found[topic["topic"]] = len(topic["partitions"])
         return found
+    except (KafkaError, OSError) as exc:
+        raise BrokerError(await describe_failure(exc, conn)) from exc
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(broker: str | BrokerConnection, specs: list[TopicSpec], *,
+                        timeout_ms: int = 10_000) -> None:
+    """Create each missing topic of ``specs`` (never let a broker pick its partitions);
+    on Event Hubs, where the hubs are made in advance, check them instead."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    conn = connection(broker)
+    if conn.eventhubs:
+        await check_topics(conn, specs)
+        return
+    admin = AIOKafkaAdminClient(**conn.client_kwargs(request_timeout_ms=timeout_ms))
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(s.name, s.partitions, 1,
+                            topic_configs={"cleanup.policy": "compact"} if s.compacted else {})
+                   for s in specs if s.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another client was quicker
+                await admin.create_topics(missing)
     except (KafkaError, OSError) as exc:
         raise BrokerError(await describe_failure(exc, conn)) from exc
     finally:

@@ -16,17 +16,14 @@ leader's watcher); each worker reads the same records with its own reader
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from pipeline.config import ConfigVersion
-from storage.broker import BrokerConnection, TopicSpec, check_topics, connection
+from storage.broker import BrokerConnection, TopicSpec, connection, ensure_topics
 
 CONFIG_TABLE = "config"
 
@@ -82,19 +79,8 @@ class ConfigTopic:
     async def ensure(self) -> None:
         """Create the topic (one partition, compacted) if no worker has yet; on Event Hubs
         it must exist (created from ``faust -A app topics plan``)."""
-        if self.conn.eventhubs:
-            await check_topics(self.conn, [TopicSpec(self.topic, 1, compacted=True)])
-            return
-        admin = AIOKafkaAdminClient(**self.conn.client_kwargs(request_timeout_ms=self.timeout_ms))
-        await admin.start()
-        try:
-            if self.topic in await admin.list_topics():
-                return
-            with contextlib.suppress(TopicAlreadyExistsError):  # a worker was quicker
-                await admin.create_topics([NewTopic(self.topic, 1, 1,
-                                                    topic_configs={"cleanup.policy": "compact"})])
-        finally:
-            await admin.close()
+        await ensure_topics(self.conn, [TopicSpec(self.topic, 1, compacted=True)],
+                            timeout_ms=self.timeout_ms)
 
     async def read(self) -> ConfigRecords:
         """Every record from the beginning to the current end."""

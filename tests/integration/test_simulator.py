@@ -45,5 +45,5 @@ def test_unreachable_broker_is_a_clear_error():
     proc = subprocess.run([sys.executable, "-m", "simulator", "--count", "5", "--broker",
                            "127.0.0.1:9", "--quiet"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3
-    assert "error: cannot reach Kafka at 127.0.0.1:9" in proc.stderr
+    assert "error: cannot reach the broker at 127.0.0.1:9" in proc.stderr
     assert "Traceback" not in proc.stderr
