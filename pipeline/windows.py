@@ -159,16 +159,28 @@ class WindowMetrics:
                 mine.merge(h)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"last_offset": self.last_offset,
+        """Stored form; ``"b"`` holds each bucketed metric's bounds, so a value decodes
+        without the configuration that defined it (a later version may drop the metric)."""
+        bounds: dict[str, list[float]] = {}
+        for key, h in self.hists.items():
+            if h.bounds:
+                bounds.setdefault(key.split("|", 1)[0], list(h.bounds))
+        return {"last_offset": self.last_offset, "b": bounds,
                 "m": {key: h.to_list() for key, h in self.hists.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None,
                   bounds: Callable[[str], tuple[float, ...]]) -> WindowMetrics:
+        """Decode a stored value; ``bounds`` only serves values stored before they carried
+        their own (and metrics with no buckets)."""
         if not data:
             return cls()
-        hists = {key: Histogram.from_list(bounds(key.split("|", 1)[0]), value)
-                 for key, value in data["m"].items()}
+        stored: dict[str, list[float]] = data.get("b") or {}
+        hists = {}
+        for key, value in data["m"].items():
+            name = key.split("|", 1)[0]
+            own = stored.get(name)
+            hists[key] = Histogram.from_list(bounds(name) if own is None else own, value)
         return cls(hists, int(data["last_offset"]))
 
 

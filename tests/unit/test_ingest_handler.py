@@ -17,10 +17,10 @@ from agents.ingest import register_ingest
 from app.faust_app import create_app
 from app.settings import Settings
 from app.topics import declare_topics
-from pipeline.config import ConfigManager
+from pipeline.config import METRICS_KEY, ConfigManager, ConfigVersion
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import FileSource
-from tables.payments import declare_tables, window_cache
+from tables.payments import WindowTables, declare_tables, window_cache
 from tables.seen import SeenIds, declare_seen_table
 from tests.helpers import expected_windows, too_late
 
@@ -190,3 +190,37 @@ def declare_tables_of(cache):
     from tables.payments import WindowTables
 
     return WindowTables((300, 3600), cache.tables)
+
+
+def test_windows_of_a_dropped_metric_decode_after_a_restart(handler_setup, tmp_path):
+    """A worker restarts on a configuration that no longer defines a bucketed metric
+    (``risk_score``) whose windows are stored: it must still decode them, count new
+    batches into them and hand their rows to the sink."""
+    app, handler, cache, sink, stats, _ = handler_setup
+    events = list(PaymentGenerator(load_scenario(), seed=11).events(50))
+    batch = messages(events, 0)
+
+    async def run() -> None:
+        await handler(TP("payments", 0), batch)
+        cache.flush(0, batch[-1])
+
+    asyncio.run(run())
+    stored = [k for k, v in app.tables["window-metrics-5m"].data.items()
+              if any(m.startswith("risk_score|") for m in v["m"])]
+    assert stored  # the scenario has risk scores
+
+    source = FileSource()
+    versions = dict(source.load())
+    metrics = versions[METRICS_KEY]
+    document = {**metrics.document, "extractors": [
+        e for e in metrics.document["extractors"] if e["extractor"] != "risk_score"]}
+    versions[METRICS_KEY] = ConfigVersion(METRICS_KEY, document, 1, "topic")
+    restarted = ConfigManager(source)  # a new process: nothing activated before
+    restarted.load_all_configuration(versions)
+    assert restarted.bounds("risk_score") == ()
+
+    after = window_cache(app, WindowTables((300, 3600), cache.tables), restarted.bounds)
+    value = after.get(0, "window-metrics-5m", stored[0])
+    risk = [h for m, h in value.hists.items() if m.startswith("risk_score|")]
+    assert risk and all(len(h.bounds) == 9 for h in risk)
+    assert value.to_dict() == app.tables["window-metrics-5m"].data[stored[0]]
