@@ -14,11 +14,11 @@ waits for it: that is the back-pressure. Per batch, in offset order:
 4. count the on-time payments into the window tables, one update per key.
 
 It emits one ``payments-dlq`` record per failed message and one
-:class:`~models.batches.SinkBatch` to the sinks, which ack the offsets once
-everything is durable. Window values and the stream clock go to the
-write-back :class:`~tables.cache.WriteBackCache` and new transaction ids to
-:class:`~tables.seen.SeenIds`; all reach their tables (and changelogs)
-before each commit.
+:class:`~pipeline.batches.SinkBatch` to the sinks, which ack the offsets once
+everything is durable. Window values and the stream clock go to
+:class:`~tables.payments.WindowState` (behind its write-back cache) and new
+transaction ids to :class:`~tables.seen.SeenIds`; all reach their tables (and
+changelogs) before each commit.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,33 +35,14 @@ from faust.types import TP, Message, TopicT
 
 from agents.config import ConfigSync
 from agents.sinks import SinkService
-from app.batching import partition_context
 from app.faust_app import PaymentApp
-from models.batches import SinkBatch, WindowRow
 from models.events import ErrorCategory, FailedMessage, ParsedTransaction, ValidationError
+from pipeline.batches import SinkBatch
 from pipeline.config import ConfigManager
-from pipeline.metrics import ExtractionResult
+from pipeline.metrics import ExtractionResult, History
 from pipeline.parse import Validator
-from pipeline.windows import (
-    LATE,
-    MetricEntry,
-    StreamClock,
-    WindowMetrics,
-    apply_entries,
-    group_by_window,
-    is_late,
-    observe,
-    window_start,
-)
-from tables.cache import WriteBackCache
-from tables.payments import (
-    CLOCK_TABLE,
-    WindowTables,
-    counts_table,
-    metrics_key,
-    metrics_table,
-    table_key,
-)
+from tables.context import partition_context
+from tables.payments import WindowState
 from tables.seen import SeenIds
 
 log = logging.getLogger(__name__)
@@ -121,18 +102,14 @@ def register_ingest(
     app: PaymentApp,
     payments: TopicT,
     dlq: TopicT,
-    windows: WindowTables,
-    cache: WriteBackCache,
+    windows: WindowState,
     seen: SeenIds,
     sinks: SinkService,
     config: ConfigManager,
     config_sync: ConfigSync,
-    grace: float,
 ) -> IngestStats:
     """Register the ``payments`` batch handler; returns its live stats."""
     stats = IngestStats()
-    counter = WindowCounter(windows, cache, config.bounds, grace,
-                            committed=lambda partition: sinks.committed_offsets.get(partition, 0))
 
     @app.batch_handler(payments)
     async def ingest(tp: TP, messages: Sequence[Message]) -> None:
@@ -141,14 +118,14 @@ def register_ingest(
             await config_sync.first_sync()
         active = config.active  # the whole batch runs under this one version
         engine = active.engine
-        with partition_context(app, messages[-1]):
-            payments_by_offset, failed = _classify(active.validator, seen, tp.partition,
-                                                   messages, arrival)
         partition = tp.partition
         with partition_context(app, messages[-1]):
+            payments_by_offset, failed = _classify(active.validator, seen, partition,
+                                                   messages, arrival)
             metrics = {offset: engine.extract(tx, offset, _history(seen, partition))
                        for offset, tx in payments_by_offset.items()}
-            window_rows, late = counter.count(partition, messages[0].offset,
+            window_rows, late = windows.count(partition, messages[0].offset,
+                                              sinks.committed_offsets.get(partition, 0),
                                               payments_by_offset, metrics)
         done = time.time()
 
@@ -203,94 +180,8 @@ def _classify(
     return accepted, failed
 
 
-def _history(seen: SeenIds, partition: int):  # noqa: ANN202 - a History
+def _history(seen: SeenIds, partition: int) -> History:
     return lambda customer: seen.history(partition, customer)
-
-
-class WindowCounter:
-    """Counts one partition's batch into every window size, one update per key."""
-
-    def __init__(self, windows: WindowTables, cache: WriteBackCache,
-                 bounds: Callable[[str], tuple[float, ...]], grace: float,
-                 committed: Callable[[int], int] = lambda partition: 0) -> None:
-        self.windows = windows
-        self.cache = cache
-        self.bounds = bounds
-        self.grace = grace
-        self.committed = committed  # a partition's committed offset (prunes checkpoints)
-        self.finest = windows.sizes[0]
-
-    def count(self, partition: int, first_offset: int, payments: dict[int, ParsedTransaction],
-              metrics: dict[int, ExtractionResult]) -> tuple[list[WindowRow], int]:
-        """Count a batch whose first message has ``first_offset`` (call in the
-        partition's context); returns the count rows and how many were too late."""
-        clock: StreamClock = self.cache.get(partition, CLOCK_TABLE, str(partition))
-        clock.begin_batch(first_offset, self.committed(partition))
-        self.cache.put(partition, CLOCK_TABLE, str(partition), clock)
-        if not payments:
-            return [], 0
-        on_time, late = self._split_late(clock, payments)
-        rows = self._count_payments(partition, on_time)
-        # windowed metrics, grouped by finest window; late ones only count as late
-        entries: dict[int, list[MetricEntry]] = {}
-        for offset, tx in payments.items():
-            start = window_start(tx.event_ts, self.finest)
-            entries.setdefault(start, []).append((offset, LATE if offset in late
-                                                  else metrics[offset]))
-        self._count_metrics(partition, entries)
-        return rows, len(late)
-
-    def _split_late(self, clock: StreamClock, payments: dict[int, ParsedTransaction],
-                    ) -> tuple[list[tuple[int, ParsedTransaction]], set[int]]:
-        on_time: list[tuple[int, ParsedTransaction]] = []
-        late: set[int] = set()
-        for offset, tx in payments.items():
-            ts = tx.event_ts
-            if is_late(ts, clock.stream_time, self.finest, self.grace):
-                late.add(offset)
-            else:
-                on_time.append((offset, tx))
-            if offset > clock.last_offset:
-                clock.last_offset = offset
-                if ts > clock.stream_time:
-                    clock.stream_time = ts
-        return on_time, late
-
-    def _count_payments(self, partition: int,
-                        on_time: list[tuple[int, ParsedTransaction]]) -> list[WindowRow]:
-        rows: list[WindowRow] = []
-        for size in self.windows.sizes:
-            table = counts_table(size)
-            for (start, channel), group in group_by_window(on_time, size).items():
-                key = table_key(start, channel, partition)
-                counts = self.cache.get(partition, table, key)
-                apply_entries(counts, group)
-                # Marked dirty even when a replay added nothing: the changelog then
-                # converges even if the crashed run's record never reached it.
-                self.cache.put(partition, table, key, counts)
-                rows.append(WindowRow(size, start, channel, partition, counts.copy()))
-        return rows
-
-    def _count_metrics(self, partition: int, entries: dict[int, list[MetricEntry]]) -> None:
-        deltas = {start: observe(group, self.bounds) for start, group in entries.items()}
-        for size in self.windows.sizes:
-            table = metrics_table(size)
-            targets: dict[int, list[int]] = {}
-            for start in entries:
-                targets.setdefault(window_start(start, size), []).append(start)
-            for target, starts in targets.items():
-                key = metrics_key(target, partition)
-                value: WindowMetrics = self.cache.get(partition, table, key)
-                last = value.last_offset
-                for start in starts:
-                    group = entries[start]
-                    if group[0][0] > last:
-                        delta, newest = deltas[start]
-                    else:  # a replay: count only what the value has not seen
-                        delta, newest = observe(group, self.bounds, after=last)
-                    value.merge(delta)
-                    value.last_offset = max(value.last_offset, newest)
-                self.cache.put(partition, table, key, value)
 
 
 def _failed(message: Message, category: ErrorCategory,

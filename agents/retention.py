@@ -15,32 +15,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from sqlalchemy import Engine
 
-from app.batching import partition_context, placeholder_message
 from app.faust_app import PaymentApp
+from app.settings import Settings
 from app.topics import PAYMENTS
-from pipeline.windows import StreamClock
 from storage.parquet import RawEventWriter
 from storage.retention import purge_database, purge_lake
-from tables.cache import WriteBackCache
-from tables.payments import (
-    CLOCK_TABLE,
-    WindowTables,
-    counts_table,
-    expired_keys,
-    key_partition,
-    metrics_table,
-)
+from tables.context import placeholder_message
+from tables.payments import WindowState
 from tables.seen import SeenIds
 
 log = logging.getLogger(__name__)
 
 
 def register_retention(app: PaymentApp, engine: Engine, seen: SeenIds, lake: RawEventWriter,
-                       settings: Any, windows: WindowTables, cache: WriteBackCache) -> None:
+                       settings: Settings, windows: WindowState) -> None:
     @app.timer(interval=settings.retention_interval_s, on_leader=True)
     async def retention() -> None:
         try:
@@ -58,29 +49,4 @@ def register_retention(app: PaymentApp, engine: Engine, seen: SeenIds, lake: Raw
                    if tp.topic == PAYMENTS}
         if actives:
             seen.purge(actives, lambda p: placeholder_message(PAYMENTS, p), time.time())
-            expire_windows(windows, cache, actives, settings.window_retention_s)
-
-
-def expire_windows(windows: WindowTables, cache: WriteBackCache, partitions: set[int],
-                   retention: float) -> int:
-    """Delete the windows of ``partitions`` that ended ``retention`` seconds before the
-    partition's stream time (state stays bounded; PostgreSQL keeps the rows)."""
-    deleted = 0
-    for partition in partitions:
-        message = placeholder_message(PAYMENTS, partition)
-        with partition_context(cache.app, message):
-            clock: StreamClock = cache.get(partition, CLOCK_TABLE, str(partition))
-            if clock.last_offset < 0:
-                continue
-            for size in windows.sizes:
-                for name in (counts_table(size), metrics_table(size)):
-                    keys = [k for k in windows.tables[name]
-                            if key_partition(str(k)) == partition]
-                    old = expired_keys(keys, size, clock.stream_time, retention)
-                    if old:
-                        cache.delete(partition, name, old, message)
-                        deleted += len(old)
-    if deleted:
-        log.info("expired %d windows from the tables", deleted)
-    return deleted
-
+            windows.expire(actives, settings.window_retention_s)

@@ -1,6 +1,6 @@
 """The sink service: PostgreSQL, then Parquet, then ack and commit.
 
-Receives :class:`~models.batches.SinkBatch` objects from the ingest handler
+Receives :class:`~pipeline.batches.SinkBatch` objects from the ingest handler
 through a queue bounded in events (a full queue stops the fetch loop:
 back-pressure), and for each one, in order:
 
@@ -24,12 +24,13 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from mode import Service
 
 from app.faust_app import PaymentApp
-from models.batches import SinkBatch
+from pipeline.batches import SinkBatch
+from pipeline.windows import HistogramPartials
 from storage.parquet import RawEventWriter
 from storage.postgres import PostgresSink
 from tables.cache import TableCache
@@ -37,21 +38,26 @@ from tables.cache import TableCache
 log = logging.getLogger(__name__)
 
 
+class FlushedWindows(TableCache, Protocol):
+    """The window state as the sinks see it (:class:`tables.payments.WindowState`)."""
+
+    def take_partials(self, partition: int) -> HistogramPartials: ...
+
+
 class SinkService(Service):
     """Makes batches durable and commits their offsets; one per worker."""
 
     def __init__(self, app: PaymentApp, db: PostgresSink, lake: RawEventWriter,
-                 caches: Sequence[TableCache], *, max_events: int = 50_000, linger: float = 0.2,
-                 flushed_windows: Callable[[int], list] = lambda partition: [],
-                 **kwargs) -> None:
+                 windows: FlushedWindows, seen: TableCache, *, max_events: int = 50_000,
+                 linger: float = 0.2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.db = db
         self.lake = lake
-        self.caches = list(caches)
+        self.windows = windows
+        self.caches: list[TableCache] = [windows, seen]
         self.max_events = max_events
         self.linger = linger
-        self.flushed_windows = flushed_windows
         self._queue: list[SinkBatch] = []
         self._queued_events = 0
         self._changed = asyncio.Condition()
@@ -113,9 +119,9 @@ class SinkService(Service):
         # changelog before the commit
         for cache in self.caches:
             cache.flush(partition, flushed.messages[-1])
-        windows = self.flushed_windows(partition)  # snapshotted here, on the loop
-        if windows:
-            self.rows_written.update(await asyncio.to_thread(self.db.write_windows, windows))
+        partials = self.windows.take_partials(partition)  # snapshotted here, on the loop
+        if partials:
+            self.rows_written.update(await asyncio.to_thread(self.db.write_windows, partials))
         await self.app.producer.flush()
         # acked only now: Faust's own periodic commit may commit acked offsets any time
         for message in flushed.messages:

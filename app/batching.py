@@ -18,18 +18,12 @@ durable), the producer, the web server and ``faust -A app worker``.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import time
-import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-from faust.events import Event
-from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import TP, AppT, Message
+from faust.types import TP, Message
 from mode import Service, ServiceT
 
 BatchHandler = Callable[[TP, Sequence[Message]], Awaitable[None]]
@@ -106,25 +100,3 @@ class BatchTransport(aiokafka_driver.Transport):
     """The aiokafka transport with :class:`BatchConsumer` as its consumer."""
 
     Consumer = BatchConsumer
-
-
-@contextmanager
-def partition_context(app: AppT, message: Message) -> Iterator[None]:
-    """Run table operations as if ``message`` were the stream's current event.
-
-    Faust tables find the partition of a key (for the changelog and the RocksDB
-    column) from the current event. A batch handler sets it once per partition
-    batch, to the batch's last message, instead of once per event.
-    """
-    event = Event(app, message.key, message.value, message.headers, message)
-    token: contextvars.Token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-def placeholder_message(topic: str, partition: int) -> Message:
-    """A message of ``topic[partition]`` with no content, for :func:`partition_context`
-    outside a batch (periodic jobs that write tombstones to a partition's changelog)."""
-    return Message(topic, partition, -1, time.time(), 0, [], None, None, None)

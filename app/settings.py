@@ -7,18 +7,21 @@ Every knob of the worker, the simulator and the sinks is a field of
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.config import COMPLIANCE_KEY, METRICS_KEY, TRANSACTION_KEY, ConfigSource
 from storage.broker import (
     EVENTHUBS_SUFFIX,
     EVENTHUBS_USERNAME,
     BrokerConnection,
     eventhubs_endpoint,
 )
+from storage.config_sources import AppConfigurationSource, FileSource
 
 
 class Settings(BaseSettings):
@@ -284,3 +287,25 @@ def mask_url(url: str) -> str:
 def get_settings() -> Settings:
     """The process-wide settings (read from the environment once)."""
     return Settings()
+
+
+def config_source(settings: Settings) -> ConfigSource:
+    """The source CONFIG_SOURCE names, with its paths or credentials from the settings."""
+    if settings.config_source == "azure":
+        from azure.appconfiguration import AzureAppConfigurationClient
+
+        if settings.azure_appconfig_connection_string is not None:
+            client = AzureAppConfigurationClient.from_connection_string(
+                settings.azure_appconfig_connection_string.get_secret_value())
+        else:
+            from azure.identity import DefaultAzureCredential
+
+            client = AzureAppConfigurationClient(settings.azure_appconfig_endpoint,
+                                                 DefaultAzureCredential())
+        return AppConfigurationSource(client, settings.azure_appconfig_label,
+                                      settings.azure_appconfig_sentinel_key)
+    paths = {key: Path(value) for key, value in (
+        (TRANSACTION_KEY, settings.validation_config),
+        (METRICS_KEY, settings.metrics_config),
+        (COMPLIANCE_KEY, settings.compliance_config)) if value}
+    return FileSource(paths)

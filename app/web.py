@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,22 @@ import orjson
 from faust.web import Request, Response, View
 from yarl import URL
 
-from pipeline.histogram import Histogram
-from pipeline.windows import STATUSES
-from tables.payments import CLOCK_TABLE, counts_table, key_partition, metrics_table, split_key
+from agents.ingest import IngestStats
+from agents.sinks import SinkService
+from models.events import STATUSES, approval_rate, authorization_rate
+from pipeline.config import ConfigManager
+from pipeline.windows import WindowCounts, WindowMetrics
+from tables.payments import (
+    CLOCK_TABLE,
+    WindowState,
+    counts_table,
+    key_order,
+    key_partition,
+    key_window_start,
+    metrics_table,
+    split_key,
+)
+from tables.seen import SeenIds
 
 log = logging.getLogger(__name__)
 DASHBOARD_HTML = Path(__file__).with_name("dashboard.html")
@@ -48,15 +60,13 @@ STARTING = ("the worker is starting and has not loaded its configuration yet (th
 class Windows:
     """Window summaries of this worker's partitions, and their merge across workers."""
 
-    def __init__(self, app: Any, cache: Any, windows: Any,
-                 bounds: Callable[[str], tuple[float, ...]], config: Any = None) -> None:
+    def __init__(self, app: Any, state: WindowState, config: ConfigManager) -> None:
         self.app = app
-        self.cache = cache
-        self.windows = windows
-        self.bounds = bounds
+        self.state = state
+        self.sizes = state.sizes
         self.config = config
         self.kinds: dict[str, tuple[str, int]] = {}
-        for size in windows.sizes:
+        for size in state.sizes:
             self.kinds[counts_table(size)] = ("counts", size)
             self.kinds[metrics_table(size)] = ("metrics", size)
 
@@ -64,40 +74,35 @@ class Windows:
 
     @property
     def starting(self) -> bool:
-        """True until the worker has loaded its configuration: the histograms' bucket
-        bounds come from it, so window values cannot be decoded before."""
-        return self.config is not None and not self.config.loaded
+        """True until the worker has loaded its configuration: the bucket bounds of
+        values stored before they carried their own come from it."""
+        return not self.config.loaded
 
     def local_raw(self, table: str) -> dict[str, Any]:
         """This worker's stored values of ``table`` by key (one per window and partition)."""
-        return dict(self.cache.items(table))
+        return dict(self.state.items(table))
 
     def merge(self, table: str, raw: dict[str, Any]) -> dict[int, dict[str, Any]]:
-        """``{window start: {key: value}}``, partitions added (counts) or merged (histograms).
+        """``{window start: {channel: WindowCounts}}`` or ``{window start: {metric key:
+        Histogram}}``: the partitions' values added (counts) or merged (histograms).
 
         Keys are merged in sorted order, so float sums come out bit for bit the same
         however the values are spread over workers or recovered.
         """
         kind, _ = self.kinds[table]
         out: dict[int, dict[str, Any]] = defaultdict(dict)
-        for key in sorted(raw, key=_key_order):
-            value = raw[key]
+        for key in sorted(raw, key=key_order):
             if kind == "counts":
                 start, channel, _ = split_key(key)
-                slot = out[start].setdefault(channel, defaultdict(int))
-                slot["tx_count"] += value["tx_count"]
-                slot["amount_minor_sum"] += value["amount_minor_sum"]
-                for status, n in value["by_status"].items():
-                    slot[status] += n
+                counts = WindowCounts.from_dict(raw[key])
+                slot = out[start].setdefault(channel, WindowCounts())
+                slot.merge(counts)
             else:
-                start = int(key.split("|", 1)[0])
-                slot = out[start]
-                for name, data in sorted(value["m"].items()):
-                    h = Histogram.from_list(self.bounds(name.split("|", 1)[0]), data)
-                    if name in slot:
-                        slot[name].merge(h)
-                    else:
-                        slot[name] = h
+                value = WindowMetrics.from_dict(raw[key], self.config.bounds)
+                merged = out[key_window_start(key)].setdefault("", WindowMetrics())
+                merged.merge(value.hists)
+        if kind == "metrics":
+            return {start: slot[""].hists for start, slot in out.items()}
         return out
 
     def local(self, table: str) -> dict[int, dict[str, Any]]:
@@ -138,24 +143,25 @@ class Windows:
             return None
 
 
-def _key_order(key: str) -> tuple[int, ...] | tuple[int, str, int]:
-    parts = key.split("|")
-    return (int(parts[0]), parts[1], int(parts[2])) if len(parts) == 3 else (
-        int(parts[0]), "", int(parts[1]))
-
-
 def present(kind: str, slot: dict[str, Any]) -> dict[str, Any]:
     if kind == "metrics":
         return {key: h.to_dict() for key, h in sorted(slot.items())}
     out = {}
     for channel, counts in sorted(slot.items()):
-        c = dict(counts)
-        decided = c.get("approved", 0) + c.get("declined", 0)
-        c["approval_rate"] = round(c.get("approved", 0) / c["tx_count"], 4) if c.get(
-            "tx_count") else None
-        c["authorization_rate"] = round(c.get("approved", 0) / decided, 4) if decided else None
-        out[channel] = c
+        approved = counts.by_status.get("approved", 0)
+        declined = counts.by_status.get("declined", 0)
+        out[channel] = {
+            "tx_count": counts.tx_count,
+            "amount_minor_sum": counts.amount_minor_sum,
+            **{status: n for status, n in sorted(counts.by_status.items())},
+            "approval_rate": _round(approval_rate(approved, counts.tx_count)),
+            "authorization_rate": _round(authorization_rate(approved, declined)),
+        }
     return out
+
+
+def _round(rate: float | None) -> float | None:
+    return None if rate is None else round(rate, 4)
 
 
 def window_list(windows: Windows, table: str, merged: dict[int, dict[str, Any]],
@@ -171,7 +177,7 @@ async def dashboard_data(windows: Windows) -> dict[str, Any]:
     and this worker's configuration versions and reload counters."""
     out: dict[str, Any] = {"generated_at": datetime.now(UTC).isoformat(), "windows": [],
                            "config": windows.config.snapshot() if windows.config else None}
-    for size in windows.windows.sizes:
+    for size in windows.sizes:
         counts = await windows.merged(counts_table(size))
         metrics = await windows.merged(metrics_table(size))
         if not counts and not metrics:
@@ -203,10 +209,10 @@ async def dashboard_data(windows: Windows) -> dict[str, Any]:
     return out
 
 
-def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, windows: Any,
-                   config: Any) -> Windows:
+def register_views(app: Any, stats: IngestStats, sinks: SinkService, windows: WindowState,
+                   seen: SeenIds, config: ConfigManager) -> Windows:
     """Attach the views to ``app``'s web server."""
-    views = Windows(app, cache, windows, config.bounds, config)
+    views = Windows(app, windows, config)
 
     @app.page("/payments/stats/")
     class StatsView(View):
@@ -307,7 +313,7 @@ def register_views(app: Any, stats: Any, sinks: Any, cache: Any, seen: Any, wind
                                                timeout=5) as resp:
                     return self.text(await resp.text(), content_type="application/json",
                                      status=resp.status)
-            value = dict(cache.items(table)).get(key)
+            value = dict(windows.items(table)).get(key)
             if value is None:
                 return self.error(404, f"key {key!r} not in {table!r}")
             return self.json({"table": table, "key": key, "value": value})

@@ -27,12 +27,12 @@ from pathlib import Path
 
 from devtools.services import ensure_postgres
 from devtools.stack import REPO_ROOT, run_migrations
-from models.batches import SinkBatch
+from pipeline.batches import SinkBatch
 from pipeline.metrics import load_engine
 from pipeline.parse import default_validator
-from pipeline.windows import WindowMetrics, observe
+from pipeline.windows import HistogramPartials, WindowMetrics, observe
 from simulator.generator import PaymentGenerator, load_scenario
-from storage.postgres import PostgresSink, create_db_engine, partial_rows
+from storage.postgres import PostgresSink, create_db_engine
 
 
 class Msg:
@@ -82,7 +82,7 @@ def main() -> None:
         run_migrations(url)
         engine = load_engine()
         db = create_db_engine(url)
-        sink = PostgresSink(db, bounds=engine.bounds)
+        sink = PostgresSink(db)
         print(f"{args.payments:,} payments per run, {args.batch:,} per transaction, "
               f"PostgreSQL on this machine")
         for label, seed, with_metrics in (("transactions + dynamic_metrics", 1, True),
@@ -100,7 +100,9 @@ def main() -> None:
             delta, last = observe(list(b.metrics.items()), engine.bounds)
             w = WindowMetrics(last_offset=last)
             w.merge(delta)
-            values.append(partial_rows(300, 1_790_000_000, partition % 8, w))
+            partials = HistogramPartials()
+            partials.add(300, 1_790_000_000, partition % 8, w)
+            values.append(partials)
         started = time.perf_counter()
         written = 0
         for rows in values:

@@ -19,11 +19,30 @@ VALUE_REPR_CHARS = 80  # an offending value is shown truncated to this many char
 
 
 class TransactionStatus(StrEnum):
+    """A payment's ``status`` (the payment-event-v1 contract's enum)."""
+
     APPROVED = "approved"
     DECLINED = "declined"
     FAILED = "failed"
     PENDING = "pending"
     REVERSED = "reversed"
+
+
+# Every status, in contract order: the per-status columns (``<status>_count``), metric
+# names (``transactions_<status>``) and report columns are made from this one list.
+STATUSES: tuple[str, ...] = tuple(s.value for s in TransactionStatus)
+
+
+def approval_rate(approved: int, payments: int) -> float | None:
+    """Approval rate: approved payments among all payments (None when there are none)."""
+    return approved / payments if payments else None
+
+
+def authorization_rate(approved: int, declined: int) -> float | None:
+    """Authorization rate: approved among the payments the issuer decided on (approved
+    plus declined); failed, pending and reversed ones are left out."""
+    decided = approved + declined
+    return approved / decided if decided else None
 
 
 class ErrorCategory(StrEnum):

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import msgspec
 import yaml
 
-from models.events import ParsedTransaction
+from models.events import STATUSES, ParsedTransaction
 from pipeline.histogram import check_bounds
 
 log = logging.getLogger(__name__)
@@ -239,9 +239,6 @@ def _buckets(params: Mapping[str, Any], where: str) -> tuple[float, ...]:
         raise MetricsConfigError(f"{where}: buckets: {exc}") from None
 
 
-STATUS_VALUES = ("approved", "declined", "failed", "pending", "reversed")
-
-
 @register
 class StatusExtractor(MetricExtractor):
     """``transactions`` (1 per payment) and ``transactions_<status>``."""
@@ -250,7 +247,7 @@ class StatusExtractor(MetricExtractor):
 
     def definitions(self) -> list[MetricDef]:
         return [MetricDef("transactions", MetricType.COUNTER)] + [
-            MetricDef(f"transactions_{s}", MetricType.COUNTER) for s in STATUS_VALUES]
+            MetricDef(f"transactions_{s}", MetricType.COUNTER) for s in STATUSES]
 
     def extract(self, tx, offset, history):
         return (("transactions", 1), (f"transactions_{tx.status.value}", 1))
@@ -290,7 +287,7 @@ class ChannelFailureExtractor(MetricExtractor):
         super().__init__(params)
         statuses = _param(params, "failure_statuses", list, "extractor 'channel_failure'",
                           ["failed"])
-        unknown = set(statuses) - set(STATUS_VALUES)
+        unknown = set(statuses) - set(STATUSES)
         if unknown:
             raise MetricsConfigError(f"extractor 'channel_failure': unknown status "
                                      f"{sorted(unknown)[0]!r}")

@@ -11,15 +11,17 @@ is redelivered.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
+
+import orjson
 
 from models.events import ParsedTransaction
 from pipeline.histogram import Histogram
 
-WINDOW_SIZES = (300, 3600)
-STATUSES = ("approved", "declined", "failed", "pending", "reversed")
+Bounds = Callable[[str], tuple[float, ...]]  # a windowed metric's bucket bounds, by name
 
 
 def window_start(ts: float, size: int) -> int:
@@ -50,6 +52,13 @@ class WindowCounts:
         return WindowCounts(self.tx_count, self.amount_minor_sum, dict(self.by_status),
                             self.last_offset)
 
+    def merge(self, other: WindowCounts) -> None:
+        """Add another partition's counts of the same window and channel (readers)."""
+        self.tx_count += other.tx_count
+        self.amount_minor_sum += other.amount_minor_sum
+        for status, n in other.by_status.items():
+            self.by_status[status] = self.by_status.get(status, 0) + n
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "tx_count": self.tx_count,
@@ -65,6 +74,17 @@ class WindowCounts:
         return cls(
             data["tx_count"], data["amount_minor_sum"], dict(data["by_status"]), data["last_offset"]
         )
+
+
+@dataclass(slots=True, frozen=True)
+class WindowRow:
+    """Absolute counts of one (window, channel, partition) after a batch."""
+
+    window_seconds: int
+    window_start: int
+    channel: str
+    partition: int
+    counts: WindowCounts
 
 
 Entry = tuple[int, str, int]  # (offset, status, amount_minor)
@@ -95,6 +115,25 @@ def is_late(event_ts: float, stream_time: float, size: int, grace: float) -> boo
     """True if the ``size`` window holding ``event_ts`` closed for good: its end plus
     ``grace`` is at or before the stream time (Kafka Streams' rule)."""
     return window_start(event_ts, size) + size + grace <= stream_time
+
+
+def split_late(clock: StreamClock, payments: Mapping[int, ParsedTransaction], finest: int,
+               grace: float) -> tuple[list[tuple[int, ParsedTransaction]], set[int]]:
+    """Split a batch (offset -> payment, in offset order) into on-time payments and the
+    offsets of late ones, advancing ``clock`` past each payment it had not counted."""
+    on_time: list[tuple[int, ParsedTransaction]] = []
+    late: set[int] = set()
+    for offset, tx in payments.items():
+        ts = tx.event_ts
+        if is_late(ts, clock.stream_time, finest, grace):
+            late.add(offset)
+        else:
+            on_time.append((offset, tx))
+        if offset > clock.last_offset:
+            clock.last_offset = offset
+            if ts > clock.stream_time:
+                clock.stream_time = ts
+    return on_time, late
 
 
 @dataclass(slots=True)
@@ -169,8 +208,7 @@ class WindowMetrics:
                 "m": {key: h.to_list() for key, h in self.hists.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None,
-                  bounds: Callable[[str], tuple[float, ...]]) -> WindowMetrics:
+    def from_dict(cls, data: dict[str, Any] | None, bounds: Bounds) -> WindowMetrics:
         """Decode a stored value; ``bounds`` only serves values stored before they carried
         their own (and metrics with no buckets)."""
         if not data:
@@ -201,8 +239,10 @@ LATE = LateEvent()
 MetricEntry = tuple[int, WindowedValues]  # (offset, its windowed metrics)
 
 
-def observe(entries: Iterable[MetricEntry], bounds: Callable[[str], tuple[float, ...]],
-            after: int = -1) -> tuple[dict[str, Histogram], int]:
+Delta = tuple[dict[str, Histogram], int]  # (histograms by key, the last offset in them)
+
+
+def observe(entries: Iterable[MetricEntry], bounds: Bounds, after: int = -1) -> Delta:
     """Histograms of the entries with offsets above ``after``; and the last offset.
 
     Values are grouped per key first and added in bulk (:meth:`Histogram.observe_many`).
@@ -219,3 +259,44 @@ def observe(entries: Iterable[MetricEntry], bounds: Callable[[str], tuple[float,
         h = delta[key] = Histogram(bounds(key.split("|", 1)[0]))
         h.observe_many(vs)
     return delta, last
+
+
+def merge_unseen(value: WindowMetrics, groups: Iterable[tuple[list[MetricEntry], Delta]],
+                 bounds: Bounds) -> None:
+    """Merge each group's precomputed delta into ``value``; a group that starts at or
+    below the value's watermark is a replay, and only its unseen entries are counted."""
+    last = value.last_offset
+    for group, (delta, newest) in groups:
+        if group[0][0] <= last:
+            delta, newest = observe(group, bounds, after=last)
+        value.merge(delta)
+        value.last_offset = max(value.last_offset, newest)
+
+
+# -- rows for PostgreSQL ---------------------------------------------------------------------
+
+# (window seconds, window start, metric, dimension, partition, counts JSON, count, sum,
+#  min, max, last offset): one histogram of one window value, snapshotted on the loop
+PartialRow = tuple[int, datetime, str, str, int, str, int, float, Any, Any, int]
+
+
+@dataclass(slots=True)
+class HistogramPartials:
+    """The rows of flushed window values (``histogram_partials``) and the bucket bounds
+    of their metrics, which the sink needs to merge them with other partitions' rows."""
+
+    rows: list[PartialRow] = field(default_factory=list)
+    bounds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def add(self, size: int, window_start: int, partition: int, value: WindowMetrics) -> None:
+        """Snapshot ``value`` (call on the event loop: the value keeps changing after)."""
+        start = datetime.fromtimestamp(window_start, UTC)
+        for key, h in value.hists.items():
+            metric, dim = key.split("|", 1)
+            self.bounds.setdefault(metric, h.bounds)
+            self.rows.append((size, start, metric, dim, partition,
+                              orjson.dumps(h.counts).decode(), h.count, h.sum, h.min, h.max,
+                              value.last_offset))
+
+    def __len__(self) -> int:
+        return len(self.rows)

@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-from app.settings import Settings
 from config import CONFIG_DIR
 from pipeline.config import (
     COMPLIANCE_KEY,
@@ -25,7 +24,6 @@ from pipeline.config import (
     METRICS_KEY,
     TRANSACTION_KEY,
     ConfigError,
-    ConfigSource,
     ConfigVersion,
 )
 
@@ -175,28 +173,6 @@ class AppConfigurationSource:
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
-
-
-def source_from_settings(settings: Settings) -> ConfigSource:
-    """The source CONFIG_SOURCE names, with its paths or credentials from the settings."""
-    if settings.config_source == "azure":
-        from azure.appconfiguration import AzureAppConfigurationClient
-
-        if settings.azure_appconfig_connection_string is not None:
-            client = AzureAppConfigurationClient.from_connection_string(
-                settings.azure_appconfig_connection_string.get_secret_value())
-        else:
-            from azure.identity import DefaultAzureCredential
-
-            client = AzureAppConfigurationClient(settings.azure_appconfig_endpoint,
-                                                 DefaultAzureCredential())
-        return AppConfigurationSource(client, settings.azure_appconfig_label,
-                                      settings.azure_appconfig_sentinel_key)
-    paths = {key: Path(value) for key, value in (
-        (TRANSACTION_KEY, settings.validation_config),
-        (METRICS_KEY, settings.metrics_config),
-        (COMPLIANCE_KEY, settings.compliance_config)) if value}
-    return FileSource(paths)
 
 
 def user() -> str:

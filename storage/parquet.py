@@ -30,7 +30,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.batches import SinkBatch
+from pipeline.batches import SinkBatch
 
 RAW_SCHEMA_VERSION = "1"
 RAW_SCHEMA = pa.schema(

@@ -34,9 +34,10 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 from sqlalchemy.engine import Engine
 
-from models.batches import SinkBatch
+from models.events import STATUSES
+from pipeline.batches import SinkBatch
 from pipeline.histogram import Histogram
-from pipeline.windows import STATUSES
+from pipeline.windows import HistogramPartials
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -188,10 +189,6 @@ ON CONFLICT (metric_type, dimension, time_window, window_seconds) DO UPDATE SET
 """
 AGGREGATE_TEMPLATE = "(%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)"
 
-# (window seconds, window start, metric, dimension, partition, counts JSON, count, sum,
-#  min, max, last offset): one histogram of one window value, snapshotted on the loop
-PartialRow = tuple[int, datetime, str, str, int, str, int, float, Any, Any, int]
-
 INSERT_FAILED = """
 INSERT INTO failed_items (
     raw_payload, error_category, error_message, source_topic, source_partition,
@@ -214,26 +211,23 @@ ON CONFLICT (window_seconds, window_start, channel, source_partition) DO UPDATE 
 WHERE payment_window_partials.last_offset <= EXCLUDED.last_offset
 """
 
-RECOMPUTE_5M = """
+# ``payment_metrics_5m`` holds the finest window size (WINDOW_SIZES' smallest, 300 s
+# by default), passed as ``%(size)s``.
+RECOMPUTE_5M = f"""
 INSERT INTO payment_metrics_5m (
-    window_start, channel, tx_count, approved_count, declined_count, failed_count,
-    pending_count, reversed_count, amount_minor_sum, updated_at
+    window_start, channel, tx_count, {", ".join(f"{s}_count" for s in STATUSES)},
+    amount_minor_sum, updated_at
 )
-SELECT p.window_start, p.channel, sum(p.tx_count), sum(p.approved_count),
-       sum(p.declined_count), sum(p.failed_count), sum(p.pending_count),
-       sum(p.reversed_count), sum(p.amount_minor_sum), now()
+SELECT p.window_start, p.channel, sum(p.tx_count),
+       {", ".join(f"sum(p.{s}_count)" for s in STATUSES)}, sum(p.amount_minor_sum), now()
 FROM payment_window_partials p
-JOIN unnest(%s::timestamptz[], %s::text[]) AS k(window_start, channel)
+JOIN unnest(%(starts)s::timestamptz[], %(channels)s::text[]) AS k(window_start, channel)
   ON p.window_start = k.window_start AND p.channel = k.channel
-WHERE p.window_seconds = 300
+WHERE p.window_seconds = %(size)s
 GROUP BY p.window_start, p.channel
 ON CONFLICT (window_start, channel) DO UPDATE SET
     tx_count = EXCLUDED.tx_count,
-    approved_count = EXCLUDED.approved_count,
-    declined_count = EXCLUDED.declined_count,
-    failed_count = EXCLUDED.failed_count,
-    pending_count = EXCLUDED.pending_count,
-    reversed_count = EXCLUDED.reversed_count,
+    {", ".join(f"{s}_count = EXCLUDED.{s}_count" for s in STATUSES)},
     amount_minor_sum = EXCLUDED.amount_minor_sum,
     updated_at = now()
 """
@@ -265,10 +259,10 @@ class PostgresSink:
     """Writes whole sink batches in one transaction per call."""
 
     def __init__(self, engine: Engine, *, give_up_after: float = 300.0,
-                 bounds: Callable[[str], tuple[float, ...]] = lambda name: ()) -> None:
+                 finest_window: int = 300) -> None:
         self.engine = engine
         self.give_up_after = give_up_after
-        self.bounds = bounds
+        self.finest_window = finest_window  # the window size payment_metrics_5m holds
 
     def write(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         """Store ``batches`` durably (retried on connection loss); returns rows per table."""
@@ -319,9 +313,11 @@ class PostgresSink:
             if partials:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
                 execute_values(cur, UPSERT_PARTIALS, sorted(partials.values()), page_size=1000)
-                keys = sorted({(k[1], k[2]) for k in partials if k[0] == 300})
+                keys = sorted({(k[1], k[2]) for k in partials if k[0] == self.finest_window})
                 if keys:
-                    cur.execute(RECOMPUTE_5M, ([_ts(k[0]) for k in keys], [k[1] for k in keys]))
+                    cur.execute(RECOMPUTE_5M, {"starts": [_ts(k[0]) for k in keys],
+                                               "channels": [k[1] for k in keys],
+                                               "size": self.finest_window})
         return {
             "normalized_transactions": len(tx_rows),
             "dynamic_metrics": metric_rows,
@@ -344,7 +340,7 @@ class PostgresSink:
                             f"\t{version}\n")
         return rows
 
-    def write_windows(self, partials: Sequence[PartialRow]) -> dict[str, int]:
+    def write_windows(self, partials: HistogramPartials) -> dict[str, int]:
         """Upsert histogram partials and recompute the merged ``aggregate_histograms`` rows
         of the windows they touch (retried on connection loss)."""
         if not partials:
@@ -352,7 +348,8 @@ class PostgresSink:
         return with_retries(lambda: self._write_windows_once(partials),
                             give_up_after=self.give_up_after, what="PostgreSQL window write")
 
-    def _write_windows_once(self, partials: Sequence[PartialRow]) -> dict[str, int]:
+    def _write_windows_once(self, hp: HistogramPartials) -> dict[str, int]:
+        partials = hp.rows
         keys = sorted({(r[0], r[1], r[2], r[3]) for r in partials})
         with _transaction(self.engine) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
@@ -362,7 +359,8 @@ class PostgresSink:
                                                     [k[2] for k in keys], [k[3] for k in keys]))
             merged: dict[tuple, Histogram] = {}
             for ws, start, metric, dim, counts, count, total, lo, hi in cur.fetchall():
-                part = Histogram.from_list(self.bounds(metric), [counts, count, total, lo, hi])
+                # every metric selected is one of the partials' own: their bounds apply
+                part = Histogram.from_list(hp.bounds[metric], [counts, count, total, lo, hi])
                 key = (ws, start, metric, dim)
                 if key in merged:
                     merged[key].merge(part)
@@ -401,16 +399,3 @@ def _copy_text(value: str) -> str:
         value = (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
                  .replace("\r", "\\r"))
     return value
-
-
-def partial_rows(size: int, window_start: int, partition: int,
-                 value: Any) -> list[PartialRow]:
-    """Rows of one window value (a :class:`~pipeline.windows.WindowMetrics`), snapshotted
-    (call on the event loop: the value keeps changing after)."""
-    start = _ts(window_start)
-    rows: list[PartialRow] = []
-    for key, h in value.hists.items():
-        metric, dim = key.split("|", 1)
-        rows.append((size, start, metric, dim, partition, orjson.dumps(h.counts).decode(),
-                     h.count, h.sum, h.min, h.max, value.last_offset))
-    return rows

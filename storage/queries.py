@@ -22,13 +22,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from models.events import STATUSES, approval_rate, authorization_rate
 from storage.postgres import StorageError
 
 TX_COLUMNS = ("transaction_id", "event_time", "merchant_id", "customer_id", "amount_minor",
               "currency", "channel", "payment_method", "status", "decline_code", "country",
               "processing_ms", "card_bin", "risk_score", "source_partition", "source_offset")
 GROUPS = ("channel", "merchant_id", "currency", "status", "payment_method", "country")
-STATUSES = ("approved", "declined", "failed", "pending", "reversed")
 MAX_PAGE = 1000
 
 
@@ -174,8 +174,9 @@ class PaymentQueries:
     # -- aggregates ----------------------------------------------------------------------
 
     def summary(self, flt: TxFilter, group_by: str = "channel") -> list[dict[str, Any]]:
-        """Per group: payments, each status, approval rate, amount sum and average
-        processing time, over the filter's range."""
+        """Per group: payments, each status, approval rate (approved / all), authorization
+        rate (approved / (approved + declined)), amount sum and average processing time,
+        over the filter's range."""
         if group_by not in GROUPS:
             raise QueryError(f"cannot group by {group_by!r} (choose from {', '.join(GROUPS)})")
         where, params = flt.where()
@@ -186,8 +187,8 @@ class PaymentQueries:
             f"FROM normalized_transactions WHERE {where} GROUP BY {group_by} ORDER BY 1",
             params)
         for row in rows:
-            decided = row["approved"] + row["declined"]
-            row["approval_rate"] = row["approved"] / decided if decided else None
+            row["approval_rate"] = approval_rate(row["approved"], row["payments"])
+            row["authorization_rate"] = authorization_rate(row["approved"], row["declined"])
             row["avg_processing_ms"] = float(row["avg_processing_ms"])
         return rows
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from faust.types import Message, TableT
 
-from app.batching import partition_context
+from tables.context import partition_context
 
 
 class TableCache(Protocol):

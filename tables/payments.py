@@ -23,16 +23,35 @@ event for every update, expires windows on wall-clock time, and hands
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from faust.types import TableT
+from faust.types import AppT, Message, TableT
 
-from app.faust_app import PaymentApp
-from pipeline.windows import StreamClock, WindowCounts, WindowMetrics
+from models.events import ParsedTransaction
+from pipeline.metrics import ExtractionResult
+from pipeline.windows import (
+    LATE,
+    Bounds,
+    HistogramPartials,
+    MetricEntry,
+    StreamClock,
+    WindowCounts,
+    WindowMetrics,
+    WindowRow,
+    apply_entries,
+    group_by_window,
+    merge_unseen,
+    observe,
+    split_late,
+    window_start,
+)
 from tables.cache import WriteBackCache
+from tables.context import partition_context, placeholder_message
 
+log = logging.getLogger(__name__)
 CLOCK_TABLE = "stream-clock"
 
 
@@ -58,10 +77,10 @@ class WindowTables:
     tables: dict[str, TableT]  # by name
 
 
-def declare_tables(app: PaymentApp, sizes: Iterable[int] = (300, 3600)) -> WindowTables:
+def declare_tables(app: AppT, partitions: int, sizes: Iterable[int] = (300, 3600),
+                   ) -> WindowTables:
     """Declare the window tables and the stream clock, partitioned like ``payments``."""
     sizes = tuple(sorted(sizes))
-    partitions = app.settings.topic_partitions
     tables: dict[str, TableT] = {}
     for size in sizes:
         tables[counts_table(size)] = app.Table(
@@ -73,16 +92,6 @@ def declare_tables(app: PaymentApp, sizes: Iterable[int] = (300, 3600)) -> Windo
     tables[CLOCK_TABLE] = app.Table(CLOCK_TABLE, default=None, partitions=partitions,
                                     help="stream time (newest event time) per partition")
     return WindowTables(sizes, tables)
-
-
-def window_cache(app: Any, windows: WindowTables,
-                 bounds: Callable[[str], tuple[float, ...]]) -> WriteBackCache:
-    """The write-back cache over every window table and the stream clock."""
-    decoders: dict[str, Callable[[Any], Any]] = {CLOCK_TABLE: StreamClock.from_dict}
-    for size in windows.sizes:
-        decoders[counts_table(size)] = WindowCounts.from_dict
-        decoders[metrics_table(size)] = lambda data: WindowMetrics.from_dict(data, bounds)
-    return WriteBackCache(app, windows.tables, decoders)
 
 
 def table_key(window_start: int, channel: str, partition: int) -> str:
@@ -111,7 +120,148 @@ def key_partition(key: str) -> int:
     return int(key.rsplit("|", 1)[1])
 
 
+def key_order(key: str) -> tuple[int, str, int]:
+    """Sort order of window keys of either kind: window start, channel, partition."""
+    parts = key.split("|")
+    return (int(parts[0]), parts[1], int(parts[2])) if len(parts) == 3 else (
+        int(parts[0]), "", int(parts[1]))
+
+
 def expired_keys(keys: Iterable[str], size: int, stream_time: float,
                  retention: float) -> list[str]:
     """Keys of windows that ended ``retention`` seconds or more before ``stream_time``."""
     return [k for k in keys if key_window_start(k) + size + retention <= stream_time]
+
+
+class WindowState:
+    """The window tables of one worker, behind a write-back cache.
+
+    Args:
+        app: the Faust app the tables belong to.
+        windows: the declared tables (:func:`declare_tables`).
+        bounds: a windowed metric's bucket bounds (the configuration's; stored values
+            carry their own, this serves values stored before they did).
+        grace: seconds a window stays open after its end, in stream time.
+        source_topic: the topic whose partitions key the state (``payments``).
+    """
+
+    def __init__(self, app: AppT, windows: WindowTables, bounds: Bounds, grace: float,
+                 source_topic: str) -> None:
+        self.windows = windows
+        self.sizes = windows.sizes
+        self.finest = windows.sizes[0]
+        self.bounds = bounds
+        self.grace = grace
+        self.source_topic = source_topic
+        self.app = app
+        decoders: dict[str, Callable[[Any], Any]] = {CLOCK_TABLE: StreamClock.from_dict}
+        for size in self.sizes:
+            decoders[counts_table(size)] = WindowCounts.from_dict
+            decoders[metrics_table(size)] = lambda data: WindowMetrics.from_dict(data, bounds)
+        self.cache = WriteBackCache(app, windows.tables, decoders)
+        self._metrics_tables = {metrics_table(size): size for size in self.sizes}
+
+    # -- the ingest handler ----------------------------------------------------------
+
+    def count(self, partition: int, first_offset: int, committed: int,
+              payments: dict[int, ParsedTransaction],
+              metrics: dict[int, ExtractionResult]) -> tuple[list[WindowRow], int]:
+        """Count a batch whose first message has ``first_offset``, given the partition's
+        committed offset (call in the partition's context); returns the count rows and
+        how many payments were too late."""
+        cache = self.cache
+        clock: StreamClock = cache.get(partition, CLOCK_TABLE, str(partition))
+        clock.begin_batch(first_offset, committed)
+        cache.put(partition, CLOCK_TABLE, str(partition), clock)
+        if not payments:
+            return [], 0
+        on_time, late = split_late(clock, payments, self.finest, self.grace)
+        rows = self._count_payments(partition, on_time)
+        # windowed metrics, grouped by finest window; late ones only count as late
+        entries: dict[int, list[MetricEntry]] = {}
+        for offset, tx in payments.items():
+            start = window_start(tx.event_ts, self.finest)
+            entries.setdefault(start, []).append((offset, LATE if offset in late
+                                                  else metrics[offset]))
+        self._count_metrics(partition, entries)
+        return rows, len(late)
+
+    def _count_payments(self, partition: int,
+                        on_time: list[tuple[int, ParsedTransaction]]) -> list[WindowRow]:
+        rows: list[WindowRow] = []
+        for size in self.sizes:
+            table = counts_table(size)
+            for (start, channel), group in group_by_window(on_time, size).items():
+                key = table_key(start, channel, partition)
+                counts = self.cache.get(partition, table, key)
+                apply_entries(counts, group)
+                # Marked dirty even when a replay added nothing: the changelog then
+                # converges even if the crashed run's record never reached it.
+                self.cache.put(partition, table, key, counts)
+                rows.append(WindowRow(size, start, channel, partition, counts.copy()))
+        return rows
+
+    def _count_metrics(self, partition: int, entries: dict[int, list[MetricEntry]]) -> None:
+        # one delta per finest window, shared by every window size that holds it
+        deltas = {start: observe(group, self.bounds) for start, group in entries.items()}
+        for size in self.sizes:
+            table = metrics_table(size)
+            targets: dict[int, list[int]] = {}
+            for start in entries:
+                targets.setdefault(window_start(start, size), []).append(start)
+            for target, starts in targets.items():
+                key = metrics_key(target, partition)
+                value: WindowMetrics = self.cache.get(partition, table, key)
+                merge_unseen(value, ((entries[s], deltas[s]) for s in starts), self.bounds)
+                self.cache.put(partition, table, key, value)
+
+    # -- the sinks (a TableCache) --------------------------------------------------------
+
+    def flush(self, partition: int, message: Message) -> int:
+        """Write the partition's changed values to the tables (before each commit)."""
+        return self.cache.flush(partition, message)
+
+    def forget(self, partition: int) -> None:
+        """Drop a revoked partition's values: its new owner replays those events."""
+        self.cache.forget(partition)
+
+    def take_partials(self, partition: int) -> HistogramPartials:
+        """The windowed-metric rows of the values flushed since the last call
+        (snapshotted: call on the event loop)."""
+        partials = HistogramPartials()
+        for name, key, value in self.cache.take_flushed(partition):
+            size = self._metrics_tables.get(name)
+            if size is not None:
+                start, part = split_metrics_key(key)
+                partials.add(size, start, part, value)
+        return partials
+
+    # -- the expiry job ------------------------------------------------------------------
+
+    def expire(self, partitions: Iterable[int], retention: float) -> int:
+        """Delete the windows of ``partitions`` that ended ``retention`` seconds before the
+        partition's stream time (state stays bounded; PostgreSQL keeps the rows)."""
+        deleted = 0
+        for partition in partitions:
+            message = placeholder_message(self.source_topic, partition)
+            with partition_context(self.app, message):
+                clock: StreamClock = self.cache.get(partition, CLOCK_TABLE, str(partition))
+                if clock.last_offset < 0:
+                    continue
+                for size in self.sizes:
+                    for name in (counts_table(size), metrics_table(size)):
+                        keys = [k for k in self.windows.tables[name]
+                                if key_partition(str(k)) == partition]
+                        old = expired_keys(keys, size, clock.stream_time, retention)
+                        if old:
+                            self.cache.delete(partition, name, old, message)
+                            deleted += len(old)
+        if deleted:
+            log.info("expired %d windows from the tables", deleted)
+        return deleted
+
+    # -- the web views -------------------------------------------------------------------
+
+    def items(self, table: str) -> Iterator[tuple[str, Any]]:
+        """This worker's values of ``table``, encoded, the newer cached ones on top."""
+        return self.cache.items(table)

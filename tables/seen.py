@@ -32,26 +32,26 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from collections.abc import Callable
 
-from faust.types import Message, TableT
+from faust.types import AppT, Message, TableT
 
-from app.batching import partition_context
+from tables.context import partition_context
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "seen-transactions"
 CHUNK_IDS = 5000  # ids per table value: about 250 KB of JSON, well under 1 MiB records
 
 
-def declare_seen_table(app: Any) -> TableT:
-    return app.Table(TABLE_NAME, default=None, partitions=app.settings.topic_partitions,
+def declare_seen_table(app: AppT, partitions: int) -> TableT:
+    return app.Table(TABLE_NAME, default=None, partitions=partitions,
                      help="accepted transaction ids per source partition, in chunks")
 
 
 class SeenIds:
     """Looks up and records accepted transaction ids; flushed before each commit."""
 
-    def __init__(self, app: Any, table: TableT, expiry: float) -> None:
+    def __init__(self, app: AppT, table: TableT, expiry: float) -> None:
         self.app = app
         self.table = table
         self.expiry = expiry
@@ -126,11 +126,12 @@ class SeenIds:
         chunks: deque[tuple[str, float]] = deque()
         for _, key, value in found:
             for entry in value["ids"]:
-                tx_id, offset, ts = entry[:3]
-                index[tx_id] = (int(offset), float(ts))
-                if len(entry) == 7:  # chunks written before 0.3 carry no payment details
-                    customers.setdefault(entry[3], []).append(
-                        (float(entry[4]), int(offset), int(entry[5]), entry[6]))
+                tx_id, offset, ts, payment = _split_entry(entry)
+                index[tx_id] = (offset, ts)
+                if payment is not None:
+                    customer, event_ts, amount, currency = payment
+                    customers.setdefault(customer, []).append(
+                        (event_ts, offset, amount, currency))
             chunks.append((key, float(value["ts"])))
         self._index[partition] = index
         self._customers[partition] = customers
@@ -153,7 +154,8 @@ class SeenIds:
     def size(self) -> int:
         return sum(len(index) for index in self._index.values())
 
-    def purge(self, partitions: set[int], message_for: Any, now: float) -> int:
+    def purge(self, partitions: set[int], message_for: Callable[[int], Message],
+              now: float) -> int:
         """Delete the chunks of ``partitions`` whose ids have all expired; returns ids dropped.
 
         ``message_for(partition)`` gives a message of that partition, which sets
@@ -172,14 +174,26 @@ class SeenIds:
                     value = self.table.get(key)
                     del self.table[key]
                     for item in (value or {}).get("ids", []):
-                        tx_id, offset = item[0], item[1]
+                        tx_id, offset, _, payment = _split_entry(item)
                         entry = index.get(tx_id)
                         if entry is not None and entry[0] == offset:
                             del index[tx_id]
                             dropped += 1
-                        if len(item) == 7:
-                            self._drop_history(partition, item[3], offset)
+                        if payment is not None:
+                            self._drop_history(partition, payment[0], offset)
         self.purged += dropped
         if dropped:
             log.info("expired %d transaction ids", dropped)
         return dropped
+
+
+Payment = tuple[str, float, int, str]  # (customer_id, event ts, amount_minor, currency)
+
+
+def _split_entry(entry: list) -> tuple[str, int, float, Payment | None]:
+    """One stored id: ``[transaction_id, offset, ts]``, followed by the payment's details
+    (:data:`Payment`) in chunks written since they feed the compliance history."""
+    tx_id, offset, ts, *payment = entry
+    details = ((payment[0], float(payment[1]), int(payment[2]), payment[3])
+               if payment else None)
+    return tx_id, int(offset), float(ts), details

@@ -20,8 +20,8 @@ import pyarrow.dataset as ds
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from models.batches import SinkBatch
 from models.events import FailedMessage
+from pipeline.batches import SinkBatch
 from pipeline.parse import default_validator
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.parquet import RawEventWriter

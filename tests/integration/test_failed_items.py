@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 
 from devtools.stack import FAUST
-from models.batches import SinkBatch
 from models.events import ErrorCategory, FailedMessage, ValidationError
+from pipeline.batches import SinkBatch
 from storage.failed import FailedFilter, FailedItems, FilterError, parse_time
 from storage.postgres import PostgresSink, create_db_engine
 from storage.retention import purge_failed_items

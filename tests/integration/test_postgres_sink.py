@@ -9,19 +9,18 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 
-from models.batches import SinkBatch, WindowRow
 from models.events import ErrorCategory, FailedMessage, ValidationError
+from pipeline.batches import SinkBatch
 from pipeline.histogram import Histogram
 from pipeline.metrics import load_engine
 from pipeline.parse import parse_payment
-from pipeline.windows import WindowCounts, WindowMetrics
+from pipeline.windows import HistogramPartials, WindowCounts, WindowMetrics, WindowRow
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.postgres import (
     PostgresSink,
     StorageError,
     _copy_text,
     create_db_engine,
-    partial_rows,
     with_retries,
 )
 from tests.helpers import query
@@ -138,15 +137,20 @@ def test_copy_text_escapes_what_copy_would_read_as_structure():
 
 
 def test_window_partials_merge_into_aggregate_histograms(database_url):
-    sink = PostgresSink(create_db_engine(database_url), bounds=lambda name: (10.0, 100.0))
+    sink = PostgresSink(create_db_engine(database_url))
     w0 = WindowMetrics(last_offset=5)
     w0.merge({"processing_ms|": _hist([5, 50, 500])})
     w1 = WindowMetrics(last_offset=9)
     w1.merge({"processing_ms|": _hist([7])})
-    sink.write_windows(partial_rows(300, START, 0, w0) + partial_rows(300, START, 1, w1))
+    both = HistogramPartials()
+    both.add(300, START, 0, w0)
+    both.add(300, START, 1, w1)
+    sink.write_windows(both)
     stale = WindowMetrics(last_offset=3)  # an older value of partition 1: ignored
     stale.merge({"processing_ms|": _hist([1000, 1000])})
-    sink.write_windows(partial_rows(300, START, 1, stale))
+    old = HistogramPartials()
+    old.add(300, START, 1, stale)
+    sink.write_windows(old)
     (row,) = query(database_url, "SELECT buckets, count, sum, min, max, p50 "
                                  "FROM aggregate_histograms")
     assert row[:5] == ({"10": 2, "100": 1, "+Inf": 1}, 4, 562.0, 5.0, 500.0)

@@ -20,7 +20,8 @@ from app.topics import declare_topics
 from pipeline.config import METRICS_KEY, ConfigManager, ConfigVersion
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import FileSource
-from tables.payments import WindowTables, declare_tables, window_cache
+from tables.context import partition_context
+from tables.payments import WindowState, declare_tables
 from tables.seen import SeenIds, declare_seen_table
 from tests.helpers import expected_windows, too_late
 
@@ -45,13 +46,13 @@ def handler_setup(tmp_path):
     dlq.send_soon = lambda **kw: sent.append(kw)  # no broker: record DLQ records instead
     config = ConfigManager(FileSource())
     config.load_all_configuration()
-    windows = declare_tables(app)
-    cache = window_cache(app, windows, config.bounds)
-    seen = SeenIds(app, declare_seen_table(app), expiry=3600)
+    state = WindowState(app, declare_tables(app, 8), config.bounds, grace=120,
+                        source_topic="payments")
+    seen = SeenIds(app, declare_seen_table(app, 8), expiry=3600)
     sink = RecordingSink()
-    stats = register_ingest(app, payments, dlq, windows, cache, seen, sink, config,
-                            ConfigSync(config, {}), grace=120)
-    return app, app.batch_handlers["payments"], cache, sink, stats, sent
+    stats = register_ingest(app, payments, dlq, state, seen, sink, config,
+                            ConfigSync(config, {}))
+    return app, app.batch_handlers["payments"], state, sink, stats, sent
 
 
 def messages(events, partition: int, first: int = 0, timestamp: float | None = None,
@@ -156,12 +157,12 @@ def test_replay_headers_are_carried_into_the_failure(handler_setup):
 def test_windows_past_their_retention_leave_the_tables(handler_setup):
     from types import SimpleNamespace
 
-    from agents.retention import expire_windows
-    from app.batching import placeholder_message
+    from tables.context import placeholder_message
 
-    app, handler, cache, sink, stats, _ = handler_setup
+    app, handler, state, sink, stats, _ = handler_setup
+    tables = state.windows.tables
     sent = []
-    for table in cache.tables.values():
+    for table in tables.values():
         def send_changelog(partition, key, value, *args, _sent=sent, **kwargs):
             _sent.append((key, value))
             return SimpleNamespace(message=SimpleNamespace(partition=partition))
@@ -171,38 +172,31 @@ def test_windows_past_their_retention_leave_the_tables(handler_setup):
     events = list(PaymentGenerator(scenario, seed=14,
                                    start=datetime(2026, 5, 1, 9, 0, tzinfo=UTC)).events(2000))
     asyncio.run(handler(TP("payments", 3), messages(events, 3)))
-    cache.flush(3, placeholder_message("payments", 3))  # as the sink does before a commit
-    windows = declare_tables_of(cache)
-    keys = {name: set(t.data) for name, t in cache.tables.items()}
+    state.flush(3, placeholder_message("payments", 3))  # as the sink does before a commit
+    keys = {name: set(t.data) for name, t in tables.items()}
     assert keys["window-metrics-5m"] and keys["window-counts-1h"]
     # 10 s of event time: the windows have not ended yet, so none goes ...
-    assert expire_windows(windows, cache, {3}, retention=0) == 0
+    assert state.expire({3}, retention=0) == 0
     # ... until the stream time is past their end plus the retention
-    clock = cache.get(3, "stream-clock", "3")
+    clock = state.cache.get(3, "stream-clock", "3")
     clock.stream_time += 7200
-    deleted = expire_windows(windows, cache, {3}, retention=3600)
+    deleted = state.expire({3}, retention=3600)
     assert deleted == sum(len(v) for k, v in keys.items() if k.startswith("window-"))
-    assert all(not t.data for name, t in cache.tables.items() if name.startswith("window-"))
+    assert all(not t.data for name, t in tables.items() if name.startswith("window-"))
     assert ("3", None) not in sent and any(value is None for _, value in sent)  # tombstones
 
 
-def declare_tables_of(cache):
-    from tables.payments import WindowTables
-
-    return WindowTables((300, 3600), cache.tables)
-
-
-def test_windows_of_a_dropped_metric_decode_after_a_restart(handler_setup, tmp_path):
+def test_windows_of_a_dropped_metric_decode_after_a_restart(handler_setup):
     """A worker restarts on a configuration that no longer defines a bucketed metric
     (``risk_score``) whose windows are stored: it must still decode them, count new
     batches into them and hand their rows to the sink."""
-    app, handler, cache, sink, stats, _ = handler_setup
+    app, handler, state, sink, stats, _ = handler_setup
     events = list(PaymentGenerator(load_scenario(), seed=11).events(50))
     batch = messages(events, 0)
 
     async def run() -> None:
         await handler(TP("payments", 0), batch)
-        cache.flush(0, batch[-1])
+        state.flush(0, batch[-1])
 
     asyncio.run(run())
     stored = [k for k, v in app.tables["window-metrics-5m"].data.items()
@@ -219,8 +213,25 @@ def test_windows_of_a_dropped_metric_decode_after_a_restart(handler_setup, tmp_p
     restarted.load_all_configuration(versions)
     assert restarted.bounds("risk_score") == ()
 
-    after = window_cache(app, WindowTables((300, 3600), cache.tables), restarted.bounds)
-    value = after.get(0, "window-metrics-5m", stored[0])
+    after = WindowState(app, state.windows, restarted.bounds, grace=120,
+                        source_topic="payments")
+    value = after.cache.get(0, "window-metrics-5m", stored[0])
     risk = [h for m, h in value.hists.items() if m.startswith("risk_score|")]
     assert risk and all(len(h.bounds) == 9 for h in risk)
     assert value.to_dict() == app.tables["window-metrics-5m"].data[stored[0]]
+    # the restarted worker counts a later batch and hands the dropped metric's rows on
+    later = list(PaymentGenerator(load_scenario(), seed=11).events(60))[50:]
+    engine = restarted.active.engine
+
+    async def count_more() -> None:
+        with partition_context(app, batch[-1]):
+            payments = {50 + i: restarted.active.validator.parse(e.value, time.time()).transaction
+                        for i, e in enumerate(later)}
+            metrics = {o: engine.extract(tx, o) for o, tx in payments.items() if tx}
+            after.count(0, 50, 0, {o: tx for o, tx in payments.items() if tx}, metrics)
+        after.flush(0, batch[-1])
+
+    asyncio.run(count_more())
+    partials = after.take_partials(0)
+    assert any(row[2] == "risk_score" for row in partials.rows)
+    assert partials.bounds["risk_score"] == risk[0].bounds

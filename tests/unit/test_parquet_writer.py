@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pyarrow.dataset as ds
 
-from models.batches import SinkBatch
 from models.events import FailedMessage
+from pipeline.batches import SinkBatch
 from pipeline.parse import parse_payment
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.parquet import RAW_SCHEMA, RawEventWriter

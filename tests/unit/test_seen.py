@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.batching import placeholder_message
 from app.faust_app import create_app
 from app.settings import Settings
+from tables.context import placeholder_message
 from tables.seen import CHUNK_IDS, SeenIds, declare_seen_table
 
 
@@ -16,7 +16,7 @@ from tables.seen import CHUNK_IDS, SeenIds, declare_seen_table
 def table(tmp_path):
     app = create_app(Settings(store_url="memory://", app_datadir=str(tmp_path),
                               broker_url="kafka://127.0.0.1:1"))
-    table = declare_seen_table(app)
+    table = declare_seen_table(app, 8)
     sent = []
 
     def send_changelog(partition, key, value, *args, **kwargs):  # no broker in unit tests

@@ -7,18 +7,7 @@ from typing import Any
 
 from models.events import FailedMessage, ParsedTransaction
 from pipeline.metrics import ExtractionResult
-from pipeline.windows import WindowCounts
-
-
-@dataclass(slots=True, frozen=True)
-class WindowRow:
-    """Absolute counts of one (window, channel, partition) after a batch."""
-
-    window_seconds: int
-    window_start: int
-    channel: str
-    partition: int
-    counts: WindowCounts
+from pipeline.windows import WindowRow
 
 
 @dataclass(slots=True)
