@@ -35,7 +35,8 @@ from pipeline.config import (
     ConfigVersion,
     compile_config,
 )
-from pipeline.metrics import MetricsConfigError, engine_from_config
+from pipeline.config import engine_from_config
+from pipeline.metrics import MetricsConfigError
 from storage.broker import BrokerError, describe_failure
 from storage.config_sources import user
 from storage.config_topic import ConfigRecords, ConfigTopic

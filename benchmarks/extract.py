@@ -23,10 +23,9 @@ from collections.abc import Callable
 import orjson
 
 from app.settings import Settings
-from pipeline.metrics import load_engine
-from pipeline.parse import default_validator
 from pipeline.windows import observe
 from simulator.generator import PaymentGenerator, load_scenario
+from storage.config_sources import compile_files
 
 
 def best(fn: Callable[[], int], n: int, repeat: int) -> tuple[float, float]:
@@ -49,13 +48,13 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args()
     gc.set_threshold(*Settings().gc_thresholds)  # as the worker does (app/faust_app.py)
-    validator = default_validator()
+    validator = compile_files().validator
     payments = []
     for e in PaymentGenerator(load_scenario(), seed=1).events(args.events):
         tx = validator.parse(e.value).transaction
         if tx is not None:
             payments.append(tx)
-    engine = load_engine()
+    engine = compile_files().engine
     history: dict[str, list] = {}
     items = []
     for offset, tx in enumerate(payments):

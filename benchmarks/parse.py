@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 import jsonschema
 import orjson
 
-from pipeline.parse import Validator, default_validator
+from pipeline.parse import Validator
 from simulator.generator import PaymentGenerator, load_scenario
+from storage.config_sources import compile_files
 
 
 def best_rate(values: list[bytes], fn: Callable[[bytes], object], repeat: int) -> float:
@@ -42,7 +43,7 @@ def main() -> None:
                                                 invalid_ratio=args.invalid_ratio)
               .events(args.events)]
     received = datetime.now(UTC)
-    fast = default_validator()
+    fast = compile_files().validator
     slow = Validator(fast.schema, fast.rules, fast.mode, fast_path=False)
     generic = jsonschema.Draft7Validator(fast.schema)
 

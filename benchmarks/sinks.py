@@ -28,10 +28,9 @@ from pathlib import Path
 from devtools.services import ensure_postgres
 from devtools.stack import REPO_ROOT, run_migrations
 from pipeline.batches import SinkBatch
-from pipeline.metrics import load_engine
-from pipeline.parse import default_validator
 from pipeline.windows import HistogramPartials, WindowMetrics, observe
 from simulator.generator import PaymentGenerator, load_scenario
+from storage.config_sources import compile_files
 from storage.postgres import PostgresSink, create_db_engine
 
 
@@ -41,7 +40,7 @@ class Msg:
 
 
 def batches(n: int, size: int, seed: int, with_metrics: bool) -> list[SinkBatch]:
-    validator, engine = default_validator(), load_engine()
+    validator, engine = compile_files().validator, compile_files().engine
     out, payments, metrics = [], {}, {}
     for offset, e in enumerate(PaymentGenerator(load_scenario(), seed=seed).events(n)):
         tx = validator.parse(e.value).transaction
@@ -80,7 +79,7 @@ def main() -> None:
     url = pg.create_database(name)
     try:
         run_migrations(url)
-        engine = load_engine()
+        engine = compile_files().engine
         db = create_db_engine(url)
         sink = PostgresSink(db)
         print(f"{args.payments:,} payments per run, {args.batch:,} per transaction, "

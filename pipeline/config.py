@@ -36,8 +36,15 @@ from typing import Any, Protocol
 
 import jsonschema
 
+import pipeline.compliance  # noqa: F401 - registers the compliance rules' extractors
 from config import CONFIG_DIR
-from pipeline.metrics import MetricEngine, MetricExtractor, MetricsConfigError, engine_from_config
+from pipeline.metrics import (
+    DIMENSION_FIELDS,
+    MetricEngine,
+    MetricExtractor,
+    MetricsConfigError,
+    build_extractors,
+)
 from pipeline.parse import Mode, Validator
 from pipeline.rules import RuleConfigError, build_rules
 
@@ -211,6 +218,23 @@ def _compile_validator(document: Mapping[str, Any]) -> Validator:
         raise ConfigError(key, "schema", f"does not compile: {type(exc).__name__}: {exc}"
                           ) from None
     return fast
+
+
+def engine_from_config(metrics: Mapping[str, Any], compliance: Mapping[str, Any] | None = None,
+                       version: str = "files") -> MetricEngine:
+    """Compile ``metrics:definitions:v1`` and ``compliance:rules:v1`` documents (without
+    the cross-checks of :func:`compile_config`); raises :class:`MetricsConfigError`."""
+    windowed = metrics.get("windowed_dimensions", [])
+    bad = [f for f in windowed if f not in DIMENSION_FIELDS]
+    if bad:
+        raise MetricsConfigError(f"{METRICS_KEY}: windowed_dimensions names unknown "
+                                 f"field {bad[0]!r}")
+    extractors = build_extractors(metrics.get("extractors"), METRICS_KEY)
+    if compliance is not None:
+        extractors += build_extractors(
+            compliance.get("rules"), COMPLIANCE_KEY, kind_key="rule", list_name="rules",
+            default_dimensions=compliance.get("dimensions"))
+    return MetricEngine(extractors, windowed, version)
 
 
 def _compile_engine(metrics: Mapping[str, Any], compliance: Mapping[str, Any]) -> MetricEngine:

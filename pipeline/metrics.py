@@ -29,27 +29,21 @@ See docs/metrics.md for every default metric.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from operator import itemgetter
-from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
-import yaml
 
 from models.events import STATUSES, ParsedTransaction
 from pipeline.histogram import check_bounds
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
-METRICS_CONFIG_PATH = CONFIG_DIR / "metrics.yaml"
-COMPLIANCE_CONFIG_PATH = CONFIG_DIR / "compliance.yaml"
 
 # Fields a dimension may name (the typed payment's low- and high-cardinality strings).
 DIMENSION_FIELDS = ("channel", "currency", "payment_method", "country", "status",
@@ -546,45 +540,3 @@ def build_extractors(entries: Any, key: str, *, kind_key: str = "extractor",
             raise MetricsConfigError(f"{where}: {exc}") from None
         out.append((extractor, dims))
     return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise MetricsConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise MetricsConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise MetricsConfigError(f"{path}: expected a mapping at the top")
-    return data
-
-
-def engine_from_config(metrics: dict[str, Any], compliance: dict[str, Any] | None = None,
-                       version: str = "files") -> MetricEngine:
-    """Compile ``metrics:definitions:v1`` and ``compliance:rules:v1`` documents."""
-    import pipeline.compliance  # noqa: F401 - registers the compliance extractors
-
-    windowed = metrics.get("windowed_dimensions", [])
-    bad = [f for f in windowed if f not in DIMENSION_FIELDS]
-    if bad:
-        raise MetricsConfigError(f"metrics:definitions:v1: windowed_dimensions names unknown "
-                                 f"field {bad[0]!r}")
-    extractors = build_extractors(metrics.get("extractors"), "metrics:definitions:v1")
-    if compliance is not None:
-        extractors += build_extractors(
-            compliance.get("rules"), "compliance:rules:v1", kind_key="rule", list_name="rules",
-            default_dimensions=compliance.get("dimensions"))
-    return MetricEngine(extractors, windowed, version)
-
-
-def load_engine(metrics_path: Path = METRICS_CONFIG_PATH,
-                compliance_path: Path | None = COMPLIANCE_CONFIG_PATH) -> MetricEngine:
-    """The engine for the configuration files (defaults: ``config/metrics.yaml`` and
-    ``config/compliance.yaml``)."""
-    compliance = _read_yaml(compliance_path) if compliance_path is not None else None
-    digest = hashlib.sha256(metrics_path.read_bytes())
-    if compliance_path is not None:
-        digest.update(compliance_path.read_bytes())
-    return engine_from_config(_read_yaml(metrics_path), compliance,
-                              version=f"files:{digest.hexdigest()[:12]}")

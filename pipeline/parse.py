@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from functools import lru_cache
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 import orjson
-import yaml
 
-from config import CONFIG_DIR
 from models.events import (
     ErrorCategory,
     ParsedTransaction,
@@ -41,11 +37,10 @@ from models.events import (
     ValidationError,
     short_repr,
 )
-from pipeline.rules import Rule, RuleConfigError, RuleContext, build_rules
-from pipeline.schema import SchemaChecker, compile_fast, load_schema
+from pipeline.rules import Rule, RuleContext
+from pipeline.schema import SchemaChecker, compile_fast
 
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, from the wire format contract
-VALIDATION_CONFIG_PATH = CONFIG_DIR / "validation.yaml"
 _INTEGER_FIELDS = ("amount_minor", "processing_ms")
 _STATUSES = {s.value: s for s in TransactionStatus}
 _TRANSACTION_FIELDS = tuple(ParsedTransaction.__struct_fields__)
@@ -66,30 +61,6 @@ class Validator:
         self.mode = Mode(mode)
         self.checker = SchemaChecker(schema)
         self.fast = compile_fast(schema) if fast_path else None
-
-    @classmethod
-    def from_config(cls, path: Path = VALIDATION_CONFIG_PATH, *,
-                    mode: Mode | str | None = None) -> Validator:
-        """Build from a validation YAML file; a bad file raises RuleConfigError."""
-        try:
-            config = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise RuleConfigError(f"cannot read validation config {path}: {exc}") from exc
-        if not isinstance(config, Mapping):
-            raise RuleConfigError(f"{path}: expected a mapping at the top level")
-        unknown = set(config) - {"schema", "mode", "rules"}
-        if unknown:
-            raise RuleConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
-        schema_path = (path.parent / config.get("schema", "schemas/transaction-v1.json"))
-        try:
-            schema = load_schema(schema_path)
-        except (OSError, ValueError) as exc:
-            raise RuleConfigError(f"cannot load schema {schema_path}: {exc}") from exc
-        chosen = mode or config.get("mode", Mode.FAIL_FAST)
-        if chosen not in Mode._value2member_map_:
-            raise RuleConfigError(f"{path}: mode must be fail_fast or collect_all, "
-                                  f"not {chosen!r}")
-        return cls(schema, build_rules(config.get("rules") or []), Mode(chosen))
 
     def with_mode(self, mode: Mode) -> Validator:
         clone = object.__new__(Validator)
@@ -155,18 +126,6 @@ class Validator:
         if errors:
             return ParseResult(raw, category=ErrorCategory.RULE, errors=tuple(errors))
         return ParseResult(raw, transaction=tx)
-
-
-@lru_cache(maxsize=1)
-def default_validator() -> Validator:
-    """The validator of the shipped config (cached)."""
-    return Validator.from_config()
-
-
-def parse_payment(raw: bytes | None, validator: Validator | None = None,
-                  received_at: float | datetime | None = None) -> ParseResult:
-    """Parse one message with ``validator`` (the shipped config by default)."""
-    return (validator or default_validator()).parse(raw, received_at)
 
 
 def _fail(raw: bytes, category: ErrorCategory, message: str, rule: str,

@@ -23,8 +23,10 @@ from pipeline.config import (
     KEYS,
     METRICS_KEY,
     TRANSACTION_KEY,
+    ActiveConfig,
     ConfigError,
     ConfigVersion,
+    compile_config,
 )
 
 DEFAULT_FILES = {
@@ -173,6 +175,12 @@ class AppConfigurationSource:
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
+
+
+def compile_files(paths: Mapping[str, Path] | None = None) -> ActiveConfig:
+    """The configuration files compiled exactly as a worker compiles them (for tests,
+    benchmarks and tools that have no config topic to read)."""
+    return compile_config(FileSource(paths).load())
 
 
 def user() -> str:

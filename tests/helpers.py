@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,10 @@ import psycopg2
 import yaml
 
 from devtools.services import libpq_dsn
+from pipeline.config import ActiveConfig
+from pipeline.parse import ParseResult
 from simulator.generator import SimEvent
+from storage.config_sources import compile_files
 
 VALID = {"valid"}
 
@@ -120,3 +124,14 @@ def query(url: str, sql: str) -> list[tuple]:
         return cur.fetchall()
     finally:
         conn.close()
+
+
+@functools.cache
+def shipped_config() -> ActiveConfig:
+    """The shipped configuration, compiled the way a worker does (files, cross-checks)."""
+    return compile_files()
+
+
+def parse(raw: bytes | None, received_at: float | datetime | None = None) -> ParseResult:
+    """Parse one message with the shipped configuration's validator."""
+    return shipped_config().validator.parse(raw, received_at)

@@ -22,11 +22,10 @@ from hypothesis import strategies as st
 
 from models.events import FailedMessage
 from pipeline.batches import SinkBatch
-from pipeline.parse import default_validator
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.parquet import RawEventWriter
 from storage.postgres import PostgresSink, create_db_engine
-from tests.helpers import execute, query
+from tests.helpers import execute, query, shipped_config
 
 N = 60
 START = datetime(2026, 2, 1, 10, 0, tzinfo=UTC)
@@ -56,7 +55,7 @@ steps = st.lists(st.one_of(
 
 
 def batch_of(messages: list[Msg]) -> SinkBatch:
-    validator = default_validator()
+    validator = shipped_config().validator
     payments, failed = {}, []
     for m in messages:
         result = validator.parse(m.value, m.timestamp)

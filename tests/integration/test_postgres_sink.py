@@ -12,8 +12,6 @@ import pytest
 from models.events import ErrorCategory, FailedMessage, ValidationError
 from pipeline.batches import SinkBatch
 from pipeline.histogram import Histogram
-from pipeline.metrics import load_engine
-from pipeline.parse import parse_payment
 from pipeline.windows import HistogramPartials, WindowCounts, WindowMetrics, WindowRow
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.postgres import (
@@ -23,7 +21,7 @@ from storage.postgres import (
     create_db_engine,
     with_retries,
 )
-from tests.helpers import query
+from tests.helpers import parse, query, shipped_config
 
 
 @dataclass
@@ -33,7 +31,7 @@ class Msg:
 
 def batch(partition: int, first: int, n: int, rows: list[WindowRow]) -> SinkBatch:
     gen = PaymentGenerator(load_scenario(), seed=partition, start=datetime(2026, 1, 1, tzinfo=UTC))
-    payments = {first + i: parse_payment(e.value).transaction
+    payments = {first + i: parse(e.value).transaction
                 for i, e in enumerate(gen.events(n))}
     failed = [FailedMessage(b"\xff", ErrorCategory.NOT_UTF8,
                             (ValidationError(None, "utf8", "bad"),), "payments", partition,
@@ -105,7 +103,7 @@ def test_retries_stop_at_once_on_a_non_transient_error(database_url):
 
 
 def test_dynamic_metrics_once_per_payment_even_when_replayed(database_url):
-    engine = load_engine()
+    engine = shipped_config().engine
     b = batch(0, 0, 20, [])
     b.metrics = {o: engine.extract(tx, o) for o, tx in b.payments.items()}
     b.config_version = "v-test"

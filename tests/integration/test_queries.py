@@ -11,12 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipeline.batches import SinkBatch
-from pipeline.metrics import load_engine
-from pipeline.parse import parse_payment
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.postgres import PostgresSink, StorageError, create_db_engine
 from storage.queries import PaymentQueries, QueryError, TxFilter
-from tests.helpers import execute, query
+from tests.helpers import execute, parse, query, shipped_config
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -29,9 +27,9 @@ class Msg:
 @pytest.fixture
 def loaded(database_url):
     """1,500 payments written by the sink, with their metrics."""
-    engine = load_engine()
+    engine = shipped_config().engine
     gen = PaymentGenerator(load_scenario(), seed=3, start=START)
-    payments = {i: parse_payment(e.value).transaction for i, e in enumerate(gen.events(1500))}
+    payments = {i: parse(e.value).transaction for i, e in enumerate(gen.events(1500))}
     metrics = {o: engine.extract(tx, o) for o, tx in payments.items()}
     PostgresSink(create_db_engine(database_url)).write([SinkBatch(
         "payments", 0, [Msg(o) for o in payments], payments, [], [], time.time(), metrics,
@@ -104,7 +102,7 @@ def test_summary_and_compliance_flags_equal_a_count_of_the_payments(loaded):
         assert r["authorization_rate"] == pytest.approx(r["approved"] / decided)
         assert r["approval_rate"] == pytest.approx(r["approved"] / r["payments"])
     flags = q.compliance_flags(flt)
-    engine = load_engine()
+    engine = shipped_config().engine
     want: Counter[str] = Counter()
     for i, tx in enumerate(payments):
         for kind, data in engine.extract(tx, i).rows():

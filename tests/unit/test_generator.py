@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 
 from models.events import ParsedTransaction
-from pipeline.parse import parse_payment
 from simulator.__main__ import main
 from simulator.generator import PaymentGenerator, ScenarioError, load_scenario
+from tests.helpers import parse
 
 
 def test_same_seed_same_events():
@@ -25,7 +25,7 @@ def test_valid_events_pass_and_invalid_events_fail():
     kinds = Counter(e.kind for e in events)
     assert 300 < sum(n for k, n in kinds.items() if k != "valid") < 500
     for e in events:
-        result = parse_payment(e.value)
+        result = parse(e.value)
         if e.kind == "valid":
             assert isinstance(result.transaction, ParsedTransaction), (e.value, result)
         else:

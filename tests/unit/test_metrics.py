@@ -7,15 +7,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import yaml
 
+from config import CONFIG_DIR
 from models.events import ParsedTransaction, TransactionStatus
-from pipeline.metrics import (
-    COMPLIANCE_CONFIG_PATH,
-    METRICS_CONFIG_PATH,
-    MetricsConfigError,
-    MetricType,
-    engine_from_config,
-    load_engine,
-)
+from pipeline.config import engine_from_config
+from pipeline.metrics import MetricsConfigError, MetricType
+from tests.helpers import shipped_config
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -32,7 +28,7 @@ def tx(**changes) -> ParsedTransaction:
 
 @pytest.fixture(scope="module")
 def engine():
-    return load_engine()
+    return shipped_config().engine
 
 
 def values(engine, payment, offset=10, history=()):
@@ -183,13 +179,13 @@ def test_a_failing_extractor_loses_neither_the_others_nor_the_payment(engine):
 
 
 def config(**changes):
-    data = yaml.safe_load(METRICS_CONFIG_PATH.read_text())
+    data = yaml.safe_load((CONFIG_DIR / "metrics.yaml").read_text())
     data.update(changes)
     return data
 
 
 def compliance(rules):
-    data = yaml.safe_load(COMPLIANCE_CONFIG_PATH.read_text())
+    data = yaml.safe_load((CONFIG_DIR / "compliance.yaml").read_text())
     data["rules"] = rules
     return data
 

@@ -10,9 +10,9 @@ import pyarrow.dataset as ds
 
 from models.events import FailedMessage
 from pipeline.batches import SinkBatch
-from pipeline.parse import parse_payment
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.parquet import RAW_SCHEMA, RawEventWriter
+from tests.helpers import parse
 
 
 @dataclass
@@ -42,7 +42,7 @@ def batch_of(events: list, partition: int, first: int,
     msgs, payments, failed = [], {}, []
     for offset, e in enumerate(events, start=first):
         msgs.append(Msg("payments", partition, offset, e.key, e.value, arrival))
-        r = parse_payment(e.value)
+        r = parse(e.value)
         if r.transaction is None:
             failed.append(FailedMessage(e.value, r.category, r.errors, "payments", partition,
                                         offset, datetime.fromtimestamp(arrival, UTC)))

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.events import ErrorCategory, TransactionStatus
-from pipeline.parse import MAX_MESSAGE_BYTES, Mode, default_validator, parse_payment
+from pipeline.parse import MAX_MESSAGE_BYTES, Mode
+from tests.helpers import shipped_config
 
 VALID = {
     "schema_version": "1",
@@ -32,7 +33,7 @@ RECEIVED = datetime(2026, 11, 22, 10, 15, 31, tzinfo=UTC)  # the broker's timest
 
 
 def parse(raw, mode=Mode.FAIL_FAST):
-    return default_validator().with_mode(mode).parse(raw, RECEIVED)
+    return shipped_config().validator.with_mode(mode).parse(raw, RECEIVED)
 
 
 def with_(**changes):
@@ -204,7 +205,7 @@ def test_offending_values_are_truncated():
 def test_same_bytes_same_verdict_whatever_the_wall_clock():
     raw = with_(event_time="2026-11-22T10:16:30Z")  # 59 s after RECEIVED: allowed
     assert parse(raw).ok
-    assert parse_payment(raw, received_at=RECEIVED).ok
+    assert shipped_config().validator.parse(raw, RECEIVED).ok
 
 
 @settings(max_examples=400, deadline=None)

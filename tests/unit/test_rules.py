@@ -5,11 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-import yaml
 
-from config import CONFIG_DIR
-from pipeline.parse import Validator
 from pipeline.rules import RuleConfigError, RuleContext, build_rules
+from tests.helpers import shipped_config
 
 CTX = RuleContext(datetime(2026, 11, 22, 10, 0, tzinfo=UTC).timestamp())
 TX = {"amount_minor": 500, "currency": "EUR", "status": "declined", "decline_code": "05",
@@ -67,27 +65,7 @@ def test_bad_rule_config_is_a_clear_error(specs, words):
         build_rules(specs)
 
 
-def write(tmp_path, config):
-    path = tmp_path / "validation.yaml"
-    path.write_text(yaml.safe_dump(config) if isinstance(config, dict) else config)
-    return path
-
-
-@pytest.mark.parametrize(("config", "words"), [
-    ("rules: [", "cannot read validation config"),
-    ("- a list", "expected a mapping"),
-    ({"schema": "nope.json"}, "cannot load schema"),
-    ({"mode": "sometimes"}, "mode must be fail_fast or collect_all"),
-    ({"rulez": []}, "unknown key"),
-])
-def test_bad_validation_file_is_a_clear_error(tmp_path, config, words):
-    if isinstance(config, dict) and "schema" not in config:
-        config["schema"] = str(CONFIG_DIR / "schemas" / "transaction-v1.json")
-    with pytest.raises(RuleConfigError, match=words):
-        Validator.from_config(write(tmp_path, config))
-
-
 def test_the_shipped_config_loads():
-    validator = Validator.from_config()
+    validator = shipped_config().validator
     assert [r.name for r in validator.rules] == ["required", "event_time_skew"]
     assert validator.fast is not None

@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.parse import Validator, default_validator
+from pipeline.parse import Validator
 from pipeline.schema import SchemaChecker, compile_fast
 from simulator.generator import PaymentGenerator, load_scenario
+from tests.helpers import shipped_config
 from tests.unit.test_parse import VALID
 
 RECEIVED = datetime(2026, 11, 22, 10, 15, 31, tzinfo=UTC)
-FAST = default_validator()
+FAST = shipped_config().validator
 SLOW = Validator(FAST.schema, FAST.rules, FAST.mode, fast_path=False)
 
 values = st.one_of(

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.parse import parse_payment
 from pipeline.windows import WindowCounts, apply_entries, group_by_window, window_start
 from simulator.generator import PaymentGenerator, load_scenario
+from tests.helpers import parse
 
 
 def ts(text: str) -> float:
@@ -24,7 +24,7 @@ def test_window_start_is_aligned_to_utc():
 
 def test_group_by_window_uses_event_time_and_channel():
     gen = PaymentGenerator(load_scenario(), seed=3, start=datetime(2026, 1, 1, tzinfo=UTC))
-    events = [(i, parse_payment(e.value).transaction) for i, e in enumerate(gen.events(500))]
+    events = [(i, parse(e.value).transaction) for i, e in enumerate(gen.events(500))]
     groups = group_by_window(events, 300)
     assert sum(len(v) for v in groups.values()) == 500
     for (start, channel), entries in groups.items():
