@@ -1,32 +1,40 @@
 """Hot reload on every worker: the config topic reader and the source watcher.
 
-* Every worker reads the whole config topic (:mod:`storage.config_topic`, one
-  compacted partition) with its own :class:`ConfigReader`: no consumer group, from the
+* Every worker follows the whole config topic (:mod:`storage.config_topic`, one
+  compacted partition) with :class:`ConfigReader`: no consumer group, from the
   beginning, then every CONFIG_SYNC_INTERVAL_S it asks for the end offset and fetches
-  only when something was appended. :class:`ConfigSync` activates a newer version
-  through the :class:`~pipeline.config.ConfigManager` as soon as it arrives; the ingest
-  handler waits for the first catch-up before its first batch, so no batch runs under
-  the source's version when the topic holds a pushed one. (Not a Faust GlobalTable:
+  only when something was appended. Each time, the bucket bounds of every version in
+  the topic's history are learned first, so stored windows of any of them decode.
+  :class:`ConfigSync` activates a newer version through the
+  :class:`~pipeline.config.ConfigManager` as soon as it arrives; the ingest handler
+  waits for the first catch-up before its first batch, so no batch runs under the
+  source's version when the topic holds a pushed one. (Not a Faust GlobalTable:
   ADR 0006 says why.)
 * With CONFIG_WATCH (files, for development) or CONFIG_SOURCE=azure, the leader polls
-  the source and pushes each valid change to the topic, from where it reaches every
-  worker the same way.
+  the source and pushes each valid change to the topic
+  (:func:`pipeline.config.plan_push`, as ``faust -A app config push`` does), from where
+  it reaches every worker the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
 from app.faust_app import PaymentApp
 from app.settings import Settings
-from pipeline.config import KEYS, ConfigError, ConfigManager, ConfigVersion, compile_config
+from pipeline.config import (
+    KEYS,
+    ConfigError,
+    ConfigManager,
+    ConfigRecords,
+    ConfigVersion,
+    plan_push,
+)
 from storage.config_sources import user
 from storage.config_topic import ConfigTopic
 
@@ -34,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class ConfigReader(Service):
-    """Keeps ``records`` equal to the config topic (record key -> JSON value)."""
+    """Keeps ``records`` equal to the config topic (record key -> JSON value), through
+    the one reader of the topic (:class:`storage.config_topic.ConfigTopicReader`)."""
 
     def __init__(self, topic: ConfigTopic, interval: float,
                  manager: ConfigManager | None = None, **kwargs: Any) -> None:
@@ -42,10 +51,10 @@ class ConfigReader(Service):
         self.manager = manager
         self.topic = topic
         self.interval = interval
-        self.records: dict[str, Any] = {}
+        self.reader = topic.reader()
+        self.records = self.reader.records  # the same dict, updated in place
         self.caught_up = asyncio.Event()
-        self.listeners: list[Any] = []
-        self._consumer: AIOKafkaConsumer | None = None
+        self.listeners: list[Callable[[], None]] = []
 
     async def on_start(self) -> None:
         source_error: ConfigError | None = None
@@ -55,26 +64,22 @@ class ConfigReader(Service):
             except ConfigError as exc:
                 source_error = exc
         await self.topic.ensure()
-        self._consumer = AIOKafkaConsumer(**self.topic.conn.client_kwargs(
-            enable_auto_commit=False, fetch_max_wait_ms=200))
-        await self._consumer.start()
-        tp = TopicPartition(self.topic.topic, 0)
-        self._consumer.assign([tp])
-        await self._consumer.seek_to_beginning(tp)
-        self._consumer.pause(tp)  # fetch only when the end offset moved (see _poll)
+        await self.reader.start()
         if source_error is not None:
-            await self._start_from_topic(tp, source_error)
-        self.add_future(self._run(tp))
+            await self._start_from_topic(source_error)
+        self.add_future(self._run())
 
-    async def _start_from_topic(self, tp: TopicPartition, source_error: ConfigError) -> None:
+    async def _start_from_topic(self, source_error: ConfigError) -> None:
         """The source is invalid: start on the topic's versions if it holds every key."""
         assert self.manager is not None
-        await self._poll(tp)
-        pushed = {k: ConfigVersion.from_record(r) for k in KEYS if (r := self.records.get(k))}
+        await self.reader.poll()
+        records = self.reader.snapshot()
+        pushed = {k: v for k in KEYS if (v := records.latest(k))}
         if len(pushed) < len(KEYS):
             log.critical("the worker cannot start: %s (and the config topic does not hold "
                          "every key to fall back on)", source_error)
             raise source_error
+        self.manager.learn_bounds(records.known_bounds())
         try:
             self.manager.load_all_configuration(pushed)
         except ConfigError as exc:
@@ -85,41 +90,18 @@ class ConfigReader(Service):
                     "versions %s", source_error, self.manager.active.version)
 
     async def on_stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self.reader.stop()
 
-    async def _run(self, tp: TopicPartition) -> None:
+    async def _run(self) -> None:
         while not self.should_stop:
             try:
-                if await self._poll(tp):
+                if await self.reader.poll():
                     for listener in self.listeners:
                         listener()
                 self.caught_up.set()
             except Exception:  # the broker may be away for a while; keep the last records
                 log.exception("config topic %s: read failed, retrying", self.topic.topic)
             await self.sleep(self.interval)
-
-    async def _poll(self, tp: TopicPartition) -> bool:
-        """Read up to the current end offset; True when records arrived."""
-        consumer = self._consumer
-        assert consumer is not None
-        end = (await consumer.end_offsets([tp]))[tp]
-        if await consumer.position(tp) >= end:
-            return False
-        consumer.resume(tp)
-        try:
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                for message in batch.get(tp, ()):
-                    if message.key:
-                        key = json.loads(message.key)
-                        if message.value:
-                            self.records[key] = json.loads(message.value)
-                        else:
-                            self.records.pop(key, None)
-        finally:
-            consumer.pause(tp)
-        return True
 
 
 class ConfigSync:
@@ -155,6 +137,9 @@ class ConfigSync:
         self.sync()
 
     def sync(self) -> None:
+        """Learn the bounds of the topic's whole history, then activate its newest
+        versions (a rejected version is not tried again)."""
+        self.manager.learn_bounds(ConfigRecords(self.records).known_bounds())
         changes = self.pending()
         if changes:
             result = self.manager.reload_configuration(changes)
@@ -196,20 +181,19 @@ async def publish_source_changes(manager: ConfigManager, sync: ConfigSync,
     except ConfigError as exc:
         _reject(manager, exc)
         return []
-    latest = {key: ConfigVersion.from_record(r) for key in KEYS if (r := sync.records.get(key))}
-    base = {**manager.active.versions, **latest}
-    changed = [key for key in KEYS if loaded[key].digest != base[key].digest]
+    records = ConfigRecords(sync.records)
+    running = {**manager.active.versions,
+               **{key: v for key in KEYS if (v := records.latest(key))}}
+    changed = {key: loaded[key] for key in KEYS if loaded[key].digest != running[key].digest}
     if not changed:
         return []
     try:
-        await asyncio.to_thread(compile_config, {**base, **{k: loaded[k] for k in changed}},
-                                manager.known_bounds)
+        versions = await asyncio.to_thread(
+            plan_push, records, changed, running, by=f"{manager.source.name} watcher ({user()})",
+            comment=f"from {manager.source.name}", known_bounds=manager.known_bounds)
     except ConfigError as exc:
         _reject(manager, exc)
         return []
-    versions = [loaded[key].pushed(base[key].version + 1, f"{manager.source.name} watcher "
-                                   f"({user()})", f"from {manager.source.name}")
-                for key in changed]
     await topic.publish(versions)
     log.info("configuration watcher pushed %s", ", ".join(f"{v.key} {v.label}"
                                                          for v in versions))

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import pyarrow as pa
@@ -37,6 +36,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
 from agents.ingest import REPLAY_OF_HEADER, RETRY_COUNT_HEADER
+from app.cli import active_config, fail
 from app.settings import Settings
 from app.topics import PAYMENTS
 from pipeline.config import ConfigError, ConfigManager
@@ -72,7 +72,6 @@ def register_commands(app: Any, settings: Settings, engine: Engine, config: Conf
                      partition: int | None, limit: int | None, as_json: bool, fmt: str,
                      output: str | None, dry_run: bool, only_valid: bool, force: bool) -> None:
         """Work the dead-letter queue: list, show, export or replay failed items."""
-        from app.config_commands import active_config
         try:
             flt = FailedFilter(
                 ids=ids, category=category, field=field, topic=topic, partition=partition,
@@ -87,12 +86,12 @@ def register_commands(app: Any, settings: Settings, engine: Engine, config: Conf
             await _run(action, ids, flt, FailedItems(engine), settings, validator, as_json=as_json,
                        fmt=fmt, output=output, dry_run=dry_run, only_valid=only_valid)
         except (FilterError, click.ClickException) as exc:
-            _fail(str(exc) if isinstance(exc, FilterError) else exc.format_message())
+            fail(str(exc) if isinstance(exc, FilterError) else exc.format_message())
         except ConfigError as exc:
-            _fail(f"the active configuration does not compile: {exc}")
+            fail(f"the active configuration does not compile: {exc}")
         except (OperationalError, InterfaceError) as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            _fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")
+            fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")
 
 
 def register_raw_commands(app: Any, settings: Settings) -> None:
@@ -125,16 +124,16 @@ def register_raw_commands(app: Any, settings: Settings) -> None:
             _compact(settings, start, before)
             return
         if start is None:
-            _fail("query needs --from")
+            fail("query needs --from")
         try:
             query = LakeQuery(parse_time(start), parse_time(end) if end else datetime.now(UTC),
                               merchant, status, channel, accepted_only)
             lake = RawEventLake(settings.raw_events_url, settings.lake_storage_options)
             written = _write_events(lake, query, fmt, Path(output) if output else None)
         except (FilterError, LakeQueryError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except OSError as exc:
-            _fail(f"cannot read the lake or write the output: {exc}")
+            fail(f"cannot read the lake or write the output: {exc}")
         click.echo(f"{written:,} events", err=True)
 
 
@@ -195,26 +194,17 @@ def _compact(settings: Settings, since: str | None, before: str) -> None:
         until = parse_time(before)
         start = parse_time(since) if since else None
     except FilterError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     fs, root = fsspec.core.url_to_fs(settings.raw_events_url, **settings.lake_storage_options)
     try:
         report = compact(fs, root.rstrip("/"), before=until, since=start,
                          progress=lambda line: click.echo(line, err=True))
     except OSError as exc:
-        _fail(f"cannot compact the lake: {exc}")
+        fail(f"cannot compact the lake: {exc}")
     click.echo(f"{report.folders} hour folders: {report.merged_files} files merged into "
                f"{report.written} ({report.rows:,} rows); {report.removed_leftovers} "
                f"leftovers of an interrupted run removed; {report.skipped_uncommitted} "
                f"files not yet committed left as they are")
-
-
-def _fail(message: str) -> NoReturn:
-    """One line on stderr and exit status 2; Faust's command runner would print a traceback
-    for an exception."""
-    click.echo(f"error: {message}", err=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(2)  # SystemExit would be caught and logged by the mode worker running us
 
 
 async def _run(action: str, ids: tuple[int, ...], flt: FailedFilter, store: FailedItems,

@@ -24,22 +24,19 @@ import click
 import yaml
 from faust.cli import AppCommand, argument, option
 
-from app.commands import _fail
+from app.cli import fail
 from app.settings import Settings
 from pipeline.config import (
     KEYS,
-    METRICS_KEY,
-    ActiveConfig,
     ConfigError,
     ConfigManager,
+    ConfigRecords,
     ConfigVersion,
-    compile_config,
+    plan_push,
 )
-from pipeline.config import engine_from_config
-from pipeline.metrics import MetricsConfigError
 from storage.broker import BrokerError, describe_failure
 from storage.config_sources import user
-from storage.config_topic import ConfigRecords, ConfigTopic
+from storage.config_topic import ConfigTopic
 
 ACTIONS = ("push", "show", "diff", "history", "rollback")
 
@@ -60,7 +57,7 @@ def register_config_commands(app: Any, settings: Settings, manager: ConfigManage
         """Push, show, diff, list or roll back configuration versions (the config topic)."""
         unknown = [k for k in keys if k not in KEYS]
         if unknown:
-            _fail(f"unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
+            fail(f"unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
         chosen = keys or KEYS
         topic = ConfigTopic(settings.broker, settings.app_id)
         try:
@@ -69,7 +66,7 @@ def register_config_commands(app: Any, settings: Settings, manager: ConfigManage
                 await _push(topic, records, manager, chosen, comment, dry_run)
             elif action == "rollback":
                 if len(keys) != 1 or to_version is None:
-                    _fail("rollback takes one KEY and --to N")
+                    fail("rollback takes one KEY and --to N")
                 await _rollback(topic, records, manager, keys[0], to_version, comment, dry_run)
             elif action == "show":
                 _show(records, manager, chosen, number, as_json)
@@ -78,21 +75,15 @@ def register_config_commands(app: Any, settings: Settings, manager: ConfigManage
             else:
                 _history(records, chosen, as_json)
         except ConfigError as exc:
-            _fail(f"rejected, nothing published: {exc}")
+            fail(f"rejected, nothing published: {exc}")
         except BrokerError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - Faust's runner would exit 0 on it
             # aiokafka's connection errors (OSErrors among them): the cause, one line
             if isinstance(exc, OSError) or type(exc).__module__.startswith("aiokafka"):
-                _fail(await describe_failure(exc, settings.broker))
+                fail(await describe_failure(exc, settings.broker))
             traceback.print_exc()
-            _fail(f"config {action} failed: {type(exc).__name__}: {exc}")
-
-
-async def active_config(settings: Settings, manager: ConfigManager) -> ActiveConfig:
-    """What the workers run: the topic's latest versions over the source's documents."""
-    records = await ConfigTopic(settings.broker, settings.app_id).read()
-    return compile_config(_latest(records, _source(manager)))
+            fail(f"config {action} failed: {type(exc).__name__}: {exc}")
 
 
 def _source(manager: ConfigManager) -> dict[str, ConfigVersion]:
@@ -104,31 +95,11 @@ def _latest(records: ConfigRecords, source: Mapping[str, ConfigVersion]
     return {key: records.latest(key) or source[key] for key in KEYS}
 
 
-def known_bounds(records: ConfigRecords) -> dict[str, tuple[float, ...]]:
-    """Bucket bounds of every metric any pushed version defined."""
-    bounds: dict[str, tuple[float, ...]] = {}
-    for version in records.history(METRICS_KEY):
-        try:
-            engine = engine_from_config(dict(version.document), None)
-        except MetricsConfigError:
-            continue  # an old version this code no longer compiles
-        bounds.update((name, d.bounds) for name, d in engine.definitions.items())
-    return bounds
-
-
-def _validate(records: ConfigRecords, candidate: Mapping[str, ConfigVersion]) -> None:
-    compile_config(candidate, known_bounds(records))
-
-
 async def _push(topic: ConfigTopic, records: ConfigRecords, manager: ConfigManager,
                 keys: tuple[str, ...], comment: str, dry_run: bool) -> None:
     source = _source(manager)
-    latest = _latest(records, source)
-    changed = [k for k in keys if records.latest(k) is None
-               or records.latest(k).digest != source[k].digest]  # type: ignore[union-attr]
-    _validate(records, {**latest, **{k: source[k] for k in changed}})
-    versions = [source[k].pushed(records.next_number(k), user(),
-                                 comment or f"from {manager.source.name}") for k in changed]
+    versions = plan_push(records, {k: source[k] for k in keys}, source, by=user(),
+                         comment=comment or f"from {manager.source.name}")
     if versions and not dry_run:
         await topic.publish(versions)
     for key in keys:
@@ -147,11 +118,14 @@ async def _rollback(topic: ConfigTopic, records: ConfigRecords, manager: ConfigM
     old = records.version(key, number)
     if old is None:
         known = ", ".join(f"v{v.version}" for v in records.history(key)) or "none"
-        _fail(f"{key} has no version {number} (pushed: {known})")
+        fail(f"{key} has no version {number} (pushed: {known})")
     latest = _latest(records, _source(manager))
-    _validate(records, {**latest, key: old})
-    new = old.pushed(records.next_number(key), user(),
-                     comment or f"rollback to v{number}")
+    planned = plan_push(records, {key: old}, latest, by=user(),
+                        comment=comment or f"rollback to v{number}")
+    if not planned:
+        click.echo(f"{key}: v{number} is already the latest version; nothing pushed")
+        return
+    new = planned[0]
     if not dry_run:
         await topic.publish([new])
     verb = "would push" if dry_run else "pushed"
@@ -172,7 +146,7 @@ def _show(records: ConfigRecords, manager: ConfigManager, keys: tuple[str, ...],
         version = records.version(key, number) if number else (records.latest(key)
                                                                  or source[key])
         if version is None:
-            _fail(f"{key} has no version {number}")
+            fail(f"{key} has no version {number}")
         out.append(version)
     if as_json:
         click.echo(json.dumps([v.to_record() for v in out], indent=2))

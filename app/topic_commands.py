@@ -15,7 +15,7 @@ from typing import Any
 import click
 from faust.cli import AppCommand, argument, option
 
-from app.commands import _fail
+from app.cli import fail
 from app.settings import Settings
 from storage.broker import BrokerError, check_topics
 
@@ -35,7 +35,7 @@ def register_topic_commands(app: Any, settings: Settings) -> None:
             try:
                 await check_topics(settings.broker, plan)
             except BrokerError as exc:
-                _fail(str(exc))
+                fail(str(exc))
             click.echo(f"all {len(plan)} topics exist with the planned partition counts "
                        f"on {settings.broker.describe()}")
             return

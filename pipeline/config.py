@@ -281,6 +281,84 @@ def compile_config(versions: Mapping[str, ConfigVersion],
     return active
 
 
+# -- the config topic's records, and planning a push ---------------------------------------
+
+
+def history_key(key: str, version: int) -> str:
+    """The config topic's record key of version ``version`` of ``key`` (never overwritten)."""
+    return f"{key}@{version}"
+
+
+class ConfigRecords:
+    """A view of the config topic's records (record key -> JSON value): each key's latest
+    version (record ``"<key>"``) and its history (records ``"<key>@<n>"``)."""
+
+    def __init__(self, records: Mapping[str, Mapping[str, Any] | None]) -> None:
+        self.records = {k: v for k, v in records.items() if v}
+
+    def latest(self, key: str) -> ConfigVersion | None:
+        record = self.records.get(key)
+        return ConfigVersion.from_record(record) if record else None
+
+    def history(self, key: str) -> list[ConfigVersion]:
+        prefix = f"{key}@"
+        found = [ConfigVersion.from_record(v) for k, v in self.records.items()
+                 if k.startswith(prefix)]
+        return sorted(found, key=lambda v: v.version)
+
+    def version(self, key: str, number: int) -> ConfigVersion | None:
+        record = self.records.get(history_key(key, number))
+        return ConfigVersion.from_record(record) if record else None
+
+    def next_number(self, key: str) -> int:
+        """The number the key's next pushed version gets."""
+        history = self.history(key)
+        latest = self.latest(key)
+        return max([0, *(v.version for v in history), latest.version if latest else 0]) + 1
+
+    def known_bounds(self) -> dict[str, tuple[float, ...]]:
+        """Bucket bounds of every windowed metric any pushed version defined, in the
+        metrics or the compliance key: stored windows may still hold any of them."""
+        bounds: dict[str, tuple[float, ...]] = {}
+        for key in (METRICS_KEY, COMPLIANCE_KEY):
+            for version in self.history(key):
+                metrics, compliance = ((version.document, None) if key == METRICS_KEY
+                                       else ({"extractors": []}, version.document))
+                try:
+                    engine = engine_from_config(metrics, compliance)
+                except MetricsConfigError:
+                    continue  # an old version this code no longer compiles
+                bounds.update((name, d.bounds) for name, d in engine.definitions.items()
+                              if d.bounds)
+        return bounds
+
+
+def plan_push(records: ConfigRecords, candidates: Mapping[str, ConfigVersion],
+              source: Mapping[str, ConfigVersion], *, by: str, comment: str,
+              known_bounds: Mapping[str, tuple[float, ...]] | None = None,
+              ) -> list[ConfigVersion]:
+    """The versions a push appends to the config topic (``faust -A app config push`` and
+    ``rollback``, and the source watcher).
+
+    A candidate becomes a new version when the topic holds no version of its key or a
+    different document; it is numbered after the key's newest version. The new set
+    (the topic's latest versions, ``source`` for keys never pushed, the candidates on
+    top) must compile, and no metric may change the bucket bounds any version in the
+    topic's history (or ``known_bounds``) gave it. Raises :class:`ConfigError`.
+    """
+    changed = {}
+    for key, candidate in candidates.items():
+        latest = records.latest(key)
+        if latest is None or latest.digest != candidate.digest:
+            changed[key] = candidate
+    if not changed:
+        return []
+    current = {key: records.latest(key) or source[key] for key in KEYS}
+    compile_config({**current, **changed}, {**(known_bounds or {}), **records.known_bounds()})
+    return [version.pushed(records.next_number(key), by, comment)
+            for key, version in changed.items()]
+
+
 # -- the manager --------------------------------------------------------------------------
 
 
@@ -389,6 +467,13 @@ class ConfigManager:
         self.stats.last_reload_seconds = seconds
         self.stats.last_reload_at = datetime.now(UTC).isoformat(timespec="milliseconds")
 
+    def learn_bounds(self, bounds: Mapping[str, tuple[float, ...]]) -> None:
+        """Add bucket bounds of metrics no activated version defined (the config topic's
+        history: windows stored under any of them must still decode and stay mergeable)."""
+        with self._lock:
+            for name, value in bounds.items():
+                self._known_bounds.setdefault(name, value)
+
     def on_change(self, callback: Callable[[ActiveConfig, tuple[str, ...]], None]) -> None:
         """Call ``callback(active, changed_keys)`` after each successful reload."""
         self._listeners.append(callback)
@@ -406,13 +491,13 @@ class ConfigManager:
 
     @property
     def known_bounds(self) -> Mapping[str, tuple[float, ...]]:
-        """Bucket bounds of every metric this process has activated (a candidate may not
-        change them)."""
+        """Bucket bounds of every metric this process has activated or learned from the
+        config topic's history (a candidate may not change them)."""
         return self._known_bounds
 
     def bounds(self, name: str) -> tuple[float, ...]:
-        """Bucket bounds of a windowed metric of any version this process has activated
-        (bounds never change, so stored windows of a removed metric still decode)."""
+        """Bucket bounds of a windowed metric of any version this process has activated or
+        learned (bounds never change; stored windows also carry their own)."""
         return self._known_bounds.get(name, ())
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,28 +1,30 @@
 """The config topic: every pushed version of every key, read by all workers.
 
-It is the changelog of the ``config`` GlobalTable (``<app id>-config-changelog``, one
-partition, compacted), so every worker holds the whole topic in memory and sees a new
-record within its fetch wait. Two records per push, both JSON:
+``<app id>-config-changelog``: one partition, compacted; every worker holds the
+whole topic in memory and sees a new record within CONFIG_SYNC_INTERVAL_S. Two records
+per push, both JSON:
 
 * ``"<key>@<n>"`` -> version ``n`` of the key (history; never overwritten);
 * ``"<key>"``     -> the same record: the key's latest version (the pointer).
 
 The history record is written first, so the pointer never names a version the topic
 does not hold; a rollback pushes an old document again as a new version.
-This module is the raw-Kafka side (the ``faust -A app config`` commands and the
-leader's watcher); each worker reads the same records with its own reader
-(``agents/config.py``).
+This module is the Kafka side: :class:`ConfigTopicReader` is the one reader (the
+``faust -A app config`` commands read once, every worker follows the topic with it
+in ``agents/config.py``) and :meth:`ConfigTopic.publish` the one writer. What the
+records mean (latest, history, the next number, the known bounds) is
+:class:`pipeline.config.ConfigRecords`; what a push appends is
+:func:`pipeline.config.plan_push`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from pipeline.config import ConfigVersion
+from pipeline.config import ConfigRecords, ConfigVersion, history_key
 from storage.broker import BrokerConnection, TopicSpec, connection, ensure_topics
 
 CONFIG_TABLE = "config"
@@ -32,39 +34,74 @@ def config_topic(app_id: str) -> str:
     return f"{app_id}-{CONFIG_TABLE}-changelog"
 
 
-def history_key(key: str, version: int) -> str:
-    return f"{key}@{version}"
-
-
 def encode(record_key: str, version: ConfigVersion) -> tuple[bytes, bytes]:
     """Key and value bytes as Faust's json serializers write them for the table."""
     return json.dumps(record_key).encode(), json.dumps(version.to_record()).encode()
 
 
-class ConfigRecords:
-    """A snapshot of the topic: latest version and history per key."""
+class ConfigTopicReader:
+    """Follows the config topic from its beginning: ``records`` (record key -> JSON value,
+    tombstones removed) equals the topic up to the end offset of the last :meth:`poll`.
 
-    def __init__(self, records: Mapping[str, Mapping[str, Any]]) -> None:
-        self.records = dict(records)
+    The one reader of the topic: the CLI reads it to the end once
+    (:meth:`ConfigTopic.read`), every worker keeps following it
+    (:class:`agents.config.ConfigReader`). No consumer group: it assigns the one
+    partition, and is paused between polls, so it fetches only what was appended.
+    """
 
-    def latest(self, key: str) -> ConfigVersion | None:
-        record = self.records.get(key)
-        return ConfigVersion.from_record(record) if record else None
+    def __init__(self, conn: BrokerConnection, topic: str, *, timeout_ms: int = 15_000,
+                 ) -> None:
+        self.conn = conn
+        self.topic = topic
+        self.timeout_ms = timeout_ms
+        self.records: dict[str, Any] = {}
+        self._tp = TopicPartition(topic, 0)  # one partition by design (topics plan)
+        self._consumer: AIOKafkaConsumer | None = None
 
-    def history(self, key: str) -> list[ConfigVersion]:
-        prefix = f"{key}@"
-        found = [ConfigVersion.from_record(v) for k, v in self.records.items()
-                 if k.startswith(prefix) and v]
-        return sorted(found, key=lambda v: v.version)
+    async def start(self) -> bool:
+        """Connect; False (and nothing to read) when the topic does not exist."""
+        consumer = AIOKafkaConsumer(**self.conn.client_kwargs(
+            enable_auto_commit=False, fetch_max_wait_ms=200,
+            request_timeout_ms=self.timeout_ms))
+        await consumer.start()
+        self._consumer = consumer
+        # topics() fetches the metadata; partitions_for_topic() would still say None here
+        if self.topic not in await consumer.topics():
+            return False
+        consumer.assign([self._tp])
+        await consumer.seek_to_beginning(self._tp)
+        consumer.pause(self._tp)  # fetch only when the end offset moved (see poll)
+        return True
 
-    def version(self, key: str, number: int) -> ConfigVersion | None:
-        record = self.records.get(history_key(key, number))
-        return ConfigVersion.from_record(record) if record else None
+    async def poll(self) -> bool:
+        """Read up to the current end offset; True when records arrived."""
+        consumer, tp = self._consumer, self._tp
+        assert consumer is not None, "start() first"
+        end = (await consumer.end_offsets([tp]))[tp]
+        if await consumer.position(tp) >= end:
+            return False
+        consumer.resume(tp)
+        try:
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for message in batch.get(tp, ()):
+                    if message.key:
+                        key = json.loads(message.key)
+                        if message.value:
+                            self.records[key] = json.loads(message.value)
+                        else:
+                            self.records.pop(key, None)
+        finally:
+            consumer.pause(tp)
+        return True
 
-    def next_number(self, key: str) -> int:
-        history = self.history(key)
-        latest = self.latest(key)
-        return max([0, *(v.version for v in history), latest.version if latest else 0]) + 1
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    def snapshot(self) -> ConfigRecords:
+        return ConfigRecords(self.records)
 
 
 class ConfigTopic:
@@ -82,37 +119,18 @@ class ConfigTopic:
         await ensure_topics(self.conn, [TopicSpec(self.topic, 1, compacted=True)],
                             timeout_ms=self.timeout_ms)
 
+    def reader(self) -> ConfigTopicReader:
+        return ConfigTopicReader(self.conn, self.topic, timeout_ms=self.timeout_ms)
+
     async def read(self) -> ConfigRecords:
-        """Every record from the beginning to the current end."""
-        consumer = AIOKafkaConsumer(**self.conn.client_kwargs(
-            enable_auto_commit=False, request_timeout_ms=self.timeout_ms))
-        await consumer.start()
-        records: dict[str, Any] = {}
+        """Every record from the beginning to the current end (empty without the topic)."""
+        reader = self.reader()
         try:
-            if self.topic not in await consumer.topics():  # fetches the metadata
-                return ConfigRecords({})
-            # one partition by design (topics plan); topics() does not fill the client's
-            # own metadata, so partitions_for_topic() would still say None here
-            tps = [TopicPartition(self.topic, 0)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if end[tp] > 0}
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=1000)
-                for tp, messages in batch.items():
-                    for m in messages:
-                        if m.key:
-                            records[json.loads(m.key)] = json.loads(m.value) if m.value else None
-                        if m.offset + 1 >= end[tp]:
-                            remaining.discard(tp)
-                if not batch:  # nothing came: check the position (compacted tail)
-                    for tp in list(remaining):
-                        if await consumer.position(tp) >= end[tp]:
-                            remaining.discard(tp)
+            if await reader.start():
+                await reader.poll()
         finally:
-            await consumer.stop()
-        return ConfigRecords({k: v for k, v in records.items() if v is not None})
+            await reader.stop()
+        return reader.snapshot()
 
     async def publish(self, versions: list[ConfigVersion]) -> None:
         """Append each version (history record, then the pointer); waits for the acks."""

@@ -19,8 +19,11 @@ from pipeline.config import (
     TRANSACTION_KEY,
     ConfigError,
     ConfigManager,
+    ConfigRecords,
     ConfigVersion,
     compile_config,
+    history_key,
+    plan_push,
 )
 from storage.config_sources import FileSource
 
@@ -219,6 +222,64 @@ def test_sync_applies_the_topic_version_once_and_skips_a_rejected_one(shipped):
     sync.sync()  # not compiled again
     assert manager.stats.rejected == 1
     assert manager.active.versions[METRICS_KEY].version == 0
+
+
+def _pushed(records: dict[str, Any], version: ConfigVersion) -> None:
+    """Append ``version`` to a config topic held as a dict, as ConfigTopic.publish does."""
+    records[history_key(version.key, version.version)] = version.to_record()
+    records[version.key] = version.to_record()
+
+
+def _drop_extractor(kind: str):
+    def change(doc):
+        doc["extractors"] = [e for e in doc["extractors"] if e["extractor"] != kind]
+    return change
+
+
+def test_a_push_is_numbered_after_the_history_and_checked_against_all_of_it(shipped):
+    records: dict[str, Any] = {}
+    first = plan_push(ConfigRecords(records), dict(shipped), shipped, by="t", comment="c")
+    assert [(v.key, v.version) for v in first] == [(k, 1) for k in KEYS]
+    for version in first:
+        _pushed(records, version)
+    assert plan_push(ConfigRecords(records), dict(shipped), shipped, by="t", comment="") == []
+
+    # v2 drops risk_score; its bounds stay known from v1 in the history ...
+    dropped = with_change(shipped, METRICS_KEY, _drop_extractor("risk_score"))
+    (second,) = plan_push(ConfigRecords(records), {METRICS_KEY: dropped[METRICS_KEY]},
+                          shipped, by="t", comment="")
+    assert second.version == 2
+    _pushed(records, second)
+    assert ConfigRecords(records).known_bounds()["risk_score"] == (
+        0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    # ... so bringing it back with other buckets is refused, by the CLI and the watcher alike
+    def rebucket(doc):
+        for entry in doc["extractors"]:
+            if entry["extractor"] == "risk_score":
+                entry["buckets"] = [0.5]
+
+    rebucketed = with_change(shipped, METRICS_KEY, rebucket)
+    with pytest.raises(ConfigError, match="risk_score"):
+        plan_push(ConfigRecords(records), {METRICS_KEY: rebucketed[METRICS_KEY]}, shipped,
+                  by="t", comment="")
+
+
+def test_a_worker_learns_the_bounds_of_the_whole_history_before_it_decodes(shipped):
+    """Restarted on a version without ``risk_score``, a worker still knows its buckets."""
+    records: dict[str, Any] = {}
+    for version in plan_push(ConfigRecords(records), dict(shipped), shipped, by="t",
+                             comment=""):
+        _pushed(records, version)
+    dropped = with_change(shipped, METRICS_KEY, _drop_extractor("risk_score"))
+    for version in plan_push(ConfigRecords(records), {METRICS_KEY: dropped[METRICS_KEY]},
+                             shipped, by="t", comment=""):
+        _pushed(records, version)
+    manager = ConfigManager(StaticSource(dropped))  # the files dropped it too
+    manager.load_all_configuration()
+    assert manager.bounds("risk_score") == ()
+    ConfigSync(manager, records).sync()
+    assert manager.active.versions[METRICS_KEY].version == 2
+    assert len(manager.bounds("risk_score")) == 9
 
 
 def test_file_source_notices_an_edit(tmp_path):
