@@ -69,9 +69,10 @@ test-integration: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) ## integration tests (re
 test-e2e: $(STAMP) $(KAFKA_STAMP) chromium ## end-to-end tests (worker processes fed by the simulator)
 	$(PY) -m pytest tests/e2e
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy and the import contracts (.importlinter: layers, no cycles)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(STAMP) $(KAFKA_STAMP) ## throughput and latency against a raw aiokafka consumer (prints figures)
 	$(PY) -m benchmarks.pipeline

@@ -36,7 +36,14 @@ from faust.types import TP, Message, TopicT
 from agents.config import ConfigSync
 from agents.sinks import SinkService
 from app.faust_app import PaymentApp
-from models.events import ErrorCategory, FailedMessage, ParsedTransaction, ValidationError
+from models.events import (
+    REPLAY_OF_HEADER,
+    RETRY_COUNT_HEADER,
+    ErrorCategory,
+    FailedMessage,
+    ParsedTransaction,
+    ValidationError,
+)
 from pipeline.batches import SinkBatch
 from pipeline.config import ConfigManager
 from pipeline.metrics import ExtractionResult, History
@@ -46,8 +53,6 @@ from tables.payments import WindowState
 from tables.seen import SeenIds
 
 log = logging.getLogger(__name__)
-RETRY_COUNT_HEADER = "x-retry-count"  # set by `faust -A app failed replay`
-REPLAY_OF_HEADER = "x-replay-of"  # the failed_items.id a replayed message comes from
 
 
 class IngestStats:

@@ -35,10 +35,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
-from agents.ingest import REPLAY_OF_HEADER, RETRY_COUNT_HEADER
 from app.cli import active_config, fail
 from app.settings import Settings
 from app.topics import PAYMENTS
+from models.events import REPLAY_OF_HEADER, RETRY_COUNT_HEADER
 from pipeline.config import ConfigError, ConfigManager
 from pipeline.parse import Mode, Validator
 from storage.broker import describe_failure

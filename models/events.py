@@ -15,6 +15,9 @@ from typing import Any
 import msgspec
 import msgspec.structs
 
+# Headers `faust -A app failed replay` sets on a message it sends again.
+RETRY_COUNT_HEADER = "x-retry-count"  # how often the message was replayed
+REPLAY_OF_HEADER = "x-replay-of"  # the failed_items.id it comes from
 VALUE_REPR_CHARS = 80  # an offending value is shown truncated to this many characters
 
 
