@@ -22,7 +22,7 @@ from devtools.services import (
     start_azurite,
     start_broker,
 )
-from devtools.stack import run_migrations
+from devtools.stack import Stack, run_migrations
 
 TIERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e,
          "chaos": pytest.mark.chaos}
@@ -79,3 +79,10 @@ def empty_database_url(pg: Postgres) -> Iterator[str]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def stack(pg, tmp_path) -> Iterator[Stack]:
+    s = Stack.start(tmp_path, pg, f"pm_e2e_{uuid.uuid4().hex[:8]}")
+    yield s
+    s.stop(drop_database=True)

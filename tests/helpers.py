@@ -1,19 +1,32 @@
-"""Independent expectations computed from generated events (no pipeline code)."""
+"""What the tests share: independent expectations computed from generated events (no
+pipeline code), the shipped configuration, hand-built sink batches, and the end-to-end
+drivers (sending, killing, restarting) with the end-state check every run must pass."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import random
+import threading
+import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg2
+import pyarrow.dataset as ds
 import yaml
+from aiokafka import AIOKafkaConsumer
 
 from devtools.services import libpq_dsn
+from devtools.stack import Stack
+from models.events import STATUSES, FailedMessage
+from pipeline.batches import SinkBatch
 from pipeline.config import ActiveConfig
 from pipeline.parse import ParseResult
-from simulator.generator import SimEvent
+from simulator.generator import PaymentGenerator, SimEvent, load_scenario
+from simulator.producer import ensure_topic, produce
 from storage.config_sources import compile_files
 
 VALID = {"valid"}
@@ -135,3 +148,252 @@ def shipped_config() -> ActiveConfig:
 def parse(raw: bytes | None, received_at: float | datetime | None = None) -> ParseResult:
     """Parse one message with the shipped configuration's validator."""
     return shipped_config().validator.parse(raw, received_at)
+
+
+VALID_PAYMENT = {
+    "schema_version": "1",
+    "transaction_id": "tx-1",
+    "event_time": "2026-11-22T10:15:30.123Z",
+    "merchant_id": "m1",
+    "customer_id": "c1",
+    "amount_minor": 1234,
+    "currency": "EUR",
+    "channel": "pos",
+    "payment_method": "card",
+    "status": "approved",
+    "country": "DE",
+    "processing_ms": 120,
+}
+
+
+@dataclass
+class Msg:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    timestamp: float
+
+    @property
+    def tp(self):
+        return (self.topic, self.partition)
+
+
+def make_batch(first: int, count: int, *, partition: int = 0, invalid: float = 0.1) -> SinkBatch:
+    gen = PaymentGenerator(load_scenario(), seed=11, invalid_ratio=invalid,
+                           start=datetime(2026, 3, 1, 9, 59, 58, tzinfo=UTC))
+    return batch_of(list(gen.events(first + count))[first:], partition, first)
+
+
+def batch_of(events: list, partition: int, first: int,
+             arrival: float | None = None) -> SinkBatch:
+    """The sink batch of simulator ``events`` at offsets ``first``...: parsed, failures kept."""
+    arrival = time.time() if arrival is None else arrival
+    msgs, payments, failed = [], {}, []
+    for offset, e in enumerate(events, start=first):
+        msgs.append(Msg("payments", partition, offset, e.key, e.value, arrival))
+        r = parse(e.value)
+        if r.transaction is None:
+            failed.append(FailedMessage(e.value, r.category, r.errors, "payments", partition,
+                                        offset, datetime.fromtimestamp(arrival, UTC)))
+        else:
+            payments[offset] = r.transaction
+    return SinkBatch("payments", partition, msgs, payments, failed, [], arrival)
+
+
+
+
+async def read_topic(bootstrap: str, topic: str) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    records: list = []
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=3000)
+            if not batch:
+                return records
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+
+
+def split_late(records: list, valid: list[SimEvent]) -> tuple[list[SimEvent], list[SimEvent]]:
+    """The valid events counted in the windows and those too late, judged per partition
+    in offset order from the records the broker holds."""
+    by_value = {e.value: e for e in valid}
+    counted: list[SimEvent] = []
+    late: list[SimEvent] = []
+    for partition in sorted({r.partition for r in records}):
+        seq, seen = [], set()
+        for r in sorted((r for r in records if r.partition == partition),
+                        key=lambda r: r.offset):
+            if r.value in by_value and r.value not in seen:  # later copies are duplicates
+                seen.add(r.value)
+                seq.append(by_value[r.value])
+        gone = too_late(seq)
+        counted += [e for i, e in enumerate(seq) if i not in gone]
+        late += [e for i, e in enumerate(seq) if i in gone]
+    return counted, late
+
+
+def assert_histograms(url: str, counted: list[SimEvent], late: list[SimEvent]) -> None:
+    """aggregate_histograms equal an independent computation, and each hourly window is
+    the merge of its 5-minute windows."""
+    rows = query(url, "SELECT metric_type, dimension, time_window, window_seconds, buckets, "
+                      "count, sum, min, max FROM aggregate_histograms")
+    got = {(r[0], r[1], r[2], r[3]): (r[4], r[5], r[6], r[7], r[8]) for r in rows}
+    checked = 0
+    for size in (300, 3600):
+        for key, want in expected_histograms(counted, late, size).items():
+            assert got.get(key) == want, f"{key}: {got.get(key)} != {want}"
+            checked += 1
+    assert checked > 50
+    hourly: dict = {}
+    for (metric, dim, start, size), (buckets, count, total, lo, hi) in got.items():
+        if size != 300:
+            continue
+        hour = start.replace(minute=0)
+        h = hourly.setdefault((metric, dim, hour, 3600), [Counter(), 0, 0.0, [], []])
+        h[0].update(buckets)
+        h[1] += count
+        h[2] += total
+        h[3].append(lo)
+        h[4].append(hi)
+    for key, (buckets, count, total, lows, highs) in hourly.items():
+        row = got[key]
+        assert {k: v for k, v in row[0].items() if v} == dict(+buckets), key
+        assert (row[1], row[3], row[4]) == (count, min(lows), max(highs)), key
+        assert abs(row[2] - total) <= 1e-6 * max(1.0, abs(total)), key
+
+
+def assert_end_state(stack: Stack, events: list[SimEvent]) -> None:
+    """Every produced event stored exactly once, and the windows equal an independent count."""
+    url = stack.database_url
+    valid = [e for e in events if e.kind == "valid"]
+    invalid = [e for e in events if e.kind != "valid"]
+
+    tx_ids = [r[0] for r in query(url, "SELECT transaction_id FROM normalized_transactions")]
+    assert sorted(tx_ids) == sorted(e.payload["transaction_id"] for e in valid)
+    failed = query(url, "SELECT raw_payload, source_partition, source_offset FROM failed_items")
+    assert Counter(bytes(r[0]) for r in failed) == Counter(e.value for e in invalid)
+    assert len(failed) + len(tx_ids) == len(events)
+
+    lake = ds.dataset(stack.raw_dir, format="parquet", partitioning="hive").to_table(
+        columns=["partition", "offset", "value", "accepted"])
+    assert lake.num_rows == len(events)
+    coords = set(zip(lake["partition"].to_pylist(), lake["offset"].to_pylist(), strict=True))
+    assert len(coords) == len(events)
+    assert Counter(lake["value"].to_pylist()) == Counter(e.value for e in events)
+    assert lake["accepted"].to_pylist().count(True) == len(valid)
+
+    records = asyncio.run(read_topic(stack.broker.bootstrap, "payments"))
+    counted, late = split_late(records, valid)
+    for size, sql in (
+        (300, "SELECT window_start, channel, tx_count, approved_count, declined_count, "
+              "failed_count, pending_count, reversed_count, amount_minor_sum "
+              "FROM payment_metrics_5m"),
+        (3600, "SELECT window_start, channel, sum(tx_count), sum(approved_count), "
+               "sum(declined_count), sum(failed_count), sum(pending_count), "
+               "sum(reversed_count), sum(amount_minor_sum) FROM payment_window_partials "
+               "WHERE window_seconds = 3600 GROUP BY window_start, channel"),
+    ):
+        got = {(r[0], r[1]): tuple(int(x) for x in r[2:]) for r in query(url, sql)}
+        want = {k: (c["tx_count"], *(c[s] for s in STATUSES), c["amount_minor_sum"])
+                for k, c in expected_windows(counted, size).items()}
+        assert got == want, f"{size}s windows differ"
+    assert_histograms(url, counted, late)
+
+    n_metrics = query(url, "SELECT count(DISTINCT transaction_id), count(*) FROM dynamic_metrics "
+                           "WHERE metric_type = 'metrics'")
+    assert n_metrics == [(len(valid), len(valid))], "every accepted payment's metrics, once"
+
+    dlq = asyncio.run(read_topic(stack.broker.bootstrap, "payments-dlq"))
+    dlq_coords = Counter(r.key for r in dlq)
+    want_keys = {f"payments-{p}-{o}".encode() for _, p, o in failed}
+    # at-least-once: a replay may resend a DLQ record, always under the same key
+    assert set(dlq_coords) == want_keys
+
+
+def send(stack, events, rate=0.0):
+    asyncio.run(ensure_topic(stack.broker.bootstrap, "payments", stack.partitions))
+    asyncio.run(produce(events, broker=stack.broker.bootstrap, topic="payments",
+                        total=len(events), rate=rate, progress=False))
+
+
+def kill_and_restart(stack: Stack, events: list, kills: int, *, rate: float, seed: int,
+                     fresh_datadir: bool = False,
+                     gap: tuple[int, int] = (1000, 4000)) -> list[int]:
+    """Send ``events`` at ``rate`` while SIGKILLing the worker ``kills`` times; after each
+    kill a worker starts again (with a fresh RocksDB directory when ``fresh_datadir``:
+    tables rebuilt from the changelogs). Each kill lands once the running worker has
+    committed a random ``gap`` (1,000-4,000) offsets more than at the last kill, a
+    random moment after a commit. Returns the committed offsets at each kill."""
+    rng = random.Random(seed)
+    producer = threading.Thread(target=send, args=(stack, events), kwargs={"rate": rate})
+    worker = stack.start_worker("w0", PARQUET_FLUSH_SECONDS="1")
+    producer.start()
+    at_kill: list[int] = []
+    for i in range(kills):
+        target = (at_kill[-1] if at_kill else 0) + rng.randint(*gap)
+        deadline = time.monotonic() + 240
+        while stack.committed_and_end()[0] < target:
+            assert time.monotonic() < deadline, f"kill {i}: never reached offset {target}"
+            assert worker.alive(), f"the worker died by itself; see {worker.log_path}"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 0.5))
+        at_kill.append(stack.committed_and_end()[0])
+        worker.kill()
+        if stack.broker.kind == "noida-db":  # it never expires the dead member (no JVM here)
+            stack.restart_broker()
+        name = f"w{i + 1}" if fresh_datadir else "w0"
+        worker = stack.start_worker(name, PARQUET_FLUSH_SECONDS="1")
+    producer.join()
+    stack.wait_until_committed(len(events), timeout=900)
+    return at_kill
+
+
+def send_until_first_commit(stack, events) -> threading.Thread:
+    """Send ``events`` at 1,500/s in the background; return once an offset is committed."""
+    sender = threading.Thread(target=send, args=(stack, events), kwargs={"rate": 1500})
+    sender.start()
+    deadline = time.monotonic() + 60
+    while stack.committed_and_end()[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return sender
+
+
+def postgres_restart_mid_stream(tmp_path, events, *, down_s: float, retry_s: int) -> None:
+    """A real restart of a server of our own (embedded, so the machine's is untouched):
+    fast shutdown mid-stream, down for ``down_s``, started again on the same data; no
+    offset is committed meanwhile, and the end state is exact."""
+    import uuid
+
+    from devtools.services import start_embedded_postgres
+    from devtools.stack import Stack
+
+    pg = start_embedded_postgres(tmp_path / "pg")
+    stack = Stack.start(tmp_path / "stack", pg, f"pm_restart_{uuid.uuid4().hex[:6]}")
+    try:
+        worker = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1",
+                                    DB_RETRY_SECONDS=str(retry_s))
+        sender = send_until_first_commit(stack, events)
+        pg.stop()  # SIGINT: fast shutdown, every connection is closed by the server
+        committed_at_stop = stack.committed_and_end()[0]
+        time.sleep(down_s)
+        assert worker.alive(), "the worker gave up within its retry budget"
+        assert stack.committed_and_end()[0] == committed_at_stop, \
+            "offsets were committed while PostgreSQL was down"
+        restarted = start_embedded_postgres(tmp_path / "pg")  # same data directory
+        assert restarted.server_url == pg.server_url
+        pg.embedded_pid = restarted.embedded_pid
+        sender.join()
+        stack.wait_until_committed(len(events), timeout=600)
+        assert worker.alive()
+        assert 0 < committed_at_stop < len(events), "the restart did not land mid-stream"
+        assert_end_state(stack, events)
+    finally:
+        stack.stop(drop_database=True)
+        pg.stop()

@@ -17,9 +17,7 @@ from datetime import UTC, datetime
 import pytest
 
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.e2e.conftest import assert_end_state
-from tests.e2e.test_crash import kill_and_restart
-from tests.e2e.test_database_outage import postgres_restart_mid_stream
+from tests.helpers import assert_end_state, kill_and_restart, postgres_restart_mid_stream
 
 START = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
 

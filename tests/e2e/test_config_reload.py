@@ -23,9 +23,7 @@ from pathlib import Path
 import yaml
 
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.e2e.conftest import assert_end_state, read_topic
-from tests.e2e.test_pipeline import send
-from tests.helpers import query
+from tests.helpers import assert_end_state, query, read_topic, send
 
 START = datetime(2026, 11, 1, 11, 40, tzinfo=UTC)
 KEY = "compliance:rules:v1"

@@ -12,9 +12,7 @@ import yaml
 
 from config import CONFIG_DIR
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.e2e.conftest import read_topic
-from tests.e2e.test_pipeline import send
-from tests.helpers import query
+from tests.helpers import query, read_topic, send
 
 START = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from devtools.services import ServiceError
 from devtools.stack import REPO_ROOT, Stack
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.e2e.conftest import assert_end_state
+from tests.helpers import assert_end_state
 
 KEY = "compliance:rules:v1"
 COUNT, SEED, INVALID = 6_000, 61, 0.04

@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.e2e.conftest import assert_end_state
-from tests.e2e.test_pipeline import send
+from tests.helpers import assert_end_state, send
 
 
 def wait_for_committed(stack, at_least: int, timeout: float = 120) -> int:

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 
 from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic
-from tests.e2e.conftest import assert_end_state, read_topic
+from tests.helpers import assert_end_state, read_topic
 
 
 async def send_in_transactions(bootstrap: str, events, per_txn: int) -> None:

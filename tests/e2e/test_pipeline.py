@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 from simulator.generator import PaymentGenerator, load_scenario
-from simulator.producer import ensure_topic, produce
-from tests.e2e.conftest import assert_end_state
+from tests.helpers import assert_end_state, send
 
 START = datetime(2026, 11, 1, 9, 58, tzinfo=UTC)
-
-
-def send(stack, events, rate=0.0):
-    asyncio.run(ensure_topic(stack.broker.bootstrap, "payments", stack.partitions))
-    asyncio.run(produce(events, broker=stack.broker.bootstrap, topic="payments",
-                        total=len(events), rate=rate, progress=False))
 
 
 def test_every_event_once_and_windows_exact(stack):

@@ -12,8 +12,7 @@ import time
 from datetime import UTC, datetime
 
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.e2e.conftest import assert_end_state
-from tests.e2e.test_pipeline import send
+from tests.helpers import assert_end_state, send
 
 START = datetime(2026, 11, 1, 11, 58, tzinfo=UTC)
 

@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.e2e.test_pipeline import send
-from tests.helpers import query
+from tests.helpers import query, send
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -12,7 +12,7 @@ import pytest
 from app.settings import Settings
 from storage.parquet import RAW_SCHEMA, RawEventWriter
 from storage.retention import purge_lake
-from tests.unit.test_parquet_writer import make_batch
+from tests.helpers import make_batch
 
 
 @pytest.fixture

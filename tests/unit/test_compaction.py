@@ -15,7 +15,7 @@ from simulator.generator import PaymentGenerator, load_scenario
 from storage.compaction import compact, live_files
 from storage.lake import RawEventLake
 from storage.parquet import RawEventWriter
-from tests.unit.test_parquet_writer import batch_of
+from tests.helpers import batch_of
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 LATER = START + timedelta(days=1)

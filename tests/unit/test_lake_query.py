@@ -15,7 +15,7 @@ import pytest
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.lake import LakeQuery, LakeQueryError, RawEventLake
 from storage.parquet import RawEventWriter
-from tests.unit.test_parquet_writer import batch_of
+from tests.helpers import batch_of
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 ARRIVAL = datetime(2026, 3, 2, 12, 30, tzinfo=UTC).timestamp()  # failed rows: arrival time

@@ -3,52 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import pyarrow.dataset as ds
 
-from models.events import FailedMessage
-from pipeline.batches import SinkBatch
-from simulator.generator import PaymentGenerator, load_scenario
 from storage.parquet import RAW_SCHEMA, RawEventWriter
-from tests.helpers import parse
-
-
-@dataclass
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    timestamp: float
-
-    @property
-    def tp(self):
-        return (self.topic, self.partition)
-
-
-def make_batch(first: int, count: int, *, partition: int = 0, invalid: float = 0.1) -> SinkBatch:
-    gen = PaymentGenerator(load_scenario(), seed=11, invalid_ratio=invalid,
-                           start=datetime(2026, 3, 1, 9, 59, 58, tzinfo=UTC))
-    return batch_of(list(gen.events(first + count))[first:], partition, first)
-
-
-def batch_of(events: list, partition: int, first: int,
-             arrival: float | None = None) -> SinkBatch:
-    """The sink batch of simulator ``events`` at offsets ``first``...: parsed, failures kept."""
-    arrival = time.time() if arrival is None else arrival
-    msgs, payments, failed = [], {}, []
-    for offset, e in enumerate(events, start=first):
-        msgs.append(Msg("payments", partition, offset, e.key, e.value, arrival))
-        r = parse(e.value)
-        if r.transaction is None:
-            failed.append(FailedMessage(e.value, r.category, r.errors, "payments", partition,
-                                        offset, datetime.fromtimestamp(arrival, UTC)))
-        else:
-            payments[offset] = r.transaction
-    return SinkBatch("payments", partition, msgs, payments, failed, [], arrival)
+from tests.helpers import make_batch
 
 
 def read(root) -> ds.Dataset:

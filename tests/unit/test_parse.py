@@ -13,22 +13,8 @@ from hypothesis import strategies as st
 
 from models.events import ErrorCategory, TransactionStatus
 from pipeline.parse import MAX_MESSAGE_BYTES, Mode
-from tests.helpers import shipped_config
+from tests.helpers import VALID_PAYMENT, shipped_config
 
-VALID = {
-    "schema_version": "1",
-    "transaction_id": "tx-1",
-    "event_time": "2026-11-22T10:15:30.123Z",
-    "merchant_id": "m1",
-    "customer_id": "c1",
-    "amount_minor": 1234,
-    "currency": "EUR",
-    "channel": "pos",
-    "payment_method": "card",
-    "status": "approved",
-    "country": "DE",
-    "processing_ms": 120,
-}
 RECEIVED = datetime(2026, 11, 22, 10, 15, 31, tzinfo=UTC)  # the broker's timestamp
 
 
@@ -37,7 +23,7 @@ def parse(raw, mode=Mode.FAIL_FAST):
 
 
 def with_(**changes):
-    d = copy.deepcopy(VALID)
+    d = copy.deepcopy(VALID_PAYMENT)
     for k, v in changes.items():
         if v is ...:
             d.pop(k)
@@ -47,14 +33,14 @@ def with_(**changes):
 
 
 def test_valid_event_is_typed():
-    result = parse(orjson.dumps(VALID))
+    result = parse(orjson.dumps(VALID_PAYMENT))
     assert result.ok and not result.errors and result.category is None
     p = result.transaction
     assert p.amount_minor == 1234 and p.channel == "pos"
     assert p.status is TransactionStatus.APPROVED
     assert p.event_time.utcoffset().total_seconds() == 0
     assert p.event_time.microsecond == 123000
-    assert result.raw == orjson.dumps(VALID)
+    assert result.raw == orjson.dumps(VALID_PAYMENT)
 
 
 def test_optional_fields_are_kept():
@@ -217,7 +203,8 @@ def test_arbitrary_bytes_never_raise(raw):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from(sorted(VALID) + ["decline_code", "card_bin", "risk_score", "metadata"]),
+@given(st.sampled_from(sorted(VALID_PAYMENT)
+                       + ["decline_code", "card_bin", "risk_score", "metadata"]),
        st.one_of(st.none(), st.booleans(), st.integers(),
                  st.floats(allow_nan=False, allow_infinity=False),
                  st.text(max_size=80), st.lists(st.integers(), max_size=3),

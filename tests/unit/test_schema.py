@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from pipeline.parse import Validator
 from pipeline.schema import SchemaChecker, compile_fast
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.helpers import shipped_config
-from tests.unit.test_parse import VALID
+from tests.helpers import VALID_PAYMENT, shipped_config
 
 RECEIVED = datetime(2026, 11, 22, 10, 15, 31, tzinfo=UTC)
 FAST = shipped_config().validator
@@ -29,7 +28,7 @@ values = st.one_of(
     st.dictionaries(st.text(max_size=4), st.one_of(st.text(max_size=300), st.integers()),
                     max_size=34),
 )
-FIELDS = sorted(VALID) + ["decline_code", "card_bin", "risk_score", "metadata", "extra"]
+FIELDS = sorted(VALID_PAYMENT) + ["decline_code", "card_bin", "risk_score", "metadata", "extra"]
 
 
 def test_the_shipped_schema_has_a_fast_path():
@@ -42,14 +41,14 @@ def test_unsupported_keywords_fall_back_to_the_authoritative_path(keyword):
     assert compile_fast(schema) is None
     validator = Validator(schema, FAST.rules)
     assert validator.fast is None
-    assert validator.parse(orjson.dumps(VALID), RECEIVED).ok
+    assert validator.parse(orjson.dumps(VALID_PAYMENT), RECEIVED).ok
 
 
 @settings(max_examples=1500, deadline=None)
 @given(st.dictionaries(st.sampled_from(FIELDS), values, max_size=6),
        st.sets(st.sampled_from(FIELDS)))
 def test_fast_and_authoritative_paths_agree(changes, removed):
-    obj = {**VALID, **changes}
+    obj = {**VALID_PAYMENT, **changes}
     for name in removed:
         obj.pop(name, None)
     raw = json.dumps(obj).encode()
@@ -77,5 +76,5 @@ EDGES = {"transaction_id": "tx-1", "event_time": "2026-11-22T10:15:30Z", "curren
 @pytest.mark.parametrize("edit", [lambda s: s + "\n", lambda s: "\n" + s, lambda s: s + " ",
                                   lambda s: s + "x", lambda s: s[:-1]])
 def test_string_edges_agree(name, edit):
-    raw = json.dumps({**VALID, name: edit(EDGES[name])}).encode()
+    raw = json.dumps({**VALID_PAYMENT, name: edit(EDGES[name])}).encode()
     assert FAST.parse(raw, RECEIVED) == SLOW.parse(raw, RECEIVED)
