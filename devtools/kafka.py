@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.errors import PaymentMonitorError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # KAFKA_LIBS=<dir> runs other jars (the ADR's Kafka 4 trial); make install fills this one
 KAFKA_LIBS = Path(os.environ.get("KAFKA_LIBS") or REPO_ROOT / ".kafka" / "libs")
@@ -32,7 +34,7 @@ KAFKA_STARTED = "Kafka Server started"
 EVENTHUBS_NAMESPACE = "payments-local"  # the stand-in's namespace name in its strings
 
 
-class KafkaError(RuntimeError):
+class KafkaError(PaymentMonitorError, RuntimeError):
     """The local Kafka broker could not be started."""
 
 

@@ -25,12 +25,13 @@ from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
 from devtools import kafka
+from models.errors import PaymentMonitorError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/payment_monitor"
 
 
-class ServiceError(RuntimeError):
+class ServiceError(PaymentMonitorError, RuntimeError):
     """A local service could not be started."""
 
 

@@ -38,6 +38,7 @@ import jsonschema
 
 import pipeline.compliance  # noqa: F401 - registers the compliance rules' extractors
 from config import CONFIG_DIR
+from models.errors import PaymentMonitorError
 from pipeline.metrics import (
     DIMENSION_FIELDS,
     MetricEngine,
@@ -65,7 +66,7 @@ META_SCHEMA_FILES = {
 CONTRACT_SCHEMA = CONFIG_DIR / "schemas" / "transaction-v1.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(PaymentMonitorError, ValueError):
     """A configuration document that cannot be activated: names key, path and problem."""
 
     def __init__(self, key: str, path: str, problem: str) -> None:

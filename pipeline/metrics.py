@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from models.errors import PaymentMonitorError
 from models.events import STATUSES, ParsedTransaction
 from pipeline.histogram import check_bounds
 
@@ -157,7 +158,7 @@ class ExtractionResult:
                 for i in info.windowed]
 
 
-class MetricsConfigError(ValueError):
+class MetricsConfigError(PaymentMonitorError, ValueError):
     """A metrics or compliance configuration that cannot be used; names the entry."""
 
 

@@ -20,12 +20,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
+from models.errors import PaymentMonitorError
 from models.events import ValidationError, short_repr
 
 MISSING: Any = object()
 
 
-class RuleConfigError(ValueError):
+class RuleConfigError(PaymentMonitorError, ValueError):
     """A rule in the validation config is unknown or badly parameterised."""
 
 

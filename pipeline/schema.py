@@ -27,6 +27,7 @@ import fastjsonschema
 import jsonschema
 import msgspec
 
+from models.errors import PaymentMonitorError
 from models.events import ValidationError, short_repr
 
 _ANNOTATIONS = {"$schema", "$id", "title", "description", "$comment", "examples"}
@@ -36,7 +37,7 @@ _FIELD_KEYS = _ANNOTATIONS | {"type", "const", "enum", "pattern", "minLength", "
 _UNANCHORED_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
-class UnsupportedSchema(ValueError):
+class UnsupportedSchema(PaymentMonitorError, ValueError):
     """The schema uses a keyword the fast path does not implement."""
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import yaml
 
+from models.errors import PaymentMonitorError
+
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_SCENARIO = SCENARIO_DIR / "default.yaml"
 
@@ -22,7 +24,7 @@ INVALID_KINDS = (
 )
 
 
-class ScenarioError(ValueError):
+class ScenarioError(PaymentMonitorError, ValueError):
     """The scenario file is missing, not YAML, or lacks a setting."""
 
 

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
+from models.errors import PaymentMonitorError
 from simulator.generator import SimEvent
 from storage.broker import (
     BrokerConnection,
@@ -24,7 +25,7 @@ from storage.broker import (
 )
 
 
-class BrokerUnreachable(RuntimeError):
+class BrokerUnreachable(PaymentMonitorError, RuntimeError):
     """The broker did not answer."""
 
 

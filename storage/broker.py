@@ -28,6 +28,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 from aiokafka.helpers import create_ssl_context
 from pydantic import SecretStr
 
+from models.errors import PaymentMonitorError
+
 EVENTHUBS_PORT = 9093
 EVENTHUBS_SUFFIX = ".servicebus.windows.net"
 EVENTHUBS_USERNAME = "$ConnectionString"
@@ -39,7 +41,7 @@ EVENTHUBS_CONNECTIONS_MAX_IDLE_MS = 180_000
 REQUEST_TIMEOUT_MS = 60_000
 
 
-class BrokerError(RuntimeError):
+class BrokerError(PaymentMonitorError, RuntimeError):
     """The broker cannot be reached, refuses our credentials, or lacks a topic."""
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from models.errors import PaymentMonitorError
+
 _COLUMNS = ("id, raw_payload, source_key, error_category, error_message, error_field, errors, "
             "source_topic, source_partition, source_offset, retry_count, replayed, replayed_at, "
             "replay_of, first_seen_at, created_at")
@@ -22,7 +24,7 @@ _AGO = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-class FilterError(ValueError):
+class FilterError(PaymentMonitorError, ValueError):
     """A filter value the CLI cannot use (bad time, unknown category)."""
 
 

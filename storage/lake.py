@@ -27,6 +27,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from models.errors import PaymentMonitorError
 from storage.compaction import live_files
 from storage.parquet import RAW_SCHEMA
 
@@ -35,7 +36,7 @@ PARTITIONING = ds.partitioning(pa.schema([("date", pa.string()), ("hour", pa.str
 FILTER_COLUMNS = ("merchant_id", "status", "channel")
 
 
-class LakeQueryError(ValueError):
+class LakeQueryError(PaymentMonitorError, ValueError):
     """A query that cannot be answered as asked (bad range or filter)."""
 
 

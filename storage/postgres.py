@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 from sqlalchemy.engine import Engine
 
+from models.errors import PaymentMonitorError
 from models.events import STATUSES
 from pipeline.batches import SinkBatch
 from pipeline.histogram import Histogram
@@ -46,7 +47,7 @@ APPLICATION_NAME = "payment-monitor"
 METRICS_LOCK_ID = 0x5041_594D  # "PAYM": serializes the 5-minute recompute across workers
 
 
-class StorageError(Exception):
+class StorageError(PaymentMonitorError):
     """A sink write failed after every retry."""
 
 

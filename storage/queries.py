@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from models.errors import PaymentMonitorError
 from models.events import STATUSES, approval_rate, authorization_rate
 from storage.postgres import StorageError
 
@@ -32,7 +33,7 @@ GROUPS = ("channel", "merchant_id", "currency", "status", "payment_method", "cou
 MAX_PAGE = 1000
 
 
-class QueryError(ValueError):
+class QueryError(PaymentMonitorError, ValueError):
     """A query the caller asked wrongly (bad cursor, range, page size or grouping)."""
 
 
