@@ -89,11 +89,20 @@ class BatchConsumer(aiokafka_driver.Consumer):
         Faust commits only contiguous acked offsets; the stock drain loop
         records such gaps per message, this one only when a batch has any.
         """
-        previous = expected - 1
-        for record in batch:
-            if record.offset > previous + 1:
-                await self._add_gap(tp, previous + 1, record.offset - 1)
-            previous = record.offset
+        for first, last in offset_gaps(expected, [record.offset for record in batch]):
+            await self._add_gap(tp, first, last)
+
+
+def offset_gaps(expected: int, offsets: Sequence[int]) -> list[tuple[int, int]]:
+    """The ``(first, last)`` ranges of offsets with no record, from ``expected`` (the
+    next offset to read) up to the batch's last offset (``offsets`` ascending)."""
+    gaps = []
+    previous = expected - 1
+    for offset in offsets:
+        if offset > previous + 1:
+            gaps.append((previous + 1, offset - 1))
+        previous = offset
+    return gaps
 
 
 class BatchTransport(aiokafka_driver.Transport):

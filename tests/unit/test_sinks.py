@@ -1,0 +1,140 @@
+"""The sink service's order: PostgreSQL, then the lake, then table values, window rows
+and the producer, and only then ack and commit. A failure on the way commits nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from faust.types import TP
+
+from agents.sinks import SinkService
+from pipeline.batches import SinkBatch
+from pipeline.windows import HistogramPartials, WindowMetrics
+from storage.parquet import Flushed
+
+
+class Log(list):
+    def __call__(self, *event):
+        self.append(event)
+
+
+def messages(partition: int, first: int, n: int) -> list:
+    return [SimpleNamespace(tp=TP("payments", partition), partition=partition,
+                            offset=first + i) for i in range(n)]
+
+
+class FakeLake:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.batches: list[SinkBatch] = []
+
+    def append(self, batch):
+        self.log("lake.append", batch.partition)
+        self.batches.append(batch)
+
+    def flush(self, topic, partition):
+        self.log("lake.flush", partition)
+        msgs = [m for b in self.batches if b.partition == partition for m in b.messages]
+        return Flushed(topic, partition, msgs[0].offset, msgs[-1].offset, ["f"], msgs)
+
+    def committed(self, topic, partition, next_offset):
+        self.log("lake.committed", partition, next_offset)
+
+    def due(self):
+        return []
+
+    def seconds_until_due(self):
+        return None
+
+
+class FakeState:
+    def __init__(self, log: Log, name: str, partials: HistogramPartials | None = None):
+        self.log, self.name, self.partials = log, name, partials
+
+    def flush(self, partition, message):
+        self.log(f"{self.name}.flush", partition, message.offset)
+        return 1
+
+    def forget(self, partition):
+        self.log(f"{self.name}.forget", partition)
+
+    def take_partials(self, partition):
+        return self.partials or HistogramPartials()
+
+
+def service(log: Log, *, commit_ok: bool = True, windows_fail: bool = False) -> SinkService:
+    async def commit(tps):
+        log("commit", sorted(tps))
+        return commit_ok
+
+    async def producer_flush():
+        log("producer.flush")
+
+    def write_windows(partials):
+        log("db.write_windows", len(partials))
+        if windows_fail:
+            raise RuntimeError("PostgreSQL went away for good")
+        return {"histogram_partials": len(partials)}
+
+    app = SimpleNamespace(
+        consumer=SimpleNamespace(ack=lambda m: log("ack", m.offset), commit=commit),
+        producer=SimpleNamespace(flush=producer_flush))
+    db = SimpleNamespace(write=lambda batches: log("db.write", len(batches)) or {},
+                         write_windows=write_windows)
+    value = WindowMetrics(last_offset=11)
+    partials = HistogramPartials()
+    partials.add(300, 1_800_000_000, 3, value)  # an empty value: no rows
+    return SinkService(app, db, FakeLake(log), FakeState(log, "windows", partials),
+                       FakeState(log, "seen"), linger=0)
+
+
+def batch(partition: int, first: int, n: int) -> SinkBatch:
+    return SinkBatch("payments", partition, messages(partition, first, n), {}, [], [], 0.0)
+
+
+def run(sinks: SinkService, *batches: SinkBatch) -> None:
+    async def go():
+        await sinks._store(list(batches))
+        await sinks._flush("payments", 3)
+
+    asyncio.run(go())
+
+
+def test_everything_is_durable_before_the_ack_and_the_commit():
+    log = Log()
+    sinks = service(log)
+    run(sinks, batch(3, 10, 2))
+    names = [e[0] for e in log]
+    assert names == ["db.write", "lake.append", "lake.flush", "windows.flush", "seen.flush",
+                     "producer.flush", "ack", "ack", "commit", "lake.committed"]
+    assert ("windows.flush", 3, 11) in log  # in the context of the flush's last message
+    assert sinks.committed_offsets == {3: 12} and sinks.commits == 1
+
+
+def test_window_rows_are_written_before_the_commit():
+    log = Log()
+    sinks = service(log)
+    sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
+    run(sinks, batch(3, 0, 1))
+    names = [e[0] for e in log]
+    assert names.index("db.write_windows") < names.index("producer.flush") < names.index("ack")
+
+
+def test_a_failed_window_write_acks_and_commits_nothing():
+    log = Log()
+    sinks = service(log, windows_fail=True)
+    sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="went away"):
+        run(sinks, batch(3, 0, 4))
+    assert not [e for e in log if e[0] in ("ack", "commit", "lake.committed")]
+    assert sinks.committed_offsets == {}
+
+
+def test_a_commit_not_done_leaves_the_offsets_unrecorded():
+    log = Log()
+    sinks = service(log, commit_ok=False)
+    run(sinks, batch(3, 0, 3))
+    assert [e[0] for e in log][-4:] == ["ack", "ack", "ack", "commit"]
+    assert sinks.committed_offsets == {} and sinks.commits == 0
