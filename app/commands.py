@@ -36,6 +36,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
 from app.cli import active_config, fail
+from app.faust_app import PaymentApp
 from app.settings import Settings
 from app.topics import PAYMENTS
 from models.events import REPLAY_OF_HEADER, RETRY_COUNT_HEADER
@@ -43,11 +44,13 @@ from pipeline.config import ConfigError, ConfigManager
 from pipeline.parse import Mode, Validator
 from storage.broker import describe_failure
 from storage.failed import FailedFilter, FailedItems, FailedRow, FilterError, parse_time
+from storage.lake import LakeQuery, LakeQueryError, RawEventLake
 
 ACTIONS = ("list", "show", "export", "replay")
 
 
-def register_commands(app: Any, settings: Settings, engine: Engine, config: ConfigManager) -> None:
+def register_commands(app: PaymentApp, settings: Settings, engine: Engine,
+                      config: ConfigManager) -> None:
     @app.command(
         argument("action", type=click.Choice(ACTIONS)),
         argument("ids", nargs=-1, type=int),
@@ -94,7 +97,7 @@ def register_commands(app: Any, settings: Settings, engine: Engine, config: Conf
             fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")
 
 
-def register_raw_commands(app: Any, settings: Settings) -> None:
+def register_raw_commands(app: PaymentApp, settings: Settings) -> None:
     @app.command(
         argument("action", type=click.Choice(["query", "compact"])),
         option("--from", "start", default=None,
@@ -118,7 +121,6 @@ def register_raw_commands(app: Any, settings: Settings) -> None:
                   output: str | None) -> None:
         """Query the raw-event lake (RAW_EVENTS_URL) by time range, merchant, status,
         channel; or compact its small files (one per partition and hour)."""
-        from storage.lake import LakeQuery, LakeQueryError, RawEventLake
 
         if action == "compact":
             _compact(settings, start, before)
@@ -137,7 +139,8 @@ def register_raw_commands(app: Any, settings: Settings) -> None:
         click.echo(f"{written:,} events", err=True)
 
 
-def _write_events(lake: Any, query: Any, fmt: str, output: Path | None) -> int:
+def _write_events(lake: RawEventLake, query: LakeQuery, fmt: str,
+                  output: Path | None) -> int:
     """Stream the matching events to ``output`` (atomically) or stdout; returns how many."""
     import csv
 

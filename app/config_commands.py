@@ -25,6 +25,7 @@ import yaml
 from faust.cli import AppCommand, argument, option
 
 from app.cli import fail
+from app.faust_app import PaymentApp
 from app.settings import Settings
 from pipeline.config import (
     KEYS,
@@ -41,7 +42,8 @@ from storage.config_topic import ConfigTopic
 ACTIONS = ("push", "show", "diff", "history", "rollback")
 
 
-def register_config_commands(app: Any, settings: Settings, manager: ConfigManager) -> None:
+def register_config_commands(app: PaymentApp, settings: Settings,
+                             manager: ConfigManager) -> None:
     @app.command(
         argument("action", type=click.Choice(ACTIONS)),
         argument("keys", nargs=-1),

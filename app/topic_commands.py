@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 from faust.cli import AppCommand, argument, option
 
 from app.cli import fail
+from app.faust_app import PaymentApp
 from app.settings import Settings
 from storage.broker import BrokerError, check_topics
 
@@ -23,7 +23,7 @@ from storage.broker import BrokerError, check_topics
 EVENTHUBS_PER_NAMESPACE = {"Standard": 10, "Premium": 100, "Dedicated": 1000}
 
 
-def register_topic_commands(app: Any, settings: Settings) -> None:
+def register_topic_commands(app: PaymentApp, settings: Settings) -> None:
     @app.command(
         argument("action", type=click.Choice(["plan", "check"])),
         option("--json", "as_json", is_flag=True, help="plan: JSON output"),

@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import ClientTimeout
 from faust.web import Request, Response, View
 from yarl import URL
 
 from agents.ingest import IngestStats
 from agents.sinks import SinkService
+from app.faust_app import PaymentApp
 from models.events import STATUSES, approval_rate, authorization_rate
 from pipeline.config import ConfigManager
 from pipeline.windows import WindowCounts, WindowMetrics
@@ -50,6 +52,7 @@ from tables.seen import SeenIds
 
 log = logging.getLogger(__name__)
 DASHBOARD_HTML = Path(__file__).with_name("dashboard.html")
+PEER_TIMEOUT = ClientTimeout(total=5)  # another worker's answer to a merged view
 DASHBOARD_CHANNELS = ("ecommerce", "pos", "mobile", "moto", "recurring")
 
 
@@ -60,7 +63,7 @@ STARTING = ("the worker is starting and has not loaded its configuration yet (th
 class Windows:
     """Window summaries of this worker's partitions, and their merge across workers."""
 
-    def __init__(self, app: Any, state: WindowState, config: ConfigManager) -> None:
+    def __init__(self, app: PaymentApp, state: WindowState, config: ConfigManager) -> None:
         self.app = app
         self.state = state
         self.sizes = state.sizes
@@ -134,7 +137,7 @@ class Windows:
         url = URL(peer) / "payments" / "tables" / table / "windows" / ""
         try:
             async with self.app.http_client.get(url.with_query(scope="local", raw="1"),
-                                                timeout=5) as resp:
+                                                timeout=PEER_TIMEOUT) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"HTTP {resp.status}")
                 return orjson.loads(await resp.read())
@@ -209,7 +212,7 @@ async def dashboard_data(windows: Windows) -> dict[str, Any]:
     return out
 
 
-def register_views(app: Any, stats: IngestStats, sinks: SinkService, windows: WindowState,
+def register_views(app: PaymentApp, stats: IngestStats, sinks: SinkService, windows: WindowState,
                    seen: SeenIds, config: ConfigManager) -> Windows:
     """Attach the views to ``app``'s web server."""
     views = Windows(app, windows, config)
@@ -310,7 +313,7 @@ def register_views(app: Any, stats: IngestStats, sinks: SinkService, windows: Wi
                 target = URL(owner)
                 async with app.http_client.get(request.url.with_host(target.host or "127.0.0.1")
                                                .with_port(target.port),
-                                               timeout=5) as resp:
+                                               timeout=PEER_TIMEOUT) as resp:
                     return self.text(await resp.text(), content_type="application/json",
                                      status=resp.status)
             value = dict(windows.items(table)).get(key)
@@ -334,7 +337,7 @@ def register_views(app: Any, stats: IngestStats, sinks: SinkService, windows: Wi
     return views
 
 
-def _owner(app: Any, table: str, partition: int) -> str | None:
+def _owner(app: PaymentApp, table: str, partition: int) -> str | None:
     topic = app.tables[table].changelog_topic.get_topic_name()
     try:
         hosts = app.assignor.table_metadata(topic)

@@ -31,8 +31,6 @@ from models.errors import PaymentMonitorError
 from storage.compaction import live_files
 from storage.parquet import RAW_SCHEMA
 
-PARTITIONING = ds.partitioning(pa.schema([("date", pa.string()), ("hour", pa.string())]),
-                               flavor="hive")
 FILTER_COLUMNS = ("merchant_id", "status", "channel")
 
 

@@ -35,7 +35,7 @@ from psycopg2.extras import execute_values
 from sqlalchemy.engine import Engine
 
 from models.errors import PaymentMonitorError
-from models.events import STATUSES
+from models.events import STATUSES, ParsedTransaction
 from pipeline.batches import SinkBatch
 from pipeline.histogram import Histogram
 from pipeline.windows import HistogramPartials
@@ -378,7 +378,7 @@ class PostgresSink:
 NULL = "\\N"  # COPY text format's NULL
 
 
-def _transaction_row(p: Any, topic: str, partition: int, offset: int) -> str:
+def _transaction_row(p: ParsedTransaction, topic: str, partition: int, offset: int) -> str:
     """One ``stage_transactions`` row in COPY text format."""
     metadata = NULL if p.metadata is None else _copy_text(orjson.dumps(p.metadata).decode())
     return (f"{_copy_text(p.transaction_id)}\t{p.event_ts!r}\t{_copy_text(p.merchant_id)}\t"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, text
 
@@ -53,7 +53,23 @@ def purge_failed_items(engine: Engine, days: int, *, now: datetime | None = None
     return purge_table(engine, "failed_items", days, now=now, batch=batch)
 
 
-def purge_database(engine: Engine, settings: Any, *,
+class RetentionDays(Protocol):
+    """The retention periods (``app.settings.Settings`` has them)."""
+
+    @property
+    def failed_retention_days(self) -> int: ...
+
+    @property
+    def transactions_retention_days(self) -> int: ...
+
+    @property
+    def metrics_retention_days(self) -> int: ...
+
+    @property
+    def histograms_retention_days(self) -> int: ...
+
+
+def purge_database(engine: Engine, settings: RetentionDays, *,
                    now: datetime | None = None) -> dict[str, int]:
     """Apply every retention period of :data:`RETENTION`; returns rows deleted per table."""
     return {table: purge_table(engine, table, getattr(settings, setting), now=now)

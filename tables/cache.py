@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from faust.types import Message, TableT
+from faust.types import AppT, Message, TableT
 
 from tables.context import partition_context
 
@@ -44,7 +44,7 @@ class WriteBackCache:
     have ``to_dict()``.
     """
 
-    def __init__(self, app: Any, tables: dict[str, TableT],
+    def __init__(self, app: AppT, tables: dict[str, TableT],
                  decoders: dict[str, Callable[[Any], Any]]) -> None:
         self.app = app
         self.tables = tables
