@@ -46,7 +46,8 @@ class ConfigReader(Service):
     the one reader of the topic (:class:`storage.config_topic.ConfigTopicReader`)."""
 
     def __init__(self, topic: ConfigTopic, interval: float,
-                 manager: ConfigManager | None = None, **kwargs: Any) -> None:
+                 manager: ConfigManager | None = None,
+                 on_records: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.manager = manager
         self.topic = topic
@@ -54,7 +55,7 @@ class ConfigReader(Service):
         self.reader = topic.reader()
         self.records = self.reader.records  # the same dict, updated in place
         self.caught_up = asyncio.Event()
-        self.listeners: list[Callable[[], None]] = []
+        self.on_records = on_records  # called after each poll that brought records
 
     async def on_start(self) -> None:
         source_error: ConfigError | None = None
@@ -96,8 +97,7 @@ class ConfigReader(Service):
         while not self.should_stop:
             try:
                 if await self.reader.poll():
-                    for listener in self.listeners:
-                        listener()
+                    self.on_records()
                 self.caught_up.set()
             except Exception:  # the broker may be away for a while; keep the last records
                 log.exception("config topic %s: read failed, retrying", self.topic.topic)
@@ -154,7 +154,7 @@ def register_config(app: PaymentApp, settings: Settings, manager: ConfigManager)
     topic = ConfigTopic(settings.broker, settings.app_id)
     reader = ConfigReader(topic, settings.config_sync_interval_s, manager)
     sync = ConfigSync(manager, reader.records, reader.caught_up)
-    reader.listeners.append(sync.sync)
+    reader.on_records = sync.sync
     app.service(reader)  # type: ignore[arg-type]  # an instance is accepted too
 
     if settings.config_watch or settings.config_source == "azure":

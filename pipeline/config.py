@@ -29,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -407,7 +407,6 @@ class ConfigManager:
         self._lock = threading.Lock()
         self._active: ActiveConfig | None = None
         self._known_bounds: dict[str, tuple[float, ...]] = {}
-        self._listeners: list[Callable[[ActiveConfig, tuple[str, ...]], None]] = []
         self.stats = ConfigStats()
 
     @property
@@ -456,8 +455,6 @@ class ConfigManager:
             self._activate(active, changed, seconds)
         log.info("configuration %s active (%s changed, compiled in %.0f ms)", active.version,
                  ", ".join(changed), seconds * 1000)
-        for listener in list(self._listeners):
-            listener(active, changed)
         return ReloadResult(changed, None, seconds)
 
     def _activate(self, active: ActiveConfig, changed: tuple[str, ...], seconds: float) -> None:
@@ -474,10 +471,6 @@ class ConfigManager:
         with self._lock:
             for name, value in bounds.items():
                 self._known_bounds.setdefault(name, value)
-
-    def on_change(self, callback: Callable[[ActiveConfig, tuple[str, ...]], None]) -> None:
-        """Call ``callback(active, changed_keys)`` after each successful reload."""
-        self._listeners.append(callback)
 
     # the seeds' getters: compiled forms, cached until the next reload
 

@@ -161,15 +161,12 @@ def test_changed_buckets_of_an_existing_metric_are_rejected(shipped):
 def test_a_rejected_reload_keeps_the_previous_version_and_is_counted(shipped):
     manager = ConfigManager(StaticSource(shipped))
     before = manager.load_all_configuration()
-    applied: list = []
-    manager.on_change(lambda active, changed: applied.append(changed))
 
     bad = with_change(shipped, COMPLIANCE_KEY, _set(["rules", 1, "rule"], "gut_feeling"))
     result = manager.reload_configuration({COMPLIANCE_KEY: bad[COMPLIANCE_KEY]})
     assert not result.ok and result.changed == ()
     assert manager.active is before  # rollback: the old compiled config stays
     assert manager.stats.rejected == 1 and "gut_feeling" in manager.stats.last_error
-    assert applied == []
 
     good = with_change(shipped, COMPLIANCE_KEY,
                        _set(["rules", 0, "thresholds_minor", "EUR"], 500_000))
@@ -178,7 +175,7 @@ def test_a_rejected_reload_keeps_the_previous_version_and_is_counted(shipped):
     assert manager.active is not before
     assert manager.active.versions[COMPLIANCE_KEY].label == "v2"
     assert manager.active.version.endswith(";compliance=v2")
-    assert manager.stats.reloads == 2 and applied == [(COMPLIANCE_KEY,)]
+    assert manager.stats.reloads == 2
     snapshot = manager.snapshot()
     assert snapshot["keys"][COMPLIANCE_KEY]["version"] == 2
     assert snapshot["rejected"] == 1 and snapshot["last_reload_ms"] is not None
