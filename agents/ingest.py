@@ -36,6 +36,7 @@ from faust.types import TP, Message, TopicT
 from agents.config import ConfigSync
 from agents.sinks import SinkService
 from app.faust_app import PaymentApp
+from app.telemetry import Telemetry
 from models.events import (
     REPLAY_OF_HEADER,
     RETRY_COUNT_HEADER,
@@ -112,6 +113,7 @@ def register_ingest(
     sinks: SinkService,
     config: ConfigManager,
     config_sync: ConfigSync,
+    telemetry: Telemetry,
 ) -> IngestStats:
     """Register the ``payments`` batch handler; returns its live stats."""
     stats = IngestStats()
@@ -131,7 +133,7 @@ def register_ingest(
                        for offset, tx in payments_by_offset.items()}
             window_rows, late = windows.count(partition, messages[0].offset,
                                               sinks.committed_offsets.get(partition, 0),
-                                              payments_by_offset, metrics)
+                                              payments_by_offset, metrics, failed)
         done = time.time()
 
         for item in failed:
@@ -139,9 +141,14 @@ def register_ingest(
                 key=f"{item.topic}-{item.partition}-{item.offset}".encode(),
                 value=orjson.dumps(item.to_dict()),
             )
-        _record(stats, messages, failed, arrival, done)
+        latencies = _record(stats, messages, failed, arrival, done)
         stats.late += late
-        _record_extractor_errors(stats, metrics)
+        telemetry.record_batch(len(messages), [f.category.value for f in failed], late,
+                               done - arrival, latencies)
+        _record_extractor_errors(stats, metrics, {
+            "topic": tp.topic, "partition": partition, "batch_size": len(messages),
+            "offsets": f"{messages[0].offset}-{messages[-1].offset}",
+            "config_version": active.version})
         await sinks.put(
             SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
                       window_rows, arrival, metrics, active.version)
@@ -219,18 +226,21 @@ def _int(value: bytes | None) -> int | None:
         return None
 
 
-def _record_extractor_errors(stats: IngestStats, metrics: dict[int, ExtractionResult]) -> None:
+def _record_extractor_errors(stats: IngestStats, metrics: dict[int, ExtractionResult],
+                             context: dict[str, Any]) -> None:
     for result in metrics.values():
         if result.errors:
             for error in result.errors:
                 if not stats.extractor_errors[error.extractor]:
                     log.warning("metric extractor %s failed (the payment and its other "
-                                "metrics are kept): %s", error.extractor, error.error)
+                                "metrics are kept): %s", error.extractor, error.error,
+                                extra=context)
                 stats.extractor_errors[error.extractor] += 1
 
 
 def _record(stats: IngestStats, messages: Sequence[Message], failed: list[FailedMessage],
-            arrival: float, done: float) -> None:
+            arrival: float, done: float) -> list[float]:
+    """Count a batch into the live stats; returns its events' latencies (seconds)."""
     n = len(messages)
     stats.consumed += n
     stats.failed += len(failed)
@@ -241,5 +251,7 @@ def _record(stats: IngestStats, messages: Sequence[Message], failed: list[Failed
         stats.first_event_at = arrival
     stats.last_event_at = done
     stamps = [m.timestamp for m in messages if m.timestamp]
-    stats.latencies.extend(done - t for t in stamps)
+    latencies = [done - t for t in stamps]
+    stats.latencies.extend(latencies)
     stats.fetch_latencies.extend(arrival - t for t in stamps)
+    return latencies

@@ -23,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from typing import Any, Protocol
 
 from mode import Service
 
 from app.faust_app import PaymentApp
+from app.telemetry import Telemetry
 from pipeline.batches import SinkBatch
 from pipeline.windows import HistogramPartials
 from storage.parquet import RawEventWriter
@@ -48,14 +50,16 @@ class SinkService(Service):
     """Makes batches durable and commits their offsets; one per worker."""
 
     def __init__(self, app: PaymentApp, db: PostgresSink, lake: RawEventWriter,
-                 windows: FlushedWindows, seen: TableCache, *, max_events: int = 50_000,
-                 linger: float = 0.2, **kwargs: Any) -> None:
+                 windows: FlushedWindows, seen: TableCache, telemetry: Telemetry | None = None,
+                 *, max_events: int = 50_000, linger: float = 0.2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.db = db
         self.lake = lake
         self.windows = windows
         self.caches: list[TableCache] = [windows, seen]
+        self.telemetry = telemetry or Telemetry()
+        self.busy_since: float | None = None  # time.monotonic() a store or flush began
         self.max_events = max_events
         self.linger = linger
         self._queue: list[SinkBatch] = []
@@ -89,11 +93,15 @@ class SinkService(Service):
                 # gather a few batches into one transaction (fewer commits, less CPU)
                 await asyncio.sleep(self.linger)
             async with self._lock:
-                batches = await self._drain_queue()
-                if batches:
-                    await self._store(batches)
-                for topic, partition in self.lake.due():
-                    await self._flush(topic, partition)
+                self.busy_since = time.monotonic()
+                try:
+                    batches = await self._drain_queue()
+                    if batches:
+                        await self._store(batches)
+                    for topic, partition in self.lake.due():
+                        await self._flush(topic, partition)
+                finally:
+                    self.busy_since = None
 
     async def _drain_queue(self) -> list[SinkBatch]:
         async with self._changed:
@@ -103,13 +111,15 @@ class SinkService(Service):
         return batches
 
     async def _store(self, batches: list[SinkBatch]) -> None:
-        counts = await asyncio.to_thread(self.db.write, batches)
+        with self.telemetry.sink_seconds.labels("postgres").time():
+            counts = await asyncio.to_thread(self.db.write, batches)
         self.rows_written.update(counts)
         for batch in batches:
             self.lake.append(batch)
 
     async def _flush(self, topic: str, partition: int) -> None:
-        flushed = await asyncio.to_thread(self.lake.flush, topic, partition)
+        with self.telemetry.sink_seconds.labels("parquet").time():
+            flushed = await asyncio.to_thread(self.lake.flush, topic, partition)
         if flushed is None:
             return
         self.files_written += len(flushed.paths)
@@ -121,13 +131,23 @@ class SinkService(Service):
             cache.flush(partition, flushed.messages[-1])
         partials = self.windows.take_partials(partition)  # snapshotted here, on the loop
         if partials:
-            self.rows_written.update(await asyncio.to_thread(self.db.write_windows, partials))
+            with self.telemetry.sink_seconds.labels("windows").time():
+                written = await asyncio.to_thread(self.db.write_windows, partials)
+            self.rows_written.update(written)
+        commit_started = time.perf_counter()
         await self.app.producer.flush()
         # acked only now: Faust's own periodic commit may commit acked offsets any time
         for message in flushed.messages:
             consumer.ack(message)
         tp = flushed.messages[-1].tp
-        if await consumer.commit({tp}):
+        committed = await consumer.commit({tp})
+        self.telemetry.sink_seconds.labels("commit").observe(time.perf_counter() - commit_started)
+        context = {"topic": topic, "partition": partition,
+                   "offsets": f"{flushed.first_offset}-{flushed.last_offset}",
+                   "batch_size": len(flushed.messages)}
+        if committed:
+            log.debug("committed %s[%d] up to %d", topic, partition, flushed.last_offset + 1,
+                      extra=context)
             self.commits += 1
             self.committed_offsets[partition] = flushed.last_offset + 1
             self.lake.committed(topic, partition, flushed.last_offset + 1)
@@ -135,7 +155,7 @@ class SinkService(Service):
             # acked all the same: a later commit (ours or Faust's) covers these
             # offsets, and the lake keeps listing the files as uncommitted until then
             log.warning("commit of %s[%d] up to %d not done yet", topic, partition,
-                        flushed.last_offset + 1)
+                        flushed.last_offset + 1, extra=context)
 
     async def flush_all(self) -> None:
         """Store what is queued and flush every buffer (shutdown, tests)."""

@@ -18,6 +18,7 @@ durable), the producer, the web server and ``faust -A app worker``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -42,10 +43,12 @@ class BatchConsumer(aiokafka_driver.Consumer):
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         sleep = asyncio.sleep
+        monotonic = time.monotonic
 
         while not (consumer_should_stop() or fetcher_should_stop()):
             self.diag.set_flag(CONSUMER_FETCHING)
             records, active = await self._wait_next_records(timeout=1.0)
+            app.last_fetch_at = monotonic()  # the liveness probe watches these two
             # Yield every fetch: the broker may hand back far more than a fetch
             # size limit would allow, and heartbeats must keep going.
             await sleep(0)
@@ -81,6 +84,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
                     if batch[-1].offset - expected + 1 != len(batch):
                         await self._record_gaps(tp, expected, batch)
                     await handler(tp, [to_message(tp, record) for record in batch])
+                    app.last_batch_at = monotonic()
                 read_offset[tp] = batch[-1].offset + 1
 
     async def _record_gaps(self, tp: TP, expected: int, batch: Sequence[Any]) -> None:

@@ -18,6 +18,7 @@ from faust.types import TP, TopicT, TransportT
 from mode import Service, ServiceT
 
 from app.batching import BatchHandler, BatchTransport
+from app.logs import logging_config, redact_secrets
 from app.settings import Settings
 from storage.broker import (
     EVENTHUBS_CONNECTIONS_MAX_IDLE_MS,
@@ -118,6 +119,9 @@ class PaymentApp(faust.App):
         self.preflight = BrokerPreflight(self)
         self.empty_fetch_pause = settings.empty_fetch_pause_s
         self.plain_topics: list[TopicT] = []  # declared topics that are not changelogs
+        # progress of the batch path (time.monotonic()), for the liveness probe
+        self.last_fetch_at: float | None = None
+        self.last_batch_at: float | None = None
 
     def is_leader(self) -> bool:
         """The worker that owns ``payments`` partition 0 runs the leader's timers.
@@ -208,6 +212,7 @@ def create_app(settings: Settings) -> PaymentApp:
     # and at the default gen-0 threshold (700) a collection ran every few events (handler
     # alone: 8,700 events/s at 700, 15,000 at 100,000; docs/adr/0005-metrics-and-windows.md).
     gc.set_threshold(*settings.gc_thresholds)
+    redact_secrets(settings.secrets)
     return PaymentApp(
         settings.app_id,
         settings=settings,
@@ -227,5 +232,6 @@ def create_app(settings: Settings) -> PaymentApp:
         consumer_auto_offset_reset="earliest",
         key_serializer="json",  # table keys; the payments topics declare raw bytes
         topic_disable_leader=True,  # PaymentApp.is_leader: one topic fewer
+        logging_config=logging_config(settings.log_format),
         **broker_options(settings.broker),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -66,6 +66,19 @@ class Settings(BaseSettings):
     web_host: str = Field(
         "127.0.0.1", description="host name other workers reach this one's web UI at (the pod "
         "IP on AKS): the web views route requests for other partitions there")
+
+    web_admin_token: SecretStr | None = Field(
+        None, description="bearer token the views that change state require "
+        "(POST /payments/stats/reset/); unset: those views are off, every view read-only")
+
+    # Operations (docs/operations.md).
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text for people, json for log collectors: one object per line")
+    health_stall_s: float = Field(
+        60, gt=0, description="/healthz fails when no batch was handled this long while "
+        "there is lag (and PostgreSQL is not being retried)")
+    sink_stuck_s: float = Field(
+        30, gt=0, description="/readyz fails while one sink step has run this long")
 
     # Hot path tuning (see docs/adr/0001-batch-path.md for the measurements).
     max_poll_records: int = Field(5000, ge=1, description="records per fetch")
@@ -267,6 +280,19 @@ class Settings(BaseSettings):
         raise ValueError("RAW_EVENTS_URL is on Azure Blob Storage but no credentials are set: "
                          "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME "
                          "with AZURE_STORAGE_ACCOUNT_KEY or AZURE_USE_DEFAULT_CREDENTIAL=true")
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret value set (passwords, keys, connection strings, the admin token):
+        what the log redaction looks for."""
+        values = [v.get_secret_value() for v in (
+            self.broker_sasl_password, self.eventhubs_connection_string, self.web_admin_token,
+            self.azure_storage_connection_string, self.azure_storage_account_key,
+            self.azure_appconfig_connection_string) if v is not None]
+        password = urlsplit(self.database_url).password
+        if password:
+            values.append(password)
+        return values
 
     @property
     def safe_database_url(self) -> str:

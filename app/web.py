@@ -21,23 +21,31 @@ it, and a view over all partitions asks every worker for its part
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import ClientTimeout
 from faust.web import Request, Response, View
+from faust.web.exceptions import ValidationError as BadRequest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from agents.ingest import IngestStats
 from agents.sinks import SinkService
 from app.faust_app import PaymentApp
+from app.health import Health
+from app.settings import Settings
+from app.telemetry import Telemetry
+from models.errors import PaymentMonitorError
 from models.events import STATUSES, approval_rate, authorization_rate
 from pipeline.config import ConfigManager
-from pipeline.windows import WindowCounts, WindowMetrics
+from pipeline.windows import FAILED_EVENTS, LATE_EVENTS, WindowCounts, WindowMetrics
 from tables.payments import (
     CLOCK_TABLE,
     WindowState,
@@ -175,17 +183,22 @@ def window_list(windows: Windows, table: str, merged: dict[int, dict[str, Any]],
             for start in sorted(merged, reverse=True)[:limit]]
 
 
-async def dashboard_data(windows: Windows) -> dict[str, Any]:
-    """Current windows per channel for the dashboard: counts, approval, latency, amounts;
-    and this worker's configuration versions and reload counters."""
+async def dashboard_data(windows: Windows, health: Health | None = None) -> dict[str, Any]:
+    """The dashboard's data: the current windows per channel (counts, approval, latency,
+    amounts), the trend of the last 24 finest windows, this worker's probes and lag, and
+    its configuration versions and reload counters."""
     out: dict[str, Any] = {"generated_at": datetime.now(UTC).isoformat(), "windows": [],
-                           "config": windows.config.snapshot() if windows.config else None}
+                           "trend": [], "health": None,
+                           "config": windows.config.snapshot()}
     for size in windows.sizes:
         counts = await windows.merged(counts_table(size))
         metrics = await windows.merged(metrics_table(size))
         if not counts and not metrics:
             continue
-        start = max(list(counts) + list(metrics))
+        if size == windows.sizes[0]:
+            out["trend"] = trend(counts, metrics, size)
+        # the newest window with payments (failed messages are windowed by broker time)
+        start = max(counts) if counts else max(metrics)
         slot_c = present("counts", counts.get(start, {}))
         slot_m = metrics.get(start, {})
         channels = {}
@@ -196,12 +209,13 @@ async def dashboard_data(windows: Windows) -> dict[str, Any]:
                 "tx_count": c.get("tx_count", 0),
                 **{s: c.get(s, 0) for s in STATUSES},
                 "approval_rate": c.get("approval_rate"),
+                "authorization_rate": c.get("authorization_rate"),
                 "latency_ms": {q: latency.quantile(v) if latency else None
                                for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
             }
         amounts = {key.split("=", 1)[1]: h.to_dict() for key, h in slot_m.items()
                    if key.startswith("amount_minor|currency=") and "," not in key}
-        late = slot_m.get("late_events|")
+        late = slot_m.get(f"{LATE_EVENTS}|")
         out["windows"].append({
             "window_seconds": size,
             "window_start": datetime.fromtimestamp(start, UTC).isoformat(),
@@ -209,17 +223,149 @@ async def dashboard_data(windows: Windows) -> dict[str, Any]:
             "amount_minor_by_currency": amounts,
             "late_events": late.count if late else 0,
         })
+    if health is not None:
+        live, ready = await health.probe()
+        lag = list(health.telemetry.lag.collect())[0].samples
+        out["health"] = {"live": live.to_dict(), "ready": ready.to_dict(),
+                         "lag": {s.labels["partition"]: int(s.value) for s in lag}}
     return out
 
 
-def register_views(app: PaymentApp, stats: IngestStats, sinks: SinkService, windows: WindowState,
-                   seen: SeenIds, config: ConfigManager) -> Windows:
-    """Attach the views to ``app``'s web server."""
+TREND_WINDOWS = 24
+
+
+def trend(counts: dict[int, dict[str, Any]], metrics: dict[int, dict[str, Any]],
+          size: int) -> list[dict[str, Any]]:
+    """The last 24 windows of one size, oldest first: payments, approval rate, failures by
+    category and p95 processing time."""
+    starts = sorted(set(counts) | set(metrics))[-TREND_WINDOWS:]
+    out = []
+    prefix = f"{FAILED_EVENTS}|category="
+    for start in starts:
+        by_channel = counts.get(start, {})
+        total = WindowCounts()
+        for value in by_channel.values():
+            total.merge(value)
+        hists = metrics.get(start, {})
+        latency = hists.get("processing_ms|")
+        out.append({
+            "window_start": datetime.fromtimestamp(start, UTC).isoformat(),
+            "window_seconds": size,
+            "payments": total.tx_count,
+            "approval_rate": _round(approval_rate(total.by_status.get("approved", 0),
+                                                  total.tx_count)),
+            "failed": {key[len(prefix):]: h.count for key, h in sorted(hists.items())
+                       if key.startswith(prefix)},
+            "latency_ms_p95": latency.quantile(0.95) if latency else None,
+        })
+    return out
+
+
+class BadParameter(PaymentMonitorError, BadRequest):
+    """A request parameter this view does not take, or a value it cannot use (a 400)."""
+
+
+Parser = Callable[[str, str], Any]
+
+
+def _limit(high: int) -> Parser:
+    def parse(name: str, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise BadParameter(f"{name} must be an integer, got {text[:40]!r}") from None
+        if not 1 <= value <= high:
+            raise BadParameter(f"{name} must be between 1 and {high}, got {value}")
+        return value
+    return parse
+
+
+def _choice(*allowed: str) -> Parser:
+    def parse(name: str, text: str) -> str:
+        if text not in allowed:
+            raise BadParameter(f"{name} must be {' or '.join(map(repr, allowed))}, "
+                               f"got {text[:40]!r}")
+        return text
+    return parse
+
+
+def _text(max_chars: int) -> Parser:
+    def parse(name: str, text: str) -> str:
+        if not text or len(text) > max_chars:
+            raise BadParameter(f"{name} must be 1 to {max_chars} characters")
+        return text
+    return parse
+
+
+def params(request: Request, allowed: dict[str, Parser]) -> dict[str, Any]:
+    """The query parameters, parsed; raises :class:`BadParameter` naming the first bad one."""
+    unknown = sorted(set(request.query) - set(allowed))
+    if unknown:
+        names = ", ".join(sorted(allowed)) or "none"
+        raise BadParameter(f"unknown parameter {unknown[0][:40]!r} (this view takes: {names})")
+    query: Any = request.query  # aiohttp's MultiDict
+    repeated = sorted(name for name in set(query) if len(query.getall(name)) > 1)
+    if repeated:
+        raise BadParameter(f"parameter {repeated[0]!r} is given more than once")
+    return {name: parse(name, request.query[name]) for name, parse in allowed.items()
+            if name in request.query}
+
+
+WINDOW_PARAMS: dict[str, Parser] = {"limit": _limit(500), "scope": _choice("local"),
+                                    "raw": _choice("1")}
+SERIES_PARAMS: dict[str, Parser] = {"key": _text(200), "limit": _limit(500)}
+
+
+def _authorized(request: Request, token: str | None) -> bool:
+    given = request.headers.get("Authorization", "")
+    return token is not None and hmac.compare_digest(given.encode(),
+                                                     f"Bearer {token}".encode())
+
+
+def register_views(app: PaymentApp, settings: Settings, stats: IngestStats, sinks: SinkService,
+                   windows: WindowState, seen: SeenIds, config: ConfigManager,
+                   health: Health, telemetry: Telemetry) -> Windows:
+    """Attach the views to ``app``'s web server. Every view is read-only; the one that
+    changes state (the stats reset) requires ``Authorization: Bearer <WEB_ADMIN_TOKEN>``."""
     views = Windows(app, windows, config)
+    admin_token = (settings.web_admin_token.get_secret_value()
+                   if settings.web_admin_token is not None else None)
+
+    class Checked(View):
+        """A view whose query parameters are checked: a bad one is a 400 with a reason."""
+
+        allowed: ClassVar[dict[str, Parser]] = {}
+
+        def checked(self, request: Request) -> dict[str, Any]:
+            return params(request, self.allowed)
+
+    @app.page("/metrics")
+    class MetricsView(Checked):
+        async def get(self, request: Request) -> Response:
+            """Prometheus exposition; lag and the other gauges are refreshed first."""
+            self.checked(request)
+            await health.probe()
+            return self.bytes(generate_latest(telemetry.registry),
+                              content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/healthz")
+    class HealthzView(Checked):
+        async def get(self, request: Request) -> Response:
+            self.checked(request)
+            live, _ = await health.probe()
+            return self.json(live.to_dict(), status=200 if live.ok else 503)
+
+    @app.page("/readyz")
+    class ReadyzView(Checked):
+        async def get(self, request: Request) -> Response:
+            self.checked(request)
+            _, ready = await health.probe()
+            return self.json(ready.to_dict(), status=200 if ready.ok else 503)
 
     @app.page("/payments/stats/")
-    class StatsView(View):
+    class StatsView(Checked):
         async def get(self, request: Request) -> Response:
+            self.checked(request)
             assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
             return self.json({
                 "assigned": assigned,
@@ -237,20 +383,29 @@ def register_views(app: PaymentApp, stats: IngestStats, sinks: SinkService, wind
             })
 
     @app.page("/payments/config/")
-    class ConfigView(View):
+    class ConfigView(Checked):
         async def get(self, request: Request) -> Response:
             """Active version per key, reload count and duration, rejections."""
+            self.checked(request)
             return self.json(config.snapshot())
 
     @app.page("/payments/stats/reset/")
-    class StatsResetView(View):
+    class StatsResetView(Checked):
         async def post(self, request: Request) -> Response:
+            """Start the live stats afresh (the Prometheus counters never reset)."""
+            self.checked(request)
+            if admin_token is None:
+                return self.error(403, "state-changing views are off: set WEB_ADMIN_TOKEN "
+                                       "and send Authorization: Bearer <token>")
+            if not _authorized(request, admin_token):
+                return self.error(401, "Authorization: Bearer <WEB_ADMIN_TOKEN> required")
             stats.reset()
             return self.json({"reset": True})
 
     @app.page("/payments/tables/")
-    class TablesView(View):
+    class TablesView(Checked):
         async def get(self, request: Request) -> Response:
+            self.checked(request)
             out = []
             for name, table in sorted(app.tables.items()):
                 kind, size = views.kinds.get(name, ("clock" if name == CLOCK_TABLE
@@ -260,36 +415,43 @@ def register_views(app: PaymentApp, stats: IngestStats, sinks: SinkService, wind
             return self.json({"tables": out})
 
     @app.page("/payments/tables/{table}/windows/")
-    class TableWindowsView(View):
+    class TableWindowsView(Checked):
+        allowed = WINDOW_PARAMS
+
         async def get(self, request: Request, table: str) -> Response:
             if table not in views.kinds:
-                return self.error(404, f"no window table {table!r}; see /payments/tables/")
-            if request.query.get("scope") == "local" and request.query.get("raw"):
+                return self.error(404, f"no window table {table[:80]!r}; see /payments/tables/")
+            query = self.checked(request)
+            if query.get("raw") and query.get("scope") != "local":
+                raise BadParameter("raw=1 is for scope=local only (how workers ask each other)")
+            if query.get("scope") == "local" and query.get("raw"):
                 return self.json(views.local_raw(table))  # encoded: no bounds needed
             if views.starting:
                 return self.error(503, STARTING)
-            if request.query.get("scope") == "local":
+            if query.get("scope") == "local":
                 merged = views.local(table)
             else:
                 merged = await views.merged(table)
-            limit = _int(request.query.get("limit"), 12)
-            return self.json({"table": table, "windows": window_list(views, table, merged,
-                                                                      limit)})
+            return self.json({"table": table, "windows": window_list(
+                views, table, merged, query.get("limit", 12))})
 
     @app.page("/payments/tables/{table}/series/")
-    class TableSeriesView(View):
+    class TableSeriesView(Checked):
+        allowed = SERIES_PARAMS
+
         async def get(self, request: Request, table: str) -> Response:
             if table not in views.kinds:
-                return self.error(404, f"no window table {table!r}; see /payments/tables/")
-            key = request.query.get("key", "")
+                return self.error(404, f"no window table {table[:80]!r}; see /payments/tables/")
+            query = self.checked(request)
+            key = query.get("key")
             if not key:
-                return self.error(400, "give ?key=<channel> or ?key=<metric>|<dimension>")
+                raise BadParameter("give ?key=<channel> or ?key=<metric>|<dimension>")
             if views.starting:
                 return self.error(503, STARTING)
             kind, size = views.kinds[table]
             merged = await views.merged(table)
             series = []
-            for start in sorted(merged, reverse=True)[:_int(request.query.get("limit"), 24)]:
+            for start in sorted(merged, reverse=True)[:query.get("limit", 24)]:
                 value = merged[start].get(key)
                 if value is not None:
                     series.append({
@@ -299,14 +461,15 @@ def register_views(app: PaymentApp, stats: IngestStats, sinks: SinkService, wind
                               "windows": series})
 
     @app.page("/payments/tables/{table}/keys/{key}/")
-    class TableKeyView(View):
+    class TableKeyView(Checked):
         async def get(self, request: Request, table: str, key: str) -> Response:
             if table not in app.tables:
-                return self.error(404, f"no table {table!r}; see /payments/tables/")
+                return self.error(404, f"no table {table[:80]!r}; see /payments/tables/")
+            self.checked(request)
             try:
                 partition = int(key) if table == CLOCK_TABLE else key_partition(key)
-            except ValueError:
-                return self.error(400, f"key {key!r} names no partition")
+            except (ValueError, IndexError):
+                raise BadParameter(f"key {key[:80]!r} names no partition") from None
             owner = _owner(app, table, partition)
             me = str(app.conf.canonical_url).rstrip("/")
             if owner is not None and owner != me:
@@ -318,20 +481,22 @@ def register_views(app: PaymentApp, stats: IngestStats, sinks: SinkService, wind
                                      status=resp.status)
             value = dict(windows.items(table)).get(key)
             if value is None:
-                return self.error(404, f"key {key!r} not in {table!r}")
+                return self.error(404, f"key {key[:80]!r} not in {table!r}")
             return self.json({"table": table, "key": key, "value": value})
 
     @app.page("/payments/dashboard.json")
-    class DashboardDataView(View):
+    class DashboardDataView(Checked):
         async def get(self, request: Request) -> Response:
+            self.checked(request)
             if views.starting:
                 return self.error(503, STARTING)
-            return self.bytes(orjson.dumps(await dashboard_data(views)),
+            return self.bytes(orjson.dumps(await dashboard_data(views, health)),
                               content_type="application/json")
 
     @app.page("/payments/dashboard/")
-    class DashboardView(View):
+    class DashboardView(Checked):
         async def get(self, request: Request) -> Response:
+            self.checked(request)
             return self.html(DASHBOARD_HTML.read_text())
 
     return views
@@ -347,10 +512,3 @@ def _owner(app: PaymentApp, table: str, partition: int) -> str | None:
         if partition in topics.get(topic, ()):
             return str(host).rstrip("/")
     return None
-
-
-def _int(text: str | None, default: int) -> int:
-    try:
-        return max(1, int(text)) if text else default
-    except ValueError:
-        return default

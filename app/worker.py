@@ -27,7 +27,9 @@ from agents.sinks import SinkService
 from app.commands import register_commands, register_raw_commands
 from app.config_commands import register_config_commands
 from app.faust_app import PaymentApp, create_app
+from app.health import Health
 from app.settings import Settings, config_source
+from app.telemetry import Telemetry
 from app.topic_commands import register_topic_commands
 from app.topics import PAYMENTS, declare_topics
 from app.web import register_views
@@ -64,13 +66,15 @@ def build(settings: Settings) -> PaymentApp:
         flush_seconds=settings.parquet_flush_seconds,
         storage_options=settings.lake_storage_options,
     )
-    sinks = SinkService(faust_app, db, lake, windows, seen,
+    telemetry = Telemetry()
+    sinks = SinkService(faust_app, db, lake, windows, seen, telemetry,
                         max_events=settings.sink_queue_events, linger=settings.sink_linger_s)
     faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
 
     config_sync = register_config(faust_app, settings, config)
     stats = register_ingest(faust_app, payments, dlq, windows, seen, sinks, config,
-                            config_sync)
+                            config_sync, telemetry)
+    telemetry.watch_flags(db.compliance_flags, lambda: _rule_metrics(config))
     register_retention(faust_app, db_engine, seen, lake, settings, windows)
     register_commands(faust_app, settings, db_engine, config)
     register_raw_commands(faust_app, settings)
@@ -81,5 +85,13 @@ def build(settings: Settings) -> PaymentApp:
         await sinks.on_revoked(revoked)
 
     faust_app.on_partitions_revoked.connect(_on_revoked)  # type: ignore[arg-type]
-    register_views(faust_app, stats, sinks, windows, seen, config)
+    health = Health(faust_app, settings, telemetry, sinks, config, config_sync, windows)
+    register_views(faust_app, settings, stats, sinks, windows, seen, config, health, telemetry)
     return faust_app
+
+
+def _rule_metrics(config: ConfigManager) -> list[str]:
+    """The active compliance rules' metric names (``compliance_<rule>``)."""
+    if not config.loaded:
+        return []
+    return [d.name for rule in config.get_compliance_rules() for d in rule.definitions()]

@@ -454,7 +454,7 @@ class ConfigManager:
             seconds = time.perf_counter() - start
             self._activate(active, changed, seconds)
         log.info("configuration %s active (%s changed, compiled in %.0f ms)", active.version,
-                 ", ".join(changed), seconds * 1000)
+                 ", ".join(changed), seconds * 1000, extra={"config_version": active.version})
         return ReloadResult(changed, None, seconds)
 
     def _activate(self, active: ActiveConfig, changed: tuple[str, ...], seconds: float) -> None:

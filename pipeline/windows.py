@@ -236,6 +236,33 @@ class LateEvent:
 
 
 LATE = LateEvent()
+FAILED_EVENTS = "failed"  # the windowed counter of failed messages, by category
+
+
+class FailedEvent:
+    """Stands for a failed message: it counts in ``failed|category=<category>``, in the
+    window of its broker timestamp (a failed message may have no event time)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, category: str) -> None:
+        self.key = f"{FAILED_EVENTS}|category={category}"
+
+    def add_windowed(self, grouped: dict[str, list[float]]) -> None:
+        grouped[self.key].append(1)
+
+
+_FAILED: dict[str, FailedEvent] = {}
+
+
+def failed_event(category: str) -> FailedEvent:
+    """The (shared) entry value of a failed message of ``category``."""
+    entry = _FAILED.get(category)
+    if entry is None:
+        entry = _FAILED[category] = FailedEvent(category)
+    return entry
+
+
 MetricEntry = tuple[int, WindowedValues]  # (offset, its windowed metrics)
 
 

@@ -23,8 +23,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -84,8 +87,23 @@ TRANSIENT_ERRORS = (
 )
 
 
+@dataclass
+class RetryState:
+    """Whether a write is retrying now, and since when (``time.monotonic()``); read by
+    the readiness probe and the metrics."""
+
+    since: float | None = None
+    attempts: int = 0
+
+    def seconds(self, now: float | None = None) -> float:
+        if self.since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self.since
+
+
 def with_retries(fn: Callable[[], T], *, give_up_after: float, what: str,
-                 base_delay: float = 0.5, max_delay: float = 15.0) -> T:
+                 base_delay: float = 0.5, max_delay: float = 15.0,
+                 state: RetryState | None = None) -> T:
     """Call ``fn``; on a transient database error wait (0.5 s, 1 s, 2 s, ... at most
     ``max_delay``) and retry, until ``give_up_after`` seconds have passed.
 
@@ -95,20 +113,27 @@ def with_retries(fn: Callable[[], T], *, give_up_after: float, what: str,
     """
     started = time.monotonic()
     attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return fn()
-        except TRANSIENT_ERRORS as exc:
-            elapsed = time.monotonic() - started
-            if not _is_transient(exc) or elapsed >= give_up_after:
-                raise StorageError(f"{what} failed after {attempt} tries in {elapsed:.0f} s: "
-                                   f"{_short(exc)}") from exc
-            delay = min(max_delay, base_delay * 2 ** (attempt - 1),
-                        max(0.0, give_up_after - elapsed))
-            log.warning("%s failed (try %d, %.0f s so far), retrying in %.1fs: %s",
-                        what, attempt, elapsed, delay, _short(exc))
-            time.sleep(delay)
+    state = state if state is not None else RetryState()
+    try:
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except TRANSIENT_ERRORS as exc:
+                elapsed = time.monotonic() - started
+                if not _is_transient(exc) or elapsed >= give_up_after:
+                    raise StorageError(f"{what} failed after {attempt} tries in "
+                                       f"{elapsed:.0f} s: {_short(exc)}") from exc
+                if state.since is None:
+                    state.since = started
+                state.attempts = attempt
+                delay = min(max_delay, base_delay * 2 ** (attempt - 1),
+                            max(0.0, give_up_after - elapsed))
+                log.warning("%s failed (try %d, %.0f s so far), retrying in %.1fs: %s",
+                            what, attempt, elapsed, delay, _short(exc))
+                time.sleep(delay)
+    finally:
+        state.since, state.attempts = None, 0
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -264,11 +289,20 @@ class PostgresSink:
         self.engine = engine
         self.give_up_after = give_up_after
         self.finest_window = finest_window  # the window size payment_metrics_5m holds
+        self.retry = RetryState()
+        self._flagged: Counter[str] = Counter()  # compliance flags of stored payments
+        self._flag_lock = threading.Lock()  # written by the sink thread, read by scrapes
+
+    def compliance_flags(self) -> dict[str, int]:
+        """Payments each compliance rule flagged, counted when first stored (a replay
+        stores nothing new, so counts nothing twice)."""
+        with self._flag_lock:
+            return dict(self._flagged)
 
     def write(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         """Store ``batches`` durably (retried on connection loss); returns rows per table."""
-        return with_retries(lambda: self._write_once(batches),
-                            give_up_after=self.give_up_after, what="PostgreSQL sink write")
+        return with_retries(lambda: self._write_once(batches), give_up_after=self.give_up_after,
+                            what="PostgreSQL sink write", state=self.retry)
 
     def _write_once(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         tx_rows: list[str] = []
@@ -298,6 +332,7 @@ class PostgresSink:
                     c.tx_count, *(c.by_status.get(s, 0) for s in STATUSES),
                     c.amount_minor_sum, c.last_offset,
                 )
+        flagged: Counter[str] = Counter()
         with _transaction(self.engine) as cur:
             metric_rows = 0
             if tx_rows:
@@ -305,7 +340,7 @@ class PostgresSink:
                 cur.copy_expert(COPY_TRANSACTIONS, io.StringIO("".join(tx_rows)))
                 cur.execute(INSERT_TRANSACTIONS)
                 inserted = cur.fetchall()
-                rows = self._metric_rows([r[0] for r in inserted], results)
+                rows = self._metric_rows([r[0] for r in inserted], results, flagged)
                 if rows:
                     cur.copy_expert(COPY_METRICS, io.StringIO("".join(rows)))
                 metric_rows = len(rows)
@@ -319,6 +354,9 @@ class PostgresSink:
                     cur.execute(RECOMPUTE_5M, {"starts": [_ts(k[0]) for k in keys],
                                                "channels": [k[1] for k in keys],
                                                "size": self.finest_window})
+        if flagged:  # committed: these payments are stored for the first time
+            with self._flag_lock:
+                self._flagged.update(flagged)
         return {
             "normalized_transactions": len(tx_rows),
             "dynamic_metrics": metric_rows,
@@ -326,9 +364,11 @@ class PostgresSink:
             "payment_window_partials": len(partials),
         }
 
-    def _metric_rows(self, tx_ids: list[str], results: dict[str, Any]) -> list[str]:
+    def _metric_rows(self, tx_ids: list[str], results: dict[str, Any],
+                     flagged: Counter[str]) -> list[str]:
         """``dynamic_metrics`` rows in COPY text format for each newly inserted transaction
-        (:meth:`ExtractionResult.rows`; COPY: a third of the CPU of a multi-row INSERT)."""
+        (:meth:`ExtractionResult.rows`; COPY: a third of the CPU of a multi-row INSERT);
+        counts the compliance flags into ``flagged`` (rule metric -> payments)."""
         rows = []
         for tx_id in tx_ids:
             found = results.get(tx_id)
@@ -337,6 +377,8 @@ class PostgresSink:
             result, version = found
             key = _copy_text(tx_id)
             for kind, data in result.rows():
+                if kind == "compliance":
+                    flagged.update(rule for rule, value in data.items() if value == 1)
                 rows.append(f"{key}\t{kind}\t{_copy_text(orjson.dumps(data).decode())}"
                             f"\t{version}\n")
         return rows
@@ -347,7 +389,8 @@ class PostgresSink:
         if not partials:
             return {}
         return with_retries(lambda: self._write_windows_once(partials),
-                            give_up_after=self.give_up_after, what="PostgreSQL window write")
+                            give_up_after=self.give_up_after, what="PostgreSQL window write",
+                            state=self.retry)
 
     def _write_windows_once(self, hp: HistogramPartials) -> dict[str, int]:
         partials = hp.rows

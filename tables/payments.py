@@ -24,13 +24,13 @@ event for every update, expires windows on wall-clock time, and hands
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from faust.types import AppT, Message, TableT
 
-from models.events import ParsedTransaction
+from models.events import FailedMessage, ParsedTransaction
 from pipeline.metrics import ExtractionResult
 from pipeline.windows import (
     LATE,
@@ -42,6 +42,7 @@ from pipeline.windows import (
     WindowMetrics,
     WindowRow,
     apply_entries,
+    failed_event,
     group_by_window,
     merge_unseen,
     observe,
@@ -127,6 +128,10 @@ def key_order(key: str) -> tuple[int, str, int]:
         int(parts[0]), "", int(parts[1]))
 
 
+def _offset(entry: MetricEntry) -> int:
+    return entry[0]
+
+
 def expired_keys(keys: Iterable[str], size: int, stream_time: float,
                  retention: float) -> list[str]:
     """Keys of windows that ended ``retention`` seconds or more before ``stream_time``."""
@@ -165,15 +170,17 @@ class WindowState:
 
     def count(self, partition: int, first_offset: int, committed: int,
               payments: dict[int, ParsedTransaction],
-              metrics: dict[int, ExtractionResult]) -> tuple[list[WindowRow], int]:
+              metrics: dict[int, ExtractionResult],
+              failed: Sequence[FailedMessage] = ()) -> tuple[list[WindowRow], int]:
         """Count a batch whose first message has ``first_offset``, given the partition's
         committed offset (call in the partition's context); returns the count rows and
-        how many payments were too late."""
+        how many payments were too late. Failed messages count in ``failed|category=``
+        in the window of their broker timestamp."""
         cache = self.cache
         clock: StreamClock = cache.get(partition, CLOCK_TABLE, str(partition))
         clock.begin_batch(first_offset, committed)
         cache.put(partition, CLOCK_TABLE, str(partition), clock)
-        if not payments:
+        if not payments and not failed:
             return [], 0
         on_time, late = split_late(clock, payments, self.finest, self.grace)
         rows = self._count_payments(partition, on_time)
@@ -183,6 +190,15 @@ class WindowState:
             start = window_start(tx.event_ts, self.finest)
             entries.setdefault(start, []).append((offset, LATE if offset in late
                                                   else metrics[offset]))
+        if failed:
+            touched = set()
+            for item in failed:
+                start = window_start(item.first_seen.timestamp(), self.finest)
+                entries.setdefault(start, []).append((item.offset,
+                                                      failed_event(item.category.value)))
+                touched.add(start)
+            for start in touched:  # the watermark needs each group in offset order
+                entries[start].sort(key=_offset)
         self._count_metrics(partition, entries)
         return rows, len(late)
 

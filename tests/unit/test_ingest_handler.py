@@ -16,6 +16,7 @@ from agents.config import ConfigSync
 from agents.ingest import register_ingest
 from app.faust_app import create_app
 from app.settings import Settings
+from app.telemetry import Telemetry
 from app.topics import declare_topics
 from pipeline.config import METRICS_KEY, ConfigManager, ConfigVersion
 from simulator.generator import PaymentGenerator, load_scenario
@@ -51,7 +52,7 @@ def handler_setup(tmp_path):
     seen = SeenIds(app, declare_seen_table(app, 8), expiry=3600)
     sink = RecordingSink()
     stats = register_ingest(app, payments, dlq, state, seen, sink, config,
-                            ConfigSync(config, {}))
+                            ConfigSync(config, {}), Telemetry())
     return app, app.batch_handlers["payments"], state, sink, stats, sent
 
 
