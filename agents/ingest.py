@@ -123,6 +123,7 @@ def register_ingest(
         arrival = time.time()
         if not config_sync.synced:  # the topic's version, never the source's, if one exists
             await config_sync.first_sync()
+            await app.wait_for_changelog_metadata()
         active = config.active  # the whole batch runs under this one version
         engine = active.engine
         partition = tp.partition

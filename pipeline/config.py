@@ -429,6 +429,9 @@ class ConfigManager:
             active = compile_config(versions if versions is not None else self.source.load(),
                                     self._known_bounds)
             self._activate(active, KEYS, time.perf_counter() - start)
+        log.info("configuration %s active (loaded from %s)", active.version,
+                 "the config topic" if versions is not None else self.source.name,
+                 extra={"config_version": active.version})
         return active
 
     def reload_configuration(self, changes: Mapping[str, ConfigVersion] | None = None,

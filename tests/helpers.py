@@ -397,3 +397,43 @@ def postgres_restart_mid_stream(tmp_path, events, *, down_s: float, retry_s: int
     finally:
         stack.stop(drop_database=True)
         pg.stop()
+
+
+# -- the dashboards and alert rules in deploy/ -----------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+ALERT_RULES = DEPLOY / "prometheus" / "alerts.yaml"
+GRAFANA_DASHBOARD = DEPLOY / "grafana" / "payment-monitor.json"
+
+
+def promql_names(expr: str) -> set[str]:
+    """The metric names an expression selects, from its syntax tree (promql-parser)."""
+    import promql_parser
+
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if type(node).__name__ == "VectorSelector":
+            names.add(node.name)  # type: ignore[attr-defined]
+        for attr in ("lhs", "rhs", "expr", "vector_selector", "param"):
+            child = getattr(node, attr, None)
+            if child is not None and not isinstance(child, str | int | float):
+                walk(child)
+        for arg in getattr(node, "args", None) or ():
+            walk(arg)
+
+    walk(promql_parser.parse(expr))
+    return names
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(ALERT_RULES.read_text())["groups"]
+            for rule in group["rules"]]
+
+
+def dashboard_exprs() -> list[str]:
+    import json
+
+    panels = json.loads(GRAFANA_DASHBOARD.read_text())["panels"]
+    return [t["expr"].replace("$__rate_interval", "5m") for p in panels
+            for t in p.get("targets", ()) if "expr" in t]
