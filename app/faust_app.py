@@ -31,6 +31,8 @@ from storage.broker import (
     TopicSpec,
     check_topics,
     describe_failure,
+    ensure_topics,
+    wait_for_topics,
 )
 from storage.config_topic import config_topic
 
@@ -40,7 +42,9 @@ log = logging.getLogger(__name__)
 class DeclareBatchTopics(Service):
     """Prepares the batch path before the consumer subscribes to its topics.
 
-    Declares the app's plain topics, ``payments`` and the DLQ (agents do this
+    Creates every topic of :meth:`PaymentApp.topic_plan` that is missing and waits
+    until the broker lists them, then declares the app's plain topics, ``payments``
+    and the DLQ, to Faust too (agents do this
     for their own topics; Kafka here and Event Hubs create none on their own,
     and a DLQ record sent to a missing topic would wait for it in vain), and
     lets the producer buffer hold a batch's changelog and DLQ records: at
@@ -53,8 +57,18 @@ class DeclareBatchTopics(Service):
         self.app = app
 
     async def on_start(self) -> None:
-        self.app.producer.buffer.max_messages = self.app.settings.producer_buffer_messages
-        for topic in self.app.plain_topics:  # payments and the DLQ
+        app = self.app
+        app.producer.buffer.max_messages = app.settings.producer_buffer_messages
+        if not app.conf.topic_allow_declare:  # Event Hubs: the preflight found them all
+            return
+        # Every topic, changelogs included, exists and is in the broker's metadata before
+        # the consumer subscribes: a changelog Faust creates at subscription time was
+        # missing from the group's metadata for a moment, and that cost a rebalance, a
+        # PartitionsMismatch or a producer waiting for metadata at the first flush.
+        plan = app.topic_plan()
+        await ensure_topics(app.settings.broker, plan, replicas=app.settings.topic_replicas)
+        await wait_for_topics(app.settings.broker, plan)
+        for topic in app.plain_topics:  # payments and the DLQ: Faust's own declaration too
             await topic.maybe_declare()
 
 
@@ -139,16 +153,20 @@ class PaymentApp(faust.App):
         consumer: Any = self.consumer
         names = [table.changelog_topic.get_topic_name() for table in self.tables.values()]
         deadline = time.monotonic() + timeout
+        thread = consumer._thread  # the consumer runs on its own thread and event loop
         try:
-            client = consumer._thread._ensure_consumer()._client
+            client = thread._ensure_consumer()._client
         except ConsumerNotStarted:  # a handler driven by hand (unit tests): no metadata
             return
+
+        async def refresh() -> None:
+            await client.force_metadata_update()
         while unknown := [n for n in names if not consumer.topic_partitions(n)]:
             if time.monotonic() > deadline:
                 log.warning("changelog metadata still unknown after %.0f s: %s", timeout,
                             ", ".join(unknown))
                 return
-            await client.force_metadata_update()
+            await thread.call_thread(refresh)
             await asyncio.sleep(0.1)
         self._changelogs_known = True
 

@@ -266,7 +266,7 @@ async def existing_partitions(broker: str | BrokerConnection,
 
 
 async def ensure_topics(broker: str | BrokerConnection, specs: list[TopicSpec], *,
-                        timeout_ms: int = 10_000) -> None:
+                        timeout_ms: int = 10_000, replicas: int = 1) -> None:
     """Create each missing topic of ``specs`` (never let a broker pick its partitions);
     on Event Hubs, where the hubs are made in advance, check them instead."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -279,7 +279,7 @@ async def ensure_topics(broker: str | BrokerConnection, specs: list[TopicSpec], 
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        missing = [NewTopic(s.name, s.partitions, 1,
+        missing = [NewTopic(s.name, s.partitions, replicas,
                             topic_configs={"cleanup.policy": "compact"} if s.compacted else {})
                    for s in specs if s.name not in existing]
         if missing:
@@ -304,6 +304,22 @@ async def check_topics(conn: BrokerConnection, plan: list[TopicSpec]) -> None:
     if problems:
         raise BrokerError(f"topics do not match `faust -A app topics plan` on "
                           f"{conn.describe()}: {'; '.join(problems)}")
+
+
+async def wait_for_topics(conn: BrokerConnection, plan: list[TopicSpec], *,
+                          timeout_s: float = 30.0) -> None:
+    """Wait until the broker's metadata lists every topic of ``plan`` with its partitions
+    (a topic just created takes a moment to appear); raises :class:`BrokerError` after
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await check_topics(conn, plan)
+            return
+        except BrokerError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def _partitions(n: int) -> str:

@@ -119,7 +119,9 @@ def test_metrics_probes_logs_and_guard_rails(stack):
     worker.stop()
     lines = worker.log_path.read_text().splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{")]
-    assert len(records) > 20 and len(records) >= 0.9 * len(lines)
+    others = [line for line in lines if not line.startswith("{")]
+    assert len(records) > 20
+    assert all(line[:1] in "+|" for line in others), others[:3]  # only Faust's start banner
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert any(r.get("config_version") for r in records)
     assert TOKEN not in worker.log_path.read_text()
