@@ -86,9 +86,8 @@ class PaymentGenerator:
             configured = scenario.get("start_time")
             if configured:
                 start = datetime.fromisoformat(str(configured).replace("Z", "+00:00"))
-            else:
-                start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-        self.start = start.astimezone(UTC)
+        # None: dated around now, the last event at the current second (see events())
+        self.start = start.astimezone(UTC) if start is not None else None
         self.channels = _Choice(scenario["channels"])
         self.methods = _Choice(scenario["payment_methods"])
         self.currencies = _Choice(scenario["currencies"])
@@ -100,13 +99,17 @@ class PaymentGenerator:
         rng = random.Random(self.seed)
         s = self.s
         step = 1.0 / float(s["events_per_second"])
+        start = self.start
+        if start is None:  # the events end now, so the current window is the newest one
+            now = datetime.now(UTC).replace(microsecond=0)
+            start = now - timedelta(seconds=count * step)
         late_ratio = float(s.get("late_event_ratio", 0.0))
         late_lo, late_hi = s.get("late_by_seconds", [60, 900])
         dup_ratio = float(s.get("duplicate_ratio", 0.0))
         proc = s["processing_ms"]
         sent_ids: list[tuple[bytes, bytes]] = []
         for i in range(count):
-            t = self.start + timedelta(seconds=i * step)
+            t = start + timedelta(seconds=i * step)
             if rng.random() < late_ratio:
                 t -= timedelta(seconds=rng.uniform(late_lo, late_hi))
             merchant = f"m{rng.randrange(s['merchants']):05d}"

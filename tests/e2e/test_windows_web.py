@@ -96,6 +96,15 @@ def test_web_views_dashboard_recovery_and_two_workers(stack):
     label = config["keys"]["compliance:rules:v1"]["label"]
     assert f"Configuration {config['version']}" in page
     assert f"<td>compliance:rules:v1</td><td>{label}</td><td>files</td>" in page
+    # the trend: one row per 5-minute window with its payments, and the probes
+    for window in counts:
+        total = sum(v["tx_count"] for v in window["values"].values())
+        start = window["window_start"]
+        row = (f'data-window="{start}"><td>{start[:16].replace("T", " ")}</td>'
+               f"<td>{total:,}</td>")
+        assert row in page, f"trend row of {start} missing"
+    assert '<tr data-check="ready"><td>ready</td><td class="ok">ok</td>' in page
+    assert '<table id="lag">' in page
 
     # recovery: the RocksDB files are gone; the changelogs give the same values back
     before = {t: windows(w1, t) for t in ("window-counts-5m", "window-metrics-5m",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,9 +14,11 @@ from tests.helpers import parse
 
 
 def test_same_seed_same_events():
-    a = [e.value for e in PaymentGenerator(load_scenario(), seed=5, invalid_ratio=0.1).events(300)]
-    b = [e.value for e in PaymentGenerator(load_scenario(), seed=5, invalid_ratio=0.1).events(300)]
-    c = [e.value for e in PaymentGenerator(load_scenario(), seed=6, invalid_ratio=0.1).events(300)]
+    def values(seed):
+        return [e.value for e in PaymentGenerator(load_scenario(), seed=seed, invalid_ratio=0.1,
+                                                  start=PINNED).events(300)]
+
+    a, b, c = values(5), values(5), values(6)
     assert a == b
     assert a != c
 
@@ -55,3 +58,21 @@ def test_cli_dump_prints_json_lines(capsys):
     assert main(["--dump", "3", "--seed", "9"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("{") for line in lines)
+
+
+PINNED = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+
+
+def test_events_are_dated_up_to_now_unless_the_scenario_pins_a_date():
+    before = datetime.now(UTC).replace(microsecond=0)
+    on_time = load_scenario()
+    on_time["late_event_ratio"] = 0.0
+    events = list(PaymentGenerator(on_time, seed=3).events(1000))  # 200/s: 5 s
+    times = [datetime.fromisoformat(e.payload["event_time"].replace("Z", "+00:00"))
+             for e in events if e.kind == "valid"]
+    assert before - timedelta(seconds=6) <= min(times)
+    assert max(times) <= datetime.now(UTC)
+    scenario = load_scenario()
+    scenario["start_time"] = "2026-05-01T09:00:00Z"
+    pinned = next(PaymentGenerator(scenario, seed=3).events(1))
+    assert pinned.payload["event_time"].startswith("2026-05-01T09:00:00")
