@@ -14,9 +14,10 @@ and 640), so these probes look at the batch path itself:
   SINK_STUCK_S.
 
 Each answers 200 or 503 with ``{"status": "ok"|"fail", "reason": ..., "checks": ...}``.
-Lag is the log-end offset (asked of the broker at each probe or scrape, so it is right
-while nothing flows) minus the committed offset, for the ``payments`` partitions this
-worker owns now.
+Lag is the log-end offset minus the committed offset, for the ``payments`` partitions
+this worker owns now. The log-end offset is the high watermark of the consumer's latest
+fetch response; fetches go on while nothing flows (one per FETCH_MAX_WAIT), so it stays
+current when idle, and a partition not fetched yet is asked of the broker.
 """
 
 from __future__ import annotations
@@ -81,15 +82,24 @@ class Health:
         assigned = self._assigned()
         if not assigned:
             return {}
-        consumer = self.app.consumer
-        try:
-            ends = await asyncio.wait_for(consumer.highwaters(*assigned), END_OFFSETS_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - a probe must answer anyway
-            log.debug("end offsets unavailable: %s", exc)
-            return None
+        consumer: Any = self.app.consumer
+        ends: dict[Any, int | None] = {}
+        for tp in assigned:  # the high watermark of the consumer's latest fetch response
+            try:
+                ends[tp] = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not fetched yet
+                ends[tp] = None
+        unknown = [tp for tp, end in ends.items() if end is None]
+        if unknown:  # before the first fetch of a partition: ask the broker
+            try:
+                ends.update(await asyncio.wait_for(consumer.highwaters(*unknown),
+                                                   END_OFFSETS_TIMEOUT_S))
+            except Exception as exc:  # noqa: BLE001 - a probe must answer anyway
+                log.debug("end offsets unavailable: %s", exc)
+                return None
         committed = getattr(consumer, "_committed_offset", {})
-        return {tp: max(0, int(ends[tp]) - int(committed.get(tp) or 0))
-                for tp in assigned if ends.get(tp) is not None}
+        return {tp: max(0, int(end) - int(committed.get(tp) or 0))
+                for tp, end in ends.items() if end is not None}
 
     def _recovering(self) -> bool:
         tables: Any = self.app.tables

@@ -2,8 +2,9 @@
 
 Starts a broker and a PostgreSQL (the machine's if ``DATABASE_URL`` answers,
 else an embedded one), runs the migrations, starts ``faust -A app worker``,
-runs the simulator, waits until every event is committed, prints a summary
-and stops everything it started.
+runs the simulator, waits until every event is committed and prints a summary.
+In a terminal it then keeps the worker and its dashboard up until Enter or Ctrl-C;
+without one (CI), or with ``--no-wait``, it stops everything it started at once.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--invalid-ratio", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workdir", default=str(REPO_ROOT / ".run" / "demo"))
+    p.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="stop at once after the summary, even in a terminal")
     args = p.parse_args(argv)
 
     workdir = Path(args.workdir)
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         stats = worker.stats()
         print(_summary(stack, summary.produced, stats, worker.web_url))
+        if args.wait and sys.stdin.isatty() and not os.environ.get("CI"):
+            _stay_live(worker.web_url)
         return 0
     except (ServiceError, OSError, psycopg2.Error) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
@@ -79,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
         pg.stop()
         print("stopped the worker, the broker" + (" and PostgreSQL" if pg.embedded_pid else ""))
+
+
+def _stay_live(web_url: str) -> None:
+    """In a terminal: keep the worker and its dashboard up until Enter or Ctrl-C."""
+    print(f"\nthe worker is still running: open {web_url}/payments/dashboard/ "
+          f"(metrics: {web_url}/metrics, probes: {web_url}/healthz {web_url}/readyz)")
+    print("press Enter or Ctrl-C to stop everything ... ", end="", flush=True)
+    try:
+        input()
+    except (KeyboardInterrupt, EOFError):
+        print()
 
 
 class _Steps:
@@ -184,7 +200,7 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
     if versions:
         out += ["", "configuration versions the payments ran under (docs/configuration.md):"]
         out += [f"  {v:<58}{n:>10,}" for v, n in versions]
-    out += ["", f"web UI (while the worker ran): {web_url}/payments/dashboard/  "
+    out += ["", f"web UI: {web_url}/payments/dashboard/  "
             f"{web_url}/payments/stats/",
             f"logs and data: {stack.workdir}", "=" * 72,
             f"finished {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"]
