@@ -16,7 +16,8 @@ noida-db; the figures say which), one worker process:
    caught-up worker; p50/p95/p99 from each event's producer timestamp to the
    end of its batch's table update, and to the commit of its offset (the
    committed offsets are polled every 20 ms: up to 20 ms is the poll's own);
-   the worker's CPU per event over that phase; its peak RSS over the run.
+   the worker's CPU per event over that phase; its peak RSS over the run;
+5. metrics: the median time of 50 scrapes of ``/metrics`` on the idle worker.
 
     python -m benchmarks.pipeline --events 200000 --rate 5000 --seconds 20
 """
@@ -214,9 +215,20 @@ def top_frames(path: Path, n: int = 25) -> str:
         f"  {100 * c / max(total, 1):5.1f}%  {frame[:110]}" for frame, c in rows)
 
 
-def post(url: str) -> None:
-    req = urllib.request.Request(url, data=b"", method="POST")
+def post(url: str, token: str) -> None:
+    req = urllib.request.Request(url, data=b"", method="POST",
+                                 headers={"Authorization": f"Bearer {token}"})
     urllib.request.urlopen(req, timeout=5).read()
+
+
+def scrape_ms(url: str, n: int = 50) -> float:
+    """Median milliseconds of ``n`` scrapes of ``/metrics`` (the worker idle)."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        urllib.request.urlopen(f"{url}/metrics", timeout=10).read()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[n // 2] * 1000
 
 
 async def partition_ends(bootstrap: str, partitions: int) -> dict[int, int]:
@@ -268,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stock Faust agent (parse only): {stock_rate:,.0f}/s", flush=True)
 
         started = time.monotonic()
-        worker = stack.start_worker(**dict(kv.split("=", 1) for kv in args.env))
+        admin_token = uuid.uuid4().hex  # the stats reset between the phases needs it
+        worker = stack.start_worker(WEB_ADMIN_TOKEN=admin_token,
+                                    **dict(kv.split("=", 1) for kv in args.env))
         assert worker.proc is not None
         pid = worker.proc.pid
         cpu_before = cpu_seconds(pid)  # start-up (imports, recovery) is left out
@@ -290,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
               f"batch); all committed {committed_after:.1f} s after the worker started; "
               f"worker CPU {cpu_us:.1f} us/event", flush=True)
 
-        post(f"{worker.web_url}/payments/stats/reset/")
+        post(f"{worker.web_url}/payments/stats/reset/", admin_token)
         total = int(args.rate * args.seconds)
         steady = PaymentGenerator(load_scenario(), seed=2, invalid_ratio=0.02).events(total)
         print(f"latency: offering {args.rate:,.0f} events/s for {args.seconds:.0f} s ...",
@@ -303,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.wait_until_committed(args.events + total, timeout=300)
             time.sleep(0.1)
         cpu_latency = (cpu_seconds(pid) - cpu_before) / total * 1e6
+        metrics_scrape_ms = scrape_ms(worker.web_url)
         final = worker.stats()["ingest"]
         lat = final["latency_ms"]
         records = asyncio.run(record_times(boot, start_offsets, stack.partitions))
@@ -334,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             "to_commit_ms_p99": commit.get("p99"),
             "to_commit_events_measured": len(to_commit),
             "batches_in_latency_phase": final["batches"],
+            "metrics_scrape_ms_p50": round(metrics_scrape_ms, 2),
         }
         print("\n" + "\n".join(f"{k:<30} {v}" for k, v in figures.items()))
         if args.json:

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from tests.helpers import assert_end_state
 
 KEY = "compliance:rules:v1"
 COUNT, SEED, INVALID = 6_000, 61, 0.04
+START = "2026-11-01T09:00:00Z"  # pinned: the test regenerates what the simulator sent
 
 
 @pytest.fixture
@@ -95,7 +97,7 @@ def test_worker_simulator_and_cli_over_sasl_ssl_with_a_connection_string(hubs):
     assert "Event Hubs at 127.0.0.1" in check.stdout
 
     worker = hubs.start_worker("w1", PARQUET_FLUSH_SECONDS="1")
-    sent = simulator(hubs, "--count", str(COUNT), "--seed", str(SEED),
+    sent = simulator(hubs, "--count", str(COUNT), "--seed", str(SEED), "--start", START,
                      "--invalid-ratio", str(INVALID))
     outputs += [sent.stdout, sent.stderr]
     assert sent.returncode == 0, sent.stderr[-2000:]
@@ -110,7 +112,8 @@ def test_worker_simulator_and_cli_over_sasl_ssl_with_a_connection_string(hubs):
 
     hubs.wait_until_committed(COUNT, timeout=180)
     worker.wait_for_config(lambda c: c["keys"][KEY]["version"] == 1, "v1 not applied")
-    events = list(PaymentGenerator(load_scenario(), seed=SEED, invalid_ratio=INVALID)
+    events = list(PaymentGenerator(load_scenario(), seed=SEED, invalid_ratio=INVALID,
+                                   start=datetime.fromisoformat(START.replace("Z", "+00:00")))
                   .events(COUNT))
     assert_end_state(hubs, events)
     assert "Event Hubs at 127.0.0.1" in (hubs.workdir / "w1.log").read_text()
