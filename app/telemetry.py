@@ -13,7 +13,7 @@ the tests rely on them; docs/operations.md lists them all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,10 +23,12 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from models.events import ErrorCategory
+from pipeline.histogram import Histogram as MergeableHistogram
 
 PREFIX = "payment_monitor"
 SINKS = ("postgres", "parquet", "windows", "commit")
@@ -62,10 +64,12 @@ class Telemetry:
         self.batch_seconds = Histogram(f"{PREFIX}_batch_seconds",
                                        "seconds to parse, validate, extract and count one "
                                        "batch", buckets=BATCH_SECONDS_BUCKETS, registry=r)
-        self.event_latency = Histogram(f"{PREFIX}_event_latency_seconds",
-                                       "seconds from a message's producer timestamp to the "
-                                       "table update of its batch",
-                                       buckets=LATENCY_BUCKETS, registry=r)
+        # every event is observed: in bulk (bisect per value, 0.1 us) rather than through
+        # Histogram.observe (0.7 us, a lock per call), then rendered at each scrape
+        self.event_latency = BulkHistogram(f"{PREFIX}_event_latency_seconds",
+                                           "seconds from a message's producer timestamp to "
+                                           "the table update of its batch", LATENCY_BUCKETS)
+        r.register(self.event_latency)
         self.sink_seconds = Histogram(f"{PREFIX}_sink_seconds",
                                       "seconds per sink step: postgres (a transaction), "
                                       "parquet (a flush), windows (histogram rows), commit",
@@ -110,9 +114,31 @@ class Telemetry:
             self.late.inc(late)
         self.batch_size.observe(n)
         self.batch_seconds.observe(seconds)
-        observe = self.event_latency.observe
-        for latency in latencies:
-            observe(latency)
+        self.event_latency.observe_many(latencies)
+
+
+class BulkHistogram(Collector):
+    """A Prometheus histogram fed a batch of values at a time (one per event)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.values = MergeableHistogram(buckets)
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        self.values.observe_many(values)
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        h = self.values
+        cumulative, running = [], 0
+        for bound, n in zip([*h.bounds, float("inf")], h.counts, strict=True):
+            running += n
+            cumulative.append((floatToGoString(bound), running))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative,
+                                    sum_value=float(h.sum))
 
 
 class _FlagCollector(Collector):
