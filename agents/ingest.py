@@ -122,8 +122,10 @@ def register_ingest(
     async def ingest(tp: TP, messages: Sequence[Message]) -> None:
         arrival = time.time()
         if not config_sync.synced:  # the topic's version, never the source's, if one exists
+            generation = app.consumer_generation_id
             await config_sync.first_sync()
-            await app.wait_for_changelog_metadata()
+            if app.consumer_generation_id != generation:
+                return  # rebalanced meanwhile: these records are fetched again, if still ours
         active = config.active  # the whole batch runs under this one version
         engine = active.engine
         partition = tp.partition

@@ -85,6 +85,12 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         await self._record_gaps(tp, expected, batch)
                     await handler(tp, [to_message(tp, record) for record in batch])
                     app.last_batch_at = monotonic()
+                    if app.consumer_generation_id != generation:
+                        # A rebalance ran while the handler waited: the seek reset this
+                        # partition's read offset to its committed one, and what the sink
+                        # had queued for it was dropped. Moving the read offset past this
+                        # batch would skip those records when they are fetched again.
+                        break
                 read_offset[tp] = batch[-1].offset + 1
 
     async def _record_gaps(self, tp: TP, expected: int, batch: Sequence[Any]) -> None:

@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, cast
 
@@ -15,7 +14,6 @@ import faust
 import uvloop
 from faust.app.base import BootStrategy
 from faust.auth import Credentials
-from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, TopicT, TransportT
 from mode import Service, ServiceT
 
@@ -138,37 +136,6 @@ class PaymentApp(faust.App):
         # progress of the batch path (time.monotonic()), for the liveness probe
         self.last_fetch_at: float | None = None
         self.last_batch_at: float | None = None
-        self._changelogs_known = False
-
-    async def wait_for_changelog_metadata(self, timeout: float = 30.0) -> None:
-        """Block until the consumer's metadata knows every changelog's partitions.
-
-        Faust refuses a table write whose changelog it knows with 0 partitions
-        (``PartitionsMismatch``), and a changelog created at this start takes a moment
-        to appear in the group's metadata; a first flush within that moment crashed
-        the sink. Called once, before the first batch.
-        """
-        if self._changelogs_known:
-            return
-        consumer: Any = self.consumer
-        names = [table.changelog_topic.get_topic_name() for table in self.tables.values()]
-        deadline = time.monotonic() + timeout
-        thread = consumer._thread  # the consumer runs on its own thread and event loop
-        try:
-            client = thread._ensure_consumer()._client
-        except ConsumerNotStarted:  # a handler driven by hand (unit tests): no metadata
-            return
-
-        async def refresh() -> None:
-            await client.force_metadata_update()
-        while unknown := [n for n in names if not consumer.topic_partitions(n)]:
-            if time.monotonic() > deadline:
-                log.warning("changelog metadata still unknown after %.0f s: %s", timeout,
-                            ", ".join(unknown))
-                return
-            await thread.call_thread(refresh)
-            await asyncio.sleep(0.1)
-        self._changelogs_known = True
 
     def is_leader(self) -> bool:
         """The worker that owns ``payments`` partition 0 runs the leader's timers.
