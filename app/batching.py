@@ -93,6 +93,27 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         break
                 read_offset[tp] = batch[-1].offset + 1
 
+    async def perform_seek(self) -> None:
+        """Seek every partition to its committed offset, and a batch partition that has
+        none to its beginning.
+
+        aiokafka's ``seek_to_committed`` leaves a partition with no committed offset where
+        it is, and this consumer may have fetched records for it and dropped them
+        (fetched while the flow was stopped, or left over when a rebalance began). Left
+        there, those records would never be read, and Faust's commit, which takes the
+        first run of acked offsets, would pass over them. A partition nobody has committed
+        yet is read from its first offset, as ``auto_offset_reset=earliest`` means.
+        """
+        await super().perform_seek()
+        app = cast(Any, self.app)
+        handlers = app.batch_handlers
+        never = [tp for tp in self.assignment()
+                 if tp.topic in handlers and self._read_offset.get(tp) is None]
+        if never:
+            earliest = await self.earliest_offsets(*never)
+            for tp in never:
+                await self.seek(tp, earliest.get(tp) or 0)
+
     async def _record_gaps(self, tp: TP, expected: int, batch: Sequence[Any]) -> None:
         """Mark offsets with no record (transaction markers, compaction) as done.
 
