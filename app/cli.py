@@ -9,7 +9,7 @@ from typing import NoReturn
 import click
 
 from app.settings import Settings
-from pipeline.config import KEYS, ActiveConfig, ConfigManager, compile_config
+from pipeline.config import ActiveConfig, ConfigManager, compile_config
 from storage.config_topic import ConfigTopic
 
 
@@ -26,5 +26,4 @@ async def active_config(settings: Settings, manager: ConfigManager) -> ActiveCon
     """What the workers run: the topic's latest versions over the source's documents."""
     records = await ConfigTopic(settings.broker, settings.app_id).read()
     source = manager.source.load()
-    return compile_config({key: records.latest(key) or source[key] for key in KEYS},
-                          records.known_bounds())
+    return compile_config(records.latest_over(source), records.known_bounds())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 import json
 import traceback
-from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -92,11 +91,6 @@ def _source(manager: ConfigManager) -> dict[str, ConfigVersion]:
     return manager.source.load()
 
 
-def _latest(records: ConfigRecords, source: Mapping[str, ConfigVersion]
-            ) -> dict[str, ConfigVersion]:
-    return {key: records.latest(key) or source[key] for key in KEYS}
-
-
 async def _push(topic: ConfigTopic, records: ConfigRecords, manager: ConfigManager,
                 keys: tuple[str, ...], comment: str, dry_run: bool) -> None:
     source = _source(manager)
@@ -121,7 +115,7 @@ async def _rollback(topic: ConfigTopic, records: ConfigRecords, manager: ConfigM
     if old is None:
         known = ", ".join(f"v{v.version}" for v in records.history(key)) or "none"
         fail(f"{key} has no version {number} (pushed: {known})")
-    latest = _latest(records, _source(manager))
+    latest = records.latest_over(_source(manager))
     planned = plan_push(records, {key: old}, latest, by=user(),
                         comment=comment or f"rollback to v{number}")
     if not planned:

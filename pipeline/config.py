@@ -311,6 +311,10 @@ class ConfigRecords:
         record = self.records.get(history_key(key, number))
         return ConfigVersion.from_record(record) if record else None
 
+    def latest_over(self, source: Mapping[str, ConfigVersion]) -> dict[str, ConfigVersion]:
+        """What the workers run: each key's latest pushed version, else the source's."""
+        return {key: self.latest(key) or source[key] for key in KEYS}
+
     def next_number(self, key: str) -> int:
         """The number the key's next pushed version gets."""
         history = self.history(key)
@@ -354,7 +358,7 @@ def plan_push(records: ConfigRecords, candidates: Mapping[str, ConfigVersion],
             changed[key] = candidate
     if not changed:
         return []
-    current = {key: records.latest(key) or source[key] for key in KEYS}
+    current = records.latest_over(source)
     compile_config({**current, **changed}, {**(known_bounds or {}), **records.known_bounds()})
     return [version.pushed(records.next_number(key), by, comment)
             for key, version in changed.items()]
