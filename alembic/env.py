@@ -18,7 +18,7 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    return config.attributes.get("database_url") or Settings().database_url
+    return config.attributes.get("database_url") or Settings().database_url_with_password
 
 
 def run_migrations_offline() -> None:

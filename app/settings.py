@@ -6,13 +6,19 @@ Every knob of the worker, the simulator and the sinks is a field of
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 from pipeline.config import COMPLIANCE_KEY, METRICS_KEY, TRANSACTION_KEY, ConfigSource
 from storage.broker import (
@@ -54,8 +60,12 @@ class Settings(BaseSettings):
         "died is replaced after this long")
     database_url: str = Field(
         "postgresql+psycopg2://postgres@127.0.0.1:5432/payment_monitor",
-        description="SQLAlchemy URL of the metrics database",
+        description="SQLAlchemy URL of the metrics database (no password in it when "
+        "DATABASE_PASSWORD is set)",
     )
+    database_password: SecretStr | None = Field(
+        None, description="PostgreSQL password, put into DATABASE_URL (from Key Vault: a "
+        "file in SECRETS_DIR on AKS, the environment the VM launcher sets)")
     raw_events_url: str = Field("./data/raw", description="Parquet lake: path, file:// or abfs://")
     app_datadir: str = Field("./data/faust", description="Faust data dir (RocksDB tables)")
     store_url: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://")
@@ -164,6 +174,23 @@ class Settings(BaseSettings):
     azure_appconfig_label: str = Field("", description="label of the three keys (empty: none)")
     azure_appconfig_sentinel_key: str = Field(
         "payment-monitor:sentinel", description="key whose change triggers a reload")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment, then ``SECRETS_DIR``: one file per secret setting, named after
+        it (``database_password``), as the Key Vault CSI driver mounts them on AKS."""
+        secrets_dir = os.environ.get("SECRETS_DIR")
+        if not secrets_dir:
+            return init_settings, env_settings
+        if not Path(secrets_dir).is_dir():
+            raise ValueError(f"SECRETS_DIR={secrets_dir} is not a directory")
+        return init_settings, env_settings, SecretsSettingsSource(settings_cls,
+                                                                  secrets_dir=secrets_dir)
 
     @field_validator("window_sizes")
     @classmethod
@@ -292,7 +319,23 @@ class Settings(BaseSettings):
         password = urlsplit(self.database_url).password
         if password:
             values.append(password)
+        if self.database_password is not None:
+            values.append(self.database_password.get_secret_value())
         return values
+
+    @property
+    def database_url_with_password(self) -> str:
+        """DATABASE_URL with DATABASE_PASSWORD put in (URL-quoted), for the engine only:
+        log :attr:`safe_database_url`."""
+        if self.database_password is None:
+            return self.database_url
+        parts = urlsplit(self.database_url)
+        password = quote(self.database_password.get_secret_value(), safe="")
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        if not user:
+            raise ValueError("DATABASE_PASSWORD is set but DATABASE_URL names no user")
+        return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
     @property
     def safe_database_url(self) -> str:

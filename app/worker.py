@@ -53,7 +53,7 @@ def build(settings: Settings) -> PaymentApp:
                    settings.dedupe_window_s)
 
     db_engine = create_db_engine(
-        settings.database_url,
+        settings.database_url_with_password,
         pool_min=settings.db_pool_min,
         pool_max=settings.db_pool_max,
         statement_timeout_ms=settings.db_statement_timeout_ms,

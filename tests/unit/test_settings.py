@@ -56,3 +56,39 @@ def test_lake_credentials_for_azure(monkeypatch):
     s = Settings(raw_events_url="abfs://lake/raw", azure_storage_account_name="acct",
                  azure_use_default_credential=True)
     assert s.lake_storage_options == {"account_name": "acct", "anon": False}
+
+
+def test_database_password_goes_into_the_url_and_nowhere_else(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg2://app@db.internal:5432/pm?sslmode=require")
+    monkeypatch.setenv("DATABASE_PASSWORD", "p@ss:w/rd")
+    s = Settings()
+    assert s.database_url_with_password == (
+        "postgresql+psycopg2://app:p%40ss%3Aw%2Frd@db.internal:5432/pm?sslmode=require")
+    assert "p@ss" not in s.safe_database_url
+    assert "p@ss:w/rd" in s.secrets  # so the log redaction hides it
+
+
+def test_a_password_needs_a_user_in_the_url(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg2://db.internal/pm")
+    monkeypatch.setenv("DATABASE_PASSWORD", "secret")
+    with pytest.raises(ValueError, match="names no user"):
+        Settings().database_url_with_password  # noqa: B018
+
+
+def test_secrets_dir_files_fill_secret_settings(monkeypatch, tmp_path):
+    """The Key Vault CSI driver mounts one file per secret, named after the setting."""
+    (tmp_path / "database_password").write_text("from-key-vault")
+    (tmp_path / "eventhubs_connection_string").write_text(
+        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v")
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path))
+    s = Settings()
+    assert s.database_password.get_secret_value() == "from-key-vault"
+    assert s.broker.bootstrap == "ns.servicebus.windows.net:9093"
+    monkeypatch.setenv("DATABASE_PASSWORD", "from-env")  # the environment wins
+    assert Settings().database_password.get_secret_value() == "from-env"
+
+
+def test_a_missing_secrets_dir_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="SECRETS_DIR=.* is not a directory"):
+        Settings()
