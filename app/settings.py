@@ -343,6 +343,18 @@ class Settings(BaseSettings):
         return mask_url(self.database_url)
 
 
+class VaultSettings(BaseSettings):
+    """What ``payment-monitor-vault`` (app/vault.py) reads before the worker starts."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_file=None)
+
+    keyvault_url: str = Field(
+        description="https://<vault>.vault.azure.net/: the VM launcher reads secrets there")
+    keyvault_secrets: str = Field(
+        description="SETTING=secret-name pairs, comma-separated, e.g. "
+        "DATABASE_PASSWORD=payment-monitor-db-password")
+
+
 def mask_url(url: str) -> str:
     """Return ``url`` with the password replaced by ``***``."""
     parts = urlsplit(url)

@@ -1,0 +1,11 @@
+environment                  = "dev"
+topic_partitions             = 4
+eventhubs_sku                = "Standard"
+eventhubs_capacity           = 1
+payments_retention_hours     = 168
+postgres_sku                 = "GP_Standard_D2ds_v5"
+postgres_high_availability   = false
+lake_replication             = "ZRS"
+node_count_min               = 1
+node_count_max               = 3
+api_server_authorized_ranges = ["203.0.113.0/24"]

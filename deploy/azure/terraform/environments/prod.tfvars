@@ -1,0 +1,11 @@
+environment                  = "prod"
+topic_partitions             = 8
+eventhubs_sku                = "Premium"
+eventhubs_capacity           = 1
+payments_retention_hours     = 2160
+postgres_sku                 = "GP_Standard_D4ds_v5"
+postgres_high_availability   = true
+lake_replication             = "GZRS"
+node_count_min               = 3
+node_count_max               = 6
+api_server_authorized_ranges = ["203.0.113.0/24"]
