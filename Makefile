@@ -6,11 +6,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 KAFKA_STAMP := .kafka/.installed
+# The deployment checkers that are not Python packages of ours: Helm and actionlint
+# built with Go from the Go module proxy, checkov in a venv of its own (its pins clash
+# with ours). The versions are in the stamp's name, so a change reinstalls.
+HELM_VERSION := v3.22.0
+ACTIONLINT_VERSION := v1.7.12
+CHECKOV_VERSION := 3.3.30
+TOOLS_STAMP := .tools/.installed-helm-$(HELM_VERSION)-actionlint-$(ACTIONLINT_VERSION)-checkov-$(CHECKOV_VERSION)
 COUNT ?= 100000
 RATE ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: kafka chromium help install demo test test-chaos test-unit test-integration test-e2e lint bench simulate migrate worker clean
+.PHONY: kafka tools manifests chromium help install demo test test-deploy test-chaos test-unit test-integration test-e2e lint bench simulate migrate worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -39,6 +46,21 @@ $(KAFKA_STAMP): devtools/kafka/pom.xml
 	else echo "no Java here: the local broker will be noida-db"; mkdir -p .kafka; fi
 	touch $(KAFKA_STAMP)
 
+$(TOOLS_STAMP):
+	@command -v go >/dev/null || { echo "Go is needed to build Helm and actionlint (the deployment checks)"; exit 1; }
+	mkdir -p .tools/bin
+	GOBIN=$(CURDIR)/.tools/bin GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(CURDIR)/.tools/bin GOFLAGS=-mod=mod go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+	rm -rf .tools/checkov && $(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/pip install --quiet --upgrade pip
+	.tools/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+	rm -f .tools/.installed-* && touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP) ## build Helm and actionlint (Go), install checkov: the deployment checks
+
+manifests: $(STAMP) $(TOOLS_STAMP) ## render the Helm chart for dev and prod into deploy/k8s/rendered/
+	$(PY) -m devtools.manifests
+
 kafka: $(KAFKA_STAMP) ## fetch Apache Kafka's broker jars into .kafka/libs (Maven)
 
 # Headless Chromium for the dashboard's browser test (Debian packages; root or sudo).
@@ -49,13 +71,13 @@ chromium:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
-install: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) chromium ## create .venv, install the package with its dev tools, Kafka's jars, Azurite and Chromium
+install: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) $(TOOLS_STAMP) chromium ## create .venv, install the package with its dev tools, Kafka's jars, Azurite, Chromium and the deployment checkers
 
 demo: $(STAMP) $(KAFKA_STAMP) ## broker + PostgreSQL + migrations + worker + simulator (COUNT=100000), then a summary; stops everything
 	$(PY) -m devtools.demo --count $(COUNT) --rate $(RATE)
 
-test: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) chromium ## every test tier against the real broker (Kafka) and PostgreSQL (started and stopped by the tests)
-	$(PY) -m pytest tests/unit tests/integration tests/e2e
+test: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) $(TOOLS_STAMP) chromium ## every test tier against the real broker (Kafka) and PostgreSQL, and the deployment checks
+	$(PY) -m pytest tests/unit tests/deploy tests/integration tests/e2e
 
 test-chaos: $(STAMP) $(KAFKA_STAMP) ## the long fault runs: 10 SIGKILLs across 500,000 events, PostgreSQL down 60 s
 	$(PY) -m pytest tests/chaos -s
@@ -68,6 +90,9 @@ test-integration: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) ## integration tests (re
 
 test-e2e: $(STAMP) $(KAFKA_STAMP) chromium ## end-to-end tests (worker processes fed by the simulator)
 	$(PY) -m pytest tests/e2e
+
+test-deploy: $(STAMP) $(TOOLS_STAMP) ## the deployment artefacts: image, chart, Terraform, VM install, workflows (offline)
+	$(PY) -m pytest tests/deploy
 
 lint: $(STAMP) ## ruff, mypy and the import contracts (.importlinter: layers, no cycles)
 	$(VENV)/bin/ruff check .
@@ -87,4 +112,4 @@ worker: $(STAMP) ## run a worker on BROKER_URL / DATABASE_URL (web UI on 6066)
 	$(VENV)/bin/faust -A app worker -l info --web-port 6066
 
 clean: ## remove the venv and local run data
-	rm -rf $(VENV) node_modules .kafka .run data
+	rm -rf $(VENV) node_modules .kafka .tools .run data

@@ -96,7 +96,9 @@ class ConfigReader(Service):
     async def _run(self) -> None:
         while not self.should_stop:
             try:
-                if await self.reader.poll():
+                # The first poll counts even when the topic is empty: the worker has then
+                # read its configuration topic, and an idle worker becomes ready.
+                if await self.reader.poll() or not self.caught_up.is_set():
                     self.on_records()
                 self.caught_up.set()
             except Exception:  # the broker may be away for a while; keep the last records

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,8 +201,33 @@ class Stack:
                                        f"see {worker.log_path}")
             if time.monotonic() - started > timeout:
                 raise ServiceError(f"only {committed} of {expected} offsets committed after "
-                                   f"{timeout:.0f} s")
+                                   f"{timeout:.0f} s{self.worker_trouble()}")
             time.sleep(0.5)
+
+    def worker_trouble(self, lines: int = 40) -> str:
+        """The last warnings and errors of each worker's log, and what its probes say:
+        for a failure message, so a CI log alone tells what the worker saw."""
+        report = []
+        for worker in self.workers:
+            try:
+                text = worker.log_path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            trouble = [line[:300] for line in text
+                       if any(w in line for w in ("WARN", "ERROR", "CRITICAL", "Traceback"))]
+            report.append(f"\n--- {worker.log_path.name}: last {lines} warnings/errors of "
+                          f"{len(text)} lines")
+            report.extend(trouble[-lines:])
+            if worker.alive():
+                for probe in ("/healthz", "/readyz"):
+                    try:
+                        with urllib.request.urlopen(f"{worker.web_url}{probe}", timeout=5) as r:
+                            report.append(f"{probe}: {r.status} {r.read()[:500]!r}")
+                    except urllib.error.HTTPError as exc:
+                        report.append(f"{probe}: {exc.code} {exc.read()[:500]!r}")
+                    except OSError as exc:
+                        report.append(f"{probe}: {exc}")
+        return "\n".join(report)
 
     def stop(self, *, drop_database: bool = False) -> None:
         for worker in self.workers:

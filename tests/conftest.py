@@ -25,7 +25,7 @@ from devtools.services import (
 from devtools.stack import Stack, run_migrations
 
 TIERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e,
-         "chaos": pytest.mark.chaos}
+         "chaos": pytest.mark.chaos, "deploy": pytest.mark.deploy}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

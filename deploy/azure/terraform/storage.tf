@@ -2,7 +2,7 @@
 # ../lake-lifecycle-policy.json (read from that file: one truth for the retention).
 # Entra ID only (no shared keys): the workers write with their workload identity.
 resource "azurerm_storage_account" "lake" {
-  #checkov:skip=CKV_AZURE_33:the queue service is not used
+  #checkov:skip=CKV_AZURE_33:the queue service is not used by the lake or anything else
   #checkov:skip=CKV2_AZURE_1:platform-managed keys with infrastructure (double) encryption; a customer-managed key is an organisation policy, add it with the vault's key when required
   name                              = "${local.compact}lake"
   resource_group_name               = azurerm_resource_group.main.name

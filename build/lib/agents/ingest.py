@@ -1,0 +1,260 @@
+"""The ingest batch handler: parse, validate, de-duplicate, count, dead-letter, hand on.
+
+Runs for every fetched batch of one ``payments`` partition (see
+:mod:`app.batching`), inside the consumer's fetch loop, so the next fetch
+waits for it: that is the back-pressure. Per batch, in offset order:
+
+1. parse, validate and de-duplicate (:func:`_classify`);
+2. decide which accepted payments are too late for the windows: a payment is
+   late when its 5-minute window ended ``grace`` seconds or more before the
+   partition's stream time (the newest event time so far); a late payment is
+   left out of every window size (so an hourly window stays the merge of its
+   5-minute windows) and counted in the ``late_events`` windowed metric;
+3. extract each payment's metrics (:class:`~pipeline.metrics.MetricEngine`);
+4. count the on-time payments into the window tables, one update per key.
+
+It emits one ``payments-dlq`` record per failed message and one
+:class:`~pipeline.batches.SinkBatch` to the sinks, which ack the offsets once
+everything is durable. Window values and the stream clock go to
+:class:`~tables.payments.WindowState` (behind its write-back cache) and new
+transaction ids to :class:`~tables.seen.SeenIds`; all reach their tables (and
+changelogs) before each commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from faust.types import TP, Message, TopicT
+
+from agents.config import ConfigSync
+from agents.sinks import SinkService
+from app.faust_app import PaymentApp
+from app.telemetry import Telemetry
+from models.events import (
+    REPLAY_OF_HEADER,
+    RETRY_COUNT_HEADER,
+    ErrorCategory,
+    FailedMessage,
+    ParsedTransaction,
+    ValidationError,
+)
+from pipeline.batches import SinkBatch
+from pipeline.config import ConfigManager
+from pipeline.metrics import ExtractionResult, History
+from pipeline.parse import Validator
+from tables.context import partition_context
+from tables.payments import WindowState
+from tables.seen import SeenIds
+
+log = logging.getLogger(__name__)
+
+
+class IngestStats:
+    """Live counters and a latency reservoir, shown in the web UI and used by the benchmark."""
+
+    def __init__(self, reservoir: int = 200_000) -> None:
+        # seconds from the producer's timestamp to the table update, newest last
+        self.latencies: deque[float] = deque(maxlen=reservoir)
+        # ... and to the arrival of the fetch that brought the event
+        self.fetch_latencies: deque[float] = deque(maxlen=reservoir)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start counting afresh (the benchmark does this between its phases)."""
+        self.consumed = 0
+        self.accepted = 0
+        self.failed = 0
+        self.late = 0
+        self.extractor_errors: Counter[str] = Counter()
+        self.failed_by_category: Counter[str] = Counter()
+        self.batches = 0
+        self.first_event_at: float | None = None
+        self.last_event_at: float | None = None
+        self.latencies.clear()
+        self.fetch_latencies.clear()
+
+    def snapshot(self) -> dict:
+        def pcts(values: deque[float]) -> dict[str, float | None]:
+            lat = sorted(values)
+
+            def pct(q: float) -> float | None:
+                return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else None
+
+            return {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99)}
+
+        span = (self.last_event_at or 0) - (self.first_event_at or 0)
+        return {
+            "consumed": self.consumed,
+            "accepted": self.accepted,
+            "failed": self.failed,
+            "failed_by_category": dict(self.failed_by_category),
+            "late_events": self.late,
+            "extractor_errors": dict(self.extractor_errors),
+            "batches": self.batches,
+            "events_per_second": round(self.consumed / span, 1) if span > 0 else None,
+            "latency_ms": pcts(self.latencies),
+            "fetch_latency_ms": pcts(self.fetch_latencies),
+        }
+
+
+def register_ingest(
+    app: PaymentApp,
+    payments: TopicT,
+    dlq: TopicT,
+    windows: WindowState,
+    seen: SeenIds,
+    sinks: SinkService,
+    config: ConfigManager,
+    config_sync: ConfigSync,
+    telemetry: Telemetry,
+) -> IngestStats:
+    """Register the ``payments`` batch handler; returns its live stats."""
+    stats = IngestStats()
+
+    @app.batch_handler(payments)
+    async def ingest(tp: TP, messages: Sequence[Message]) -> None:
+        arrival = time.time()
+        if not config_sync.synced:  # the topic's version, never the source's, if one exists
+            generation = app.consumer_generation_id
+            await config_sync.first_sync()
+            if app.consumer_generation_id != generation:
+                return  # rebalanced meanwhile: these records are fetched again, if still ours
+        active = config.active  # the whole batch runs under this one version
+        engine = active.engine
+        partition = tp.partition
+        with partition_context(app, messages[-1]):
+            payments_by_offset, failed = _classify(active.validator, seen, partition,
+                                                   messages, arrival)
+            metrics = {offset: engine.extract(tx, offset, _history(seen, partition))
+                       for offset, tx in payments_by_offset.items()}
+            window_rows, late = windows.count(partition, messages[0].offset,
+                                              sinks.committed_offsets.get(partition, 0),
+                                              payments_by_offset, metrics, failed)
+        done = time.time()
+
+        for item in failed:
+            dlq.send_soon(
+                key=f"{item.topic}-{item.partition}-{item.offset}".encode(),
+                value=orjson.dumps(item.to_dict()),
+            )
+        latencies = _record(stats, messages, failed, arrival, done)
+        stats.late += late
+        telemetry.record_batch(len(messages), [f.category.value for f in failed], late,
+                               done - arrival, latencies)
+        _record_extractor_errors(stats, metrics, {
+            "topic": tp.topic, "partition": partition, "batch_size": len(messages),
+            "offsets": f"{messages[0].offset}-{messages[-1].offset}",
+            "config_version": active.version})
+        await sinks.put(
+            SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
+                      window_rows, arrival, metrics, active.version)
+        )
+        # Bound the producer's buffer (changelog + DLQ records) per batch.
+        await app.producer.buffer.wait_until_ebb()
+
+    return stats
+
+
+def _classify(
+    validator: Validator,
+    seen: SeenIds,
+    partition: int,
+    messages: Sequence[Message],
+    arrival: float,
+) -> tuple[dict[int, ParsedTransaction], list[FailedMessage]]:
+    """Parse, validate and de-duplicate one partition's batch, in offset order."""
+    accepted: dict[int, ParsedTransaction] = {}
+    failed: list[FailedMessage] = []
+    for message in messages:
+        received = message.timestamp or arrival
+        result = validator.parse(message.value, received)
+        tx = result.transaction
+        if tx is None:
+            failed.append(_failed(message, result.category or ErrorCategory.SCHEMA,
+                                  result.errors, received))
+            continue
+        first = seen.first_seen(partition, tx.transaction_id, received)
+        if first is None:
+            seen.add(partition, tx.transaction_id, message.offset, received,
+                     (tx.customer_id, tx.event_ts, tx.amount_minor, tx.currency))
+        elif first != message.offset:  # the same offset again is a redelivery, not a duplicate
+            error = ValidationError(
+                "transaction_id", "unique",
+                f"transaction_id {tx.transaction_id!r} was already accepted at "
+                f"{message.topic}[{partition}]@{first}", repr(tx.transaction_id))
+            failed.append(_failed(message, ErrorCategory.DUPLICATE, (error,), received))
+            continue
+        accepted[message.offset] = tx
+    return accepted, failed
+
+
+def _history(seen: SeenIds, partition: int) -> History:
+    return lambda customer: seen.history(partition, customer)
+
+
+def _failed(message: Message, category: ErrorCategory,
+            errors: tuple[ValidationError, ...], received: float) -> FailedMessage:
+    headers = _headers(message)
+    replay_of = headers.get(REPLAY_OF_HEADER)
+    return FailedMessage(
+        raw=message.value if message.value is not None else b"",
+        category=category,
+        errors=errors,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        first_seen=datetime.fromtimestamp(received, UTC),
+        retry_count=_int(headers.get(RETRY_COUNT_HEADER)) or 0,
+        replay_of=_int(replay_of),
+        key=message.key,
+    )
+
+
+def _headers(message: Message) -> dict[str, bytes]:
+    headers: Any = message.headers or {}
+    return dict(headers.items() if isinstance(headers, dict) else headers)
+
+
+def _int(value: bytes | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def _record_extractor_errors(stats: IngestStats, metrics: dict[int, ExtractionResult],
+                             context: dict[str, Any]) -> None:
+    for result in metrics.values():
+        if result.errors:
+            for error in result.errors:
+                if not stats.extractor_errors[error.extractor]:
+                    log.warning("metric extractor %s failed (the payment and its other "
+                                "metrics are kept): %s", error.extractor, error.error,
+                                extra=context)
+                stats.extractor_errors[error.extractor] += 1
+
+
+def _record(stats: IngestStats, messages: Sequence[Message], failed: list[FailedMessage],
+            arrival: float, done: float) -> list[float]:
+    """Count a batch into the live stats; returns its events' latencies (seconds)."""
+    n = len(messages)
+    stats.consumed += n
+    stats.failed += len(failed)
+    stats.accepted += n - len(failed)
+    stats.failed_by_category.update(f.category.value for f in failed)
+    stats.batches += 1
+    if stats.first_event_at is None:
+        stats.first_event_at = arrival
+    stats.last_event_at = done
+    stamps = [m.timestamp for m in messages if m.timestamp]
+    latencies = [done - t for t in stamps]
+    stats.latencies.extend(latencies)
+    stats.fetch_latencies.extend(arrival - t for t in stamps)
+    return latencies

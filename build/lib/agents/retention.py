@@ -1,0 +1,52 @@
+"""Periodic jobs: retention in PostgreSQL and the lake, expiry of table state.
+
+* Rows past their table's retention (:data:`storage.retention.RETENTION`:
+  ``failed_items`` 180 days, ``normalized_transactions`` and ``dynamic_metrics``
+  365, ``aggregate_histograms`` 730) and lake day folders older than
+  ``LAKE_RETENTION_DAYS`` (90) are deleted every ``RETENTION_INTERVAL_S``, by the
+  leader worker only (one delete, not N).
+* Expired entries of the ``seen-transactions`` table, and windows that ended
+  ``WINDOW_RETENTION_S`` before their partition's stream time, are deleted every
+  ``DEDUPE_PURGE_INTERVAL_S`` by each worker, for the partitions it owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sqlalchemy import Engine
+
+from app.faust_app import PaymentApp
+from app.settings import Settings
+from app.topics import PAYMENTS
+from storage.parquet import RawEventWriter
+from storage.retention import purge_database, purge_lake
+from tables.context import placeholder_message
+from tables.payments import WindowState
+from tables.seen import SeenIds
+
+log = logging.getLogger(__name__)
+
+
+def register_retention(app: PaymentApp, engine: Engine, seen: SeenIds, lake: RawEventWriter,
+                       settings: Settings, windows: WindowState) -> None:
+    @app.timer(interval=settings.retention_interval_s, on_leader=True)
+    async def retention() -> None:
+        try:
+            await asyncio.to_thread(purge_database, engine, settings)
+        except Exception:  # the next run tries again; the worker keeps consuming
+            log.exception("database retention run failed")
+        try:
+            await asyncio.to_thread(purge_lake, lake.fs, lake.root, settings.lake_retention_days)
+        except Exception:
+            log.exception("lake retention run failed")
+
+    @app.timer(interval=settings.dedupe_purge_interval_s)
+    async def seen_ids_expiry() -> None:
+        actives = {tp.partition for tp in app.assignor.assigned_actives()
+                   if tp.topic == PAYMENTS}
+        if actives:
+            seen.purge(actives, lambda p: placeholder_message(PAYMENTS, p), time.time())
+            windows.expire(actives, settings.window_retention_s)

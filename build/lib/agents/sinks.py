@@ -1,0 +1,190 @@
+"""The sink service: PostgreSQL, then Parquet, then ack and commit.
+
+Receives :class:`~pipeline.batches.SinkBatch` objects from the ingest handler
+through a queue bounded in events (a full queue stops the fetch loop:
+back-pressure), and for each one, in order:
+
+1. writes transactions, failed items and window counts to PostgreSQL in one
+   transaction (every batch waiting in the queue is merged into it, so the
+   sink writes larger transactions exactly when it falls behind);
+2. adds the batch to its partition's Parquet buffer;
+3. when a buffer is due (size or age), writes its files, acks its messages,
+   writes the partition's cached window values to the tables, their windowed
+   metrics to PostgreSQL (``histogram_partials``, ``aggregate_histograms``),
+   flushes the producer (changelog and DLQ records) and commits the offsets.
+
+So an offset is committed only after everything it produced is durable.
+Blocking I/O runs in worker threads; a write that fails every retry crashes
+the worker (infrastructure failures are not turned into data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from typing import Any, Protocol
+
+from mode import Service
+
+from app.faust_app import PaymentApp
+from app.telemetry import Telemetry
+from pipeline.batches import SinkBatch
+from pipeline.windows import HistogramPartials
+from storage.parquet import RawEventWriter
+from storage.postgres import PostgresSink
+from tables.cache import TableCache
+
+log = logging.getLogger(__name__)
+
+
+class FlushedWindows(TableCache, Protocol):
+    """The window state as the sinks see it (:class:`tables.payments.WindowState`)."""
+
+    def take_partials(self, partition: int) -> HistogramPartials: ...
+
+
+class SinkService(Service):
+    """Makes batches durable and commits their offsets; one per worker."""
+
+    def __init__(self, app: PaymentApp, db: PostgresSink, lake: RawEventWriter,
+                 windows: FlushedWindows, seen: TableCache, telemetry: Telemetry | None = None,
+                 *, max_events: int = 50_000, linger: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.db = db
+        self.lake = lake
+        self.windows = windows
+        self.caches: list[TableCache] = [windows, seen]
+        self.telemetry = telemetry or Telemetry()
+        self.busy_since: float | None = None  # time.monotonic() a store or flush began
+        self.max_events = max_events
+        self.linger = linger
+        self._queue: list[SinkBatch] = []
+        self._queued_events = 0
+        self._changed = asyncio.Condition()
+        self._lock = asyncio.Lock()
+        self.rows_written: Counter[str] = Counter()
+        self.files_written = 0
+        self.commits = 0
+        self.committed_offsets: dict[int, int] = {}  # partition -> offset we committed
+
+    async def put(self, batch: SinkBatch) -> None:
+        """Queue a batch; waits while ``max_events`` events are already queued."""
+        n = len(batch.messages)
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: not self._queue or self._queued_events + n <= self.max_events)
+            self._queue.append(batch)
+            self._queued_events += n
+            self._changed.notify_all()
+
+    @Service.task
+    async def _run(self) -> None:
+        while not self.should_stop:
+            timeout = self.lake.seconds_until_due()
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait_for(lambda: bool(self._queue)),
+                                           timeout or 1.0)
+            if self.linger and self._queued_events < self.max_events // 2:
+                # gather a few batches into one transaction (fewer commits, less CPU)
+                await asyncio.sleep(self.linger)
+            async with self._lock:
+                self.busy_since = time.monotonic()
+                try:
+                    batches = await self._drain_queue()
+                    if batches:
+                        await self._store(batches)
+                    for topic, partition in self.lake.due():
+                        await self._flush(topic, partition)
+                finally:
+                    self.busy_since = None
+
+    async def _drain_queue(self) -> list[SinkBatch]:
+        async with self._changed:
+            batches, self._queue = self._queue, []
+            self._queued_events = 0
+            self._changed.notify_all()
+        return batches
+
+    async def _store(self, batches: list[SinkBatch]) -> None:
+        with self.telemetry.sink_seconds.labels("postgres").time():
+            counts = await asyncio.to_thread(self.db.write, batches)
+        self.rows_written.update(counts)
+        for batch in batches:
+            self.lake.append(batch)
+
+    async def _flush(self, topic: str, partition: int) -> None:
+        with self.telemetry.sink_seconds.labels("parquet").time():
+            flushed = await asyncio.to_thread(self.lake.flush, topic, partition)
+        if flushed is None:
+            return
+        self.files_written += len(flushed.paths)
+        self.rows_written["parquet"] += len(flushed.messages)
+        consumer = self.app.consumer
+        # table values (window counts, seen ids) for these offsets go to the
+        # changelog before the commit
+        for cache in self.caches:
+            cache.flush(partition, flushed.messages[-1])
+        partials = self.windows.take_partials(partition)  # snapshotted here, on the loop
+        if partials:
+            with self.telemetry.sink_seconds.labels("windows").time():
+                written = await asyncio.to_thread(self.db.write_windows, partials)
+            self.rows_written.update(written)
+        commit_started = time.perf_counter()
+        await self.app.producer.flush()
+        # acked only now: Faust's own periodic commit may commit acked offsets any time
+        for message in flushed.messages:
+            consumer.ack(message)
+        tp = flushed.messages[-1].tp
+        committed = await consumer.commit({tp})
+        self.telemetry.sink_seconds.labels("commit").observe(time.perf_counter() - commit_started)
+        context = {"topic": topic, "partition": partition,
+                   "offsets": f"{flushed.first_offset}-{flushed.last_offset}",
+                   "batch_size": len(flushed.messages)}
+        if committed:
+            log.debug("committed %s[%d] up to %d", topic, partition, flushed.last_offset + 1,
+                      extra=context)
+            self.commits += 1
+            self.committed_offsets[partition] = flushed.last_offset + 1
+            self.lake.committed(topic, partition, flushed.last_offset + 1)
+        else:
+            # acked all the same: a later commit (ours or Faust's) covers these
+            # offsets, and the lake keeps listing the files as uncommitted until then
+            log.warning("commit of %s[%d] up to %d not done yet", topic, partition,
+                        flushed.last_offset + 1, extra=context)
+
+    async def flush_all(self) -> None:
+        """Store what is queued and flush every buffer (shutdown, tests)."""
+        async with self._lock:
+            batches = await self._drain_queue()
+            if batches:
+                await self._store(batches)
+            for topic, partition in self.lake.buffered():
+                await self._flush(topic, partition)
+
+    async def on_revoked(self, revoked: set) -> None:
+        """Drop what is pending for revoked partitions: their new owner replays it.
+
+        Taken under the lock, so a flush in progress finishes first; later
+        writes of the new owner rewrite the same rows and file names.
+        """
+        gone = {(tp.topic, tp.partition) for tp in revoked}
+        async with self._lock:
+            async with self._changed:
+                self._queue = [b for b in self._queue if (b.topic, b.partition) not in gone]
+                self._queued_events = sum(len(b.messages) for b in self._queue)
+                self._changed.notify_all()
+            for tp in revoked:
+                self.lake.forget(tp.topic, tp.partition)
+                for cache in self.caches:
+                    cache.forget(tp.partition)
+
+    async def on_stop(self) -> None:
+        try:
+            await self.flush_all()
+        except Exception:  # the offsets stay uncommitted: replayed at next start
+            log.exception("final sink flush failed; uncommitted batches will be replayed")

@@ -1,0 +1,37 @@
+"""What the ingest handler hands to the sinks for one topic-partition batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.events import FailedMessage, ParsedTransaction
+from pipeline.metrics import ExtractionResult
+from pipeline.windows import WindowRow
+
+
+@dataclass(slots=True)
+class SinkBatch:
+    """One processed batch of one topic-partition, in offset order.
+
+    ``messages`` are Faust messages (acked once durable); ``payments`` maps
+    an offset to its accepted payment; every other offset is in ``failed``.
+    """
+
+    topic: str
+    partition: int
+    messages: list[Any]
+    payments: dict[int, ParsedTransaction]
+    failed: list[FailedMessage]
+    window_rows: list[WindowRow]
+    arrival: float
+    metrics: dict[int, ExtractionResult] = field(default_factory=dict)  # by offset
+    config_version: str = ""  # ActiveConfig.version the batch was processed under
+
+    @property
+    def first_offset(self) -> int:
+        return int(self.messages[0].offset)
+
+    @property
+    def last_offset(self) -> int:
+        return int(self.messages[-1].offset)

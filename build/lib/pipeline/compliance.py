@@ -1,0 +1,161 @@
+"""Compliance rules (``compliance:rules:v1``): each one a rate metric per payment.
+
+A rule emits ``compliance_<rule>`` = 1 when the payment trips it and 0
+otherwise, so its windowed mean is the share of flagged payments and its sum
+the number of flags. Rules over time (velocity, structuring) look at the
+customer's earlier payments in the same source partition (``history``, kept
+by :class:`tables.seen.SeenIds` for the dedupe window); only payments at
+lower offsets count, so a replay after a crash gives the same verdicts.
+
+Time windows are on event time and inclusive: a payment exactly
+``within_seconds`` away counts. See docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.metrics import (
+    MetricDef,
+    MetricExtractor,
+    MetricsConfigError,
+    MetricType,
+    _param,
+    register,
+)
+
+
+class Rule(MetricExtractor):
+    is_rule = True
+    metric: str
+
+    def definitions(self) -> list[MetricDef]:
+        return [MetricDef(self.metric, MetricType.RATE)]
+
+
+def _thresholds(params: Mapping[str, Any], where: str) -> dict[str, int]:
+    raw = _param(params, "thresholds_minor", dict, where)
+    out = {}
+    for currency, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise MetricsConfigError(f"{where}: thresholds_minor.{currency} is {value!r}, "
+                                     f"expected a positive integer (minor units)")
+        out[str(currency)] = value
+    if not out:
+        raise MetricsConfigError(f"{where}: thresholds_minor is empty")
+    return out
+
+
+def _positive(params: Mapping[str, Any], name: str, where: str) -> int:
+    value = _param(params, name, int, where)
+    if value <= 0:
+        raise MetricsConfigError(f"{where}: {name} must be positive, got {value}")
+    return value
+
+
+@register
+class LargeAmount(Rule):
+    """An amount at or above the reporting threshold of its currency."""
+
+    kind = "large_amount"
+    metric = "compliance_large_amount"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        self.thresholds = _thresholds(params, "rule 'large_amount'")
+
+    def extract(self, tx, offset, history):
+        limit = self.thresholds.get(tx.currency)
+        return ((self.metric, 1 if limit is not None and tx.amount_minor >= limit else 0),)
+
+
+@register
+class HighRiskCountry(Rule):
+    """A payment from a country on the list."""
+
+    kind = "high_risk_country"
+    metric = "compliance_high_risk_country"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        self.countries = frozenset(_param(params, "countries", list, "rule 'high_risk_country'"))
+
+    def extract(self, tx, offset, history):
+        return ((self.metric, 1 if tx.country in self.countries else 0),)
+
+
+@register
+class HighRiskScore(Rule):
+    """A risk score at or above the threshold (payments without a score never trip it)."""
+
+    kind = "high_risk_score"
+    metric = "compliance_high_risk_score"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        self.threshold = float(_param(params, "threshold", (int, float), "rule 'high_risk_score'"))
+        if not 0.0 <= self.threshold <= 1.0:
+            raise MetricsConfigError(f"rule 'high_risk_score': threshold {self.threshold} "
+                                     f"is outside 0..1")
+
+    def extract(self, tx, offset, history):
+        score = tx.risk_score
+        return ((self.metric, 1 if score is not None and score >= self.threshold else 0),)
+
+
+@register
+class Velocity(Rule):
+    """More than ``max_payments`` payments of one customer within ``within_seconds``
+    (this one included; earlier payments on either side of its event time count)."""
+
+    kind = "velocity"
+    metric = "compliance_velocity"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        self.max_payments = _positive(params, "max_payments", "rule 'velocity'")
+        self.within = _positive(params, "within_seconds", "rule 'velocity'")
+
+    def extract(self, tx, offset, history):
+        t = tx.event_ts
+        n = 1
+        for ts, off, _amount, _currency in history(tx.customer_id):
+            if (offset < 0 or off < offset) and abs(ts - t) <= self.within:
+                n += 1
+        return ((self.metric, 1 if n > self.max_payments else 0),)
+
+
+@register
+class Structuring(Rule):
+    """At least ``min_payments`` amounts just under the large-amount threshold
+    (``lower_fraction`` of it or more, below it) by one customer in one currency
+    within ``within_seconds``, this payment being one of them."""
+
+    kind = "structuring"
+    metric = "compliance_structuring"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        where = "rule 'structuring'"
+        self.thresholds = _thresholds(params, where)
+        self.min_payments = _positive(params, "min_payments", where)
+        self.within = _positive(params, "within_seconds", where)
+        self.fraction = float(_param(params, "lower_fraction", (int, float), where))
+        if not 0.0 < self.fraction < 1.0:
+            raise MetricsConfigError(f"{where}: lower_fraction {self.fraction} is outside (0, 1)")
+
+    def _just_under(self, amount: int, currency: str) -> bool:
+        limit = self.thresholds.get(currency)
+        return limit is not None and limit * self.fraction <= amount < limit
+
+    def extract(self, tx, offset, history):
+        if not self._just_under(tx.amount_minor, tx.currency):
+            return ((self.metric, 0),)
+        t = tx.event_ts
+        n = 1
+        for ts, off, amount, currency in history(tx.customer_id):
+            if ((offset < 0 or off < offset) and currency == tx.currency
+                    and abs(ts - t) <= self.within and self._just_under(amount, currency)):
+                n += 1
+        return ((self.metric, 1 if n >= self.min_payments else 0),)

@@ -1,0 +1,543 @@
+"""Metric extraction: what each accepted payment is worth to a compliance team.
+
+Pure code, no Faust and no I/O. The pieces:
+
+- :class:`MetricType` and :class:`DynamicMetric`: one named value of one
+  payment, with a *dimension* (``""`` for all payments, ``"channel=pos"``,
+  ``"currency=EUR,channel=pos"``, ...).
+- :class:`MetricExtractor`: an extractor yields ``(metric name, value)`` pairs
+  for a payment; the :class:`MetricEngine` turns each pair into one metric per
+  configured dimension. Extractors are registered by name (:func:`register`)
+  and chosen and parameterized by configuration
+  (``config/metrics.yaml`` = ``metrics:definitions:v1``; compliance rules in
+  :mod:`pipeline.compliance` from ``config/compliance.yaml`` =
+  ``compliance:rules:v1``).
+- :class:`ExtractionResult`: the metrics plus the errors of extractors that
+  failed; one failing extractor loses neither the others' metrics nor the
+  payment.
+
+A metric is *windowed* when every field of its dimension is in the
+configuration's ``windowed_dimensions`` (low-cardinality fields such as
+channel or currency) and it is not a gauge: the windowed tables then aggregate it as a
+:class:`~pipeline.histogram.Histogram` (bucketed for histogram metrics; count,
+sum, min and max for the others). Per-merchant metrics stay per payment.
+
+The engine compiles the configuration once (dimension key functions, bucket
+bounds, extractor instances); the hot path does no parsing or lookups by name.
+See docs/metrics.md for every default metric.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from operator import itemgetter
+from typing import Any, ClassVar
+
+import msgspec
+
+from models.errors import PaymentMonitorError
+from models.events import STATUSES, ParsedTransaction
+from pipeline.histogram import check_bounds
+
+log = logging.getLogger(__name__)
+
+
+# Fields a dimension may name (the typed payment's low- and high-cardinality strings).
+DIMENSION_FIELDS = ("channel", "currency", "payment_method", "country", "status",
+                    "merchant_id", "customer_id", "decline_code")
+
+
+class MetricType(StrEnum):
+    COUNTER = "counter"  # a count to add up (value is usually 1)
+    GAUGE = "gauge"  # a measured value of this payment
+    HISTOGRAM = "histogram"  # a value to distribute over configured buckets
+    RATE = "rate"  # 0 or 1: its mean over payments is the rate
+
+
+class DynamicMetric(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One metric of one payment."""
+
+    name: str
+    type: MetricType
+    dimension: str
+    value: float
+    windowed: bool = False
+
+
+class ExtractorError(msgspec.Struct, frozen=True):
+    """An extractor that raised on a payment; the payment and the other metrics are kept."""
+
+    extractor: str
+    error: str
+
+
+class MetricInfo:
+    """A metric as compiled for the hot path: its name, type and dimension slots."""
+
+    __slots__ = ("name", "type", "type_name", "slots", "windowed", "index", "rule")
+
+    def __init__(self, name: str, type: MetricType, slots: Sequence[tuple[int, bool]],
+                 index: int = 0, rule: bool = False) -> None:
+        self.name = name
+        self.type = type
+        self.type_name = str(type.value)  # a plain str: a JSON key
+        self.rule = rule  # from a compliance rule
+        self.slots = tuple(i for i, _ in slots)  # indices into the payment's dimension strings
+        self.windowed = tuple(i for i, w in slots if w)
+        self.index = index  # position in the engine's list of metrics
+
+
+WindowPlan = list[tuple[str, ...]]
+"""Per metric (by :attr:`MetricInfo.index`): its window keys ``"<name>|<dimension>"`` for
+one combination of windowed dimension values."""
+
+
+@dataclass(slots=True)
+class ExtractionResult:
+    """The metrics of one payment, in compact form: each emitted ``(metric, value)`` pair
+    stands for one metric per dimension slot. :attr:`metrics` spells them out."""
+
+    dimensions: list[str]
+    emitted: list[tuple[MetricInfo, float]]
+    errors: list[ExtractorError] = field(default_factory=list)
+    plan: WindowPlan = field(default_factory=list)  # window keys of these dimensions
+
+    @property
+    def metrics(self) -> list[DynamicMetric]:
+        dims = self.dimensions
+        return [DynamicMetric(info.name, info.type, dims[i], value, i in info.windowed)
+                for info, value in self.emitted for i in info.slots]
+
+    def __len__(self) -> int:
+        return sum(len(info.slots) for info, _ in self.emitted)
+
+    def rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ``dynamic_metrics`` rows of this payment, ``(metric_type, metric_data)``:
+
+        - ``("metrics", {metric type: {name: value}})`` always;
+        - ``("compliance", {rule metric: 0 or 1})`` when at least one rule flagged it.
+
+        A metric has one value for all its dimensions (the dimensions say which aggregates
+        it joins and are the payment's own fields), so each name is stored once. One row per
+        metric type was measured at a third of the throughput (docs/metrics.md).
+        """
+        metrics: dict[str, dict[str, float]] = {}
+        rules: dict[str, float] | None = None
+        flagged = False
+        for info, value in self.emitted:
+            if info.rule:
+                if rules is None:
+                    rules = {}
+                rules[info.name] = value
+                flagged = flagged or value == 1
+                continue
+            group = metrics.get(info.type_name)
+            if group is None:
+                group = metrics[info.type_name] = {}
+            group[info.name] = value
+        out: list[tuple[str, dict[str, Any]]] = [("metrics", metrics)]
+        if flagged and rules is not None:
+            out.append(("compliance", rules))
+        return out
+
+    def add_windowed(self, grouped: dict[str, list[float]]) -> None:
+        """Append each windowed value to ``grouped["<name>|<dimension>"]`` (a defaultdict)."""
+        plan = self.plan
+        for info, value in self.emitted:
+            for key in plan[info.index]:
+                grouped[key].append(value)
+
+    def windowed(self) -> list[tuple[str, str, float]]:
+        """``(name, dimension, value)`` of every metric kept in the windowed tables."""
+        dims = self.dimensions
+        return [(info.name, dims[i], value) for info, value in self.emitted
+                for i in info.windowed]
+
+
+class MetricsConfigError(PaymentMonitorError, ValueError):
+    """A metrics or compliance configuration that cannot be used; names the entry."""
+
+
+History = Callable[[str], Sequence[tuple[float, int, int, str]]]
+"""A customer's earlier accepted payments in its partition: (event ts, offset, amount, currency)."""
+
+
+def no_history(customer_id: str) -> Sequence[tuple[float, int, int, str]]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDef:
+    """One metric an extractor can emit."""
+
+    name: str
+    type: MetricType
+    bounds: tuple[float, ...] = ()  # histogram bucket upper bounds
+
+
+class MetricExtractor(ABC):
+    """Turns a payment into ``(metric name, value)`` pairs.
+
+    Subclasses set ``kind`` (the name used in configuration), read their
+    parameters in ``__init__`` (raise :class:`MetricsConfigError` on bad
+    ones), declare what they emit in :meth:`definitions`, and implement
+    :meth:`extract`. ``history`` gives the customer's earlier payments (for
+    rules over time such as velocity).
+    """
+
+    kind: ClassVar[str]
+    is_rule: ClassVar[bool] = False  # a compliance rule (configured in compliance:rules:v1)
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.params = dict(params)
+
+    @abstractmethod
+    def definitions(self) -> list[MetricDef]: ...
+
+    @abstractmethod
+    def extract(self, tx: ParsedTransaction, offset: int,
+                history: History) -> Sequence[tuple[str, float]]:
+        """The payment's ``(metric name, value)`` pairs: a tuple or list, not a generator."""
+
+
+EXTRACTORS: dict[str, type[MetricExtractor]] = {}
+
+
+def register(cls: type[MetricExtractor]) -> type[MetricExtractor]:
+    """Class decorator: make an extractor available to configuration under ``cls.kind``."""
+    EXTRACTORS[cls.kind] = cls
+    return cls
+
+
+def _param(params: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
+           where: str, default: Any = ...) -> Any:
+    if name not in params:
+        if default is ...:
+            raise MetricsConfigError(f"{where}: missing parameter {name!r}")
+        return default
+    value = params[name]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise MetricsConfigError(f"{where}: parameter {name!r} is {value!r}, "
+                                 f"expected {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _buckets(params: Mapping[str, Any], where: str) -> tuple[float, ...]:
+    """The ``buckets`` parameter: strictly increasing upper bounds."""
+    try:
+        return check_bounds(_param(params, "buckets", list, where))
+    except ValueError as exc:
+        raise MetricsConfigError(f"{where}: buckets: {exc}") from None
+
+
+@register
+class StatusExtractor(MetricExtractor):
+    """``transactions`` (1 per payment) and ``transactions_<status>``."""
+
+    kind = "status"
+
+    def definitions(self) -> list[MetricDef]:
+        return [MetricDef("transactions", MetricType.COUNTER)] + [
+            MetricDef(f"transactions_{s}", MetricType.COUNTER) for s in STATUSES]
+
+    def extract(self, tx, offset, history):
+        return (("transactions", 1), (f"transactions_{tx.status.value}", 1))
+
+
+@register
+class AmountExtractor(MetricExtractor):
+    """``amount_minor`` histogram (per currency: amounts of different currencies never mix)
+    and ``amount_major`` gauge (minor units divided by the currency's exponent)."""
+
+    kind = "amount"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        where = "extractor 'amount'"
+        self.bounds = _buckets(params, where)
+        exponents = _param(params, "currency_exponents", dict, where, {})
+        self.default_exponent = _param(params, "default_exponent", int, where, 2)
+        self.divisors = {str(k): 10 ** int(v) for k, v in exponents.items()}
+
+    def definitions(self) -> list[MetricDef]:
+        return [MetricDef("amount_minor", MetricType.HISTOGRAM, self.bounds),
+                MetricDef("amount_major", MetricType.GAUGE)]
+
+    def extract(self, tx, offset, history):
+        divisor = self.divisors.get(tx.currency, 10 ** self.default_exponent)
+        return (("amount_minor", tx.amount_minor), ("amount_major", tx.amount_minor / divisor))
+
+
+@register
+class ChannelFailureExtractor(MetricExtractor):
+    """``failure`` rate: 1 when the status is one of ``failure_statuses``."""
+
+    kind = "channel_failure"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        statuses = _param(params, "failure_statuses", list, "extractor 'channel_failure'",
+                          ["failed"])
+        unknown = set(statuses) - set(STATUSES)
+        if unknown:
+            raise MetricsConfigError(f"extractor 'channel_failure': unknown status "
+                                     f"{sorted(unknown)[0]!r}")
+        self.failures = frozenset(statuses)
+
+    def definitions(self) -> list[MetricDef]:
+        return [MetricDef("failure", MetricType.RATE)]
+
+    def extract(self, tx, offset, history):
+        return (("failure", 1 if tx.status.value in self.failures else 0),)
+
+
+@register
+class DeclineCodeExtractor(MetricExtractor):
+    """``decline_soft`` and ``decline_hard`` rates. Soft declines (e.g. 51 insufficient
+    funds) may succeed on retry; every other decline code is hard."""
+
+    kind = "decline_codes"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        self.soft = frozenset(str(c) for c in _param(params, "soft_codes", list,
+                                                     "extractor 'decline_codes'"))
+
+    def definitions(self) -> list[MetricDef]:
+        return [MetricDef("decline_soft", MetricType.RATE),
+                MetricDef("decline_hard", MetricType.RATE)]
+
+    def extract(self, tx, offset, history):
+        if tx.status.value != "declined":
+            return (("decline_soft", 0), ("decline_hard", 0))
+        soft = tx.decline_code in self.soft
+        return (("decline_soft", 1 if soft else 0), ("decline_hard", 0 if soft else 1))
+
+
+@register
+class LatencyExtractor(MetricExtractor):
+    """``processing_ms`` histogram: the gateway's processing time."""
+
+    kind = "processing_latency"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        self.bounds = _buckets(params, "extractor 'processing_latency'")
+
+    def definitions(self) -> list[MetricDef]:
+        return [MetricDef("processing_ms", MetricType.HISTOGRAM, self.bounds)]
+
+    def extract(self, tx, offset, history):
+        return (("processing_ms", tx.processing_ms),)
+
+
+@register
+class ApprovalExtractor(MetricExtractor):
+    """``approval`` rate (approved among all payments) and ``authorization`` rate
+    (approved among approved and declined: payments the issuer decided on)."""
+
+    kind = "approval"
+
+    def definitions(self) -> list[MetricDef]:
+        return [MetricDef("approval", MetricType.RATE),
+                MetricDef("authorization", MetricType.RATE)]
+
+    def extract(self, tx, offset, history):
+        status = tx.status.value
+        if status == "approved":
+            return (("approval", 1), ("authorization", 1))
+        if status == "declined":
+            return (("approval", 0), ("authorization", 0))
+        return (("approval", 0),)
+
+
+@register
+class RiskScoreExtractor(MetricExtractor):
+    """``risk_score`` histogram, for payments that carry one."""
+
+    kind = "risk_score"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        self.bounds = _buckets(params, "extractor 'risk_score'")
+
+    def definitions(self) -> list[MetricDef]:
+        return [MetricDef("risk_score", MetricType.HISTOGRAM, self.bounds)]
+
+    def extract(self, tx, offset, history):
+        return (("risk_score", tx.risk_score),) if tx.risk_score is not None else ()
+
+
+# -- the engine ---------------------------------------------------------------------------
+
+Dimension = tuple[str, ...]
+
+
+class _Labels(dict):
+    """Dimension strings by field value(s), made on first use (a C-level lookup after)."""
+
+    def __init__(self, fields: Dimension) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def __missing__(self, key: Any) -> str:
+        values = key if len(self.fields) > 1 else (key,)
+        text = self[key] = ",".join(f"{n}={v}" for n, v in zip(self.fields, values, strict=True))
+        return text
+
+
+def _dimensions_function(dims: Sequence[Dimension]) -> Callable[[ParsedTransaction], list[str]]:
+    """One function giving all dimension strings of a payment (generated once, like a
+    compiled validator: one call per payment instead of one per dimension)."""
+    namespace: dict[str, Any] = {}
+    items = []
+    for i, fields in enumerate(dims):
+        for name in fields:
+            if name not in DIMENSION_FIELDS:  # also what makes the generated code safe
+                raise MetricsConfigError(f"unknown dimension field {name!r}")
+        if not fields:
+            items.append('""')
+            continue
+        namespace[f"L{i}"] = _Labels(fields)
+        key = ", ".join(f"tx.{n}" for n in fields)
+        items.append(f"L{i}[{key}]" if len(fields) == 1 else f"L{i}[({key})]")
+    source = f"def dimensions(tx):\n    return [{', '.join(items)}]\n"
+    exec(compile(source, "<metric dimensions>", "exec"), namespace)  # noqa: S102
+    return namespace["dimensions"]
+
+
+@dataclass(slots=True)
+class _Compiled:
+    extractor: MetricExtractor
+    name: str
+    emits: dict[str, MetricInfo]  # by metric name
+
+
+class MetricEngine:
+    """Compiled metric definitions: ``extract(tx)`` gives every metric of a payment."""
+
+    def __init__(self, extractors: Sequence[tuple[MetricExtractor, Sequence[Dimension]]],
+                 windowed_fields: Iterable[str], version: str = "files") -> None:
+        self.version = version
+        self.windowed_fields = frozenset(windowed_fields)
+        dims: list[Dimension] = []
+        self.definitions: dict[str, MetricDef] = {}
+        self._compiled: list[_Compiled] = []
+        self._infos: list[MetricInfo] = []
+        for extractor, dimensions in extractors:
+            emits: dict[str, MetricInfo] = {}
+            slots = []
+            for dim in dimensions:
+                if dim not in dims:
+                    dims.append(dim)
+                slots.append((dims.index(dim), set(dim) <= self.windowed_fields))
+            for d in extractor.definitions():
+                # a gauge is a per-payment reading: its window aggregate would repeat the
+                # histogram of the same value (amount_major is amount_minor rescaled)
+                windowed = [(i, w and d.type != MetricType.GAUGE) for i, w in slots]
+                if d.name in self.definitions:
+                    raise MetricsConfigError(f"metric {d.name!r} is defined twice (extractor "
+                                             f"{extractor.kind!r})")
+                self.definitions[d.name] = d
+                info = MetricInfo(d.name, d.type, windowed, len(self._infos), extractor.is_rule)
+                self._infos.append(info)
+                emits[d.name] = info
+            self._compiled.append(_Compiled(extractor, extractor.kind, emits))
+        self.dimensions = dims
+        self._dimensions = _dimensions_function(dims)
+        self._calls = [(c.extractor.extract, c.emits, c.name) for c in self._compiled]
+        # dimension indices that some metric is windowed on: their values pick the plan
+        window_dims = sorted({i for info in self._infos for i in info.windowed})
+        self._signature: Callable[[list[str]], Any] = (
+            itemgetter(*window_dims) if window_dims else (lambda dims: ()))
+        self._plans: dict[tuple[str, ...], WindowPlan] = {}
+
+    def _plan(self, dims: list[str]) -> WindowPlan:
+        signature = self._signature(dims)
+        plan = self._plans.get(signature)
+        if plan is None:
+            plan = self._plans[signature] = [
+                tuple(f"{info.name}|{dims[i]}" for i in info.windowed) for info in self._infos]
+        return plan
+
+    @property
+    def extractors(self) -> list[MetricExtractor]:
+        """The compiled extractors and rules, in configuration order (metrics first)."""
+        return [c.extractor for c in self._compiled]
+
+    def bounds(self, name: str) -> tuple[float, ...]:
+        """Bucket bounds of a metric's windowed aggregate (empty: count, sum, min, max)."""
+        d = self.definitions.get(name)
+        return d.bounds if d is not None else ()
+
+    def extract(self, tx: ParsedTransaction, offset: int = -1,
+                history: History = no_history) -> ExtractionResult:
+        emitted: list[tuple[MetricInfo, float]] = []
+        errors: list[ExtractorError] | None = None
+        append = emitted.append
+        for extract, emits, kind in self._calls:
+            try:
+                pairs = extract(tx, offset, history)
+                if len(pairs) == 1:
+                    name, value = pairs[0]
+                    append((emits[name], value))
+                else:
+                    emitted += [(emits[name], value) for name, value in pairs]
+            except Exception as exc:  # noqa: BLE001 - one extractor must not sink the rest
+                if errors is None:
+                    errors = []
+                errors.append(ExtractorError(kind, f"{type(exc).__name__}: {exc}"))
+        dims = self._dimensions(tx)
+        return ExtractionResult(dims, emitted, errors or [], self._plan(dims))
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def _dimensions(raw: Any, where: str) -> list[Dimension]:
+    if not isinstance(raw, list) or not raw:
+        raise MetricsConfigError(f"{where}: 'dimensions' must be a non-empty list of field "
+                                 f"lists, e.g. [[], [channel]]")
+    out = []
+    for i, dim in enumerate(raw):
+        if not isinstance(dim, list):
+            raise MetricsConfigError(f"{where}: dimensions[{i}] is {dim!r}, not a list of fields")
+        for name in dim:
+            if name not in DIMENSION_FIELDS:
+                raise MetricsConfigError(
+                    f"{where}: dimensions[{i}] names unknown field {name!r} "
+                    f"(known: {', '.join(DIMENSION_FIELDS)})")
+        out.append(tuple(dim))
+    return out
+
+
+def build_extractors(entries: Any, key: str, *, kind_key: str = "extractor",
+                     list_name: str = "extractors", default_dimensions: Any = None,
+                     ) -> list[tuple[MetricExtractor, list[Dimension]]]:
+    """Extractor instances from a list of ``{<kind_key>: kind, dimensions: [...], ...}``."""
+    if not isinstance(entries, list):
+        raise MetricsConfigError(f"{key}: {list_name!r} must be a list")
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"{key}: {list_name}[{i}]"
+        if not isinstance(entry, dict) or kind_key not in entry:
+            raise MetricsConfigError(f"{where}: expected a mapping with {kind_key!r}")
+        kind = entry[kind_key]
+        cls = EXTRACTORS.get(kind)
+        rules = kind_key == "rule"
+        if cls is None or cls.is_rule != rules:
+            known = sorted(k for k, c in EXTRACTORS.items() if c.is_rule == rules)
+            raise MetricsConfigError(f"{where}: unknown {kind_key} {kind!r} "
+                                     f"(known: {', '.join(known)})")
+        dims = _dimensions(entry.get("dimensions", default_dimensions), f"{where} ({kind})")
+        params = {k: v for k, v in entry.items() if k not in (kind_key, "dimensions")}
+        try:
+            extractor = cls(params)
+        except MetricsConfigError as exc:
+            raise MetricsConfigError(f"{where}: {exc}") from None
+        out.append((extractor, dims))
+    return out

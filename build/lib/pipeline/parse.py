@@ -1,0 +1,236 @@
+"""Bytes in, a :class:`~models.events.ParseResult` out: parse, schema, rules.
+
+Pure code: no Faust, no I/O after start-up. :class:`Validator` is built once
+from ``config/validation.yaml`` (schema file, mode, rules) and then called for
+every message. It never raises for bad input; every message ends as exactly one
+of accepted or failed, with the raw bytes kept as received.
+
+The order of checks, each with its own error category (docs/errors.md):
+size (``too_large``), UTF-8 (``not_utf8``), JSON (``not_json``), object
+(``not_object``), JSON Schema and typed conversion (``schema``), rules
+(``rule``). Duplicates (``duplicate``) need state and are found by the ingest
+agent.
+
+Valid messages take a fast path: one msgspec decode against a Struct compiled
+from the schema (:mod:`pipeline.schema`). Anything it rejects is re-checked by
+the authoritative validator, which explains the failure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
+import orjson
+
+from models.events import (
+    ErrorCategory,
+    ParsedTransaction,
+    ParseResult,
+    TransactionStatus,
+    ValidationError,
+    short_repr,
+)
+from pipeline.rules import Rule, RuleContext
+from pipeline.schema import SchemaChecker, compile_fast
+
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, from the wire format contract
+_INTEGER_FIELDS = ("amount_minor", "processing_ms")
+_STATUSES = {s.value: s for s in TransactionStatus}
+_TRANSACTION_FIELDS = tuple(ParsedTransaction.__struct_fields__)
+
+
+class Mode(StrEnum):
+    FAIL_FAST = "fail_fast"  # stop at the first error: the hot path
+    COLLECT_ALL = "collect_all"  # every schema and rule error: diagnostics and replay
+
+
+class Validator:
+    """Parses and validates message values; build once, call for every message."""
+
+    def __init__(self, schema: dict[str, Any], rules: Sequence[Rule] = (),
+                 mode: Mode = Mode.FAIL_FAST, *, fast_path: bool = True) -> None:
+        self.schema = schema
+        self.rules = list(rules)
+        self.mode = Mode(mode)
+        self.checker = SchemaChecker(schema)
+        self.fast = compile_fast(schema) if fast_path else None
+
+    def with_mode(self, mode: Mode) -> Validator:
+        clone = object.__new__(Validator)
+        clone.__dict__.update(self.__dict__)
+        clone.mode = Mode(mode)
+        return clone
+
+    def parse(self, raw: bytes | None, received_at: float | datetime | None = None) -> ParseResult:
+        """Parse one message value.
+
+        ``received_at`` is the record's broker timestamp (POSIX seconds or an aware
+        datetime); rules compare event time with it, so a replay of the same
+        record gets the same verdict. The wall clock when not given.
+        """
+        raw = b"" if raw is None else raw
+        if received_at is None:
+            received_at = time.time()
+        elif isinstance(received_at, datetime):
+            received_at = received_at.timestamp()
+        ctx = RuleContext(received_at)
+        if self.fast is not None and len(raw) <= MAX_MESSAGE_BYTES:
+            try:
+                fast = self.fast.decode(raw)
+            except (msgspec.MsgspecError, ValueError, RecursionError):
+                pass  # the authoritative path decides and explains
+            else:
+                if b"\\u0000" not in raw:
+                    tx = _from_struct(fast)
+                    if tx is not None:
+                        return self._apply_rules(raw, tx, ctx)
+        return self._parse_slow(raw, ctx)
+
+    def _parse_slow(self, raw: bytes, ctx: RuleContext) -> ParseResult:
+        obj_or_failure = _decode(raw)
+        if isinstance(obj_or_failure, ParseResult):
+            return obj_or_failure
+        obj = obj_or_failure
+        if self.mode is Mode.FAIL_FAST:
+            first = self.checker.first_error(obj) or _extra_checks(obj, raw)
+            if first is not None:
+                return ParseResult(raw, category=ErrorCategory.SCHEMA, errors=(first,))
+        else:
+            errors = self.checker.all_errors(obj)
+            if not errors:
+                extra = _extra_checks(obj, raw)
+                errors = [extra] if extra else []
+            if errors:
+                rule_errors = [e for rule in self.rules if rule.applies(obj)
+                               if (e := rule.check(obj, ctx)) is not None]
+                return ParseResult(raw, category=ErrorCategory.SCHEMA,
+                                   errors=tuple(errors + rule_errors))
+        return self._apply_rules(raw, _typed(obj), ctx)
+
+    def _apply_rules(self, raw: bytes, tx: ParsedTransaction, ctx: RuleContext) -> ParseResult:
+        errors: list[ValidationError] = []
+        for rule in self.rules:
+            if rule.applies(tx):
+                error = rule.check(tx, ctx)
+                if error is not None:
+                    errors.append(error)
+                    if self.mode is Mode.FAIL_FAST:
+                        break
+        if errors:
+            return ParseResult(raw, category=ErrorCategory.RULE, errors=tuple(errors))
+        return ParseResult(raw, transaction=tx)
+
+
+def _fail(raw: bytes, category: ErrorCategory, message: str, rule: str,
+          field: str | None = None, value: str | None = None) -> ParseResult:
+    return ParseResult(raw, category=category,
+                       errors=(ValidationError(field, rule, message, value),))
+
+
+def _decode(raw: bytes) -> dict[str, Any] | ParseResult:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return _fail(raw, ErrorCategory.TOO_LARGE,
+                     f"message is {len(raw)} bytes, over the limit of {MAX_MESSAGE_BYTES}",
+                     "max_size")
+    if not raw:
+        return _fail(raw, ErrorCategory.NOT_JSON, "message is empty (no value)", "json")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            return _fail(raw, ErrorCategory.NOT_UTF8,
+                         f"message is not UTF-8: byte {uexc.start} is invalid", "utf8")
+        try:
+            # orjson refuses integers beyond 64 bits; the schema should name that field
+            obj = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            return _fail(raw, ErrorCategory.NOT_JSON, f"message is not JSON: {exc}", "json")
+    if not isinstance(obj, dict):
+        kind = "null" if obj is None else type(obj).__name__
+        return _fail(raw, ErrorCategory.NOT_OBJECT,
+                     f"message is a JSON {kind}, not an object", "type")
+    return obj
+
+
+def _extra_checks(obj: dict[str, Any], raw: bytes) -> ValidationError | None:
+    """What the schema cannot say: strict integers, real dates, no NUL characters."""
+    for name in _INTEGER_FIELDS:
+        value = obj.get(name)
+        if name in obj and type(value) is not int:  # JSON Schema counts 10.0 as an integer
+            return ValidationError(name, "type", f"{name} must be an integer, not "
+                                   f"{short_repr(value)}", short_repr(value))
+    if "event_time" in obj:
+        try:
+            datetime.fromisoformat(obj["event_time"])
+        except (TypeError, ValueError):
+            value = short_repr(obj["event_time"])
+            return ValidationError("event_time", "format",
+                                   f"event_time is not a valid date: {value}", value)
+    if b"\\u0000" in raw:  # JSON can carry NUL in a string; PostgreSQL text cannot store it
+        field = _field_with_nul(obj)
+        if field is not None:
+            return ValidationError(field, "no_nul", f"{field} contains a NUL character (\\u0000)")
+    return None
+
+
+def _from_struct(s: Any) -> ParsedTransaction | None:
+    """The typed transaction from a checked object: the fast path's Struct, or a
+    namespace over a decoded dict (absent optional fields are ``UNSET``)."""
+    try:
+        event_time = datetime.fromisoformat(s.event_time)
+    except ValueError:
+        return None
+    return ParsedTransaction(
+        transaction_id=s.transaction_id,
+        event_time=event_time,
+        merchant_id=s.merchant_id,
+        customer_id=s.customer_id,
+        amount_minor=s.amount_minor,
+        currency=s.currency,
+        channel=s.channel,
+        payment_method=s.payment_method,
+        status=_STATUSES[s.status],
+        decline_code=None if s.decline_code is msgspec.UNSET else s.decline_code,
+        country=s.country,
+        processing_ms=s.processing_ms,
+        card_bin=None if s.card_bin is msgspec.UNSET else s.card_bin,
+        risk_score=_float_or_none(s.risk_score),
+        metadata=None if s.metadata is msgspec.UNSET else s.metadata,
+    )
+
+
+def _float_or_none(value: Any) -> float | None:
+    if value is msgspec.UNSET or value is None:
+        return None
+    return float(value)  # a JSON integer is a valid number
+
+
+def _typed(obj: dict[str, Any]) -> ParsedTransaction:
+    tx = _from_struct(SimpleNamespace(**{name: obj.get(name, msgspec.UNSET)
+                                         for name in _TRANSACTION_FIELDS}))
+    assert tx is not None, "event_time was checked before"  # noqa: S101
+    return tx
+
+
+def _field_with_nul(obj: dict[str, Any]) -> str | None:
+    for name, value in obj.items():
+        if isinstance(value, str) and "\x00" in value:
+            return name
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if "\x00" in key or (isinstance(inner, str) and "\x00" in inner):
+                    return f"{name}.{key.replace(chr(0), '?')[:64]}"
+    return None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")

@@ -1,0 +1,252 @@
+"""Validation rules that run after the schema, chosen and parameterised in config.
+
+A rule is a small class with a ``check`` method, registered under a name with
+:func:`register`; ``config/validation.yaml`` lists the rules to run, each as
+``{rule: <name>, ...parameters}``. Every rule may carry ``when`` (a mapping of
+field to value) and then applies only to transactions where all of those
+fields have those values; that is how cross-field rules such as "a declined
+payment needs a decline code" are written.
+
+Rules read fields by dotted path (``metadata.note``) from the typed
+transaction, or from the decoded object when the schema already failed (the
+collect-all mode), and skip a field that is absent: presence is
+:class:`RequiredRule`'s job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+from models.errors import PaymentMonitorError
+from models.events import ValidationError, short_repr
+
+MISSING: Any = object()
+
+
+class RuleConfigError(PaymentMonitorError, ValueError):
+    """A rule in the validation config is unknown or badly parameterised."""
+
+
+class RuleContext:
+    """What a rule may know beyond the message: the record's broker timestamp."""
+
+    __slots__ = ("received_ts",)
+
+    def __init__(self, received_ts: float) -> None:
+        self.received_ts = received_ts  # POSIX seconds
+
+
+class Rule:
+    """Base class: one check on one transaction; ``name`` is its config name."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, field: str | None = None, when: Mapping[str, Any] | None = None) -> None:
+        self.field = field
+        self.when = dict(when or {})
+        self._when = tuple(self.when.items())
+
+    def applies(self, source: Any) -> bool:
+        return all(lookup(source, path) == value for path, value in self._when)
+
+    def check(self, source: Any, ctx: RuleContext) -> ValidationError | None:
+        raise NotImplementedError
+
+    def error(self, message: str, value: Any = MISSING) -> ValidationError:
+        return ValidationError(self.field, self.name, message,
+                               None if value is MISSING else short_repr(value))
+
+    def _condition(self) -> str:
+        if not self.when:
+            return ""
+        return " when " + " and ".join(f"{k} is {v!r}" for k, v in self.when.items())
+
+
+RULES: dict[str, type[Rule]] = {}
+
+
+def register(cls: type[Rule]) -> type[Rule]:
+    """Class decorator: make ``cls`` available to the config under ``cls.name``."""
+    if not cls.name or cls.name in RULES:
+        raise RuleConfigError(f"rule name {cls.name!r} is empty or taken")
+    RULES[cls.name] = cls
+    return cls
+
+
+def lookup(source: Any, path: str) -> Any:
+    """The value at a dotted path of a dict or an object, or ``MISSING``."""
+    if "." not in path:
+        if isinstance(source, Mapping):
+            return source.get(path, MISSING)
+        return getattr(source, path, MISSING)
+    value = source
+    for part in path.split("."):
+        if isinstance(value, Mapping):
+            value = value.get(part, MISSING)
+        else:
+            value = getattr(value, part, MISSING)
+        if value is MISSING:
+            return MISSING
+    return value
+
+
+@register
+class RequiredRule(Rule):
+    """The field is present and not null."""
+
+    name = "required"
+
+    def check(self, source: Any, ctx: RuleContext) -> ValidationError | None:
+        if lookup(source, self.field or "") in (MISSING, None):
+            return self.error(f"{self.field} is required{self._condition()}")
+        return None
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
+    "object": (Mapping,), "array": (list, tuple),
+}
+
+
+@register
+class TypeRule(Rule):
+    """The field has a JSON type: string, integer, number, boolean, object, array."""
+
+    name = "type"
+
+    def __init__(self, field: str, type: str, when: Mapping[str, Any] | None = None) -> None:  # noqa: A002
+        super().__init__(field, when)
+        if type not in _TYPES:
+            raise RuleConfigError(f"type rule on {field}: unknown type {type!r}, "
+                                  f"expected one of {sorted(_TYPES)}")
+        self.type = type
+
+    def check(self, source: Any, ctx: RuleContext) -> ValidationError | None:
+        value = lookup(source, self.field or "")
+        if value is MISSING or value is None:
+            return None
+        ok = isinstance(value, _TYPES[self.type])
+        if isinstance(value, bool) and self.type != "boolean":
+            ok = False
+        if ok:
+            return None
+        return self.error(f"{self.field} must be of type {self.type}", value)
+
+
+@register
+class RangeRule(Rule):
+    """A number within [min, max]; either bound may be left out."""
+
+    name = "range"
+
+    def __init__(self, field: str, min: float | None = None, max: float | None = None,  # noqa: A002
+                 when: Mapping[str, Any] | None = None) -> None:
+        super().__init__(field, when)
+        if min is None and max is None:
+            raise RuleConfigError(f"range rule on {field}: give min, max or both")
+        self.min, self.max = min, max
+
+    def check(self, source: Any, ctx: RuleContext) -> ValidationError | None:
+        value = lookup(source, self.field or "")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if self.min is not None and value < self.min:
+            return self.error(f"{self.field} must be at least {self.min}{self._condition()} "
+                              f"(got {short_repr(value)})", value)
+        if self.max is not None and value > self.max:
+            return self.error(f"{self.field} must be at most {self.max}{self._condition()} "
+                              f"(got {short_repr(value)})", value)
+        return None
+
+
+@register
+class PatternRule(Rule):
+    """A string matching a regular expression in full."""
+
+    name = "pattern"
+
+    def __init__(self, field: str, pattern: str, when: Mapping[str, Any] | None = None) -> None:
+        super().__init__(field, when)
+        try:
+            self.regex = re.compile(pattern)
+        except re.error as exc:
+            raise RuleConfigError(f"pattern rule on {field}: bad pattern: {exc}") from exc
+
+    def check(self, source: Any, ctx: RuleContext) -> ValidationError | None:
+        value = lookup(source, self.field or "")
+        if not isinstance(value, str) or self.regex.fullmatch(value):
+            return None
+        return self.error(f"{self.field} must match {self.regex.pattern}{self._condition()} "
+                          f"(got {short_repr(value)})", value)
+
+
+@register
+class AllowedValuesRule(Rule):
+    """The value is one of a list."""
+
+    name = "allowed_values"
+
+    def __init__(self, field: str, values: Sequence[Any],
+                 when: Mapping[str, Any] | None = None) -> None:
+        super().__init__(field, when)
+        if not values:
+            raise RuleConfigError(f"allowed_values rule on {field}: the list is empty")
+        self.values = frozenset(values)
+        self._shown = ", ".join(repr(v) for v in list(values)[:10])
+
+    def check(self, source: Any, ctx: RuleContext) -> ValidationError | None:
+        value = lookup(source, self.field or "")
+        if value is MISSING or value is None or value in self.values:
+            return None
+        return self.error(f"{self.field} must be one of {self._shown}{self._condition()} "
+                          f"(got {short_repr(value)})", value)
+
+
+@register
+class EventTimeSkewRule(Rule):
+    """``event_time`` at most ``max_future_seconds`` after the broker received the message.
+
+    The reference is the record's broker timestamp, not the wall clock, so a
+    replay of the same record gets the same verdict.
+    """
+
+    name = "event_time_skew"
+
+    def __init__(self, max_future_seconds: float = 300, field: str = "event_time",
+                 when: Mapping[str, Any] | None = None) -> None:
+        super().__init__(field, when)
+        self.max_future = float(max_future_seconds)
+
+    def check(self, source: Any, ctx: RuleContext) -> ValidationError | None:
+        value = lookup(source, self.field or "")
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return None  # the schema reports it
+        if not isinstance(value, datetime):
+            return None
+        ahead = value.timestamp() - ctx.received_ts
+        if ahead <= self.max_future:
+            return None
+        return self.error(f"{self.field} is {ahead:.0f} s after the message was received "
+                          f"(at most {self.max_future:.0f} s allowed)", value.isoformat())
+
+
+def build_rules(specs: Sequence[Mapping[str, Any]]) -> list[Rule]:
+    """Rules from config entries such as ``{"rule": "range", "field": "x", "max": 5}``."""
+    rules = []
+    for i, spec in enumerate(specs):
+        params = dict(spec)
+        name = params.pop("rule", None)
+        if name not in RULES:
+            raise RuleConfigError(f"rules[{i}]: unknown rule {name!r}; "
+                                  f"known: {', '.join(sorted(RULES))}")
+        try:
+            rules.append(RULES[name](**params))
+        except TypeError as exc:
+            raise RuleConfigError(f"rules[{i}] ({name}): {exc}") from exc
+    return rules

@@ -1,0 +1,329 @@
+"""Event-time tumbling windows with replay-safe counts.
+
+A window value carries ``last_offset``: the highest source offset (of its
+partition) already counted in it. Offsets of one partition are processed in
+order, so an event at or below that watermark was counted before (a replay
+after a crash) and is skipped. That makes table state, and the absolute
+values upserted from it, converge to the same numbers however often a batch
+is redelivered.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from models.events import ParsedTransaction
+from pipeline.histogram import Histogram
+
+Bounds = Callable[[str], tuple[float, ...]]  # a windowed metric's bucket bounds, by name
+
+
+def window_start(ts: float, size: int) -> int:
+    """Start (POSIX seconds, UTC-aligned) of the tumbling window holding ``ts``."""
+    return int(ts // size) * size
+
+
+@dataclass(slots=True)
+class WindowCounts:
+    """Counts of accepted payments in one (window, channel, source partition)."""
+
+    tx_count: int = 0
+    amount_minor_sum: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    last_offset: int = -1
+
+    def add(self, offset: int, status: str, amount_minor: int) -> bool:
+        """Count one event unless it is at or below the watermark; True if counted."""
+        if offset <= self.last_offset:
+            return False
+        self.tx_count += 1
+        self.amount_minor_sum += amount_minor
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.last_offset = offset
+        return True
+
+    def copy(self) -> WindowCounts:
+        return WindowCounts(self.tx_count, self.amount_minor_sum, dict(self.by_status),
+                            self.last_offset)
+
+    def merge(self, other: WindowCounts) -> None:
+        """Add another partition's counts of the same window and channel (readers)."""
+        self.tx_count += other.tx_count
+        self.amount_minor_sum += other.amount_minor_sum
+        for status, n in other.by_status.items():
+            self.by_status[status] = self.by_status.get(status, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tx_count": self.tx_count,
+            "amount_minor_sum": self.amount_minor_sum,
+            "by_status": dict(self.by_status),
+            "last_offset": self.last_offset,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> WindowCounts:
+        if not data:
+            return cls()
+        return cls(
+            data["tx_count"], data["amount_minor_sum"], dict(data["by_status"]), data["last_offset"]
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class WindowRow:
+    """Absolute counts of one (window, channel, partition) after a batch."""
+
+    window_seconds: int
+    window_start: int
+    channel: str
+    partition: int
+    counts: WindowCounts
+
+
+Entry = tuple[int, str, int]  # (offset, status, amount_minor)
+
+
+def group_by_window(
+    events: Iterable[tuple[int, ParsedTransaction]], size: int
+) -> dict[tuple[int, str], list[Entry]]:
+    """Group (offset, payment) pairs by (window start, channel), offsets ascending."""
+    groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)
+    for offset, payment in events:
+        key = (window_start(payment.event_ts, size), payment.channel)
+        groups[key].append((offset, payment.status, payment.amount_minor))
+    return groups
+
+
+def apply_entries(current: WindowCounts, entries: list[Entry]) -> int:
+    """Count ``entries`` into ``current`` (in place); returns how many were new."""
+    return sum(current.add(offset, status, amount) for offset, status, amount in entries)
+
+
+# -- late events and windowed metrics -------------------------------------------------------
+
+LATE_EVENTS = "late_events"  # the windowed counter of events left out as too late
+
+
+def is_late(event_ts: float, stream_time: float, size: int, grace: float) -> bool:
+    """True if the ``size`` window holding ``event_ts`` closed for good: its end plus
+    ``grace`` is at or before the stream time (Kafka Streams' rule)."""
+    return window_start(event_ts, size) + size + grace <= stream_time
+
+
+def split_late(clock: StreamClock, payments: Mapping[int, ParsedTransaction], finest: int,
+               grace: float) -> tuple[list[tuple[int, ParsedTransaction]], set[int]]:
+    """Split a batch (offset -> payment, in offset order) into on-time payments and the
+    offsets of late ones, advancing ``clock`` past each payment it had not counted."""
+    on_time: list[tuple[int, ParsedTransaction]] = []
+    late: set[int] = set()
+    for offset, tx in payments.items():
+        ts = tx.event_ts
+        if is_late(ts, clock.stream_time, finest, grace):
+            late.add(offset)
+        else:
+            on_time.append((offset, tx))
+        if offset > clock.last_offset:
+            clock.last_offset = offset
+            if ts > clock.stream_time:
+                clock.stream_time = ts
+    return on_time, late
+
+
+@dataclass(slots=True)
+class StreamClock:
+    """Stream time of one source partition: the newest event time counted so far.
+
+    ``checkpoints`` are ``(first offset of a batch, stream time before it)`` for the
+    batches not yet committed. A clock is stored with the window tables but may
+    reach the store (RocksDB, the changelog) without every window of the same flush,
+    when the worker dies in between; a replay from the committed offset then rewinds
+    the clock to the checkpoint of its first offset, so each replayed payment is
+    judged late or on time exactly as it was the first time.
+    """
+
+    stream_time: float = float("-inf")
+    last_offset: int = -1
+    checkpoints: list[tuple[int, float]] = field(default_factory=list)
+
+    def begin_batch(self, first_offset: int, committed: int) -> None:
+        """Call before judging a batch whose first message has ``first_offset``, with
+        the partition's committed offset."""
+        if first_offset <= self.last_offset:  # a replay of offsets this clock counted
+            before = [t for offset, t in self.checkpoints if offset == first_offset]
+            if before:
+                self.stream_time, self.last_offset = before[-1], first_offset - 1
+                self.checkpoints = [c for c in self.checkpoints if c[0] < first_offset]
+        self.checkpoints = [c for c in self.checkpoints if c[0] >= committed]
+        self.checkpoints.append((first_offset, self.stream_time))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stream_time": self.stream_time if self.last_offset >= 0 else None,
+                "last_offset": self.last_offset,
+                "checkpoints": [[o, t if t != float("-inf") else None]
+                                for o, t in self.checkpoints]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> StreamClock:
+        if not data or data.get("stream_time") is None:
+            return cls()
+        checkpoints = [(int(o), float("-inf") if t is None else float(t))
+                       for o, t in data.get("checkpoints") or []]
+        return cls(float(data["stream_time"]), int(data["last_offset"]), checkpoints)
+
+
+class WindowMetrics:
+    """Windowed metrics of one (window, source partition): a histogram per
+    ``"<metric>|<dimension>"``, with the watermark that keeps replays from counting twice."""
+
+    __slots__ = ("hists", "last_offset")
+
+    def __init__(self, hists: dict[str, Histogram] | None = None, last_offset: int = -1) -> None:
+        self.hists = hists if hists is not None else {}
+        self.last_offset = last_offset
+
+    def merge(self, delta: dict[str, Histogram]) -> None:
+        hists = self.hists
+        for key, h in delta.items():
+            mine = hists.get(key)
+            if mine is None:
+                hists[key] = h.copy()
+            else:
+                mine.merge(h)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stored form; ``"b"`` holds each bucketed metric's bounds, so a value decodes
+        without the configuration that defined it (a later version may drop the metric)."""
+        bounds: dict[str, list[float]] = {}
+        for key, h in self.hists.items():
+            if h.bounds:
+                bounds.setdefault(key.split("|", 1)[0], list(h.bounds))
+        return {"last_offset": self.last_offset, "b": bounds,
+                "m": {key: h.to_list() for key, h in self.hists.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, bounds: Bounds) -> WindowMetrics:
+        """Decode a stored value; ``bounds`` only serves values stored before they carried
+        their own (and metrics with no buckets)."""
+        if not data:
+            return cls()
+        stored: dict[str, list[float]] = data.get("b") or {}
+        hists = {}
+        for key, value in data["m"].items():
+            name = key.split("|", 1)[0]
+            own = stored.get(name)
+            hists[key] = Histogram.from_list(bounds(name) if own is None else own, value)
+        return cls(hists, int(data["last_offset"]))
+
+
+class WindowedValues(Protocol):
+    def add_windowed(self, grouped: dict[str, list[float]]) -> None: ...
+
+
+class LateEvent:
+    """Stands for a late payment's metrics: it only counts in ``late_events``."""
+
+    key = f"{LATE_EVENTS}|"
+
+    def add_windowed(self, grouped: dict[str, list[float]]) -> None:
+        grouped[self.key].append(1)
+
+
+LATE = LateEvent()
+FAILED_EVENTS = "failed"  # the windowed counter of failed messages, by category
+
+
+class FailedEvent:
+    """Stands for a failed message: it counts in ``failed|category=<category>``, in the
+    window of its broker timestamp (a failed message may have no event time)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, category: str) -> None:
+        self.key = f"{FAILED_EVENTS}|category={category}"
+
+    def add_windowed(self, grouped: dict[str, list[float]]) -> None:
+        grouped[self.key].append(1)
+
+
+_FAILED: dict[str, FailedEvent] = {}
+
+
+def failed_event(category: str) -> FailedEvent:
+    """The (shared) entry value of a failed message of ``category``."""
+    entry = _FAILED.get(category)
+    if entry is None:
+        entry = _FAILED[category] = FailedEvent(category)
+    return entry
+
+
+MetricEntry = tuple[int, WindowedValues]  # (offset, its windowed metrics)
+
+
+Delta = tuple[dict[str, Histogram], int]  # (histograms by key, the last offset in them)
+
+
+def observe(entries: Iterable[MetricEntry], bounds: Bounds, after: int = -1) -> Delta:
+    """Histograms of the entries with offsets above ``after``; and the last offset.
+
+    Values are grouped per key first and added in bulk (:meth:`Histogram.observe_many`).
+    """
+    grouped: defaultdict[str, list[float]] = defaultdict(list)
+    last = after
+    for offset, values in entries:
+        if offset <= after:
+            continue
+        last = offset
+        values.add_windowed(grouped)
+    delta: dict[str, Histogram] = {}
+    for key, vs in grouped.items():
+        h = delta[key] = Histogram(bounds(key.split("|", 1)[0]))
+        h.observe_many(vs)
+    return delta, last
+
+
+def merge_unseen(value: WindowMetrics, groups: Iterable[tuple[list[MetricEntry], Delta]],
+                 bounds: Bounds) -> None:
+    """Merge each group's precomputed delta into ``value``; a group that starts at or
+    below the value's watermark is a replay, and only its unseen entries are counted."""
+    last = value.last_offset
+    for group, (delta, newest) in groups:
+        if group[0][0] <= last:
+            delta, newest = observe(group, bounds, after=last)
+        value.merge(delta)
+        value.last_offset = max(value.last_offset, newest)
+
+
+# -- rows for PostgreSQL ---------------------------------------------------------------------
+
+# (window seconds, window start, metric, dimension, partition, counts JSON, count, sum,
+#  min, max, last offset): one histogram of one window value, snapshotted on the loop
+PartialRow = tuple[int, datetime, str, str, int, str, int, float, Any, Any, int]
+
+
+@dataclass(slots=True)
+class HistogramPartials:
+    """The rows of flushed window values (``histogram_partials``) and the bucket bounds
+    of their metrics, which the sink needs to merge them with other partitions' rows."""
+
+    rows: list[PartialRow] = field(default_factory=list)
+    bounds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def add(self, size: int, window_start: int, partition: int, value: WindowMetrics) -> None:
+        """Snapshot ``value`` (call on the event loop: the value keeps changing after)."""
+        start = datetime.fromtimestamp(window_start, UTC)
+        for key, h in value.hists.items():
+            metric, dim = key.split("|", 1)
+            self.bounds.setdefault(metric, h.bounds)
+            self.rows.append((size, start, metric, dim, partition,
+                              orjson.dumps(h.counts).decode(), h.count, h.sum, h.min, h.max,
+                              value.last_offset))
+
+    def __len__(self) -> int:
+        return len(self.rows)

@@ -1,0 +1,445 @@
+"""The one module that owns the PostgreSQL engine and the sinks' bulk writes.
+
+Writes go through SQLAlchemy's pool to psycopg2's ``execute_values`` (multi-row,
+parameterized). Every statement is idempotent, so a batch redelivered after a
+crash converges to the same rows:
+
+- ``normalized_transactions`` and ``failed_items`` insert and ignore conflicts
+  (primary key ``transaction_id``; unique source coordinates);
+- ``payment_window_partials`` is upserted with absolute values from table
+  state, and only forward (``last_offset`` never goes back);
+- ``payment_metrics_5m`` is recomputed from the partials of the touched
+  windows, under one transaction-level advisory lock so two workers writing
+  the same (window, channel) cannot each miss the other's partial;
+- ``dynamic_metrics`` rows are inserted only for transactions this statement
+  inserted (``RETURNING``), so a replay adds none;
+- ``histogram_partials`` (per source partition) and ``aggregate_histograms``
+  (their merge) follow the same pattern as the window counts, written when a
+  partition commits (:meth:`PostgresSink.write_windows`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+import psycopg2
+import sqlalchemy as sa
+from psycopg2.extras import execute_values
+from sqlalchemy.engine import Engine
+
+from models.errors import PaymentMonitorError
+from models.events import STATUSES, ParsedTransaction
+from pipeline.batches import SinkBatch
+from pipeline.histogram import Histogram
+from pipeline.windows import HistogramPartials
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+APPLICATION_NAME = "payment-monitor"
+METRICS_LOCK_ID = 0x5041_594D  # "PAYM": serializes the 5-minute recompute across workers
+
+
+class StorageError(PaymentMonitorError):
+    """A sink write failed after every retry."""
+
+
+def create_db_engine(
+    url: str,
+    *,
+    pool_min: int = 2,
+    pool_max: int = 10,
+    statement_timeout_ms: int = 30_000,
+    connect_timeout_s: int = 10,
+    pool_timeout_s: float = 10,
+) -> Engine:
+    """The pooled engine: 2-10 connections, pre-ping, recycled every 5 minutes."""
+    return sa.create_engine(
+        url,
+        pool_size=pool_min,
+        max_overflow=max(0, pool_max - pool_min),
+        pool_pre_ping=True,
+        pool_recycle=300,
+        pool_timeout=pool_timeout_s,
+        connect_args={
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": connect_timeout_s,
+            "options": f"-c statement_timeout={statement_timeout_ms}",
+        },
+    )
+
+
+TRANSIENT_ERRORS = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+)
+
+
+@dataclass
+class RetryState:
+    """Whether a write is retrying now, and since when (``time.monotonic()``); read by
+    the readiness probe and the metrics."""
+
+    since: float | None = None
+    attempts: int = 0
+
+    def seconds(self, now: float | None = None) -> float:
+        if self.since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self.since
+
+
+def with_retries(fn: Callable[[], T], *, give_up_after: float, what: str,
+                 base_delay: float = 0.5, max_delay: float = 15.0,
+                 state: RetryState | None = None) -> T:
+    """Call ``fn``; on a transient database error wait (0.5 s, 1 s, 2 s, ... at most
+    ``max_delay``) and retry, until ``give_up_after`` seconds have passed.
+
+    The sink calls this before it acks anything, so while PostgreSQL is away the
+    worker stops fetching (back-pressure) and loses nothing; past the budget it
+    raises :class:`StorageError` and the worker crashes to be restarted.
+    """
+    started = time.monotonic()
+    attempt = 0
+    state = state if state is not None else RetryState()
+    try:
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except TRANSIENT_ERRORS as exc:
+                elapsed = time.monotonic() - started
+                if not _is_transient(exc) or elapsed >= give_up_after:
+                    raise StorageError(f"{what} failed after {attempt} tries in "
+                                       f"{elapsed:.0f} s: {_short(exc)}") from exc
+                if state.since is None:
+                    state.since = started
+                state.attempts = attempt
+                delay = min(max_delay, base_delay * 2 ** (attempt - 1),
+                            max(0.0, give_up_after - elapsed))
+                log.warning("%s failed (try %d, %.0f s so far), retrying in %.1fs: %s",
+                            what, attempt, elapsed, delay, _short(exc))
+                time.sleep(delay)
+    finally:
+        state.since, state.attempts = None, 0
+
+
+def _is_transient(exc: Exception) -> bool:
+    # a deadlock or serialization failure is worth another try too
+    code = getattr(getattr(exc, "orig", exc), "pgcode", None)
+    return code in (None, "40001", "40P01", "57P01", "57P02", "57P03")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", exc)).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# Transactions go through COPY into a session-local staging table, then one
+# INSERT ... SELECT that skips replays: psycopg2 takes about 3 us per parameter to
+# mogrify a multi-row INSERT (60 us a row here, in the sink thread, holding the GIL),
+# while a COPY text row is one f-string (benchmarks/sinks.py).
+STAGE_TRANSACTIONS = """
+CREATE TEMP TABLE IF NOT EXISTS stage_transactions (
+    transaction_id text, event_ts double precision, merchant_id text, customer_id text,
+    amount_minor bigint, currency text, channel text, payment_method text, status text,
+    decline_code text, country text, processing_ms integer, card_bin text,
+    risk_score double precision, metadata jsonb, source_topic text, source_partition integer,
+    source_offset bigint
+) ON COMMIT DELETE ROWS
+"""
+COPY_TRANSACTIONS = "COPY stage_transactions FROM STDIN"
+INSERT_TRANSACTIONS = """
+INSERT INTO normalized_transactions (
+    transaction_id, event_time, merchant_id, customer_id, amount_minor, currency,
+    channel, payment_method, status, decline_code, country, processing_ms, card_bin,
+    risk_score, metadata, source_topic, source_partition, source_offset
+)
+SELECT transaction_id, to_timestamp(event_ts), merchant_id, customer_id, amount_minor,
+       currency, channel, payment_method, status, decline_code, country, processing_ms,
+       card_bin, risk_score, metadata, source_topic, source_partition, source_offset
+FROM stage_transactions
+ORDER BY transaction_id
+ON CONFLICT (transaction_id) DO NOTHING
+RETURNING transaction_id
+"""
+
+COPY_METRICS = ("COPY dynamic_metrics (transaction_id, metric_type, metric_data, "
+                "config_version) FROM STDIN")
+
+UPSERT_HISTOGRAM_PARTIALS = """
+INSERT INTO histogram_partials (
+    window_seconds, window_start, metric_type, dimension, source_partition,
+    buckets, count, sum, min, max, last_offset
+) VALUES %s
+ON CONFLICT (window_seconds, window_start, metric_type, dimension, source_partition)
+DO UPDATE SET
+    buckets = EXCLUDED.buckets, count = EXCLUDED.count, sum = EXCLUDED.sum,
+    min = EXCLUDED.min, max = EXCLUDED.max, last_offset = EXCLUDED.last_offset,
+    updated_at = now()
+WHERE histogram_partials.last_offset <= EXCLUDED.last_offset
+"""
+PARTIALS_TEMPLATE = "(%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s)"
+
+SELECT_HISTOGRAM_PARTIALS = """
+SELECT p.window_seconds, p.window_start, p.metric_type, p.dimension,
+       p.buckets, p.count, p.sum, p.min, p.max
+FROM histogram_partials p
+JOIN unnest(%s::int[], %s::timestamptz[], %s::text[], %s::text[]) AS k(ws, st, m, d)
+  ON p.window_seconds = k.ws AND p.window_start = k.st AND p.metric_type = k.m
+ AND p.dimension = k.d
+ORDER BY p.window_seconds, p.window_start, p.metric_type, p.dimension, p.source_partition
+"""
+
+UPSERT_AGGREGATE_HISTOGRAMS = """
+INSERT INTO aggregate_histograms (
+    metric_type, dimension, time_window, window_seconds, buckets, count, sum, min, max,
+    p50, p95, p99
+) VALUES %s
+ON CONFLICT (metric_type, dimension, time_window, window_seconds) DO UPDATE SET
+    buckets = EXCLUDED.buckets, count = EXCLUDED.count, sum = EXCLUDED.sum,
+    min = EXCLUDED.min, max = EXCLUDED.max, p50 = EXCLUDED.p50, p95 = EXCLUDED.p95,
+    p99 = EXCLUDED.p99, updated_at = now()
+"""
+AGGREGATE_TEMPLATE = "(%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)"
+
+INSERT_FAILED = """
+INSERT INTO failed_items (
+    raw_payload, error_category, error_message, source_topic, source_partition,
+    source_offset, retry_count, error_field, errors, first_seen_at, replay_of, source_key
+) VALUES %s
+ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
+"""
+
+UPSERT_PARTIALS = f"""
+INSERT INTO payment_window_partials (
+    window_seconds, window_start, channel, source_partition, tx_count,
+    {", ".join(f"{s}_count" for s in STATUSES)}, amount_minor_sum, last_offset
+) VALUES %s
+ON CONFLICT (window_seconds, window_start, channel, source_partition) DO UPDATE SET
+    tx_count = EXCLUDED.tx_count,
+    {", ".join(f"{s}_count = EXCLUDED.{s}_count" for s in STATUSES)},
+    amount_minor_sum = EXCLUDED.amount_minor_sum,
+    last_offset = EXCLUDED.last_offset,
+    updated_at = now()
+WHERE payment_window_partials.last_offset <= EXCLUDED.last_offset
+"""
+
+# ``payment_metrics_5m`` holds the finest window size (WINDOW_SIZES' smallest, 300 s
+# by default), passed as ``%(size)s``.
+RECOMPUTE_5M = f"""
+INSERT INTO payment_metrics_5m (
+    window_start, channel, tx_count, {", ".join(f"{s}_count" for s in STATUSES)},
+    amount_minor_sum, updated_at
+)
+SELECT p.window_start, p.channel, sum(p.tx_count),
+       {", ".join(f"sum(p.{s}_count)" for s in STATUSES)}, sum(p.amount_minor_sum), now()
+FROM payment_window_partials p
+JOIN unnest(%(starts)s::timestamptz[], %(channels)s::text[]) AS k(window_start, channel)
+  ON p.window_start = k.window_start AND p.channel = k.channel
+WHERE p.window_seconds = %(size)s
+GROUP BY p.window_start, p.channel
+ON CONFLICT (window_start, channel) DO UPDATE SET
+    tx_count = EXCLUDED.tx_count,
+    {", ".join(f"{s}_count = EXCLUDED.{s}_count" for s in STATUSES)},
+    amount_minor_sum = EXCLUDED.amount_minor_sum,
+    updated_at = now()
+"""
+
+
+@contextlib.contextmanager
+def _transaction(engine: Engine) -> Iterator[Any]:
+    """A cursor on a pooled psycopg2 connection, committed at the end, rolled back on an
+    error; a connection that was lost is invalidated, not returned to the pool."""
+    raw = engine.raw_connection()
+    try:
+        yield raw.cursor()
+        raw.commit()
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        raw.invalidate()
+        raise
+    except BaseException:
+        raw.rollback()
+        raise
+    finally:
+        raw.close()
+
+
+def _ts(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class PostgresSink:
+    """Writes whole sink batches in one transaction per call."""
+
+    def __init__(self, engine: Engine, *, give_up_after: float = 300.0,
+                 finest_window: int = 300) -> None:
+        self.engine = engine
+        self.give_up_after = give_up_after
+        self.finest_window = finest_window  # the window size payment_metrics_5m holds
+        self.retry = RetryState()
+        self._flagged: Counter[str] = Counter()  # compliance flags of stored payments
+        self._flag_lock = threading.Lock()  # written by the sink thread, read by scrapes
+
+    def compliance_flags(self) -> dict[str, int]:
+        """Payments each compliance rule flagged, counted when first stored (a replay
+        stores nothing new, so counts nothing twice)."""
+        with self._flag_lock:
+            return dict(self._flagged)
+
+    def write(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
+        """Store ``batches`` durably (retried on connection loss); returns rows per table."""
+        return with_retries(lambda: self._write_once(batches), give_up_after=self.give_up_after,
+                            what="PostgreSQL sink write", state=self.retry)
+
+    def _write_once(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
+        tx_rows: list[str] = []
+        results: dict[str, Any] = {}
+        failed_rows: list[tuple[Any, ...]] = []
+        partials: dict[tuple[int, int, str, int], tuple[Any, ...]] = {}
+        for batch in batches:
+            topic = _copy_text(batch.topic)
+            version = _copy_text(batch.config_version)
+            for offset, p in batch.payments.items():
+                tx_rows.append(_transaction_row(p, topic, batch.partition, offset))
+                result = batch.metrics.get(offset)
+                if result is not None:
+                    results[p.transaction_id] = (result, version)
+            for f in batch.failed:
+                failed_rows.append((
+                    f.raw, f.category.value, f.message, f.topic, f.partition, f.offset,
+                    f.retry_count, f.field,
+                    orjson.dumps([e.to_dict() for e in f.errors]).decode(), f.first_seen,
+                    f.replay_of, f.key,
+                ))
+            for row in batch.window_rows:
+                c = row.counts
+                # later batches of the same key replace earlier ones: absolute values
+                partials[(row.window_seconds, row.window_start, row.channel, row.partition)] = (
+                    row.window_seconds, _ts(row.window_start), row.channel, row.partition,
+                    c.tx_count, *(c.by_status.get(s, 0) for s in STATUSES),
+                    c.amount_minor_sum, c.last_offset,
+                )
+        flagged: Counter[str] = Counter()
+        with _transaction(self.engine) as cur:
+            metric_rows = 0
+            if tx_rows:
+                cur.execute(STAGE_TRANSACTIONS)
+                cur.copy_expert(COPY_TRANSACTIONS, io.StringIO("".join(tx_rows)))
+                cur.execute(INSERT_TRANSACTIONS)
+                inserted = cur.fetchall()
+                rows = self._metric_rows([r[0] for r in inserted], results, flagged)
+                if rows:
+                    cur.copy_expert(COPY_METRICS, io.StringIO("".join(rows)))
+                metric_rows = len(rows)
+            if failed_rows:
+                execute_values(cur, INSERT_FAILED, failed_rows, page_size=1000)
+            if partials:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
+                execute_values(cur, UPSERT_PARTIALS, sorted(partials.values()), page_size=1000)
+                keys = sorted({(k[1], k[2]) for k in partials if k[0] == self.finest_window})
+                if keys:
+                    cur.execute(RECOMPUTE_5M, {"starts": [_ts(k[0]) for k in keys],
+                                               "channels": [k[1] for k in keys],
+                                               "size": self.finest_window})
+        if flagged:  # committed: these payments are stored for the first time
+            with self._flag_lock:
+                self._flagged.update(flagged)
+        return {
+            "normalized_transactions": len(tx_rows),
+            "dynamic_metrics": metric_rows,
+            "failed_items": len(failed_rows),
+            "payment_window_partials": len(partials),
+        }
+
+    def _metric_rows(self, tx_ids: list[str], results: dict[str, Any],
+                     flagged: Counter[str]) -> list[str]:
+        """``dynamic_metrics`` rows in COPY text format for each newly inserted transaction
+        (:meth:`ExtractionResult.rows`; COPY: a third of the CPU of a multi-row INSERT);
+        counts the compliance flags into ``flagged`` (rule metric -> payments)."""
+        rows = []
+        for tx_id in tx_ids:
+            found = results.get(tx_id)
+            if found is None:
+                continue
+            result, version = found
+            key = _copy_text(tx_id)
+            for kind, data in result.rows():
+                if kind == "compliance":
+                    flagged.update(rule for rule, value in data.items() if value == 1)
+                rows.append(f"{key}\t{kind}\t{_copy_text(orjson.dumps(data).decode())}"
+                            f"\t{version}\n")
+        return rows
+
+    def write_windows(self, partials: HistogramPartials) -> dict[str, int]:
+        """Upsert histogram partials and recompute the merged ``aggregate_histograms`` rows
+        of the windows they touch (retried on connection loss)."""
+        if not partials:
+            return {}
+        return with_retries(lambda: self._write_windows_once(partials),
+                            give_up_after=self.give_up_after, what="PostgreSQL window write",
+                            state=self.retry)
+
+    def _write_windows_once(self, hp: HistogramPartials) -> dict[str, int]:
+        partials = hp.rows
+        keys = sorted({(r[0], r[1], r[2], r[3]) for r in partials})
+        with _transaction(self.engine) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
+            execute_values(cur, UPSERT_HISTOGRAM_PARTIALS, sorted(partials, key=lambda r: r[:5]),
+                           PARTIALS_TEMPLATE, page_size=2000)
+            cur.execute(SELECT_HISTOGRAM_PARTIALS, ([k[0] for k in keys], [k[1] for k in keys],
+                                                    [k[2] for k in keys], [k[3] for k in keys]))
+            merged: dict[tuple, Histogram] = {}
+            for ws, start, metric, dim, counts, count, total, lo, hi in cur.fetchall():
+                # every metric selected is one of the partials' own: their bounds apply
+                part = Histogram.from_list(hp.bounds[metric], [counts, count, total, lo, hi])
+                key = (ws, start, metric, dim)
+                if key in merged:
+                    merged[key].merge(part)
+                else:
+                    merged[key] = part
+            rows = [(metric, dim, start, ws, orjson.dumps(h.bucket_dict()).decode(), h.count,
+                     h.sum, h.min, h.max, h.quantile(0.5), h.quantile(0.95), h.quantile(0.99))
+                    for (ws, start, metric, dim), h in sorted(merged.items())]
+            execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE,
+                           page_size=2000)
+        return {"histogram_partials": len(partials), "aggregate_histograms": len(rows)}
+
+
+NULL = "\\N"  # COPY text format's NULL
+
+
+def _transaction_row(p: ParsedTransaction, topic: str, partition: int, offset: int) -> str:
+    """One ``stage_transactions`` row in COPY text format."""
+    metadata = NULL if p.metadata is None else _copy_text(orjson.dumps(p.metadata).decode())
+    return (f"{_copy_text(p.transaction_id)}\t{p.event_ts!r}\t{_copy_text(p.merchant_id)}\t"
+            f"{_copy_text(p.customer_id)}\t{p.amount_minor}\t{_copy_text(p.currency)}\t"
+            f"{_copy_text(p.channel)}\t{_copy_text(p.payment_method)}\t{p.status.value}\t"
+            f"{_optional(p.decline_code)}\t{_copy_text(p.country)}\t{p.processing_ms}\t"
+            f"{_optional(p.card_bin)}\t"
+            f"{NULL if p.risk_score is None else repr(p.risk_score)}\t{metadata}\t"
+            f"{topic}\t{partition}\t{offset}\n")
+
+
+def _optional(value: str | None) -> str:
+    return NULL if value is None else _copy_text(value)
+
+
+def _copy_text(value: str) -> str:
+    """``value`` escaped for COPY's text format (backslash, tab, newline, carriage return)."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                 .replace("\r", "\\r"))
+    return value

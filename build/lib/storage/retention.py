@@ -1,0 +1,104 @@
+"""Retention: old rows out of PostgreSQL, old partitions out of the lake.
+
+Rows go in small batches, so a large backlog (the first run after an outage,
+say) never holds locks for long or bloats one transaction. The lake drops
+whole ``date=YYYY-MM-DD`` folders, so retention is a listing and a few
+deletes, on a local directory or on Blob Storage alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, text
+
+log = logging.getLogger(__name__)
+
+# Every table with a retention period, in one place: table -> (time column, setting).
+# Each time column is indexed (alembic 0001-0003), so a batch is an index range scan.
+RETENTION = {
+    "failed_items": ("created_at", "failed_retention_days"),  # 180 days by default
+    "normalized_transactions": ("event_time", "transactions_retention_days"),  # 365
+    "dynamic_metrics": ("created_at", "metrics_retention_days"),  # 365
+    "aggregate_histograms": ("time_window", "histograms_retention_days"),  # 730
+    "histogram_partials": ("window_start", "histograms_retention_days"),  # 730
+}
+
+
+def purge_table(engine: Engine, table: str, days: int, *, now: datetime | None = None,
+                batch: int = 10_000) -> int:
+    """Delete rows of ``table`` (a key of :data:`RETENTION`) older than ``days`` days,
+    ``batch`` rows per transaction; returns how many."""
+    column, _ = RETENTION[table]  # names come from this module, never from input
+    statement = text(f"DELETE FROM {table} WHERE ctid IN ("  # noqa: S608
+                     f"SELECT ctid FROM {table} WHERE {column} < :cutoff LIMIT :batch)")
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            deleted = conn.execute(statement, {"cutoff": cutoff, "batch": batch}).rowcount
+        total += deleted
+        if deleted < batch:
+            break
+    if total:
+        log.info("retention: deleted %d %s rows older than %d days", total, table, days)
+    return total
+
+
+def purge_failed_items(engine: Engine, days: int, *, now: datetime | None = None,
+                       batch: int = 10_000) -> int:
+    """Delete ``failed_items`` rows created more than ``days`` days ago; returns how many."""
+    return purge_table(engine, "failed_items", days, now=now, batch=batch)
+
+
+class RetentionDays(Protocol):
+    """The retention periods (``app.settings.Settings`` has them)."""
+
+    @property
+    def failed_retention_days(self) -> int: ...
+
+    @property
+    def transactions_retention_days(self) -> int: ...
+
+    @property
+    def metrics_retention_days(self) -> int: ...
+
+    @property
+    def histograms_retention_days(self) -> int: ...
+
+
+def purge_database(engine: Engine, settings: RetentionDays, *,
+                   now: datetime | None = None) -> dict[str, int]:
+    """Apply every retention period of :data:`RETENTION`; returns rows deleted per table."""
+    return {table: purge_table(engine, table, getattr(settings, setting), now=now)
+            for table, (_, setting) in RETENTION.items()}
+
+
+def purge_lake(fs: Any, root: str, days: int, *, now: datetime | None = None) -> list[str]:
+    """Delete the lake's ``date=`` folders wholly older than ``days`` days; returns them.
+
+    A folder is deleted when its date is before today minus ``days`` (UTC), so
+    the newest deleted day ended at least ``days`` days ago.
+    """
+    cutoff = ((now or datetime.now(UTC)) - timedelta(days=days)).date()
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        return []
+    removed = []
+    for path in sorted(fs.ls(root, detail=False)):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if not name.startswith("date="):
+            continue
+        try:
+            day = datetime.strptime(name[len("date="):], "%Y-%m-%d").date()
+        except ValueError:
+            log.warning("lake retention: skipping %s (not a date)", path)
+            continue
+        if day < cutoff:
+            fs.rm(path, recursive=True)
+            removed.append(path)
+    if removed:
+        log.info("lake retention: deleted %d day folders older than %d days", len(removed), days)
+    return removed

@@ -1,0 +1,283 @@
+"""The windowed tables of accepted payments, per window size (5 minutes and 1 hour).
+
+- ``window-counts-<size>``: key ``"<window_start>|<channel>|<partition>"``, value
+  :class:`pipeline.windows.WindowCounts` (payments, statuses, amount sum): feeds
+  ``payment_metrics_5m``.
+- ``window-metrics-<size>``: key ``"<window_start>|<partition>"``, value
+  :class:`pipeline.windows.WindowMetrics` (a mergeable histogram per windowed
+  metric and dimension, and ``late_events``): feeds ``aggregate_histograms``.
+- ``stream-clock``: key ``"<partition>"``, value :class:`pipeline.windows.StreamClock`
+  (the partition's stream time, which decides what is late).
+
+Window start is in POSIX seconds (event time). Each source partition keeps its
+own keys, so one worker owns each value outright and a rebalance moves it with
+its changelog partition; a reader adds the partitions up. Values are written
+once per key per commit through :class:`tables.cache.WriteBackCache`.
+
+Faust's ``.tumbling()`` wrapper is not used: it needs a stream's current
+event for every update, expires windows on wall-clock time, and hands
+``on_window_close`` the raw per-key value rather than the window's aggregate
+(docs/adr/0005-windows.md); the window is part of the key instead, and
+:func:`expired_keys` expires windows on stream time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from faust.types import AppT, Message, TableT
+
+from models.events import FailedMessage, ParsedTransaction
+from pipeline.metrics import ExtractionResult
+from pipeline.windows import (
+    LATE,
+    Bounds,
+    HistogramPartials,
+    MetricEntry,
+    StreamClock,
+    WindowCounts,
+    WindowMetrics,
+    WindowRow,
+    apply_entries,
+    failed_event,
+    group_by_window,
+    merge_unseen,
+    observe,
+    split_late,
+    window_start,
+)
+from tables.cache import WriteBackCache
+from tables.context import partition_context, placeholder_message
+
+log = logging.getLogger(__name__)
+CLOCK_TABLE = "stream-clock"
+
+
+def size_label(size: int) -> str:
+    if size % 3600 == 0:
+        return f"{size // 3600}h"
+    if size % 60 == 0:
+        return f"{size // 60}m"
+    return f"{size}s"
+
+
+def counts_table(size: int) -> str:
+    return f"window-counts-{size_label(size)}"
+
+
+def metrics_table(size: int) -> str:
+    return f"window-metrics-{size_label(size)}"
+
+
+@dataclass(frozen=True)
+class WindowTables:
+    sizes: tuple[int, ...]
+    tables: dict[str, TableT]  # by name
+
+
+def declare_tables(app: AppT, partitions: int, sizes: Iterable[int] = (300, 3600),
+                   ) -> WindowTables:
+    """Declare the window tables and the stream clock, partitioned like ``payments``."""
+    sizes = tuple(sorted(sizes))
+    tables: dict[str, TableT] = {}
+    for size in sizes:
+        tables[counts_table(size)] = app.Table(
+            counts_table(size), default=None, partitions=partitions,
+            help=f"accepted payments per {size} s event-time window, channel and partition")
+        tables[metrics_table(size)] = app.Table(
+            metrics_table(size), default=None, partitions=partitions,
+            help=f"windowed metric histograms per {size} s event-time window and partition")
+    tables[CLOCK_TABLE] = app.Table(CLOCK_TABLE, default=None, partitions=partitions,
+                                    help="stream time (newest event time) per partition")
+    return WindowTables(sizes, tables)
+
+
+def table_key(window_start: int, channel: str, partition: int) -> str:
+    return f"{window_start}|{channel}|{partition}"
+
+
+def split_key(key: str) -> tuple[int, str, int]:
+    start, channel, partition = key.split("|")
+    return int(start), channel, int(partition)
+
+
+def metrics_key(window_start: int, partition: int) -> str:
+    return f"{window_start}|{partition}"
+
+
+def split_metrics_key(key: str) -> tuple[int, int]:
+    start, partition = key.split("|")
+    return int(start), int(partition)
+
+
+def key_window_start(key: str) -> int:
+    return int(key.split("|", 1)[0])
+
+
+def key_partition(key: str) -> int:
+    return int(key.rsplit("|", 1)[1])
+
+
+def key_order(key: str) -> tuple[int, str, int]:
+    """Sort order of window keys of either kind: window start, channel, partition."""
+    parts = key.split("|")
+    return (int(parts[0]), parts[1], int(parts[2])) if len(parts) == 3 else (
+        int(parts[0]), "", int(parts[1]))
+
+
+def _offset(entry: MetricEntry) -> int:
+    return entry[0]
+
+
+def expired_keys(keys: Iterable[str], size: int, stream_time: float,
+                 retention: float) -> list[str]:
+    """Keys of windows that ended ``retention`` seconds or more before ``stream_time``."""
+    return [k for k in keys if key_window_start(k) + size + retention <= stream_time]
+
+
+class WindowState:
+    """The window tables of one worker, behind a write-back cache.
+
+    Args:
+        app: the Faust app the tables belong to.
+        windows: the declared tables (:func:`declare_tables`).
+        bounds: a windowed metric's bucket bounds (the configuration's; stored values
+            carry their own, this serves values stored before they did).
+        grace: seconds a window stays open after its end, in stream time.
+        source_topic: the topic whose partitions key the state (``payments``).
+    """
+
+    def __init__(self, app: AppT, windows: WindowTables, bounds: Bounds, grace: float,
+                 source_topic: str) -> None:
+        self.windows = windows
+        self.sizes = windows.sizes
+        self.finest = windows.sizes[0]
+        self.bounds = bounds
+        self.grace = grace
+        self.source_topic = source_topic
+        self.app = app
+        decoders: dict[str, Callable[[Any], Any]] = {CLOCK_TABLE: StreamClock.from_dict}
+        for size in self.sizes:
+            decoders[counts_table(size)] = WindowCounts.from_dict
+            decoders[metrics_table(size)] = lambda data: WindowMetrics.from_dict(data, bounds)
+        self.cache = WriteBackCache(app, windows.tables, decoders)
+        self._metrics_tables = {metrics_table(size): size for size in self.sizes}
+
+    # -- the ingest handler ----------------------------------------------------------
+
+    def count(self, partition: int, first_offset: int, committed: int,
+              payments: dict[int, ParsedTransaction],
+              metrics: dict[int, ExtractionResult],
+              failed: Sequence[FailedMessage] = ()) -> tuple[list[WindowRow], int]:
+        """Count a batch whose first message has ``first_offset``, given the partition's
+        committed offset (call in the partition's context); returns the count rows and
+        how many payments were too late. Failed messages count in ``failed|category=``
+        in the window of their broker timestamp."""
+        cache = self.cache
+        clock: StreamClock = cache.get(partition, CLOCK_TABLE, str(partition))
+        clock.begin_batch(first_offset, committed)
+        cache.put(partition, CLOCK_TABLE, str(partition), clock)
+        if not payments and not failed:
+            return [], 0
+        on_time, late = split_late(clock, payments, self.finest, self.grace)
+        rows = self._count_payments(partition, on_time)
+        # windowed metrics, grouped by finest window; late ones only count as late
+        entries: dict[int, list[MetricEntry]] = {}
+        for offset, tx in payments.items():
+            start = window_start(tx.event_ts, self.finest)
+            entries.setdefault(start, []).append((offset, LATE if offset in late
+                                                  else metrics[offset]))
+        if failed:
+            touched = set()
+            for item in failed:
+                start = window_start(item.first_seen.timestamp(), self.finest)
+                entries.setdefault(start, []).append((item.offset,
+                                                      failed_event(item.category.value)))
+                touched.add(start)
+            for start in touched:  # the watermark needs each group in offset order
+                entries[start].sort(key=_offset)
+        self._count_metrics(partition, entries)
+        return rows, len(late)
+
+    def _count_payments(self, partition: int,
+                        on_time: list[tuple[int, ParsedTransaction]]) -> list[WindowRow]:
+        rows: list[WindowRow] = []
+        for size in self.sizes:
+            table = counts_table(size)
+            for (start, channel), group in group_by_window(on_time, size).items():
+                key = table_key(start, channel, partition)
+                counts = self.cache.get(partition, table, key)
+                apply_entries(counts, group)
+                # Marked dirty even when a replay added nothing: the changelog then
+                # converges even if the crashed run's record never reached it.
+                self.cache.put(partition, table, key, counts)
+                rows.append(WindowRow(size, start, channel, partition, counts.copy()))
+        return rows
+
+    def _count_metrics(self, partition: int, entries: dict[int, list[MetricEntry]]) -> None:
+        # one delta per finest window, shared by every window size that holds it
+        deltas = {start: observe(group, self.bounds) for start, group in entries.items()}
+        for size in self.sizes:
+            table = metrics_table(size)
+            targets: dict[int, list[int]] = {}
+            for start in entries:
+                targets.setdefault(window_start(start, size), []).append(start)
+            for target, starts in targets.items():
+                key = metrics_key(target, partition)
+                value: WindowMetrics = self.cache.get(partition, table, key)
+                merge_unseen(value, ((entries[s], deltas[s]) for s in starts), self.bounds)
+                self.cache.put(partition, table, key, value)
+
+    # -- the sinks (a TableCache) --------------------------------------------------------
+
+    def flush(self, partition: int, message: Message) -> int:
+        """Write the partition's changed values to the tables (before each commit)."""
+        return self.cache.flush(partition, message)
+
+    def forget(self, partition: int) -> None:
+        """Drop a revoked partition's values: its new owner replays those events."""
+        self.cache.forget(partition)
+
+    def take_partials(self, partition: int) -> HistogramPartials:
+        """The windowed-metric rows of the values flushed since the last call
+        (snapshotted: call on the event loop)."""
+        partials = HistogramPartials()
+        for name, key, value in self.cache.take_flushed(partition):
+            size = self._metrics_tables.get(name)
+            if size is not None:
+                start, part = split_metrics_key(key)
+                partials.add(size, start, part, value)
+        return partials
+
+    # -- the expiry job ------------------------------------------------------------------
+
+    def expire(self, partitions: Iterable[int], retention: float) -> int:
+        """Delete the windows of ``partitions`` that ended ``retention`` seconds before the
+        partition's stream time (state stays bounded; PostgreSQL keeps the rows)."""
+        deleted = 0
+        for partition in partitions:
+            message = placeholder_message(self.source_topic, partition)
+            with partition_context(self.app, message):
+                clock: StreamClock = self.cache.get(partition, CLOCK_TABLE, str(partition))
+                if clock.last_offset < 0:
+                    continue
+                for size in self.sizes:
+                    for name in (counts_table(size), metrics_table(size)):
+                        keys = [k for k in self.windows.tables[name]
+                                if key_partition(str(k)) == partition]
+                        old = expired_keys(keys, size, clock.stream_time, retention)
+                        if old:
+                            self.cache.delete(partition, name, old, message)
+                            deleted += len(old)
+        if deleted:
+            log.info("expired %d windows from the tables", deleted)
+        return deleted
+
+    # -- the web views -------------------------------------------------------------------
+
+    def items(self, table: str) -> Iterator[tuple[str, Any]]:
+        """This worker's values of ``table``, encoded, the newer cached ones on top."""
+        return self.cache.items(table)

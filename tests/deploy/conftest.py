@@ -1,0 +1,61 @@
+"""The deployment artefacts, checked offline: the image's install, the Helm chart,
+Terraform, the VM install and the workflows (issue 14)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.stack import REPO_ROOT
+
+TOOLS = REPO_ROOT / ".tools"
+CHECKOV = TOOLS / "checkov" / "bin" / "checkov"
+
+
+def tool(path: Path) -> str:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make install` (or `make tools`)")
+    return str(path)
+
+
+def checkov(directory: Path, framework: str) -> dict:
+    """checkov's JSON report for ``directory`` (offline: no platform, no download)."""
+    import json
+
+    out = subprocess.run(
+        [tool(CHECKOV), "-d", str(directory), "--framework", framework, "--skip-download",
+         "--compact", "-o", "json"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={"PATH": "/usr/bin:/bin", "BC_SKIP_MAPPING": "TRUE", "HOME": str(directory)})
+    if not out.stdout.strip():
+        pytest.fail(f"checkov printed no report:\n{out.stderr[-3000:]}")
+    report = json.loads(out.stdout)
+    return report[0] if isinstance(report, list) else report
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The project's wheel installed by deploy/vm/install.sh under a temporary root: a
+    clean venv with the wheel and its dependencies, as the image's second stage does."""
+    wheels = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--wheel-dir", str(wheels), str(REPO_ROOT)], check=True, timeout=300,
+                   capture_output=True)
+    wheel = next(wheels.glob("payment_monitor-*.whl"))
+    root = tmp_path_factory.mktemp("root")
+    conf = root.parent / "settings.conf"
+    conf.write_text("TOPIC_PARTITIONS=8\nWEB_HOST=10.1.0.4\nEVENTHUBS_NAMESPACE=pm-dev-ehns\n"
+                    "POSTGRES_HOST=pm-dev-pg.postgres.database.azure.com\n"
+                    "LAKE_ACCOUNT=pmdevlake\nAPPCONFIG_NAME=pm-dev-appconfig\n"
+                    "AZURE_CLIENT_ID=00000000-0000-0000-0000-00000000d001\n"
+                    "KEY_VAULT=pm-dev-kv\n")
+    out = subprocess.run(["bash", str(REPO_ROOT / "deploy" / "vm" / "install.sh"), str(wheel),
+                          str(conf)], env={"PATH": "/usr/bin:/bin", "PREFIX": str(root),
+                                           "PYTHON": sys.executable},
+                         capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    yield root

