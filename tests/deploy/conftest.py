@@ -22,15 +22,16 @@ def tool(path: Path) -> str:
     return str(path)
 
 
-def checkov(directory: Path, framework: str) -> dict:
-    """checkov's JSON report for ``directory`` (offline: no platform, no download)."""
+def checkov(directory: Path, framework: str, home: Path) -> dict:
+    """checkov's JSON report for ``directory`` (offline: no platform, no download);
+    ``home`` takes its cache."""
     import json
 
     out = subprocess.run(
         [tool(CHECKOV), "-d", str(directory), "--framework", framework, "--skip-download",
          "--compact", "-o", "json"],
         capture_output=True, text=True, timeout=300, check=False,
-        env={"PATH": "/usr/bin:/bin", "BC_SKIP_MAPPING": "TRUE", "HOME": str(directory)})
+        env={"PATH": "/usr/bin:/bin", "BC_SKIP_MAPPING": "TRUE", "HOME": str(home)})
     if not out.stdout.strip():
         pytest.fail(f"checkov printed no report:\n{out.stderr[-3000:]}")
     report = json.loads(out.stdout)

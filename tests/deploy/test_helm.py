@@ -78,7 +78,7 @@ def test_the_custom_resources_have_the_fields_their_operators_need(env):
 
 
 def test_checkov_passes_and_every_skip_says_why(tmp_path):
-    report = checkov(manifests.RENDERED, "kubernetes")
+    report = checkov(manifests.RENDERED, "kubernetes", tmp_path)
     failed = report["results"]["failed_checks"]
     assert not failed, [(c["check_id"], c["resource"]) for c in failed]
     assert report["summary"]["passed"] > 100

@@ -141,8 +141,8 @@ def test_the_workers_identity_has_exactly_the_least_privilege_roles():
     assert "system:serviceaccount:" in federated["subject"]
 
 
-def test_checkov_passes_and_every_skip_says_why():
-    report = checkov(TERRAFORM, "terraform")
+def test_checkov_passes_and_every_skip_says_why(tmp_path):
+    report = checkov(TERRAFORM, "terraform", tmp_path)
     failed = report["results"]["failed_checks"]
     assert not failed, [(c["check_id"], c["resource"]) for c in failed]
     assert report["summary"]["passed"] > 50
