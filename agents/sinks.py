@@ -14,6 +14,11 @@ back-pressure), and for each one, in order:
    flushes the producer (changelog and DLQ records) and commits the offsets.
 
 So an offset is committed only after everything it produced is durable.
+The producer flush and the commit are bounded by ``commit_timeout``: a Kafka client
+that never completes a request (seen with aiokafka across a broker restart) would
+otherwise hold every partition still while the process looks alive. Past the bound
+the worker exits with status 2 and its supervisor (Kubernetes, systemd) starts it
+again; it reads again from its last commit.
 Blocking I/O runs in worker threads; a write that fails every retry crashes
 the worker (infrastructure failures are not turned into data).
 """
@@ -25,7 +30,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from mode import Service
 
@@ -38,6 +44,7 @@ from storage.postgres import PostgresSink
 from tables.cache import TableCache
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class FlushedWindows(TableCache, Protocol):
@@ -51,7 +58,9 @@ class SinkService(Service):
 
     def __init__(self, app: PaymentApp, db: PostgresSink, lake: RawEventWriter,
                  windows: FlushedWindows, seen: TableCache, telemetry: Telemetry | None = None,
-                 *, max_events: int = 50_000, linger: float = 0.2, **kwargs: Any) -> None:
+                 *, max_events: int = 50_000, linger: float = 0.2,
+                 commit_timeout: float = 120.0,
+                 on_stuck: Callable[[str], None] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.db = db
@@ -62,6 +71,8 @@ class SinkService(Service):
         self.busy_since: float | None = None  # time.monotonic() a store or flush began
         self.max_events = max_events
         self.linger = linger
+        self.commit_timeout = commit_timeout
+        self.on_stuck = on_stuck  # the worker's exits the process (app.cli.fail)
         self._queue: list[SinkBatch] = []
         self._queued_events = 0
         self._changed = asyncio.Condition()
@@ -135,12 +146,14 @@ class SinkService(Service):
                 written = await asyncio.to_thread(self.db.write_windows, partials)
             self.rows_written.update(written)
         commit_started = time.perf_counter()
-        await self.app.producer.flush()
+        await self._bounded(self.app.producer.flush(),
+                            "the producer's flush (changelog and DLQ records)", topic, partition)
         # acked only now: Faust's own periodic commit may commit acked offsets any time
         for message in flushed.messages:
             consumer.ack(message)
         tp = flushed.messages[-1].tp
-        committed = await consumer.commit({tp})
+        committed = await self._bounded(consumer.commit({tp}), "the offset commit", topic,
+                                        partition)
         self.telemetry.sink_seconds.labels("commit").observe(time.perf_counter() - commit_started)
         context = {"topic": topic, "partition": partition,
                    "offsets": f"{flushed.first_offset}-{flushed.last_offset}",
@@ -156,6 +169,20 @@ class SinkService(Service):
             # offsets, and the lake keeps listing the files as uncommitted until then
             log.warning("commit of %s[%d] up to %d not done yet", topic, partition,
                         flushed.last_offset + 1, extra=context)
+
+    async def _bounded(self, step: Awaitable[T], what: str, topic: str, partition: int) -> T:
+        """``step``, or the process exits (``on_stuck``) when it outlasts the bound."""
+        try:
+            return await asyncio.wait_for(step, self.commit_timeout)
+        except TimeoutError:
+            message = (f"{what} for {topic}[{partition}] did not finish within "
+                       f"{self.commit_timeout:.0f} s (COMMIT_TIMEOUT_S): the Kafka client is "
+                       "stuck; exiting for the supervisor to restart the worker, which reads "
+                       "again from its last commit")
+            log.critical(message)
+            if self.on_stuck is not None:
+                self.on_stuck(message)
+            raise
 
     async def flush_all(self) -> None:
         """Store what is queued and flush every buffer (shutdown, tests)."""

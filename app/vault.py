@@ -19,11 +19,12 @@ import sys
 from collections.abc import Callable, Mapping
 
 from app.settings import VaultSettings
+from models.errors import PaymentMonitorError
 
 SecretGetter = Callable[[str], str]
 
 
-class VaultError(Exception):
+class VaultError(PaymentMonitorError):
     """A secret could not be had: the message says which and why (never its value)."""
 
 

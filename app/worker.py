@@ -24,6 +24,7 @@ from agents.config import register_config
 from agents.ingest import register_ingest
 from agents.retention import register_retention
 from agents.sinks import SinkService
+from app.cli import fail
 from app.commands import register_commands, register_raw_commands
 from app.config_commands import register_config_commands
 from app.faust_app import PaymentApp, create_app
@@ -68,7 +69,8 @@ def build(settings: Settings) -> PaymentApp:
     )
     telemetry = Telemetry()
     sinks = SinkService(faust_app, db, lake, windows, seen, telemetry,
-                        max_events=settings.sink_queue_events, linger=settings.sink_linger_s)
+                        max_events=settings.sink_queue_events, linger=settings.sink_linger_s,
+                        commit_timeout=settings.commit_timeout_s, on_stuck=fail)
     faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
 
     config_sync = register_config(faust_app, settings, config)

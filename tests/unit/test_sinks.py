@@ -138,3 +138,31 @@ def test_a_commit_not_done_leaves_the_offsets_unrecorded():
     run(sinks, batch(3, 0, 3))
     assert [e[0] for e in log][-4:] == ["ack", "ack", "ack", "commit"]
     assert sinks.committed_offsets == {} and sinks.commits == 0
+
+
+@pytest.mark.parametrize("stuck", ["producer.flush", "commit"])
+def test_a_kafka_step_that_never_finishes_ends_the_process_not_the_partition(stuck):
+    """A Kafka client that never answers (aiokafka across a broker restart) must not hold
+    every partition still behind a live process: past COMMIT_TIMEOUT_S the worker exits
+    (``on_stuck``) for its supervisor to restart it, and nothing is acked or committed."""
+    log = Log()
+    sinks = service(log)
+    never = asyncio.Event()
+
+    async def hang(*args):
+        log(stuck)
+        await never.wait()
+
+    if stuck == "commit":
+        sinks.app.consumer.commit = hang
+    else:
+        sinks.app.producer.flush = hang
+    exits: list[str] = []
+    sinks.commit_timeout = 0.05
+    sinks.on_stuck = exits.append
+    with pytest.raises(TimeoutError):
+        run(sinks, batch(3, 0, 2))
+    what = "the offset commit" if stuck == "commit" else "the producer's flush"
+    assert len(exits) == 1 and exits[0].startswith(f"{what}") and "payments[3]" in exits[0]
+    assert "COMMIT_TIMEOUT_S" in exits[0]
+    assert "lake.committed" not in [e[0] for e in log] and sinks.commits == 0
