@@ -183,6 +183,9 @@ class PaymentApp(faust.App):
         return BatchTransport(self.conf.broker_consumer, self)
 
 
+PRODUCER_REQUEST_TIMEOUT_S = 1200.0  # Faust's default, stated
+
+
 def broker_credentials(conn: BrokerConnection) -> Credentials | None:
     """Faust's credentials for the connection (the same one every raw client uses)."""
     if conn.security_protocol == "PLAINTEXT":
@@ -237,6 +240,10 @@ def create_app(settings: Settings) -> PaymentApp:
         topic_replication_factor=settings.topic_replicas,
         broker_max_poll_records=settings.max_poll_records,
         producer_linger=settings.producer_linger_s,
+        # A changelog or DLQ batch fails only after this long. Its failure would not reach
+        # us (Faust drops it), so COMMIT_TIMEOUT_S, which ends the worker before any
+        # commit, must stay below it: settings.py caps it at half this.
+        producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
         web_port=settings.web_port,
         web_bind=settings.web_bind,
         web_host=settings.web_host,

@@ -90,10 +90,11 @@ class Settings(BaseSettings):
     sink_stuck_s: float = Field(
         30, gt=0, description="/readyz fails while one sink step has run this long")
     commit_timeout_s: float = Field(
-        120, gt=0, description="the producer flush (changelog and DLQ records) and the offset "
-        "commit of one sink flush must each finish within this long, or the worker exits with "
-        "status 2 for its supervisor to restart it (like Kafka's delivery.timeout.ms); "
-        "nothing uncommitted is lost, it is read again")
+        120, gt=0, le=600, description="the producer flush (changelog and DLQ records) and "
+        "the offset commit of one sink flush must each finish within this long, or the worker "
+        "exits with status 2 for its supervisor to restart it (like Kafka's "
+        "delivery.timeout.ms); nothing uncommitted is lost, it is read again. At most 600: "
+        "half the producer's request timeout")
 
     # Hot path tuning (see docs/adr/0001-batch-path.md for the measurements).
     max_poll_records: int = Field(5000, ge=1, description="records per fetch")

@@ -6,6 +6,9 @@ Each ends with the exact end-state check against an independent computation
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import threading
 import time
 from datetime import UTC, datetime
@@ -39,6 +42,7 @@ def supervise(stack, worker, expected: int, timeout: float) -> int:
                 f"the worker exited with {code}: {worker.log_path}"
             restarts += 1
             assert restarts <= 2, "restarted twice and still stuck"
+            stack.workers.remove(worker)
             worker = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1", COMMIT_TIMEOUT_S="20")
         if time.monotonic() > deadline:
             raise AssertionError(f"only {stack.committed_and_end()[0]} of {expected} "
@@ -68,6 +72,39 @@ def test_broker_sigkilled_mid_stream_and_restarted(stack):
     send(stack, events[20_000:])
     restarts = supervise(stack, worker, len(events), timeout=240)
     print(f"broker SIGKILLed at {at_kill} committed; worker restarts: {restarts}")
+    assert_end_state(stack, events)
+
+
+def test_a_broker_that_stops_answering_ends_the_worker_within_the_commit_timeout(stack):
+    """The broker freezes (SIGSTOP): connections stay open and nothing is answered, the
+    shape of a Kafka client stuck on a request. The worker's next producer flush or commit
+    outlasts COMMIT_TIMEOUT_S, so it exits with status 2 naming the step instead of
+    living on with every partition still; started again once the broker answers, it
+    ends with every payment stored exactly once."""
+    events = list(PaymentGenerator(load_scenario(), seed=83, invalid_ratio=0.03,
+                                   start=datetime(2026, 11, 1, 9, 30, tzinfo=UTC))
+                  .events(20_000))
+    send(stack, events[:15_000])
+    worker = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1", COMMIT_TIMEOUT_S="8")
+    wait_for_committed(stack, 3_000)
+    os.killpg(stack.broker.proc.pid, signal.SIGSTOP)
+    try:
+        frozen = time.monotonic()
+        code = worker.proc.wait(60)
+        took = time.monotonic() - frozen
+    finally:
+        os.killpg(stack.broker.proc.pid, signal.SIGCONT)
+    log = worker.log_path.read_text(errors="replace")
+    assert code == 2, f"the worker exited with {code}: {worker.log_path}"
+    stuck = re.search(r"(the producer's flush|the offset commit)[^\n]* did not finish within "
+                      r"8 s \(COMMIT_TIMEOUT_S\)", log)
+    assert stuck, f"no line names the stuck step: {worker.log_path}"
+    assert took < 8 + 10, f"exited {took:.0f} s after the freeze"
+    stack.workers.remove(worker)  # its supervisor starts it again:
+    stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1")
+    send(stack, events[15_000:])
+    stack.wait_until_committed(len(events), timeout=240)
+    print(f"frozen broker: worker exited after {took:.1f} s ({stuck.group(1)})")
     assert_end_state(stack, events)
 
 
