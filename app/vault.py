@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = VaultSettings()
         values = fetch(parse_mapping(settings.keyvault_secrets),
                        key_vault_getter(settings.keyvault_url))
-    except VaultError as exc:
-        sys.exit(f"payment-monitor-vault: {exc}")
-    except ValueError as exc:  # pydantic: KEYVAULT_URL or KEYVAULT_SECRETS missing
+    except (VaultError, ValueError) as exc:  # ValueError: pydantic, a setting missing
         sys.exit(f"payment-monitor-vault: {exc}")
     print(f"payment-monitor-vault: {len(values)} secret(s) from {settings.keyvault_url}: "
           f"{', '.join(sorted(values))}", file=sys.stderr, flush=True)

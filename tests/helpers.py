@@ -9,6 +9,8 @@ import functools
 import random
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -437,3 +439,13 @@ def dashboard_exprs() -> list[str]:
     panels = json.loads(GRAFANA_DASHBOARD.read_text())["panels"]
     return [t["expr"].replace("$__rate_interval", "5m") for p in panels
             for t in p.get("targets", ()) if "expr" in t]
+
+
+def call(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, str]:
+    """An HTTP request's status and body; an error status is returned, not raised."""
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -3,6 +3,7 @@ Terraform, the VM install and the workflows (issue 14)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,8 +26,6 @@ def tool(path: Path) -> str:
 def checkov(directory: Path, framework: str, home: Path) -> dict:
     """checkov's JSON report for ``directory`` (offline: no platform, no download);
     ``home`` takes its cache."""
-    import json
-
     out = subprocess.run(
         [tool(CHECKOV), "-d", str(directory), "--framework", framework, "--skip-download",
          "--compact", "-o", "json"],

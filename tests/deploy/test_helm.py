@@ -3,6 +3,7 @@ and say what the issue asked of them (probes, volumes, hooks, identity, no secre
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -18,7 +19,9 @@ from tests.deploy.conftest import checkov, tool
 ENVS = manifests.ENVIRONMENTS
 
 
+@functools.cache
 def docs(env: str) -> list[dict]:
+    """The committed render's objects, parsed once per session (read only)."""
     text = (manifests.RENDERED / f"{env}.yaml").read_text()
     return [d for d in yaml.safe_load_all(text) if d]
 

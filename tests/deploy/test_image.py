@@ -17,10 +17,10 @@ import signal
 import subprocess
 import time
 import urllib.error
-import urllib.request
 
 from devtools.services import free_port
 from devtools.stack import REPO_ROOT
+from tests.helpers import call
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 
@@ -78,20 +78,17 @@ def test_the_installed_wheel_migrates_and_runs_a_worker(installed, broker, empty
                               start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        status, body = None, b""
+        status, body = None, ""
         while status != 200:
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, f"/readyz never 200 (last {status}: {body!r})"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-                    status, body = r.status, r.read()
-            except urllib.error.HTTPError as exc:
-                status, body = exc.code, exc.read()
-            except (urllib.error.URLError, ConnectionError) as exc:
-                status, body = None, str(exc).encode()
+            assert time.monotonic() < deadline, f"/readyz never 200 (last {status}: {body})"
             time.sleep(0.5)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            assert b"payment_monitor_payments_accepted_total" in r.read()
+            try:
+                status, body = call(f"http://127.0.0.1:{port}/readyz")
+            except urllib.error.URLError as exc:  # not listening yet
+                status, body = None, str(exc)
+        assert "payment_monitor_payments_accepted_total" in \
+            call(f"http://127.0.0.1:{port}/metrics")[1]
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         code = worker.wait(60)

@@ -3,6 +3,7 @@ the hubs are exactly what `faust -A app topics plan --json` says: one truth for 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -32,7 +33,9 @@ def unquote(value: object) -> object:
     return value
 
 
+@functools.cache
 def load(path: Path) -> dict:
+    """One file, parsed once per test session (read only)."""
     with path.open() as f:
         return unquote(hcl2.load(f))  # type: ignore[return-value]
 

@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.helpers import alert_rules, dashboard_exprs, promql_names, send
+from tests.helpers import alert_rules, call, dashboard_exprs, promql_names, send
 from tests.proxy import proxy_database
 
 TOKEN = "admin-token-8c1f5e"  # a test value; the redaction must hide it in every log line
-
-
-def call(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=15) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def scrape(worker) -> dict[str, list]:

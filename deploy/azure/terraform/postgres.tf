@@ -60,20 +60,10 @@ resource "azurerm_postgresql_flexible_server_database" "main" {
   collation = "en_US.utf8"
 }
 
-resource "azurerm_postgresql_flexible_server_configuration" "log_connections" {
-  name      = "log_connections"
-  server_id = azurerm_postgresql_flexible_server.main.id
-  value     = "on"
-}
-
-resource "azurerm_postgresql_flexible_server_configuration" "log_checkpoints" {
-  name      = "log_checkpoints"
-  server_id = azurerm_postgresql_flexible_server.main.id
-  value     = "on"
-}
-
-resource "azurerm_postgresql_flexible_server_configuration" "connection_throttling" {
-  name      = "connection_throttle.enable"
+# Connections, checkpoints and connection throttling logged and on.
+resource "azurerm_postgresql_flexible_server_configuration" "on" {
+  for_each  = toset(["log_connections", "log_checkpoints", "connection_throttle.enable"])
+  name      = each.key
   server_id = azurerm_postgresql_flexible_server.main.id
   value     = "on"
 }
