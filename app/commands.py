@@ -39,7 +39,7 @@ from app.cli import active_config, fail
 from app.faust_app import PaymentApp
 from app.settings import Settings
 from app.topics import PAYMENTS
-from models.events import REPLAY_OF_HEADER, RETRY_COUNT_HEADER
+from models.events import CHANNELS, REPLAY_OF_HEADER, RETRY_COUNT_HEADER, STATUSES
 from pipeline.config import ConfigError, ConfigManager
 from pipeline.parse import Mode, Validator
 from storage.broker import describe_failure
@@ -107,8 +107,8 @@ def register_raw_commands(app: PaymentApp, settings: Settings) -> None:
                help="compact: only hour folders that ended before this (default 2h ago)"),
         option("--to", "end", default=None, help="end (exclusive); default now"),
         option("--merchant", help="merchant_id"),
-        option("--status", help="approved, declined, failed, pending or reversed"),
-        option("--channel", help="ecommerce, pos, mobile, moto or recurring"),
+        option("--status", type=click.Choice(STATUSES), help="payment status"),
+        option("--channel", type=click.Choice(CHANNELS), help="payment channel"),
         option("--accepted-only", is_flag=True, help="leave out failed messages"),
         option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]),
                default="jsonl", help="output format"),

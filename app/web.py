@@ -43,7 +43,7 @@ from app.health import Health
 from app.settings import Settings
 from app.telemetry import Telemetry
 from models.errors import PaymentMonitorError
-from models.events import STATUSES, approval_rate, authorization_rate
+from models.events import CHANNELS, STATUSES, approval_rate, authorization_rate
 from pipeline.config import ConfigManager
 from pipeline.windows import FAILED_EVENTS, LATE_EVENTS, WindowCounts, WindowMetrics
 from tables.payments import (
@@ -61,7 +61,6 @@ from tables.seen import SeenIds
 log = logging.getLogger(__name__)
 DASHBOARD_HTML = Path(__file__).with_name("dashboard.html")
 PEER_TIMEOUT = ClientTimeout(total=5)  # another worker's answer to a merged view
-DASHBOARD_CHANNELS = ("ecommerce", "pos", "mobile", "moto", "recurring")
 
 
 STARTING = ("the worker is starting and has not loaded its configuration yet (the bucket "
@@ -202,7 +201,7 @@ async def dashboard_data(windows: Windows, health: Health | None = None) -> dict
         slot_c = present("counts", counts.get(start, {}))
         slot_m = metrics.get(start, {})
         channels = {}
-        for channel in sorted(set(slot_c) | set(DASHBOARD_CHANNELS)):
+        for channel in sorted(set(slot_c) | set(CHANNELS)):
             c = slot_c.get(channel, {})
             latency = slot_m.get(f"processing_ms|channel={channel}")
             channels[channel] = {

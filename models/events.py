@@ -35,6 +35,10 @@ class TransactionStatus(StrEnum):
 # names (``transactions_<status>``) and report columns are made from this one list.
 STATUSES: tuple[str, ...] = tuple(s.value for s in TransactionStatus)
 
+# Every ``channel`` of the payment-event-v1 contract, in contract order: the dashboard's
+# rows and the lake query's choices (config/schemas/transaction-v1.json enforces it).
+CHANNELS: tuple[str, ...] = ("ecommerce", "pos", "mobile", "moto", "recurring")
+
 
 def approval_rate(approved: int, payments: int) -> float | None:
     """Approval rate: approved payments among all payments (None when there are none)."""

@@ -135,3 +135,7 @@ def test_cli_errors_are_one_line(lake):
     assert "Traceback" not in out.stderr
     out = cli(root, "--from", "2026-03-01", "--format", "parquet")
     assert out.returncode == 2 and "needs --output" in out.stderr
+    out = cli(root, "--status", "settled")
+    assert out.returncode == 2 and "'settled' is not one of 'approved'" in out.stderr
+    out = cli(root, "--channel", "atm")
+    assert out.returncode == 2 and "'atm' is not one of 'ecommerce'" in out.stderr

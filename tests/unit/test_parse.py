@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.events import ErrorCategory, TransactionStatus
+from models.events import CHANNELS, STATUSES, ErrorCategory, TransactionStatus
 from pipeline.parse import MAX_MESSAGE_BYTES, Mode
 from tests.helpers import VALID_PAYMENT, shipped_config
 
@@ -30,6 +31,12 @@ def with_(**changes):
         else:
             d[k] = v
     return json.dumps(d).encode()
+
+
+def test_the_statuses_and_channels_defined_once_are_the_shipped_schemas():
+    schema = json.loads(Path("config/schemas/transaction-v1.json").read_text())
+    assert list(STATUSES) == schema["properties"]["status"]["enum"]
+    assert list(CHANNELS) == schema["properties"]["channel"]["enum"]
 
 
 def test_valid_event_is_typed():
