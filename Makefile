@@ -6,13 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 KAFKA_STAMP := .kafka/.installed
-# The deployment checkers that are not Python packages of ours: Helm and actionlint
-# built with Go from the Go module proxy, checkov in a venv of its own (its pins clash
-# with ours). The versions are in the stamp's name, so a change reinstalls.
+# The deployment checkers that are not Python packages of ours: Helm, actionlint and
+# Prometheus's promtool built with Go from the Go module proxy, checkov in a venv of its
+# own (its pins clash with ours). The versions are in the stamp's name, so a change
+# reinstalls.
 HELM_VERSION := v3.22.0
 ACTIONLINT_VERSION := v1.7.12
+PROMETHEUS_VERSION := v0.316.0
 CHECKOV_VERSION := 3.3.30
-TOOLS_STAMP := .tools/.installed-helm-$(HELM_VERSION)-actionlint-$(ACTIONLINT_VERSION)-checkov-$(CHECKOV_VERSION)
+TOOLS_STAMP := .tools/.installed-helm-$(HELM_VERSION)-actionlint-$(ACTIONLINT_VERSION)-promtool-$(PROMETHEUS_VERSION)-checkov-$(CHECKOV_VERSION)
 COUNT ?= 100000
 RATE ?= 0
 
@@ -47,16 +49,17 @@ $(KAFKA_STAMP): devtools/kafka/pom.xml
 	touch $(KAFKA_STAMP)
 
 $(TOOLS_STAMP):
-	@command -v go >/dev/null || { echo "Go is needed to build Helm and actionlint (the deployment checks)"; exit 1; }
+	@command -v go >/dev/null || { echo "Go is needed to build Helm, actionlint and promtool (the deployment checks)"; exit 1; }
 	mkdir -p .tools/bin
 	GOBIN=$(CURDIR)/.tools/bin GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	GOBIN=$(CURDIR)/.tools/bin GOFLAGS=-mod=mod go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+	GOBIN=$(CURDIR)/.tools/bin GOFLAGS=-mod=mod go install github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
 	rm -rf .tools/checkov && $(PYTHON) -m venv .tools/checkov
 	.tools/checkov/bin/pip install --quiet --upgrade pip
 	.tools/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	rm -f .tools/.installed-* && touch $(TOOLS_STAMP)
 
-tools: $(TOOLS_STAMP) ## build Helm and actionlint (Go), install checkov: the deployment checks
+tools: $(TOOLS_STAMP) ## build Helm, actionlint and promtool (Go), install checkov: the deployment checks
 
 manifests: $(STAMP) $(TOOLS_STAMP) ## render the Helm chart for dev and prod into deploy/k8s/rendered/
 	$(PY) -m devtools.manifests

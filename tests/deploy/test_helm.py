@@ -15,6 +15,7 @@ import yaml
 from devtools import manifests
 from devtools.stack import REPO_ROOT
 from tests.deploy.conftest import checkov, tool
+from tests.helpers import alert_rules
 
 ENVS = manifests.ENVIRONMENTS
 
@@ -70,6 +71,10 @@ def test_the_custom_resources_have_the_fields_their_operators_need(env):
     assert (endpoint["port"], endpoint["path"]) == ("web", "/metrics")
     assert monitor["spec"]["selector"]["matchLabels"] == \
         one(env, "StatefulSet")["spec"]["selector"]["matchLabels"]
+    # the scrape job is the one the alert rules select on `up`
+    pod_labels = one(env, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    jobs = set(re.findall(r'job="([^"]+)"', " ".join(r["expr"] for r in alert_rules())))
+    assert jobs == {pod_labels[monitor["spec"]["jobLabel"]]}
     for spc in (d for d in docs(env) if d["kind"] == "SecretProviderClass"):
         assert spc["apiVersion"] == "secrets-store.csi.x-k8s.io/v1"
         assert spc["spec"]["provider"] == "azure"

@@ -25,7 +25,8 @@ def test_every_rule_is_well_formed_and_has_a_runbook():
     assert {r["alert"] for r in rules} >= {
         "PaymentMonitorLagGrowing", "PaymentMonitorNoPaymentsWhileLag",
         "PaymentMonitorFailureRateHigh", "PaymentMonitorDatabaseRetrying",
-        "PaymentMonitorWorkerNotReady"}
+        "PaymentMonitorWorkerNotReady", "PaymentMonitorWorkerStalled",
+        "PaymentMonitorWorkerDown", "PaymentMonitorNoWorkerUp"}
     headings = {line.lstrip("#").strip().lower()
                 for line in OPERATIONS.read_text().splitlines() if line.startswith("#")}
     for rule in rules:
