@@ -156,3 +156,46 @@ def test_readyz_follows_postgres_and_healthz_catches_a_stall(stack):
         stack.wait_until_committed(13000, timeout=180)
     finally:
         proxy.close()
+
+
+def lag_partitions(worker) -> dict[int, float]:
+    """The partitions of this worker's lag series, and their lag."""
+    return {int(s.labels["partition"]): s.value
+            for s in scrape(worker).get("payment_monitor_consumer_lag", ())}
+
+
+def owned(worker) -> set[int]:
+    return {int(tp[len("payments["):-1]) for tp in worker.stats()["assigned"]
+            if tp.startswith("payments[")}
+
+
+def test_lag_series_follow_the_partitions_through_rebalances(stack):
+    """Each worker reports lag only for the partitions it owns now: after a second worker
+    joins, and after it leaves, no stale series is left behind (faust-streaming issue 72),
+    and an idle, caught-up group shows lag 0 on every partition exactly once."""
+    everything = set(range(stack.partitions))
+    first = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1")
+    sent = events(3000, seed=93)
+    send(stack, sent)
+    stack.wait_until_committed(len(sent), timeout=180)
+    wait_for(lambda: lag_partitions(first) == dict.fromkeys(everything, 0), 30,
+             "w1's lag 0 on every partition")
+
+    second = stack.start_worker("w2", PARQUET_FLUSH_SECONDS="1")
+
+    def shared() -> bool:
+        mine, theirs = owned(first), owned(second)
+        return bool(mine and theirs) and mine | theirs == everything \
+            and set(lag_partitions(first)) == mine and set(lag_partitions(second)) == theirs
+    wait_for(shared, 120, "the two workers' lag series to split the partitions")
+    assert not owned(first) & owned(second)
+    more = events(3000, seed=94)
+    send(stack, more)
+    stack.wait_until_committed(len(sent) + len(more), timeout=180)
+    wait_for(lambda: set(lag_partitions(first).values()) == {0}
+             and set(lag_partitions(second).values()) == {0}, 30, "lag 0 on both workers")
+
+    second.stop()  # a clean leave: its partitions move back at once
+    wait_for(lambda: lag_partitions(first) == dict.fromkeys(everything, 0), 120,
+             "w1's lag series to cover every partition again, at 0")
+    assert owned(first) == everything
