@@ -27,10 +27,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 
 from storage.parquet import write_parquet_atomic
 
@@ -91,7 +91,7 @@ class CompactionReport:
     errors: list[str] = field(default_factory=list)
 
 
-def safe_offsets(fs: Any, root: str) -> dict[tuple[str, int], int]:
+def safe_offsets(fs: AbstractFileSystem, root: str) -> dict[tuple[str, int], int]:
     """Per topic-partition, the first offset a replay might still rewrite."""
     out: dict[tuple[str, int], int] = {}
     folder = f"{root}/_inflight"
@@ -112,7 +112,7 @@ def safe_offsets(fs: Any, root: str) -> dict[tuple[str, int], int]:
     return out
 
 
-def hour_folders(fs: Any, root: str) -> list[tuple[datetime, str]]:
+def hour_folders(fs: AbstractFileSystem, root: str) -> list[tuple[datetime, str]]:
     out: list[tuple[datetime, str]] = []
     try:
         days = fs.ls(root, detail=False)
@@ -130,7 +130,7 @@ def hour_folders(fs: Any, root: str) -> list[tuple[datetime, str]]:
     return sorted(out)
 
 
-def compact(fs: Any, root: str, *, before: datetime, since: datetime | None = None,
+def compact(fs: AbstractFileSystem, root: str, *, before: datetime, since: datetime | None = None,
             progress: Callable[[str], None] | None = None) -> CompactionReport:
     """Compact every hour folder that ends by ``before`` (and starts at ``since`` or later)."""
     report = CompactionReport()
@@ -147,7 +147,7 @@ def compact(fs: Any, root: str, *, before: datetime, since: datetime | None = No
     return report
 
 
-def _compact_folder(fs: Any, folder: str, safe: dict[tuple[str, int], int],
+def _compact_folder(fs: AbstractFileSystem, folder: str, safe: dict[tuple[str, int], int],
                     report: CompactionReport) -> None:
     names = [n for n in fs.ls(folder, detail=False)
              if not n.rsplit("/", 1)[-1].startswith((".", "_"))]

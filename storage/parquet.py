@@ -29,6 +29,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 
 from pipeline.batches import SinkBatch
 
@@ -263,11 +264,11 @@ class RawEventWriter:
             self.fs.mv(target, path)
 
 
-def is_local(fs: Any) -> bool:
+def is_local(fs: AbstractFileSystem) -> bool:
     return fs.protocol in ("file", "local") or "file" in fs.protocol
 
 
-def write_parquet_atomic(fs: Any, table: pa.Table, path: str) -> None:
+def write_parquet_atomic(fs: AbstractFileSystem, table: pa.Table, path: str) -> None:
     """Write ``table`` to ``path`` so no reader sees half a file: on disk under a hidden
     temporary name then renamed; a blob is visible only once its upload is committed."""
     directory, name = path.rsplit("/", 1)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
+from fsspec import AbstractFileSystem
 from sqlalchemy import Engine, text
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def purge_database(engine: Engine, settings: RetentionDays, *,
             for table, (_, setting) in RETENTION.items()}
 
 
-def purge_lake(fs: Any, root: str, days: int, *, now: datetime | None = None) -> list[str]:
+def purge_lake(fs: AbstractFileSystem, root: str, days: int, *,
+               now: datetime | None = None) -> list[str]:
     """Delete the lake's ``date=`` folders wholly older than ``days`` days; returns them.
 
     A folder is deleted when its date is before today minus ``days`` (UTC), so
