@@ -162,7 +162,12 @@ class Stack:
         worker = Worker(self.worker_env(name, **extra), free_port(),
                         self.workdir / f"{name}.log", self.workdir / name)
         self.workers.append(worker)
-        return worker.start()
+        try:
+            return worker.start()
+        except ServiceError:
+            if not worker.alive():  # it never ran: nothing to watch, wait for or stop
+                self.workers.remove(worker)
+            raise
 
     def cli(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
         """Run ``faust -A app <args>`` against this stack; output captured as text."""
