@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import random
+import subprocess
 import threading
 import time
 import urllib.error
@@ -18,11 +20,12 @@ from pathlib import Path
 
 import psycopg2
 import pyarrow.dataset as ds
+import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer
 
 from devtools.services import libpq_dsn
-from devtools.stack import Stack
+from devtools.stack import REPO_ROOT, Stack
 from models.events import STATUSES, FailedMessage
 from pipeline.batches import SinkBatch
 from pipeline.config import ActiveConfig
@@ -434,8 +437,6 @@ def alert_rules() -> list[dict]:
 
 
 def dashboard_exprs() -> list[str]:
-    import json
-
     panels = json.loads(GRAFANA_DASHBOARD.read_text())["panels"]
     return [t["expr"].replace("$__rate_interval", "5m") for p in panels
             for t in p.get("targets", ()) if "expr" in t]
@@ -449,3 +450,28 @@ def call(url: str, method: str = "GET", headers: dict | None = None) -> tuple[in
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+# The deployment checkers that `make tools` builds or installs (tests/deploy).
+TOOLS = REPO_ROOT / ".tools"
+CHECKOV = TOOLS / "checkov" / "bin" / "checkov"
+
+
+def tool(path: Path) -> str:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make install` (or `make tools`)")
+    return str(path)
+
+
+def checkov(directory: Path, framework: str, home: Path) -> dict:
+    """checkov's JSON report for ``directory`` (offline: no platform, no download);
+    ``home`` takes its cache."""
+    out = subprocess.run(
+        [tool(CHECKOV), "-d", str(directory), "--framework", framework, "--skip-download",
+         "--compact", "-o", "json"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={"PATH": "/usr/bin:/bin", "BC_SKIP_MAPPING": "TRUE", "HOME": str(home)})
+    if not out.stdout.strip():
+        pytest.fail(f"checkov printed no report:\n{out.stderr[-3000:]}")
+    report = json.loads(out.stdout)
+    return report[0] if isinstance(report, list) else report

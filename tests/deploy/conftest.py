@@ -3,7 +3,6 @@ Terraform, the VM install and the workflows (issue 14)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,29 +11,6 @@ from pathlib import Path
 import pytest
 
 from devtools.stack import REPO_ROOT
-
-TOOLS = REPO_ROOT / ".tools"
-CHECKOV = TOOLS / "checkov" / "bin" / "checkov"
-
-
-def tool(path: Path) -> str:
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `make install` (or `make tools`)")
-    return str(path)
-
-
-def checkov(directory: Path, framework: str, home: Path) -> dict:
-    """checkov's JSON report for ``directory`` (offline: no platform, no download);
-    ``home`` takes its cache."""
-    out = subprocess.run(
-        [tool(CHECKOV), "-d", str(directory), "--framework", framework, "--skip-download",
-         "--compact", "-o", "json"],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={"PATH": "/usr/bin:/bin", "BC_SKIP_MAPPING": "TRUE", "HOME": str(home)})
-    if not out.stdout.strip():
-        pytest.fail(f"checkov printed no report:\n{out.stderr[-3000:]}")
-    report = json.loads(out.stdout)
-    return report[0] if isinstance(report, list) else report
 
 
 @pytest.fixture(scope="session")

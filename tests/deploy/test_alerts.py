@@ -10,8 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.deploy.conftest import TOOLS, tool
-from tests.helpers import ALERT_RULES, alert_rules
+from tests.helpers import ALERT_RULES, TOOLS, alert_rules, tool
 
 PROMTOOL = TOOLS / "bin" / "promtool"
 RULE_TESTS = ALERT_RULES.with_name("alerts.test.yaml")

@@ -14,8 +14,7 @@ import yaml
 
 from devtools import manifests
 from devtools.stack import REPO_ROOT
-from tests.deploy.conftest import checkov, tool
-from tests.helpers import alert_rules
+from tests.helpers import alert_rules, checkov, tool
 
 ENVS = manifests.ENVIRONMENTS
 

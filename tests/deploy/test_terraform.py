@@ -16,7 +16,7 @@ import yaml
 
 from devtools import manifests
 from devtools.stack import FAUST, REPO_ROOT
-from tests.deploy.conftest import checkov
+from tests.helpers import checkov
 
 TERRAFORM = REPO_ROOT / "deploy" / "azure" / "terraform"
 FILES = sorted(TERRAFORM.glob("*.tf")) + sorted((TERRAFORM / "environments").glob("*.tfvars"))

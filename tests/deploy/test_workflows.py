@@ -9,7 +9,7 @@ import subprocess
 import yaml
 
 from devtools.stack import REPO_ROOT
-from tests.deploy.conftest import TOOLS, tool
+from tests.helpers import TOOLS, tool
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 
