@@ -12,7 +12,6 @@ committed offsets match what reached PostgreSQL (nothing half-written). Repeats
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import time
 import uuid
@@ -23,7 +22,6 @@ import psycopg2
 from devtools.services import ensure_postgres, libpq_dsn
 from devtools.stack import REPO_ROOT, Stack
 from simulator.generator import PaymentGenerator, load_scenario
-from simulator.producer import ensure_topic, produce
 
 
 def main() -> None:
@@ -42,10 +40,7 @@ def main() -> None:
             stack = Stack.start(workdir / name, pg, name)
             try:
                 print(f"run {run}: sending {len(events):,} events", flush=True)
-                boot = stack.broker.bootstrap
-                asyncio.run(ensure_topic(boot, "payments", stack.partitions))
-                asyncio.run(produce(events, broker=boot, topic="payments", total=len(events),
-                                    progress=False))
+                stack.send(events)
                 worker = stack.start_worker("w1")
                 while stack.committed_and_end()[0] < args.after:
                     time.sleep(0.05)

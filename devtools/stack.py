@@ -25,12 +25,14 @@ from devtools.services import (
     Broker,
     Postgres,
     ServiceError,
+    call,
     free_port,
     kill_process,
     start_broker,
     stop_process,
     wait_for_port,
 )
+from simulator.producer import ensure_topic, produce
 from storage.broker import connection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -161,13 +163,24 @@ class Stack:
     def start_worker(self, name: str = "w1", **extra: str) -> Worker:
         worker = Worker(self.worker_env(name, **extra), free_port(),
                         self.workdir / f"{name}.log", self.workdir / name)
+        # a worker that exited is replaced by the one started under its name, as its
+        # supervisor would; one that never ran is not watched at all
+        self.workers[:] = [w for w in self.workers if w.workdir.name != name or w.alive()]
         self.workers.append(worker)
         try:
             return worker.start()
         except ServiceError:
-            if not worker.alive():  # it never ran: nothing to watch, wait for or stop
+            if not worker.alive():
                 self.workers.remove(worker)
             raise
+
+    def send(self, events: list, *, rate: float = 0.0) -> None:
+        """Produce ``events`` to ``payments`` (made first if missing), at ``rate`` per
+        second or as fast as it goes."""
+        boot = self.broker.bootstrap
+        asyncio.run(ensure_topic(boot, "payments", self.partitions))
+        asyncio.run(produce(events, broker=boot, topic="payments", total=len(events),
+                            rate=rate, progress=False))
 
     def cli(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
         """Run ``faust -A app <args>`` against this stack; output captured as text."""
@@ -226,10 +239,8 @@ class Stack:
             if worker.alive():
                 for probe in ("/healthz", "/readyz"):
                     try:
-                        with urllib.request.urlopen(f"{worker.web_url}{probe}", timeout=5) as r:
-                            report.append(f"{probe}: {r.status} {r.read()[:500]!r}")
-                    except urllib.error.HTTPError as exc:
-                        report.append(f"{probe}: {exc.code} {exc.read()[:500]!r}")
+                        code, body = call(f"{worker.web_url}{probe}", timeout=5)
+                        report.append(f"{probe}: {code} {body[:500]}")
                     except OSError as exc:
                         report.append(f"{probe}: {exc}")
         return "\n".join(report)

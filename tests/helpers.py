@@ -11,8 +11,6 @@ import random
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +29,6 @@ from pipeline.batches import SinkBatch
 from pipeline.config import ActiveConfig
 from pipeline.parse import ParseResult
 from simulator.generator import PaymentGenerator, SimEvent, load_scenario
-from simulator.producer import ensure_topic, produce
 from storage.config_sources import compile_files
 
 VALID = {"valid"}
@@ -323,9 +320,7 @@ def assert_end_state(stack: Stack, events: list[SimEvent]) -> None:
 
 
 def send(stack, events, rate=0.0):
-    asyncio.run(ensure_topic(stack.broker.bootstrap, "payments", stack.partitions))
-    asyncio.run(produce(events, broker=stack.broker.bootstrap, topic="payments",
-                        total=len(events), rate=rate, progress=False))
+    stack.send(events, rate=rate)
 
 
 def kill_and_restart(stack: Stack, events: list, kills: int, *, rate: float, seed: int,
@@ -442,16 +437,6 @@ def dashboard_exprs() -> list[str]:
             for t in p.get("targets", ()) if "expr" in t]
 
 
-def call(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, str]:
-    """An HTTP request's status and body; an error status is returned, not raised."""
-    request = urllib.request.Request(url, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=15) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 # The deployment checkers that `make tools` builds or installs (tests/deploy).
 TOOLS = REPO_ROOT / ".tools"
 CHECKOV = TOOLS / "checkov" / "bin" / "checkov"
@@ -475,3 +460,16 @@ def checkov(directory: Path, framework: str, home: Path) -> dict:
         pytest.fail(f"checkov printed no report:\n{out.stderr[-3000:]}")
     report = json.loads(out.stdout)
     return report[0] if isinstance(report, list) else report
+
+
+def assert_checkov_clean(directory: Path, framework: str, home: Path, *,
+                         at_least: int) -> None:
+    """checkov finds nothing, passes at least ``at_least`` checks, and every skip has its
+    reason written beside it."""
+    report = checkov(directory, framework, home)
+    failed = report["results"]["failed_checks"]
+    assert not failed, [(c["check_id"], c["resource"]) for c in failed]
+    assert report["summary"]["passed"] > at_least
+    for check in report["results"]["skipped_checks"]:
+        reason = check["check_result"].get("suppress_comment") or ""
+        assert len(reason) > 20, f"{check['check_id']} skipped without a reason: {reason!r}"
