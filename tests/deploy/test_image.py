@@ -18,9 +18,8 @@ import subprocess
 import time
 import urllib.error
 
-from devtools.services import free_port
+from devtools.services import call, free_port
 from devtools.stack import REPO_ROOT
-from tests.helpers import call
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.services import call
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.helpers import alert_rules, call, dashboard_exprs, promql_names, send
+from tests.helpers import alert_rules, dashboard_exprs, promql_names, send
 from tests.proxy import proxy_database
 
 TOKEN = "admin-token-8c1f5e"  # a test value; the redaction must hide it in every log line
