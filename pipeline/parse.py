@@ -6,7 +6,8 @@ every message. It never raises for bad input; every message ends as exactly one
 of accepted or failed, with the raw bytes kept as received.
 
 The order of checks, each with its own error category (docs/errors.md):
-size (``too_large``), UTF-8 (``not_utf8``), JSON (``not_json``), object
+size (``too_large``), UTF-8 and Unicode (``not_utf8``: also a string that escapes a
+lone surrogate, ``"\\ud800"``, which no UTF-8 text can hold), JSON (``not_json``), object
 (``not_object``), JSON Schema and typed conversion (``schema``), rules
 (``rule``). Duplicates (``duplicate``) need state and are found by the ingest
 agent.
@@ -154,6 +155,13 @@ def _decode(raw: bytes) -> dict[str, Any] | ParseResult:
             obj = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError):
             return _fail(raw, ErrorCategory.NOT_JSON, f"message is not JSON: {exc}", "json")
+        # ... and lone surrogates, which json.loads lets through: a string holding one
+        # cannot be encoded again (COPY, the DLQ record, the lake), so it ends here.
+        where = _lone_surrogate(obj)
+        if where is not None:
+            return _fail(raw, ErrorCategory.NOT_UTF8,
+                         f"message is not valid Unicode: {where} holds a lone surrogate "
+                         "escape (\\ud800-\\udfff without its pair)", "utf8")
     if not isinstance(obj, dict):
         kind = "null" if obj is None else type(obj).__name__
         return _fail(raw, ErrorCategory.NOT_OBJECT,
@@ -230,6 +238,37 @@ def _field_with_nul(obj: dict[str, Any]) -> str | None:
                 if "\x00" in key or (isinstance(inner, str) and "\x00" in inner):
                     return f"{name}.{key.replace(chr(0), '?')[:64]}"
     return None
+
+
+def _lone_surrogate(obj: Any, path: str = "", depth: int = 0) -> str | None:
+    """Where a string (a value, or a key) holds a lone surrogate: a dotted path, or
+    None. Only the slow path's ``json.loads`` results need this walk."""
+    if isinstance(obj, str):
+        return None if _encodable(obj) else (path or "the message")
+    if depth > 64:  # the schema refuses anything this deep anyway; keep the walk bounded
+        return None
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            name = f"{path}.{key[:64]}" if path else key[:64]
+            if not _encodable(key):
+                return f"a key in {path or 'the message'}"
+            found = _lone_surrogate(value, name, depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            found = _lone_surrogate(value, f"{path}[{i}]", depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reject_constant(name: str) -> None:
