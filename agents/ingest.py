@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from faust.types import TP, Message, TopicT
 
 from agents.config import ConfigSync
@@ -49,6 +48,7 @@ from pipeline.batches import SinkBatch
 from pipeline.config import ConfigManager
 from pipeline.metrics import ExtractionResult, History
 from pipeline.parse import Validator
+from pipeline.records import INT4_MAX, INT8_MAX, bounded_int, dead_letter_value, record_time
 from tables.context import partition_context
 from tables.payments import WindowState
 from tables.seen import SeenIds
@@ -130,19 +130,19 @@ def register_ingest(
         engine = active.engine
         partition = tp.partition
         with partition_context(app, messages[-1]):
-            payments_by_offset, failed = _classify(active.validator, seen, partition,
-                                                   messages, arrival)
+            payments_by_offset, failed, received = _classify(active.validator, seen,
+                                                             partition, messages, arrival)
             metrics = {offset: engine.extract(tx, offset, _history(seen, partition))
                        for offset, tx in payments_by_offset.items()}
             window_rows, late = windows.count(partition, messages[0].offset,
                                               sinks.committed_offsets.get(partition, 0),
-                                              payments_by_offset, metrics, failed)
+                                              payments_by_offset, metrics, failed, received)
         done = time.time()
 
         for item in failed:
             dlq.send_soon(
                 key=f"{item.topic}-{item.partition}-{item.offset}".encode(),
-                value=orjson.dumps(item.to_dict()),
+                value=dead_letter_value(item.to_dict(payload=False), item.raw),
             )
         latencies = _record(stats, messages, failed, arrival, done)
         stats.late += late
@@ -168,12 +168,14 @@ def _classify(
     partition: int,
     messages: Sequence[Message],
     arrival: float,
-) -> tuple[dict[int, ParsedTransaction], list[FailedMessage]]:
-    """Parse, validate and de-duplicate one partition's batch, in offset order."""
+) -> tuple[dict[int, ParsedTransaction], list[FailedMessage], dict[int, float]]:
+    """Parse, validate and de-duplicate one partition's batch, in offset order; also
+    returns each accepted payment's record time (:func:`~pipeline.records.record_time`)."""
     accepted: dict[int, ParsedTransaction] = {}
     failed: list[FailedMessage] = []
+    times: dict[int, float] = {}
     for message in messages:
-        received = message.timestamp or arrival
+        received = record_time(message.timestamp, arrival)
         result = validator.parse(message.value, received)
         tx = result.transaction
         if tx is None:
@@ -192,7 +194,8 @@ def _classify(
             failed.append(_failed(message, ErrorCategory.DUPLICATE, (error,), received))
             continue
         accepted[message.offset] = tx
-    return accepted, failed
+        times[message.offset] = received
+    return accepted, failed, times
 
 
 def _history(seen: SeenIds, partition: int) -> History:
@@ -211,8 +214,8 @@ def _failed(message: Message, category: ErrorCategory,
         partition=message.partition,
         offset=message.offset,
         first_seen=datetime.fromtimestamp(received, UTC),
-        retry_count=_int(headers.get(RETRY_COUNT_HEADER)) or 0,
-        replay_of=_int(replay_of),
+        retry_count=bounded_int(headers.get(RETRY_COUNT_HEADER), 0, INT4_MAX) or 0,
+        replay_of=bounded_int(replay_of, 1, INT8_MAX),
         key=message.key,
     )
 
@@ -220,13 +223,6 @@ def _failed(message: Message, category: ErrorCategory,
 def _headers(message: Message) -> dict[str, bytes]:
     headers: Any = message.headers or {}
     return dict(headers.items() if isinstance(headers, dict) else headers)
-
-
-def _int(value: bytes | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
 
 
 def _record_extractor_errors(stats: IngestStats, metrics: dict[int, ExtractionResult],
@@ -253,7 +249,8 @@ def _record(stats: IngestStats, messages: Sequence[Message], failed: list[Failed
     if stats.first_event_at is None:
         stats.first_event_at = arrival
     stats.last_event_at = done
-    stamps = [m.timestamp for m in messages if m.timestamp]
+    # producer-set times outside the plausible range would skew the latency figures
+    stamps = [t for m in messages if (t := m.timestamp) and record_time(t, arrival) == t]
     latencies = [done - t for t in stamps]
     stats.latencies.extend(latencies)
     stats.fetch_latencies.extend(arrival - t for t in stamps)

@@ -202,9 +202,11 @@ class FailedMessage:
     def field(self) -> str | None:
         return first_field(self.errors)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "raw_payload_b64": base64.b64encode(self.raw).decode("ascii"),
+    def to_dict(self, *, payload: bool = True) -> dict[str, Any]:
+        """JSON-ready fields; ``payload=False`` leaves out ``raw_payload_b64`` (the DLQ
+        record adds it within its size bound: :func:`pipeline.records.dead_letter_value`)."""
+        head = {"raw_payload_b64": base64.b64encode(self.raw).decode("ascii")} if payload else {}
+        return head | {
             "error_category": str(self.category),
             "error_message": self.message,
             "errors": [e.to_dict() for e in self.errors],

@@ -118,9 +118,16 @@ def is_late(event_ts: float, stream_time: float, size: int, grace: float) -> boo
 
 
 def split_late(clock: StreamClock, payments: Mapping[int, ParsedTransaction], finest: int,
-               grace: float) -> tuple[list[tuple[int, ParsedTransaction]], set[int]]:
+               grace: float, received: Mapping[int, float] | None = None,
+               ) -> tuple[list[tuple[int, ParsedTransaction]], set[int]]:
     """Split a batch (offset -> payment, in offset order) into on-time payments and the
-    offsets of late ones, advancing ``clock`` past each payment it had not counted."""
+    offsets of late ones, advancing ``clock`` past each payment it had not counted.
+
+    A payment moves the clock to its event time, but never past its record time
+    (``received``, offset -> POSIX seconds): an event dated ahead of when it was sent
+    (within what the event-time rule allows) must not make the on-time payments that
+    follow it late. One event from the future used to silence a partition for good.
+    """
     on_time: list[tuple[int, ParsedTransaction]] = []
     late: set[int] = set()
     for offset, tx in payments.items():
@@ -131,6 +138,8 @@ def split_late(clock: StreamClock, payments: Mapping[int, ParsedTransaction], fi
             on_time.append((offset, tx))
         if offset > clock.last_offset:
             clock.last_offset = offset
+            if received is not None:
+                ts = min(ts, received.get(offset, ts))
             if ts > clock.stream_time:
                 clock.stream_time = ts
     return on_time, late
@@ -178,22 +187,45 @@ class StreamClock:
         return cls(float(data["stream_time"]), int(data["last_offset"]), checkpoints)
 
 
+# A window value's JSON stays under this (1 MiB is the broker's record limit).
+WINDOW_VALUE_MAX_BYTES = 600_000
+OVERFLOW_DIMENSION = "overflow=true"  # where dimensions past that bound are counted
+
+
+def _stored_bytes(key: str, h: Histogram) -> int:
+    """An upper bound of the JSON bytes of one histogram in a stored value: its key,
+    and each bucket count, count, sum, min and max (at most 24 characters each)."""
+    return 6 * len(key) + 24 * (len(h.counts) + 4) + 8
+
+
 class WindowMetrics:
     """Windowed metrics of one (window, source partition): a histogram per
     ``"<metric>|<dimension>"``, with the watermark that keeps replays from counting twice."""
 
-    __slots__ = ("hists", "last_offset")
+    __slots__ = ("hists", "last_offset", "size")
 
     def __init__(self, hists: dict[str, Histogram] | None = None, last_offset: int = -1) -> None:
         self.hists = hists if hists is not None else {}
         self.last_offset = last_offset
+        self.size = sum(_stored_bytes(key, h) for key, h in self.hists.items())
 
     def merge(self, delta: dict[str, Histogram]) -> None:
+        """Add ``delta``'s histograms. A new dimension that would take the stored value
+        past :data:`WINDOW_VALUE_MAX_BYTES` is counted in its metric's
+        :data:`OVERFLOW_DIMENSION` instead, so no value (a changelog record) can outgrow
+        the broker's 1 MiB limit, whatever the data or the windowed dimensions."""
         hists = self.hists
         for key, h in delta.items():
             mine = hists.get(key)
             if mine is None:
+                cost = _stored_bytes(key, h)
+                if self.size + cost > WINDOW_VALUE_MAX_BYTES:
+                    key = f"{key.split('|', 1)[0]}|{OVERFLOW_DIMENSION}"
+                    mine = hists.get(key)
+                    cost = _stored_bytes(key, h)
+            if mine is None:
                 hists[key] = h.copy()
+                self.size += cost
             else:
                 mine.merge(h)
 

@@ -132,9 +132,7 @@ class RawEventWriter:
             cols["offset"].append(m.offset)
             cols["key"].append(m.key)
             cols["value"].append(m.value)
-            cols["broker_timestamp"].append(
-                datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None
-            )
+            cols["broker_timestamp"].append(_broker_time(m.timestamp))
             cols["arrival_time"].append(arrival)
             p = batch.payments.get(m.offset)
             if p is not None:
@@ -279,3 +277,14 @@ def write_parquet_atomic(fs: AbstractFileSystem, table: pa.Table, path: str) -> 
         pq.write_table(table, fh, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     if local:
         fs.mv(target, path)
+
+
+def _broker_time(timestamp: float | None) -> datetime | None:
+    """The record's timestamp as it came, or None when it has none or it is outside what
+    a timestamp column holds (a producer may set year 10000; the value is kept anyway)."""
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None

@@ -38,9 +38,10 @@ from psycopg2.extras import execute_values
 from sqlalchemy.engine import Engine
 
 from models.errors import PaymentMonitorError
-from models.events import STATUSES, ParsedTransaction
+from models.events import STATUSES, FailedMessage, ParsedTransaction
 from pipeline.batches import SinkBatch
 from pipeline.histogram import Histogram
+from pipeline.records import clean_json, clean_text
 from pipeline.windows import HistogramPartials
 
 log = logging.getLogger(__name__)
@@ -318,12 +319,7 @@ class PostgresSink:
                 if result is not None:
                     results[p.transaction_id] = (result, version)
             for f in batch.failed:
-                failed_rows.append((
-                    f.raw, f.category.value, f.message, f.topic, f.partition, f.offset,
-                    f.retry_count, f.field,
-                    orjson.dumps([e.to_dict() for e in f.errors]).decode(), f.first_seen,
-                    f.replay_of, f.key,
-                ))
+                failed_rows.append(_failed_row(f))
             for row in batch.window_rows:
                 c = row.counts
                 # later batches of the same key replace earlier ones: absolute values
@@ -416,6 +412,15 @@ class PostgresSink:
             execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE,
                            page_size=2000)
         return {"histogram_partials": len(partials), "aggregate_histograms": len(rows)}
+
+
+def _failed_row(f: FailedMessage) -> tuple[Any, ...]:
+    """One ``failed_items`` row. Its text comes from hostile input (field names, values
+    in messages), so it is made storable whatever it holds: PostgreSQL ``text`` and
+    ``jsonb`` refuse NUL, and nothing encodes a lone surrogate."""
+    return (f.raw, f.category.value, clean_text(f.message), f.topic, f.partition, f.offset,
+            f.retry_count, None if f.field is None else clean_text(f.field),
+            clean_json([e.to_dict() for e in f.errors]), f.first_seen, f.replay_of, f.key)
 
 
 NULL = "\\N"  # COPY text format's NULL

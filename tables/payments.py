@@ -24,7 +24,7 @@ event for every update, expires windows on wall-clock time, and hands
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,18 +171,20 @@ class WindowState:
     def count(self, partition: int, first_offset: int, committed: int,
               payments: dict[int, ParsedTransaction],
               metrics: dict[int, ExtractionResult],
-              failed: Sequence[FailedMessage] = ()) -> tuple[list[WindowRow], int]:
+              failed: Sequence[FailedMessage] = (),
+              received: Mapping[int, float] | None = None) -> tuple[list[WindowRow], int]:
         """Count a batch whose first message has ``first_offset``, given the partition's
         committed offset (call in the partition's context); returns the count rows and
         how many payments were too late. Failed messages count in ``failed|category=``
-        in the window of their broker timestamp."""
+        in the window of their broker timestamp. ``received`` (offset -> record time)
+        caps how far each payment moves the stream clock (:func:`split_late`)."""
         cache = self.cache
         clock: StreamClock = cache.get(partition, CLOCK_TABLE, str(partition))
         clock.begin_batch(first_offset, committed)
         cache.put(partition, CLOCK_TABLE, str(partition), clock)
         if not payments and not failed:
             return [], 0
-        on_time, late = split_late(clock, payments, self.finest, self.grace)
+        on_time, late = split_late(clock, payments, self.finest, self.grace, received)
         rows = self._count_payments(partition, on_time)
         # windowed metrics, grouped by finest window; late ones only count as late
         entries: dict[int, list[MetricEntry]] = {}

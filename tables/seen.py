@@ -40,7 +40,11 @@ from tables.context import partition_context
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "seen-transactions"
-CHUNK_IDS = 5000  # ids per table value: about 250 KB of JSON, well under 1 MiB records
+CHUNK_IDS = 5000  # ids per table value at most ...
+# ... and at most this many bytes of JSON, whatever the ids hold: 4,000 contract-valid
+# entries with 64-character ids made a 1.9 MB value, which the broker refuses (1 MiB)
+CHUNK_BYTES = 512 * 1024
+_ENTRY_OVERHEAD = 120  # JSON of an entry's numbers and punctuation, at most
 
 
 def declare_seen_table(app: AppT, partitions: int) -> TableT:
@@ -99,8 +103,7 @@ class SeenIds:
             return 0
         chunks = self._chunks.setdefault(partition, deque())
         with partition_context(self.app, message):
-            for i in range(0, len(pending), CHUNK_IDS):
-                part = pending[i:i + CHUNK_IDS]
+            for part in _chunked(pending):
                 key = f"{partition}|{part[0][1]}"
                 newest = max(entry[2] for entry in part)
                 self.table[key] = {"ts": newest, "ids": [list(entry) for entry in part]}
@@ -185,6 +188,33 @@ class SeenIds:
         if dropped:
             log.info("expired %d transaction ids", dropped)
         return dropped
+
+
+def _chunked(entries: list[tuple]) -> list[list[tuple]]:
+    """``entries`` cut into runs of at most :data:`CHUNK_IDS` entries and
+    :data:`CHUNK_BYTES` bytes of JSON (an upper bound per entry, so no table value,
+    hence no changelog record, can outgrow the broker's limit)."""
+    chunks: list[list[tuple]] = []
+    part: list[tuple] = []
+    size = 0
+    for entry in entries:
+        cost = _ENTRY_OVERHEAD + sum(_json_bound(v) for v in entry if isinstance(v, str))
+        if part and (len(part) >= CHUNK_IDS or size + cost > CHUNK_BYTES):
+            chunks.append(part)
+            part, size = [], 0
+        part.append(entry)
+        size += cost
+    if part:
+        chunks.append(part)
+    return chunks
+
+
+def _json_bound(text: str) -> int:
+    """Bytes ``text`` takes in JSON at most: printable ASCII as it is (quotes and
+    backslashes escaped in two), anything else as a six-byte escape per character."""
+    if text.isascii() and text.isprintable():
+        return (2 if '"' in text or "\\" in text else 1) * len(text) + 2
+    return 6 * len(text) + 2
 
 
 Payment = tuple[str, float, int, str]  # (customer_id, event ts, amount_minor, currency)
