@@ -44,7 +44,8 @@ CHUNK_IDS = 5000  # ids per table value at most ...
 # ... and at most this many bytes of JSON, whatever the ids hold: 4,000 contract-valid
 # entries with 64-character ids made a 1.9 MB value, which the broker refuses (1 MiB)
 CHUNK_BYTES = 512 * 1024
-_ENTRY_OVERHEAD = 120  # JSON of an entry's numbers and punctuation, at most
+_ENTRY_OVERHEAD = 8  # an entry's brackets and commas ...
+_NUMBER_BYTES = 24  # ... and each of its numbers, at most
 
 
 def declare_seen_table(app: AppT, partitions: int) -> TableT:
@@ -198,7 +199,8 @@ def _chunked(entries: list[tuple]) -> list[list[tuple]]:
     part: list[tuple] = []
     size = 0
     for entry in entries:
-        cost = _ENTRY_OVERHEAD + sum(_json_bound(v) for v in entry if isinstance(v, str))
+        cost = _ENTRY_OVERHEAD + sum(_json_bound(v) if isinstance(v, str) else _NUMBER_BYTES
+                                     for v in entry)
         if part and (len(part) >= CHUNK_IDS or size + cost > CHUNK_BYTES):
             chunks.append(part)
             part, size = [], 0
