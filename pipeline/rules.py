@@ -207,18 +207,28 @@ class AllowedValuesRule(Rule):
 
 @register
 class EventTimeSkewRule(Rule):
-    """``event_time`` at most ``max_future_seconds`` after the broker received the message.
+    """``event_time`` at most ``max_future_seconds`` after the broker received the message,
+    and, when ``max_past_seconds`` is set, at most that long before it.
 
-    The reference is the record's broker timestamp, not the wall clock, so a
-    replay of the same record gets the same verdict.
+    The reference is the record's broker timestamp (range-checked:
+    :func:`pipeline.records.record_time`), not the wall clock, so a replay of the same
+    record gets the same verdict. Both bounds must be finite and the future one at most
+    :data:`MAX_FUTURE_LIMIT_S`: ``.inf`` let any date through. The past bound is meant to
+    be the retention of ``normalized_transactions``, so nothing is accepted only to be
+    deleted by the next retention run.
     """
 
     name = "event_time_skew"
+    MAX_FUTURE_LIMIT_S: ClassVar[float] = 3600.0
 
-    def __init__(self, max_future_seconds: float = 300, field: str = "event_time",
-                 when: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, max_future_seconds: float = 120, field: str = "event_time",
+                 when: Mapping[str, Any] | None = None,
+                 max_past_seconds: float | None = None) -> None:
         super().__init__(field, when)
-        self.max_future = float(max_future_seconds)
+        self.max_future = _bounded_seconds("max_future_seconds", max_future_seconds,
+                                           self.MAX_FUTURE_LIMIT_S)
+        self.max_past = (None if max_past_seconds is None else
+                         _bounded_seconds("max_past_seconds", max_past_seconds, 1e10))
 
     def check(self, source: Any, ctx: RuleContext) -> ValidationError | None:
         value = lookup(source, self.field or "")
@@ -230,10 +240,22 @@ class EventTimeSkewRule(Rule):
         if not isinstance(value, datetime):
             return None
         ahead = value.timestamp() - ctx.received_ts
-        if ahead <= self.max_future:
-            return None
-        return self.error(f"{self.field} is {ahead:.0f} s after the message was received "
-                          f"(at most {self.max_future:.0f} s allowed)", value.isoformat())
+        if ahead > self.max_future:
+            return self.error(f"{self.field} is {ahead:.0f} s after the message was received "
+                              f"(at most {self.max_future:.0f} s allowed)", value.isoformat())
+        if self.max_past is not None and -ahead > self.max_past:
+            return self.error(f"{self.field} is {-ahead:.0f} s before the message was "
+                              f"received (at most {self.max_past:.0f} s allowed)",
+                              value.isoformat())
+        return None
+
+
+def _bounded_seconds(name: str, value: Any, limit: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {short_repr(value)}")
+    if not 0 <= value <= limit:  # also refuses NaN and infinities
+        raise TypeError(f"{name} must be between 0 and {limit:.0f} s (got {value})")
+    return float(value)
 
 
 def build_rules(specs: Sequence[Mapping[str, Any]]) -> list[Rule]:
