@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
 import sys
+import tempfile
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -27,3 +31,47 @@ async def active_config(settings: Settings, manager: ConfigManager) -> ActiveCon
     records = await ConfigTopic(settings.broker, settings.app_id).read()
     source = manager.source.load()
     return compile_config(records.latest_over(source), records.known_bounds())
+
+
+def output_target(path: Path) -> Path:
+    """A temporary file beside ``path`` to write into, then :func:`finish_output` renames
+    it over ``path``. Refuses a target that exists and is not a regular file: a symlink
+    or a device node (``--output /dev/null`` as root) must not become a regular file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{path} exists and is not a regular file (a symlink, a device or "
+                          "a directory); give a new path or a regular file to replace")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def finish_output(tmp: Path, path: Path) -> None:
+    """Rename the finished temporary file over ``path`` (checked again just before)."""
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"{path} became something other than a regular file; not replaced")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is 0600: give it a new file's mode
+    tmp.replace(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# C0 and C1 control characters, DEL, and the bidirectional overrides: a payload's escape
+# sequences must not reach the operator's terminal as they are
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """``text`` for a terminal: control characters shown escaped (``\\x1b``)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"),
+                        str(text))

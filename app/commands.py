@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
-from app.cli import active_config, fail
+from app.cli import active_config, fail, finish_output, output_target, printable
 from app.faust_app import PaymentApp
 from app.settings import Settings
 from app.topics import PAYMENTS
@@ -148,7 +148,7 @@ def _write_events(lake: RawEventLake, query: LakeQuery, fmt: str,
 
     if fmt == "parquet" and output is None:
         raise OSError("--format parquet needs --output FILE")
-    tmp = output.with_name(f".{output.name}.partial") if output else None
+    tmp = output_target(output) if output else None
     written = 0
     progress = tqdm(unit=" events", disable=None, file=sys.stderr)
     writer: Any = None
@@ -184,7 +184,7 @@ def _write_events(lake: RawEventLake, query: LakeQuery, fmt: str,
         progress.close()
     if tmp and output:
         sink.close()
-        tmp.replace(output)
+        finish_output(tmp, output)
     return written
 
 
@@ -240,7 +240,7 @@ def _list(store: FailedItems, flt: FailedFilter, as_json: bool) -> None:
             click.echo(f"{row.id:>8}  {row.created_at:%Y-%m-%d %H:%M:%S}  "
                        f"{row.error_category:<10} {row.source_topic}[{row.source_partition}]"
                        f"@{row.source_offset}  retry={row.retry_count}{replayed}  "
-                       f"{row.error_message[:90]}")
+                       f"{printable(row.error_message[:90])}")
     if not as_json:
         total = store.count(FailedFilter(**{**flt.__dict__, "limit": None}))
         click.echo(f"{n} shown of {total} matching", err=True)
@@ -255,14 +255,15 @@ def _show(store: FailedItems, item_id: int, as_json: bool) -> None:
         return
     for key, value in row.to_dict(payload=False).items():
         if key != "errors":
-            click.echo(f"{key:>14}: {value}")
+            click.echo(f"{key:>14}: {printable(value)}")
     click.echo("        errors:")
     for e in row.errors:
-        click.echo(f"                - [{e.get('rule')}] {e.get('field') or '(message)'}: "
-                   f"{e.get('message')}")
+        click.echo(printable(f"                - [{e.get('rule')}] "
+                             f"{e.get('field') or '(message)'}: {e.get('message')}"))
     try:
         payload = row.raw_payload.decode("utf-8")
-        click.echo(f"       payload ({len(row.raw_payload)} bytes, UTF-8):\n{payload[:4000]}")
+        click.echo(f"       payload ({len(row.raw_payload)} bytes, UTF-8):\n"
+                   f"{printable(payload[:4000])}")
     except UnicodeDecodeError:
         click.echo(f"       payload ({len(row.raw_payload)} bytes, base64):\n"
                    f"{row.to_dict()['raw_payload_b64'][:4000]}")
@@ -270,8 +271,10 @@ def _show(store: FailedItems, item_id: int, as_json: bool) -> None:
 
 def _export(store: FailedItems, flt: FailedFilter, output: Path, fmt: str) -> None:
     total = store.count(flt) if flt.limit is None else min(flt.limit, store.count(flt))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
+    try:
+        tmp = output_target(output)
+    except OSError as exc:
+        fail(str(exc))
     rows = tqdm(store.select(flt), total=total, unit="item", desc="export", file=sys.stderr,
                 disable=None)
     if fmt == "jsonl":
@@ -282,7 +285,7 @@ def _export(store: FailedItems, flt: FailedFilter, output: Path, fmt: str) -> No
         records = [_parquet_record(row) for row in rows]
         pq.write_table(pa.Table.from_pylist(records, schema=_PARQUET_SCHEMA), tmp,
                        compression="zstd")
-    tmp.replace(output)  # a half-written export never looks finished
+    finish_output(tmp, output)  # a half-written export never looks finished
     click.echo(f"exported {total} failed items to {output} ({fmt})", err=True)
 
 

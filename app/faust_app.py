@@ -248,6 +248,11 @@ def create_app(settings: Settings) -> PaymentApp:
         web_bind=settings.web_bind,
         web_host=settings.web_host,
         web_in_thread=False,
+        # Faust's /table and /router views serve any table's keys and values (transaction
+        # ids, customer ids, amounts) to whoever reaches the port: off. The project's own
+        # views (app/web.py) serve the window tables, on any worker.
+        web_router_enabled=False,
+        web_tables_enabled=False,
         autodiscover=False,
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",

@@ -10,6 +10,9 @@ format checks (:mod:`pipeline.schema`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pycountry
 
 CURRENCIES: frozenset[str] = frozenset(c.alpha_3 for c in pycountry.currencies)
@@ -33,6 +36,6 @@ def is_known(fmt: str, value: object) -> bool:
     return not (shaped and len(value) == len(next(iter(codes))))
 
 
-def format_checks() -> dict[str, object]:
+def format_checks() -> dict[str, Callable[[Any], bool]]:
     """Format name -> predicate, as fastjsonschema's ``formats`` takes them."""
     return {name: (lambda value, fmt=name: is_known(fmt, value)) for name in FORMATS}
