@@ -10,6 +10,7 @@ format checks (:mod:`pipeline.schema`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -38,4 +39,4 @@ def is_known(fmt: str, value: object) -> bool:
 
 def format_checks() -> dict[str, Callable[[Any], bool]]:
     """Format name -> predicate, as fastjsonschema's ``formats`` takes them."""
-    return {name: (lambda value, fmt=name: is_known(fmt, value)) for name in FORMATS}
+    return {name: functools.partial(is_known, name) for name in FORMATS}

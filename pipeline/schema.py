@@ -17,6 +17,7 @@ compiled twice, once at start-up:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -199,7 +200,7 @@ def _format_checker() -> jsonschema.FormatChecker:
     """Only the ISO code formats are asserted; others stay annotations, as before."""
     checker = jsonschema.FormatChecker(formats=())
     for name in FORMATS:
-        checker.checks(name)(lambda value, fmt=name: is_known(fmt, value))
+        checker.checks(name)(functools.partial(is_known, name))
     return checker
 
 
