@@ -23,12 +23,13 @@ changelogs) before each commit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from faust.types import TP, Message, TopicT
 
@@ -42,6 +43,7 @@ from models.events import (
     ErrorCategory,
     FailedMessage,
     ParsedTransaction,
+    ParseResult,
     ValidationError,
 )
 from pipeline.batches import SinkBatch
@@ -114,8 +116,14 @@ def register_ingest(
     config: ConfigManager,
     config_sync: ConfigSync,
     telemetry: Telemetry,
+    claims: Claims | None = None,
 ) -> IngestStats:
-    """Register the ``payments`` batch handler; returns its live stats."""
+    """Register the ``payments`` batch handler; returns its live stats.
+
+    ``claims`` is the duplicate check's final authority (PostgreSQL:
+    :meth:`storage.postgres.PostgresSink.claim`); without it (unit tests) only the
+    partition's in-memory ids are checked.
+    """
     stats = IngestStats()
 
     @app.batch_handler(payments)
@@ -129,9 +137,17 @@ def register_ingest(
         active = config.active  # the whole batch runs under this one version
         engine = active.engine
         partition = tp.partition
+        parsed = _parse(active.validator, messages, arrival)
+        claimed = None
+        if claims is not None:
+            generation = app.consumer_generation_id
+            claimed = await asyncio.to_thread(claims.claim, tp.topic, partition,
+                                              _first_ids(parsed))
+            if app.consumer_generation_id != generation:
+                return  # rebalanced meanwhile: these records are fetched again, if still ours
         with partition_context(app, messages[-1]):
-            payments_by_offset, failed, received = _classify(active.validator, seen,
-                                                             partition, messages, arrival)
+            payments_by_offset, failed, received = _classify(parsed, seen, partition,
+                                                             claimed)
             metrics = {offset: engine.extract(tx, offset, _history(seen, partition))
                        for offset, tx in payments_by_offset.items()}
             window_rows, late = windows.count(partition, messages[0].offset,
@@ -162,37 +178,79 @@ def register_ingest(
     return stats
 
 
+Parsed = list[tuple[Message, ParseResult, float]]  # (message, verdict, record time)
+
+
+class Claims(Protocol):
+    """The duplicate check's final authority (:class:`storage.postgres.PostgresSink`)."""
+
+    def claim(self, topic: str, partition: int,
+              entries: Sequence[tuple[str, int]]) -> dict[str, tuple[str, int, int]]: ...
+
+
+def _parse(validator: Validator, messages: Sequence[Message], arrival: float) -> Parsed:
+    """Parse and validate one partition's batch, in offset order."""
+    out = []
+    for message in messages:
+        received = record_time(message.timestamp, arrival)
+        out.append((message, validator.parse(message.value, received), received))
+    return out
+
+
+def _first_ids(parsed: Parsed) -> list[tuple[str, int]]:
+    """``(transaction_id, offset)`` of the first record of each id among the valid ones."""
+    first: dict[str, int] = {}
+    for message, result, _ in parsed:
+        tx = result.transaction
+        if tx is not None and tx.transaction_id not in first:
+            first[tx.transaction_id] = message.offset
+    return list(first.items())
+
+
 def _classify(
-    validator: Validator,
+    parsed: Parsed,
     seen: SeenIds,
     partition: int,
-    messages: Sequence[Message],
-    arrival: float,
+    claimed: dict[str, tuple[str, int, int]] | None = None,
 ) -> tuple[dict[int, ParsedTransaction], list[FailedMessage], dict[int, float]]:
-    """Parse, validate and de-duplicate one partition's batch, in offset order; also
-    returns each accepted payment's record time (:func:`~pipeline.records.record_time`)."""
+    """De-duplicate one partition's parsed batch, in offset order; also returns each
+    accepted payment's record time (:func:`~pipeline.records.record_time`).
+
+    With ``claimed`` (the ids another record claimed first, from PostgreSQL) that is the
+    verdict, whatever the key, partition or record time of either record and however
+    long ago; without it, the partition's in-memory ids within the dedupe window. The
+    same offset again is a redelivery, not a duplicate.
+    """
     accepted: dict[int, ParsedTransaction] = {}
     failed: list[FailedMessage] = []
     times: dict[int, float] = {}
-    for message in messages:
-        received = record_time(message.timestamp, arrival)
-        result = validator.parse(message.value, received)
+    in_batch: dict[str, int] = {}
+    for message, result, received in parsed:
         tx = result.transaction
         if tx is None:
             failed.append(_failed(message, result.category or ErrorCategory.SCHEMA,
                                   result.errors, received))
             continue
-        first = seen.first_seen(partition, tx.transaction_id, received)
-        if first is None:
-            seen.add(partition, tx.transaction_id, message.offset, received,
-                     (tx.customer_id, tx.event_ts, tx.amount_minor, tx.currency))
-        elif first != message.offset:  # the same offset again is a redelivery, not a duplicate
+        tx_id = tx.transaction_id
+        first = seen.first_seen(partition, tx_id, received)
+        where: tuple[str, int, int] | None = None
+        if claimed is not None:
+            where = claimed.get(tx_id)
+            if where is None and in_batch.get(tx_id, message.offset) != message.offset:
+                where = (message.topic, partition, in_batch[tx_id])
+        elif first is not None and first != message.offset:
+            where = (message.topic, partition, first)
+        if where is not None:
             error = ValidationError(
                 "transaction_id", "unique",
-                f"transaction_id {tx.transaction_id!r} was already accepted at "
-                f"{message.topic}[{partition}]@{first}", repr(tx.transaction_id))
+                f"transaction_id {tx_id!r} was already accepted at "
+                f"{where[0]}[{where[1]}]@{where[2]}", repr(tx_id))
             failed.append(_failed(message, ErrorCategory.DUPLICATE, (error,), received))
             continue
+        in_batch.setdefault(tx_id, message.offset)
+        if first != message.offset:
+            seen.add(partition, tx_id, message.offset, received,
+                     (tx.customer_id, tx.event_ts, tx.amount_minor, tx.currency))
         accepted[message.offset] = tx
         times[message.offset] = received
     return accepted, failed, times

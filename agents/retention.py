@@ -2,7 +2,8 @@
 
 * Rows past their table's retention (:data:`storage.retention.RETENTION`:
   ``failed_items`` 180 days, ``normalized_transactions`` and ``dynamic_metrics``
-  365, ``aggregate_histograms`` 730) and lake day folders older than
+  365, ``aggregate_histograms`` 730; the transaction claims with the transactions'
+  period) and lake day folders older than
   ``LAKE_RETENTION_DAYS`` (90) are deleted every ``RETENTION_INTERVAL_S``, by the
   leader worker only (one delete, not N).
 * Expired entries of the ``seen-transactions`` table, and windows that ended
@@ -22,7 +23,7 @@ from app.faust_app import PaymentApp
 from app.settings import Settings
 from app.topics import PAYMENTS
 from storage.parquet import RawEventWriter
-from storage.retention import purge_database, purge_lake
+from storage.retention import purge_claims, purge_database, purge_lake
 from tables.context import placeholder_message
 from tables.payments import WindowState
 from tables.seen import SeenIds
@@ -36,6 +37,7 @@ def register_retention(app: PaymentApp, engine: Engine, seen: SeenIds, lake: Raw
     async def retention() -> None:
         try:
             await asyncio.to_thread(purge_database, engine, settings)
+            await asyncio.to_thread(purge_claims, engine, settings)
         except Exception:  # the next run tries again; the worker keeps consuming
             log.exception("database retention run failed")
         try:

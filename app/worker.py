@@ -75,7 +75,7 @@ def build(settings: Settings) -> PaymentApp:
 
     config_sync = register_config(faust_app, settings, config)
     stats = register_ingest(faust_app, payments, dlq, windows, seen, sinks, config,
-                            config_sync, telemetry)
+                            config_sync, telemetry, claims=db)
     telemetry.watch_flags(db.compliance_flags, lambda: _rule_metrics(config))
     register_retention(faust_app, db_engine, seen, lake, settings, windows)
     register_commands(faust_app, settings, db_engine, config)

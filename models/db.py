@@ -44,6 +44,24 @@ def _now() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
 
 
+class TransactionClaim(Base):
+    """Which record a ``transaction_id`` was first accepted from, for every partition and
+    worker: the duplicate check's final authority (:mod:`storage.claims`). Written by the
+    ingest handler before it counts a payment, so a re-send under another key, partition
+    or record time, or long after the in-memory window, is a duplicate; kept as long as
+    ``normalized_transactions`` rows (TRANSACTIONS_RETENTION_DAYS, by ``claimed_at``)."""
+
+    __tablename__ = "transaction_claims"
+
+    transaction_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    source_topic: Mapped[str] = mapped_column(Text, nullable=False)
+    source_partition: Mapped[int] = mapped_column(Integer, nullable=False)
+    source_offset: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    claimed_at: Mapped[datetime] = _now()
+
+    __table_args__ = (Index("ix_transaction_claims_claimed_at", "claimed_at"),)
+
+
 class NormalizedTransaction(Base):
     """One row per accepted payment; replays are ignored by primary key."""
 

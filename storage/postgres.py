@@ -177,6 +177,29 @@ ON CONFLICT (transaction_id) DO NOTHING
 RETURNING transaction_id
 """
 
+# The duplicate check's final authority (models.db.TransactionClaim): each batch's ids are
+# claimed before they are counted. Two statements, not one with a CTE: under READ
+# COMMITTED the second takes a new snapshot, so it sees a claim that a concurrent worker
+# committed while the INSERT waited on it.
+STAGE_CLAIMS = """
+CREATE TEMP TABLE IF NOT EXISTS stage_claims (transaction_id text, source_offset bigint)
+ON COMMIT DELETE ROWS
+"""
+COPY_CLAIMS = "COPY stage_claims FROM STDIN"
+INSERT_CLAIMS = """
+INSERT INTO transaction_claims (transaction_id, source_topic, source_partition, source_offset)
+SELECT transaction_id, %(topic)s, %(partition)s, source_offset
+FROM stage_claims
+ORDER BY transaction_id
+ON CONFLICT (transaction_id) DO NOTHING
+"""
+SELECT_FOREIGN_CLAIMS = """
+SELECT c.transaction_id, c.source_topic, c.source_partition, c.source_offset
+FROM transaction_claims c JOIN stage_claims s USING (transaction_id)
+WHERE NOT (c.source_topic = %(topic)s AND c.source_partition = %(partition)s
+           AND c.source_offset = s.source_offset)
+"""
+
 COPY_METRICS = ("COPY dynamic_metrics (transaction_id, metric_type, metric_data, "
                 "config_version) FROM STDIN")
 
@@ -299,6 +322,30 @@ class PostgresSink:
         stores nothing new, so counts nothing twice)."""
         with self._flag_lock:
             return dict(self._flagged)
+
+    def claim(self, topic: str, partition: int,
+              entries: Sequence[tuple[str, int]]) -> dict[str, tuple[str, int, int]]:
+        """Claim each ``(transaction_id, offset)`` of one partition's batch (each id once)
+        for this record; returns, for the ids another record claimed first, that record's
+        ``(topic, partition, offset)``. A record claiming again (a redelivery, a replay
+        after a crash or a takeover) finds its own claim and is not in the answer.
+        Retried on connection loss like every write."""
+        if not entries:
+            return {}
+        return with_retries(lambda: self._claim_once(topic, partition, entries),
+                            give_up_after=self.give_up_after,
+                            what="PostgreSQL duplicate check", state=self.retry)
+
+    def _claim_once(self, topic: str, partition: int,
+                    entries: Sequence[tuple[str, int]]) -> dict[str, tuple[str, int, int]]:
+        rows = "".join(f"{_copy_text(tx_id)}\t{offset}\n" for tx_id, offset in entries)
+        params = {"topic": topic, "partition": partition}
+        with _transaction(self.engine) as cur:
+            cur.execute(STAGE_CLAIMS)
+            cur.copy_expert(COPY_CLAIMS, io.StringIO(rows))
+            cur.execute(INSERT_CLAIMS, params)
+            cur.execute(SELECT_FOREIGN_CLAIMS, params)
+            return {tx_id: (t, int(p), int(o)) for tx_id, t, p, o in cur.fetchall()}
 
     def write(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         """Store ``batches`` durably (retried on connection loss); returns rows per table."""

@@ -28,11 +28,17 @@ RETENTION = {
 }
 
 
+# The duplicate check's claims (storage/claims.py) go with the transactions' period, by
+# the time they were claimed: a claim outlives the row it stands for, which is dated by
+# its (earlier) event time.
+CLAIMS_RETENTION = {"transaction_claims": ("claimed_at", "transactions_retention_days")}
+
+
 def purge_table(engine: Engine, table: str, days: int, *, now: datetime | None = None,
                 batch: int = 10_000) -> int:
-    """Delete rows of ``table`` (a key of :data:`RETENTION`) older than ``days`` days,
-    ``batch`` rows per transaction; returns how many."""
-    column, _ = RETENTION[table]  # names come from this module, never from input
+    """Delete rows of ``table`` (a key of :data:`RETENTION` or :data:`CLAIMS_RETENTION`)
+    older than ``days`` days, ``batch`` rows per transaction; returns how many."""
+    column, _ = {**RETENTION, **CLAIMS_RETENTION}[table]  # names from here, never input
     statement = text(f"DELETE FROM {table} WHERE ctid IN ("  # noqa: S608
                      f"SELECT ctid FROM {table} WHERE {column} < :cutoff LIMIT :batch)")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
@@ -75,6 +81,13 @@ def purge_database(engine: Engine, settings: RetentionDays, *,
     """Apply every retention period of :data:`RETENTION`; returns rows deleted per table."""
     return {table: purge_table(engine, table, getattr(settings, setting), now=now)
             for table, (_, setting) in RETENTION.items()}
+
+
+def purge_claims(engine: Engine, settings: RetentionDays, *,
+                 now: datetime | None = None) -> int:
+    """Delete the transaction claims older than the transactions' retention period."""
+    return purge_table(engine, "transaction_claims", settings.transactions_retention_days,
+                       now=now)
 
 
 def purge_lake(fs: AbstractFileSystem, root: str, days: int, *,
