@@ -20,6 +20,7 @@ the authoritative validator, which explains the failure.
 from __future__ import annotations
 
 import json
+import operator
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -30,6 +31,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from models.errors import PaymentMonitorError
 from models.events import (
     ErrorCategory,
     ParsedTransaction,
@@ -62,6 +64,15 @@ class Validator:
         self.mode = Mode(mode)
         self.checker = SchemaChecker(schema)
         self.fast = compile_fast(schema) if fast_path else None
+        # the duplicate-key check's counts: required fields are always there; optional
+        # ones (and object-valued fields' own keys) are counted per message
+        properties = schema.get("properties") or {}
+        required = set(schema.get("required") or ())
+        self._required = len(required & set(properties))
+        optional = [name for name in properties if name not in required]
+        self._optional = operator.attrgetter(*optional, "__class__") if optional else None
+        self._maps = tuple(name for name, spec in properties.items()
+                           if "object" in _types(spec))
 
     def with_mode(self, mode: Mode) -> Validator:
         clone = object.__new__(Validator)
@@ -88,17 +99,38 @@ class Validator:
             except (msgspec.MsgspecError, ValueError, RecursionError):
                 pass  # the authoritative path decides and explains
             else:
-                if b"\\u0000" not in raw:
+                # A JSON object may repeat a key, and every decoder keeps the last value
+                # (amount_minor 1, then 999999999). Each key is followed by '":', so when
+                # that count equals the keys decoded there is no repeat; otherwise (a
+                # repeat, or only spacing or an escaped quote) the slow path decides.
+                if b"\\u0000" not in raw and raw.count(b'":') == self._keys(fast):
                     tx = _from_struct(fast)
                     if tx is not None:
                         return self._apply_rules(raw, tx, ctx)
         return self._parse_slow(raw, ctx)
+
+    def _keys(self, fast: Any) -> int:
+        """How many keys the decoded message has, its objects' keys included."""
+        n = self._required
+        if self._optional is not None:
+            values = self._optional(fast)  # "__class__" last: always a tuple
+            n += len(values) - 1 - values.count(msgspec.UNSET)
+        for name in self._maps:
+            value = getattr(fast, name)
+            if type(value) is dict:
+                n += len(value)
+        return n
 
     def _parse_slow(self, raw: bytes, ctx: RuleContext) -> ParseResult:
         obj_or_failure = _decode(raw)
         if isinstance(obj_or_failure, ParseResult):
             return obj_or_failure
         obj = obj_or_failure
+        repeated = _repeated_key(raw)
+        if repeated is not None:
+            return _fail(raw, ErrorCategory.SCHEMA,
+                         f"{repeated} appears more than once (an object's keys must be unique; "
+                         "decoders would keep only the last value)", "unique_keys", repeated)
         if self.mode is Mode.FAIL_FAST:
             first = self.checker.first_error(obj) or _extra_checks(obj, raw)
             if first is not None:
@@ -237,6 +269,39 @@ def _field_with_nul(obj: dict[str, Any]) -> str | None:
             for key, inner in value.items():
                 if "\x00" in key or (isinstance(inner, str) and "\x00" in inner):
                     return f"{name}.{key.replace(chr(0), '?')[:64]}"
+    return None
+
+
+def _types(spec: Any) -> list[str]:
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    return [kind] if isinstance(kind, str) else list(kind or [])
+
+
+class _RepeatedKey(PaymentMonitorError):  # noqa: N818 - internal signal, never escapes
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return out
+
+
+def _repeated_key(raw: bytes) -> str | None:
+    """The first key repeated in an object of ``raw`` (already decoded once), or None."""
+    try:
+        json.loads(raw, object_pairs_hook=_no_repeats, parse_constant=_reject_constant)
+    except _RepeatedKey as found:
+        return found.key[:64]
+    except (ValueError, RecursionError):
+        return None
     return None
 
 
