@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import time
 import traceback
 from typing import Any
 
@@ -26,17 +27,21 @@ from faust.cli import AppCommand, argument, option
 from app.cli import fail
 from app.faust_app import PaymentApp
 from app.settings import Settings
+from app.topics import PAYMENTS
 from pipeline.config import (
     KEYS,
+    TRANSACTION_KEY,
     ConfigError,
     ConfigManager,
     ConfigRecords,
     ConfigVersion,
+    compile_config,
     plan_push,
 )
 from storage.broker import BrokerError, describe_failure
-from storage.config_sources import user
+from storage.config_sources import FileSource, user
 from storage.config_topic import ConfigTopic
+from storage.recent import recent_records
 
 ACTIONS = ("push", "show", "diff", "history", "rollback")
 
@@ -51,10 +56,12 @@ def register_config_commands(app: PaymentApp, settings: Settings,
         option("--comment", default="", help="push/rollback: why (kept in the history)"),
         option("--dry-run", is_flag=True, help="push/rollback: validate only, publish nothing"),
         option("--json", "as_json", is_flag=True, help="show/history: JSON output"),
+        option("--force", is_flag=True,
+               help="push/rollback: even if the trial on recent messages rejects many more"),
     )
     async def config(self: AppCommand, action: str, keys: tuple[str, ...],
                      to_version: int | None, number: int | None, comment: str,
-                     dry_run: bool, as_json: bool) -> None:
+                     dry_run: bool, as_json: bool, force: bool) -> None:
         """Push, show, diff, list or roll back configuration versions (the config topic)."""
         unknown = [k for k in keys if k not in KEYS]
         if unknown:
@@ -64,11 +71,12 @@ def register_config_commands(app: PaymentApp, settings: Settings,
         try:
             records = await topic.read()
             if action == "push":
-                await _push(topic, records, manager, chosen, comment, dry_run)
+                await _push(topic, records, manager, chosen, comment, dry_run, force)
             elif action == "rollback":
                 if len(keys) != 1 or to_version is None:
                     fail("rollback takes one KEY and --to N")
-                await _rollback(topic, records, manager, keys[0], to_version, comment, dry_run)
+                await _rollback(topic, records, manager, keys[0], to_version, comment, dry_run,
+                                force)
             elif action == "show":
                 _show(records, manager, chosen, number, as_json)
             elif action == "diff":
@@ -91,11 +99,64 @@ def _source(manager: ConfigManager) -> dict[str, ConfigVersion]:
     return manager.source.load()
 
 
+# A pushed validation config is first tried on this many of each partition's newest
+# payments; one that would reject more than this share of them that the active one accepts
+# needs --force, and so does one that takes this long on any one message.
+TRIAL_PER_PARTITION = 500
+TRIAL_MAX_NEWLY_REJECTED = 0.01
+TRIAL_MAX_SECONDS = 0.1
+
+
+async def _trial(topic: ConfigTopic, records: ConfigRecords, source: dict[str, ConfigVersion],
+                 versions: list[ConfigVersion], force: bool) -> None:
+    """Try a new validation version on recent payments against the active one: one line
+    of figures, and a refusal (status 2) when it rejects far more, unless ``force``."""
+    if not any(v.key == TRANSACTION_KEY for v in versions):
+        return
+    active = records.latest_over(source)
+    against = "active"
+    if records.latest(TRANSACTION_KEY) is None:  # the workers run their files: the shipped
+        active = {**active, TRANSACTION_KEY: FileSource().load()[TRANSACTION_KEY]}
+        against = "shipped"
+    now = compile_config(active, records.known_bounds()).validator
+    new = compile_config({**active, **{v.key: v for v in versions}},
+                         records.known_bounds()).validator
+    recent = await recent_records(topic.conn, PAYMENTS, TRIAL_PER_PARTITION)
+    if not recent:
+        click.echo(f"{TRANSACTION_KEY}: no recent payments to try it on")
+        return
+    newly = rejected_now = rejected_new = 0
+    slowest = 0.0
+    for value, stamp in recent:
+        ok_now = now.parse(value, stamp).ok
+        started = time.perf_counter()
+        ok_new = new.parse(value, stamp).ok
+        slowest = max(slowest, time.perf_counter() - started)
+        rejected_now += not ok_now
+        rejected_new += not ok_new
+        newly += ok_now and not ok_new
+    share = newly / len(recent)
+    click.echo(f"{TRANSACTION_KEY}: tried on {len(recent):,} recent payments: rejects "
+               f"{rejected_new:,} ({against}: {rejected_now:,}), {newly:,} of them newly "
+               f"({share:.1%}); slowest message {slowest * 1000:.1f} ms")
+    problems = []
+    if share > TRIAL_MAX_NEWLY_REJECTED:
+        problems.append(f"it rejects {share:.1%} of recent payments that the {against} "
+                        f"version accepts (more than {TRIAL_MAX_NEWLY_REJECTED:.0%})")
+    if slowest > TRIAL_MAX_SECONDS:
+        problems.append(f"one message took {slowest * 1000:.0f} ms to validate (more than "
+                        f"{TRIAL_MAX_SECONDS * 1000:.0f} ms)")
+    if problems and not force:
+        fail(f"rejected, nothing published: {'; '.join(problems)}; give --force to push "
+             "it anyway")
+
+
 async def _push(topic: ConfigTopic, records: ConfigRecords, manager: ConfigManager,
-                keys: tuple[str, ...], comment: str, dry_run: bool) -> None:
+                keys: tuple[str, ...], comment: str, dry_run: bool, force: bool) -> None:
     source = _source(manager)
     versions = plan_push(records, {k: source[k] for k in keys}, source, by=user(),
                          comment=comment or f"from {manager.source.name}")
+    await _trial(topic, records, source, versions, force)
     if versions and not dry_run:
         await topic.publish(versions)
     for key in keys:
@@ -110,7 +171,7 @@ async def _push(topic: ConfigTopic, records: ConfigRecords, manager: ConfigManag
 
 
 async def _rollback(topic: ConfigTopic, records: ConfigRecords, manager: ConfigManager,
-                    key: str, number: int, comment: str, dry_run: bool) -> None:
+                    key: str, number: int, comment: str, dry_run: bool, force: bool) -> None:
     old = records.version(key, number)
     if old is None:
         known = ", ".join(f"v{v.version}" for v in records.history(key)) or "none"
@@ -122,6 +183,7 @@ async def _rollback(topic: ConfigTopic, records: ConfigRecords, manager: ConfigM
         click.echo(f"{key}: v{number} is already the latest version; nothing pushed")
         return
     new = planned[0]
+    await _trial(topic, records, latest, planned, force)
     if not dry_run:
         await topic.publish([new])
     verb = "would push" if dry_run else "pushed"

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import jsonschema
+import yaml
 
 import pipeline.compliance  # noqa: F401 - registers the compliance rules' extractors
 from config import CONFIG_DIR
@@ -86,6 +87,55 @@ class ConfigError(PaymentMonitorError, ValueError):
 
 _COMPILER_PATH = re.compile(r"^(?P<path>(?:extractors|rules)\[\d+\])(?: \([^)]*\))?: "
                             r"(?P<problem>.*)$", re.S)
+
+
+MAX_DOCUMENT_BYTES = 1 << 20  # a configuration document's YAML text, at most
+MAX_ALIASES = 100  # YAML aliases (``*name``) in one document
+MAX_NODES = 200_000  # values in the document once its aliases are expanded
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting aliases: a "billion laughs" document is a few
+    hundred bytes whose aliases expand to billions of values (40 s of `config push`)."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str | bytes) -> Any:
+    """A YAML (or JSON) configuration document, bounded in size, aliases and expanded
+    values; raises ``yaml.YAMLError`` naming the bound it broke."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise yaml.YAMLError(f"the document is {len(text)} bytes, over the limit of "
+                             f"{MAX_DOCUMENT_BYTES}")
+    loader = _BoundedLoader(text)
+    try:
+        document = loader.get_single_data()
+    finally:
+        loader.dispose()
+    if _expanded_size(document, {}) > MAX_NODES:
+        raise yaml.YAMLError(f"the document expands to more than {MAX_NODES} values")
+    return document
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Values in ``node`` as if every alias were copied out, counted without copying."""
+    if not isinstance(node, dict | list):
+        return 1
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = MAX_NODES + 1  # a cycle (``&a [*a]``) counts as too big
+    children = node.values() if isinstance(node, dict) else node
+    size = 1 + sum(_expanded_size(child, memo) for child in children)
+    memo[id(node)] = size
+    return size
 
 
 def digest(document: Mapping[str, Any]) -> str:
@@ -202,6 +252,7 @@ def _compile_validator(document: Mapping[str, Any]) -> Validator:
             raise ConfigError(key, "schema.required",
                               f"must require {name!r}: the payment-event-v1 contract requires "
                               f"it and the worker reads it")
+    _check_contract_types(contract, properties)
     for i, rule in enumerate(document.get("rules") or ()):
         names = [("field", rule["field"])] if "field" in rule else []
         names += [(f"when.{k}", k) for k in rule.get("when") or {}]
@@ -219,6 +270,35 @@ def _compile_validator(document: Mapping[str, Any]) -> Validator:
         raise ConfigError(key, "schema", f"does not compile: {type(exc).__name__}: {exc}"
                           ) from None
     return fast
+
+
+def _check_contract_types(contract: Mapping[str, Any], properties: Mapping[str, Any]) -> None:
+    """A pushed schema may tighten the contract (patterns, lengths, ranges), never change
+    a field's type, widen its values or drop it: the worker reads every field as the
+    contract types it (one that stopped typing ``currency`` crashed the worker)."""
+    key = TRANSACTION_KEY
+    for name, want in contract["properties"].items():
+        have = properties.get(name)
+        where = f"schema.properties.{name}"
+        if not isinstance(have, Mapping):
+            raise ConfigError(key, where, "must be declared: the payment-event-v1 contract "
+                                          "defines it")
+        if "type" in want and _type_set(have.get("type")) != _type_set(want["type"]):
+            raise ConfigError(key, f"{where}.type", f"must be {want['type']!r}, as in the "
+                                                    "payment-event-v1 contract")
+        allowed = want.get("enum", [want["const"]] if "const" in want else None)
+        if allowed is not None:
+            values = have.get("enum", [have["const"]] if "const" in have else None)
+            if values is None or not set(map(json.dumps, values)) <= set(
+                    map(json.dumps, allowed)):
+                raise ConfigError(key, where, f"must keep to the contract's values {allowed}")
+        if "format" in want and have.get("format") != want["format"]:
+            raise ConfigError(key, f"{where}.format", f"must be {want['format']!r}, as in "
+                                                      "the payment-event-v1 contract")
+
+
+def _type_set(value: Any) -> frozenset[str]:
+    return frozenset([value] if isinstance(value, str) else value or ())
 
 
 def engine_from_config(metrics: Mapping[str, Any], compliance: Mapping[str, Any] | None = None,

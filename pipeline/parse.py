@@ -41,7 +41,7 @@ from models.events import (
     short_repr,
 )
 from pipeline.rules import Rule, RuleContext
-from pipeline.schema import SchemaChecker, compile_fast
+from pipeline.schema import SchemaChecker, compile_fast, untrusted_patterns
 
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, from the wire format contract
 _INTEGER_FIELDS = ("amount_minor", "processing_ms")
@@ -64,6 +64,7 @@ class Validator:
         self.mode = Mode(mode)
         self.checker = SchemaChecker(schema)
         self.fast = compile_fast(schema) if fast_path else None
+        self._patterns = untrusted_patterns(schema)  # RE2, after the fast decode
         # the duplicate-key check's counts: required fields are always there; optional
         # ones (and object-valued fields' own keys) are counted per message
         properties = schema.get("properties") or {}
@@ -103,11 +104,19 @@ class Validator:
                 # (amount_minor 1, then 999999999). Each key is followed by '":', so when
                 # that count equals the keys decoded there is no repeat; otherwise (a
                 # repeat, or only spacing or an escaped quote) the slow path decides.
-                if b"\\u0000" not in raw and raw.count(b'":') == self._keys(fast):
+                if (b"\\u0000" not in raw and raw.count(b'":') == self._keys(fast)
+                        and self._match_patterns(fast)):
                     tx = _from_struct(fast)
                     if tx is not None:
                         return self._apply_rules(raw, tx, ctx)
         return self._parse_slow(raw, ctx)
+
+    def _match_patterns(self, fast: Any) -> bool:
+        for name, regex in self._patterns:
+            value = getattr(fast, name)
+            if type(value) is str and not regex.search(value):
+                return False
+        return True
 
     def _keys(self, fast: Any) -> int:
         """How many keys the decoded message has, its objects' keys included."""

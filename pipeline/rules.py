@@ -15,13 +15,13 @@ collect-all mode), and skip a field that is absent: presence is
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
 from models.errors import PaymentMonitorError
 from models.events import ValidationError, short_repr
+from pipeline.regex import SlowPattern, linear
 
 MISSING: Any = object()
 
@@ -171,9 +171,9 @@ class PatternRule(Rule):
     def __init__(self, field: str, pattern: str, when: Mapping[str, Any] | None = None) -> None:
         super().__init__(field, when)
         try:
-            self.regex = re.compile(pattern)
-        except re.error as exc:
-            raise RuleConfigError(f"pattern rule on {field}: bad pattern: {exc}") from exc
+            self.regex = linear(pattern)  # RE2: linear time, whatever the pattern
+        except SlowPattern as exc:
+            raise RuleConfigError(f"pattern rule on {field}: bad pattern: {exc}") from None
 
     def check(self, source: Any, ctx: RuleContext) -> ValidationError | None:
         value = lookup(source, self.field or "")

@@ -31,6 +31,7 @@ import msgspec
 from models.errors import PaymentMonitorError
 from models.events import ValidationError, short_repr
 from pipeline.iso import FORMATS, format_checks, is_known
+from pipeline.regex import linear, trusted_patterns
 
 _ANNOTATIONS = {"$schema", "$id", "title", "description", "$comment", "examples"}
 _OBJECT_KEYS = _ANNOTATIONS | {"type", "additionalProperties", "required", "properties"}
@@ -99,7 +100,13 @@ def _type_for(name: str, spec: dict[str, Any]) -> Any:
         codes = sorted(FORMATS[spec["format"]][0])
         annotation: Any = Literal[tuple(codes)]
     elif kind == "string":
-        meta = _meta(spec, pattern="pattern", min_length="minLength", max_length="maxLength")
+        # a pattern from elsewhere than the contract is checked by RE2 after the decode
+        # (untrusted_patterns), never by the backtracking engine msgspec uses
+        trusted = spec.get("pattern") in trusted_patterns()
+        if not trusted and "pattern" in spec and "." in name:
+            raise UnsupportedSchema(f"{name}: a nested pattern from outside the contract")
+        meta = _meta(spec, pattern="pattern" if trusted else "", min_length="minLength",
+                     max_length="maxLength")
         annotation = Annotated[str, meta] if meta else str
     elif kind in ("integer", "number"):
         meta = _meta(spec, ge="minimum", le="maximum")
@@ -116,6 +123,30 @@ def _type_for(name: str, spec: dict[str, Any]) -> Any:
     return annotation | None if nullable else annotation
 
 
+def untrusted_patterns(schema: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``(top-level field, RE2 regex)`` for each pattern the fast path leaves out: a
+    decoded value must also match these before it is accepted (else the slow path)."""
+    out = []
+    for name, spec in (schema.get("properties") or {}).items():
+        pattern = spec.get("pattern") if isinstance(spec, dict) else None
+        if isinstance(pattern, str) and pattern not in trusted_patterns():
+            out.append((name, linear(pattern)))
+    return out
+
+
+def check_patterns(node: Any) -> None:
+    """Raise :class:`~pipeline.regex.SlowPattern` for any pattern in a schema that RE2
+    cannot run."""
+    if isinstance(node, dict):
+        if isinstance(node.get("pattern"), str) and node["pattern"] not in trusted_patterns():
+            linear(node["pattern"])
+        for value in node.values():
+            check_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            check_patterns(value)
+
+
 def _literal(values: list[Any], name: str) -> Any:
     if not values or not all(type(v) is str for v in values):
         raise UnsupportedSchema(f"{name}: only string const/enum values are supported")
@@ -123,7 +154,7 @@ def _literal(values: list[Any], name: str) -> Any:
 
 
 def _meta(spec: dict[str, Any], **keys: str) -> msgspec.Meta | None:
-    kwargs = {arg: spec[key] for arg, key in keys.items() if key in spec}
+    kwargs = {arg: spec[key] for arg, key in keys.items() if key and key in spec}
     if "pattern" in kwargs:  # JSON Schema's `$` does not match before a final newline
         kwargs["pattern"] = _UNANCHORED_DOLLAR.sub(r"\\Z", kwargs["pattern"])
     return msgspec.Meta(**kwargs) if kwargs else None
@@ -140,9 +171,15 @@ class SchemaChecker:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
+        check_patterns(schema)
         self._first: Callable[[Any], Any] = fastjsonschema.compile(schema,
                                                                    formats=format_checks())
-        self._all = jsonschema.Draft7Validator(schema, format_checker=_format_checker())
+        # its generated code looks patterns up here: the untrusted ones run on RE2
+        compiled = getattr(self._first, "__globals__", {}).get("REGEX_PATTERNS", {})
+        for pattern in list(compiled):
+            if pattern not in trusted_patterns():
+                compiled[pattern] = linear(pattern)
+        self._all = _LinearDraft7(schema, format_checker=_format_checker())
 
     def first_error(self, obj: dict[str, Any]) -> ValidationError | None:
         try:
@@ -194,6 +231,18 @@ def _explain_full(error: jsonschema.ValidationError, obj: dict[str, Any]) -> Val
     value = short_repr(error.instance)
     where = field or "message"
     return ValidationError(field, rule, f"{where}: {error.message[:200]}", value)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """jsonschema's ``pattern`` keyword, on RE2 for patterns from outside the contract."""
+    if not isinstance(instance, str):
+        return
+    regex = re.compile(pattern) if pattern in trusted_patterns() else linear(pattern)
+    if not regex.search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_LinearDraft7 = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _pattern})
 
 
 def _format_checker() -> jsonschema.FormatChecker:

@@ -27,6 +27,7 @@ from pipeline.config import (
     ConfigError,
     ConfigVersion,
     compile_config,
+    load_yaml,
 )
 
 DEFAULT_FILES = {
@@ -38,7 +39,7 @@ DEFAULT_FILES = {
 
 def _read(key: str, path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
     except OSError as exc:
         raise ConfigError(key, "", f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -135,7 +136,7 @@ class AppConfigurationSource:
                 raise ConfigError(key, "", f"cannot read it from {self._where()}: "
                                   f"{type(exc).__name__}: {_first_line(exc)}") from None
             try:
-                document = yaml.safe_load(setting.value or "")  # YAML reads JSON too
+                document = load_yaml(setting.value or "")  # YAML reads JSON too
             except yaml.YAMLError as exc:
                 raise ConfigError(key, "", f"the value in {self._where()} is neither JSON nor "
                                   f"YAML: {exc}") from None

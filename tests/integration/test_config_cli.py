@@ -115,3 +115,81 @@ def test_an_unreachable_broker_is_one_line(cli):
     assert down.returncode == 2
     assert "error: cannot reach the broker at 127.0.0.1:9" in down.stderr
     assert "Traceback" not in down.stderr
+
+
+def validation(tmp_path: Path, name: str, *rules_: dict) -> str:
+    doc = yaml.safe_load(Path("config/validation.yaml").read_text())
+    doc["schema"] = str(Path("config/schemas/transaction-v1.json").resolve())
+    doc["rules"].extend(rules_)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_a_validation_push_is_tried_on_recent_payments_and_a_mass_rejection_needs_force(
+        cli, broker, tmp_path):
+    import asyncio
+
+    from simulator.generator import PaymentGenerator, load_scenario
+    from simulator.producer import ensure_topic, produce
+
+    events = list(PaymentGenerator(load_scenario(), seed=23).events(400))
+    asyncio.run(ensure_topic(broker.bootstrap, "payments", 4))
+    asyncio.run(produce(events, broker=broker.bootstrap, topic="payments", total=len(events),
+                        rate=0, progress=False))
+    key = "schemas:transaction:v1"
+    # a rule that rejects every payment: refused, and it says why and how to override
+    everything = validation(tmp_path, "all.yaml", {"rule": "allowed_values",
+                                                  "field": "currency", "values": ["XXX"]})
+    refused = cli("push", key, VALIDATION_CONFIG=everything)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "recent payments: rejects" in refused.stdout
+    (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+    assert "that the shipped version accepts" in line and "--force" in line
+    assert "nothing pushed yet" in cli("history").stdout
+    forced = cli("push", key, "--force", VALIDATION_CONFIG=everything)
+    assert forced.returncode == 0 and f"{key}: pushed v1" in forced.stdout, forced.stderr
+    # a harmless rule passes the trial; a catastrophic pattern is harmless on RE2
+    harmless = validation(tmp_path, "ok.yaml", {"rule": "pattern", "field": "merchant_id",
+                                               "pattern": "^(a+)+$|^m.*"})
+    assert cli("push", key, "--force", VALIDATION_CONFIG=harmless).returncode == 0
+    tried = cli("push", key, VALIDATION_CONFIG=validation(tmp_path, "ok2.yaml"))
+    assert tried.returncode == 0, tried.stderr
+    assert "0 of them newly (0.0%)" in tried.stdout
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda d: d["rules"].append({"rule": "pattern", "field": "merchant_id",
+                                  "pattern": "^(a)\\1$"}), "linear-time engine (RE2)"),
+    (lambda d: d["schema"]["properties"]["currency"].pop("type"),
+     "schema.properties.currency.type: must be 'string'"),
+    (lambda d: d["schema"]["properties"]["amount_minor"].update(type="number"),
+     "schema.properties.amount_minor.type: must be 'integer'"),
+    (lambda d: d["schema"]["properties"]["status"].update(enum=["approved", "refunded"]),
+     "schema.properties.status: must keep to the contract's values"),
+    (lambda d: d["schema"]["properties"]["merchant_id"].update(pattern="(?=m)m+"),
+     "linear-time engine (RE2)"),
+    (lambda d: d["rules"].append({"rule": "event_time_skew", "max_future_seconds": ".inf"}),
+     "max_future_seconds must be a number"),
+])
+def test_a_validation_config_that_could_stop_the_fleet_is_refused(cli, tmp_path, change, words):
+    doc = yaml.safe_load(Path("config/validation.yaml").read_text())
+    doc["schema"] = json.loads(Path("config/schemas/transaction-v1.json").read_text())
+    change(doc)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    refused = cli("push", "schemas:transaction:v1", "--dry-run", VALIDATION_CONFIG=str(path))
+    assert refused.returncode == 2, refused.stdout
+    (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+    assert words in line, line
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(cli, tmp_path):
+    levels = ["a: &a [" + ",".join(['"lol"'] * 9) + "]"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        levels.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(levels) + "\n")
+    refused = cli("push", KEY, "--dry-run", COMPLIANCE_CONFIG=str(path))
+    assert refused.returncode == 2
+    assert "expands to more than" in refused.stderr or "aliases" in refused.stderr
