@@ -42,7 +42,7 @@ from app.topics import PAYMENTS
 from models.events import CHANNELS, REPLAY_OF_HEADER, RETRY_COUNT_HEADER, STATUSES
 from pipeline.config import ConfigError, ConfigManager
 from pipeline.parse import Mode, Validator
-from storage.broker import describe_failure
+from storage.broker import BrokerError, describe_failure
 from storage.failed import FailedFilter, FailedItems, FailedRow, FilterError, parse_time
 from storage.lake import LakeQuery, LakeQueryError, RawEventLake
 
@@ -95,6 +95,13 @@ def register_commands(app: PaymentApp, settings: Settings, engine: Engine,
         except (OperationalError, InterfaceError) as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
             fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")
+        except BrokerError as exc:
+            fail(str(exc))
+        except Exception as exc:
+            # aiokafka's connection errors (OSErrors among them): the cause, one line
+            if isinstance(exc, OSError) or type(exc).__module__.startswith("aiokafka"):
+                fail(await describe_failure(exc, settings.broker))
+            raise
 
 
 def register_raw_commands(app: PaymentApp, settings: Settings) -> None:

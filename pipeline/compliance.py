@@ -21,8 +21,10 @@ from pipeline.metrics import (
     MetricExtractor,
     MetricsConfigError,
     MetricType,
+    SortedHistory,
     _param,
     register,
+    time_range,
 )
 
 
@@ -120,9 +122,12 @@ class Velocity(Rule):
     def extract(self, tx, offset, history):
         t = tx.event_ts
         n = 1
-        for ts, off, _amount, _currency in history(tx.customer_id):
+        for ts, off, _amount, _currency in time_range(history(tx.customer_id),
+                                                      t - self.within, t + self.within):
             if (offset < 0 or off < offset) and abs(ts - t) <= self.within:
                 n += 1
+                if n > self.max_payments:  # the verdict is in: bounded time per payment
+                    break
         return ((self.metric, 1 if n > self.max_payments else 0),)
 
 
@@ -154,8 +159,16 @@ class Structuring(Rule):
             return ((self.metric, 0),)
         t = tx.event_ts
         n = 1
-        for ts, off, amount, currency in history(tx.customer_id):
+        past = history(tx.customer_id)
+        if isinstance(past, SortedHistory):  # only the payments just under, by bisection
+            limit = self.thresholds[tx.currency]
+            candidates = past.amounts(tx.currency, limit * self.fraction, limit)
+        else:
+            candidates = time_range(past, t - self.within, t + self.within)
+        for ts, off, amount, currency in candidates:
             if ((offset < 0 or off < offset) and currency == tx.currency
                     and abs(ts - t) <= self.within and self._just_under(amount, currency)):
                 n += 1
+                if n >= self.min_payments:
+                    break
         return ((self.metric, 1 if n >= self.min_payments else 0),)

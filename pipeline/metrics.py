@@ -29,7 +29,9 @@ See docs/metrics.md for every default metric.
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +170,63 @@ History = Callable[[str], Sequence[tuple[float, int, int, str]]]
 
 def no_history(customer_id: str) -> Sequence[tuple[float, int, int, str]]:
     return ()
+
+
+class SortedHistory(list):  # type: ignore[type-arg]  # of (event ts, offset, amount, currency)
+    """A customer's payments sorted by event time, as :class:`tables.seen.SeenIds` keeps
+    them: the rules over time find their time range by bisection instead of scanning
+    every payment (one customer with 50,000 payments in the dedupe window cost 8.8 ms a
+    payment when scanned)."""
+
+    __slots__ = ("_by_amount",)
+
+    def __init__(self, entries: Iterable[tuple[float, int, int, str]] = ()) -> None:
+        super().__init__(entries)
+        # currency -> the same entries sorted by amount, built on first use
+        self._by_amount: dict[str, list[tuple[float, int, int, str]]] | None = None
+
+    def add(self, entry: tuple[float, int, int, str]) -> None:
+        if not self or entry >= self[-1]:
+            self.append(entry)  # the common case: in event-time order
+        else:
+            bisect.insort(self, entry)
+        if self._by_amount is not None:
+            bisect.insort(self._by_amount.setdefault(entry[3], []), entry, key=_AMOUNT)
+
+    def amounts(self, currency: str, low: float, high: float,
+                ) -> Iterable[tuple[float, int, int, str]]:
+        """The entries in ``currency`` with ``low <= amount < high``, found by bisection
+        in an index by amount (references to the same entries: 8 bytes each)."""
+        if self._by_amount is None:
+            index: dict[str, list[tuple[float, int, int, str]]] = {}
+            for entry in self:
+                index.setdefault(entry[3], []).append(entry)
+            for entries in index.values():
+                entries.sort(key=_AMOUNT)
+            self._by_amount = index
+        found = self._by_amount.get(currency)
+        if not found:
+            return ()
+        first = bisect.bisect_left(found, low, key=_AMOUNT)
+        end = bisect.bisect_left(found, high, key=_AMOUNT)
+        return (found[i] for i in range(first, end))
+
+    def span(self, low: float, high: float) -> range:
+        """Indexes of the entries with ``low <= event ts <= high``."""
+        return range(bisect.bisect_left(self, (low,)),
+                     bisect.bisect_right(self, (high, math.inf)))
+
+
+_AMOUNT = itemgetter(2)
+
+
+def time_range(history: Sequence[tuple[float, int, int, str]], low: float,
+               high: float) -> Iterable[tuple[float, int, int, str]]:
+    """The entries of ``history`` that may lie within ``[low, high]``: found by bisection
+    in a :class:`SortedHistory`, every entry of any other sequence (callers still check)."""
+    if isinstance(history, SortedHistory):
+        return (history[i] for i in history.span(low, high))
+    return history
 
 
 @dataclass(frozen=True, slots=True)

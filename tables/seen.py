@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 from faust.types import AppT, Message, TableT
 
+from pipeline.metrics import SortedHistory
 from tables.context import partition_context
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class SeenIds:
         self._index: dict[int, dict[str, tuple[int, float]]] = {}
         self._pending: dict[int, list[tuple]] = {}
         # per partition: customer -> [(event ts, offset, amount_minor, currency)], oldest first
-        self._customers: dict[int, dict[str, list[tuple[float, int, int, str]]]] = {}
+        self._customers: dict[int, dict[str, SortedHistory]] = {}
         self._chunks: dict[int, deque[tuple[str, float]]] = {}  # (key, newest ts), oldest first
         self.purged = 0
 
@@ -86,16 +87,19 @@ class SeenIds:
             return
         self._pending.setdefault(partition, []).append((tx_id, offset, now, *payment))
         customer, event_ts, amount, currency = payment
-        self._customers[partition].setdefault(customer, []).append(
-            (event_ts, offset, amount, currency))
+        history = self._customers[partition].get(customer)
+        if history is None:
+            history = self._customers[partition][customer] = SortedHistory()
+        history.add((event_ts, offset, amount, currency))
 
-    def history(self, partition: int, customer: str) -> list[tuple[float, int, int, str]]:
-        """The customer's payments accepted in ``partition`` within the dedupe window."""
+    def history(self, partition: int, customer: str) -> SortedHistory:
+        """The customer's payments accepted in ``partition`` within the dedupe window,
+        sorted by event time."""
         customers = self._customers.get(partition)
         if customers is None:
             self._load(partition)
             customers = self._customers[partition]
-        return customers.get(customer, [])
+        return customers.get(customer, _NO_HISTORY)
 
     def flush(self, partition: int, message: Message) -> int:
         """Write the partition's new ids to the table (and its changelog), in chunks."""
@@ -126,7 +130,7 @@ class SeenIds:
                 found.append((int(str(key).split("|", 1)[1]), str(key), value))
         found.sort()
         index: dict[str, tuple[int, float]] = {}
-        customers: dict[str, list[tuple[float, int, int, str]]] = {}
+        customers: dict[str, SortedHistory] = {}
         chunks: deque[tuple[str, float]] = deque()
         for _, key, value in found:
             for entry in value["ids"]:
@@ -134,9 +138,11 @@ class SeenIds:
                 index[tx_id] = (offset, ts)
                 if payment is not None:
                     customer, event_ts, amount, currency = payment
-                    customers.setdefault(customer, []).append(
+                    customers.setdefault(customer, SortedHistory()).append(
                         (event_ts, offset, amount, currency))
             chunks.append((key, float(value["ts"])))
+        for history in customers.values():
+            history.sort()
         self._index[partition] = index
         self._customers[partition] = customers
         self._chunks[partition] = chunks
@@ -144,16 +150,19 @@ class SeenIds:
             log.info("loaded %d seen transaction ids of partition %d", len(index), partition)
         return index
 
-    def _drop_history(self, partition: int, customer: str, offset: int) -> None:
+    def _drop_history(self, partition: int, dropped: dict[str, set[int]]) -> None:
+        """Drop the expired payments (customer -> offsets) from the histories: one pass
+        per customer, however many of its payments expire."""
         customers = self._customers.get(partition, {})
-        entries = customers.get(customer)
-        if entries is None:
-            return
-        kept = [e for e in entries if e[1] != offset]
-        if kept:
-            customers[customer] = kept
-        else:
-            del customers[customer]
+        for customer, offsets in dropped.items():
+            entries = customers.get(customer)
+            if entries is None:
+                continue
+            kept = SortedHistory(e for e in entries if e[1] not in offsets)
+            if kept:
+                customers[customer] = kept
+            else:
+                del customers[customer]
 
     def size(self) -> int:
         return sum(len(index) for index in self._index.values())
@@ -172,6 +181,7 @@ class SeenIds:
             index = self._index.get(partition)
             if not chunks or index is None:
                 continue
+            expired: dict[str, set[int]] = {}
             with partition_context(self.app, message_for(partition)):
                 while chunks and chunks[0][1] < cutoff:
                     key, _ = chunks.popleft()
@@ -184,7 +194,8 @@ class SeenIds:
                             del index[tx_id]
                             dropped += 1
                         if payment is not None:
-                            self._drop_history(partition, payment[0], offset)
+                            expired.setdefault(payment[0], set()).add(offset)
+            self._drop_history(partition, expired)
         self.purged += dropped
         if dropped:
             log.info("expired %d transaction ids", dropped)
@@ -220,6 +231,7 @@ def _json_bound(text: str) -> int:
 
 
 Payment = tuple[str, float, int, str]  # (customer_id, event ts, amount_minor, currency)
+_NO_HISTORY = SortedHistory()  # what history() answers for a new customer; never added to
 
 
 def _split_entry(entry: list) -> tuple[str, int, float, Payment | None]:
