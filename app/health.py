@@ -10,8 +10,9 @@ and 640), so these probes look at the batch path itself:
   connection, a deadlock, a fetcher that stopped.
 * **Readiness** (``/readyz``): partitions are assigned and no rebalance is running,
   the tables have recovered from their changelogs, the configuration topic has been
-  read, and the sink is neither retrying PostgreSQL nor stuck in one step for
-  SINK_STUCK_S.
+  read, the sink is neither retrying PostgreSQL nor stuck in one step for
+  SINK_STUCK_S, nor is the duplicate check (``transaction_claims``), and the worker is
+  live (a stalled worker takes no traffic either).
 
 Each answers 200 or 503 with ``{"status": "ok"|"fail", "reason": ..., "checks": ...}``.
 Lag is the log-end offset minus the committed offset, for the ``payments`` partitions
@@ -149,6 +150,8 @@ class Health:
             "config_synced": self.config_sync.synced,
             "database_retry_s": round(self.sinks.db.retry.seconds(now), 1),
             "sink_step_s": round(now - busy, 1) if busy is not None else 0.0,
+            "duplicate_check_s": round(now - claiming, 1) if (
+                claiming := self.sinks.db.claiming_since) is not None else 0.0,
         }
         if checks["rebalancing"]:
             return Verdict(False, "a rebalance is in progress", checks)
@@ -165,6 +168,9 @@ class Health:
         if checks["sink_step_s"] > self.settings.sink_stuck_s:
             return Verdict(False, f"a sink step has run for {checks['sink_step_s']:.0f} s",
                            checks)
+        if checks["duplicate_check_s"] > self.settings.sink_stuck_s:
+            return Verdict(False, "the duplicate check in PostgreSQL has run for "
+                                  f"{checks['duplicate_check_s']:.0f} s", checks)
         return Verdict(True, f"consuming {len(assigned)} partition(s)", checks)
 
     # -- probes and scrapes ------------------------------------------------------------
@@ -174,6 +180,8 @@ class Health:
         lag = await self.lag()
         now = time.monotonic()
         live, ready = self.liveness(lag, now), self.readiness(now)
+        if ready.ok and not live.ok:  # a stalled worker takes no traffic either
+            ready = Verdict(False, f"not live: {live.reason}", ready.checks)
         self._refresh(lag, now, live, ready)
         return live, ready
 

@@ -314,6 +314,7 @@ class PostgresSink:
         self.give_up_after = give_up_after
         self.finest_window = finest_window  # the window size payment_metrics_5m holds
         self.retry = RetryState()
+        self.claiming_since: float | None = None  # time.monotonic() a claim call began
         self._flagged: Counter[str] = Counter()  # compliance flags of stored payments
         self._flag_lock = threading.Lock()  # written by the sink thread, read by scrapes
 
@@ -332,9 +333,13 @@ class PostgresSink:
         Retried on connection loss like every write."""
         if not entries:
             return {}
-        return with_retries(lambda: self._claim_once(topic, partition, entries),
-                            give_up_after=self.give_up_after,
-                            what="PostgreSQL duplicate check", state=self.retry)
+        self.claiming_since = time.monotonic()  # the readiness probe watches a hung call
+        try:
+            return with_retries(lambda: self._claim_once(topic, partition, entries),
+                                give_up_after=self.give_up_after,
+                                what="PostgreSQL duplicate check", state=self.retry)
+        finally:
+            self.claiming_since = None
 
     def _claim_once(self, topic: str, partition: int,
                     entries: Sequence[tuple[str, int]]) -> dict[str, tuple[str, int, int]]:
