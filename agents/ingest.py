@@ -147,7 +147,7 @@ def register_ingest(
                 return  # rebalanced meanwhile: these records are fetched again, if still ours
         with partition_context(app, messages[-1]):
             payments_by_offset, failed, received = _classify(parsed, seen, partition,
-                                                             claimed)
+                                                             claimed, arrival)
             metrics = {offset: engine.extract(tx, offset, _history(seen, partition))
                        for offset, tx in payments_by_offset.items()}
             window_rows, late = windows.count(partition, messages[0].offset,
@@ -212,6 +212,7 @@ def _classify(
     seen: SeenIds,
     partition: int,
     claimed: dict[str, tuple[str, int, int]] | None = None,
+    arrival: float | None = None,
 ) -> tuple[dict[int, ParsedTransaction], list[FailedMessage], dict[int, float]]:
     """De-duplicate one partition's parsed batch, in offset order; also returns each
     accepted payment's record time (:func:`~pipeline.records.record_time`).
@@ -219,7 +220,8 @@ def _classify(
     With ``claimed`` (the ids another record claimed first, from PostgreSQL) that is the
     verdict, whatever the key, partition or record time of either record and however
     long ago; without it, the partition's in-memory ids within the dedupe window. The
-    same offset again is a redelivery, not a duplicate.
+    same offset again is a redelivery, not a duplicate. The in-memory ids expire on the
+    worker's clock (``arrival``), never on a producer-set record time.
     """
     accepted: dict[int, ParsedTransaction] = {}
     failed: list[FailedMessage] = []
@@ -232,7 +234,8 @@ def _classify(
                                   result.errors, received))
             continue
         tx_id = tx.transaction_id
-        first = seen.first_seen(partition, tx_id, received)
+        now = received if arrival is None else arrival
+        first = seen.first_seen(partition, tx_id, now)
         where: tuple[str, int, int] | None = None
         if claimed is not None:
             where = claimed.get(tx_id)
@@ -249,7 +252,7 @@ def _classify(
             continue
         in_batch.setdefault(tx_id, message.offset)
         if first != message.offset:
-            seen.add(partition, tx_id, message.offset, received,
+            seen.add(partition, tx_id, message.offset, now,
                      (tx.customer_id, tx.event_ts, tx.amount_minor, tx.currency))
         accepted[message.offset] = tx
         times[message.offset] = received

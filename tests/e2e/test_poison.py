@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.dataset as ds
 from aiokafka import AIOKafkaProducer
 
+from devtools.services import call
 from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic
 from tests.helpers import query, read_topic
@@ -169,6 +170,14 @@ def test_no_hostile_record_stops_the_worker_or_counts_twice(stack):
     late = query(url, "SELECT coalesce(sum(count), 0) FROM aggregate_histograms "
                       "WHERE metric_type = 'late_events' AND window_seconds = 300")[0][0]
     assert (windows, late) == (len(valid_ids), 0)
+
+    # the web port: no raw table views, and odd requests answered, never with a 500
+    for path in ("/table/seen-transactions/", "/router/", "/table/"):
+        assert call(f"{worker.web_url}{path}")[0] == 404, path
+    assert call(f"{worker.web_url}/payments/tables/seen-transactions/keys/0%7C0/")[0] == 404
+    assert call(f"{worker.web_url}/payments/tables/stream-clock/keys/0/")[0] == 200
+    assert call(f"{worker.web_url}/payments/stats/reset/", "POST",
+                {"Authorization": "Bearer \u00e9t\u00e9"})[0] == 403
 
     # the lake has every record once; the year-10000 record time is kept as null
     lake = ds.dataset(stack.raw_dir, format="parquet", partitioning="hive").to_table(
