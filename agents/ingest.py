@@ -14,7 +14,7 @@ waits for it: that is the back-pressure. Per batch, in offset order:
 4. count the on-time payments into the window tables, one update per key.
 
 It emits one ``payments-dlq`` record per failed message and one
-:class:`~pipeline.batches.SinkBatch` to the sinks, which ack the offsets once
+:class:`~pipeline.batches.SinkBatch` to the sinks, which commit the offsets once
 everything is durable. Window values and the stream clock go to
 :class:`~tables.payments.WindowState` (behind its write-back cache) and new
 transaction ids to :class:`~tables.seen.SeenIds`; all reach their tables (and
@@ -129,6 +129,7 @@ def register_ingest(
     @app.batch_handler(payments)
     async def ingest(tp: TP, messages: Sequence[Message]) -> None:
         arrival = time.time()
+        epoch = sinks.epoch(tp.partition)  # a revocation while this batch waits drops it
         if not config_sync.synced:  # the topic's version, never the source's, if one exists
             generation = app.consumer_generation_id
             await config_sync.first_sync()
@@ -143,7 +144,8 @@ def register_ingest(
             generation = app.consumer_generation_id
             claimed = await asyncio.to_thread(claims.claim, tp.topic, partition,
                                               _first_ids(parsed))
-            if app.consumer_generation_id != generation:
+            if (app.consumer_generation_id != generation
+                    or sinks.epoch(tp.partition) != epoch):
                 return  # rebalanced meanwhile: these records are fetched again, if still ours
         with partition_context(app, messages[-1]):
             payments_by_offset, failed, received = _classify(parsed, seen, partition,
@@ -170,7 +172,7 @@ def register_ingest(
             "config_version": active.version})
         await sinks.put(
             SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
-                      window_rows, arrival, metrics, active.version)
+                      window_rows, arrival, metrics, active.version, epoch)
         )
         # Bound the producer's buffer (changelog + DLQ records) per batch.
         await app.producer.buffer.wait_until_ebb()

@@ -8,12 +8,13 @@ back-pressure), and for each one, in order:
    transaction (every batch waiting in the queue is merged into it, so the
    sink writes larger transactions exactly when it falls behind);
 2. adds the batch to its partition's Parquet buffer;
-3. when a buffer is due (size or age), writes its files, acks its messages,
-   writes the partition's cached window values to the tables, their windowed
-   metrics to PostgreSQL (``histogram_partials``, ``aggregate_histograms``),
-   flushes the producer (changelog and DLQ records) and commits the offsets.
+3. when a buffer is due (size or age), writes its files, writes the partition's
+   cached window values to the tables, their windowed metrics to PostgreSQL
+   (``histogram_partials``, ``aggregate_histograms``), flushes the producer
+   (changelog and DLQ records) and commits the offset after the buffer's last message.
 
-So an offset is committed only after everything it produced is durable.
+So an offset is committed only after everything it produced is durable, and the sink
+decides which offset that is (:meth:`SinkService._commit`), not Faust's acked list.
 The producer flush and the commit are bounded by ``commit_timeout``: a Kafka client
 that never completes a request (seen with aiokafka across a broker restart) would
 otherwise hold every partition still while the process looks alive. Past the bound
@@ -81,16 +82,32 @@ class SinkService(Service):
         self.files_written = 0
         self.commits = 0
         self.committed_offsets: dict[int, int] = {}  # partition -> offset we committed
+        self._epochs: dict[int, int] = {}  # partition -> revocations so far (epoch())
 
-    async def put(self, batch: SinkBatch) -> None:
-        """Queue a batch; waits while ``max_events`` events are already queued."""
+    def epoch(self, partition: int) -> int:
+        """How often ``partition`` was revoked from this worker: a batch made before the
+        last revocation (its handler began earlier, then waited) is stale."""
+        return self._epochs.get(partition, 0)
+
+    async def put(self, batch: SinkBatch) -> bool:
+        """Queue a batch; waits while ``max_events`` events are already queued. A batch of
+        a partition revoked since its handler began is dropped (returns False): its
+        records are read again from the last commit. Queued after the revocation, it would
+        start the partition's buffers past records that are read again and then skipped,
+        and the commit after it would pass over them."""
         n = len(batch.messages)
         async with self._changed:
             await self._changed.wait_for(
                 lambda: not self._queue or self._queued_events + n <= self.max_events)
+            if batch.epoch != self.epoch(batch.partition):
+                log.info("dropped a batch of %s[%d] at %d-%d fetched before the partition "
+                         "was revoked; it is read again from the last commit", batch.topic,
+                         batch.partition, batch.first_offset, batch.last_offset)
+                return False
             self._queue.append(batch)
             self._queued_events += n
             self._changed.notify_all()
+        return True
 
     @Service.task
     async def _run(self) -> None:
@@ -148,27 +165,39 @@ class SinkService(Service):
         commit_started = time.perf_counter()
         await self._bounded(self.app.producer.flush(),
                             "the producer's flush (changelog and DLQ records)", topic, partition)
-        # acked only now: Faust's own periodic commit may commit acked offsets any time
-        for message in flushed.messages:
-            consumer.ack(message)
         tp = flushed.messages[-1].tp
-        committed = await self._bounded(consumer.commit({tp}), "the offset commit", topic,
-                                        partition)
+        committed = await self._bounded(self._commit(consumer, tp, flushed.last_offset + 1),
+                                        "the offset commit", topic, partition)
         self.telemetry.sink_seconds.labels("commit").observe(time.perf_counter() - commit_started)
         context = {"topic": topic, "partition": partition,
                    "offsets": f"{flushed.first_offset}-{flushed.last_offset}",
                    "batch_size": len(flushed.messages)}
         if committed:
-            log.debug("committed %s[%d] up to %d", topic, partition, flushed.last_offset + 1,
-                      extra=context)
+            log.debug("committed %s[%d] up to %d", topic, partition, committed, extra=context)
             self.commits += 1
-            self.committed_offsets[partition] = flushed.last_offset + 1
-            self.lake.committed(topic, partition, flushed.last_offset + 1)
+            self.committed_offsets[partition] = committed
+            self.lake.committed(topic, partition, committed)
         else:
-            # acked all the same: a later commit (ours or Faust's) covers these
-            # offsets, and the lake keeps listing the files as uncommitted until then
-            log.warning("commit of %s[%d] up to %d not done yet", topic, partition,
+            # the partition was revoked meanwhile (its new owner reads from the last
+            # commit and rewrites the same rows and files), or the commit failed: the
+            # lake keeps listing the files as uncommitted until a later commit covers them
+            log.warning("commit of %s[%d] up to %d not done", topic, partition,
                         flushed.last_offset + 1, extra=context)
+
+    async def _commit(self, consumer: Any, tp: Any, offset: int) -> int | None:
+        """Commit ``offset`` for ``tp``: the offset after the last message this worker made
+        durable (PostgreSQL, the lake, the changelogs), its buffers holding every offset
+        from the partition's last commit on. The worker decides it; Faust's acked-offset
+        list is not used (a gap at its head, left by a takeover, stopped a partition's
+        commits for good: faust-streaming issue 596). Never goes back: returns the
+        partition's committed offset, or None when this commit was not done."""
+        current = consumer._committed_offset.get(tp) or 0
+        if offset <= current:
+            return int(current)
+        # Faust's commit step for explicit offsets: flushes the producer, commits through
+        # aiokafka (a commit for a partition no longer assigned is dropped, and it answers
+        # False), then records the offset as committed and lets the tables know
+        return offset if await consumer._commit_offsets({tp: offset}) else None
 
     async def _bounded(self, step: Awaitable[T], what: str, topic: str, partition: int) -> T:
         """``step``, or the process exits (``on_stuck``) when it outlasts the bound."""
@@ -200,6 +229,8 @@ class SinkService(Service):
         writes of the new owner rewrite the same rows and file names.
         """
         gone = {(tp.topic, tp.partition) for tp in revoked}
+        for tp in revoked:  # at once, before any wait: a handler's put() checks it
+            self._epochs[tp.partition] = self.epoch(tp.partition) + 1
         async with self._lock:
             async with self._changed:
                 self._queue = [b for b in self._queue if (b.topic, b.partition) not in gone]

@@ -27,6 +27,7 @@ class SinkBatch:
     arrival: float
     metrics: dict[int, ExtractionResult] = field(default_factory=dict)  # by offset
     config_version: str = ""  # ActiveConfig.version the batch was processed under
+    epoch: int = 0  # SinkService.epoch(partition) when the handler began: stale if revoked
 
     @property
     def first_offset(self) -> int:

@@ -58,9 +58,19 @@ def test_pushed_rule_reaches_both_workers_within_5s_and_loses_nothing(stack, tmp
     assert before == workers[1].get("/payments/config/")["version"]
     assert ";compliance=files:" in before
 
-    sender = threading.Thread(target=send, args=(stack, events[6_000:], 2_000))
+    # Payments flow before the push and go on after both workers switched: the sender
+    # sends a first part, then waits for the test to say the switch happened (an event
+    # the test controls, so a slow machine cannot finish the stream before the switch).
+    switched_both = threading.Event()
+
+    def sender_body() -> None:
+        send(stack, events[6_000:12_000], 2_000)
+        switched_both.wait(timeout=600)
+        send(stack, events[12_000:], 2_000)
+
+    sender = threading.Thread(target=sender_body)
     sender.start()
-    time.sleep(3)  # payments are flowing
+    stack.wait_until_committed(7_000, timeout=120)  # payments are flowing
     done = stack.cli("config", "push", KEY, "--comment", "lower large-amount threshold",
                      COMPLIANCE_CONFIG=str(lowered_rules(tmp_path / "compliance.yaml")))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -80,7 +90,7 @@ def test_pushed_rule_reaches_both_workers_within_5s_and_loses_nothing(stack, tmp
     assert 0 <= propagation < 5.0
     after = workers[0].get("/payments/config/")["version"]
     assert after == before.replace(before.split(";")[2], "compliance=v1")
-    assert sender.is_alive(), "the switch should happen while payments flow"
+    switched_both.set()  # the rest of the stream comes after the switch
     sender.join()
 
     stack.wait_until_committed(len(events), timeout=240)

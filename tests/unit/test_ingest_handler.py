@@ -38,6 +38,9 @@ class RecordingSink:
     async def put(self, batch) -> None:
         self.batches.append(batch)
 
+    def epoch(self, partition: int) -> int:
+        return 0  # never revoked here
+
 
 @pytest.fixture
 def handler_setup(tmp_path):

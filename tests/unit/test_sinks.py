@@ -1,5 +1,6 @@
 """The sink service's order: PostgreSQL, then the lake, then table values, window rows
-and the producer, and only then ack and commit. A failure on the way commits nothing."""
+and the producer, and only then the commit of the offset the sink decides. A failure on
+the way commits nothing."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ class FakeLake:
     def due(self):
         return []
 
+    def forget(self, topic, partition):
+        self.log("lake.forget", partition)
+
     def seconds_until_due(self):
         return None
 
@@ -65,8 +69,11 @@ class FakeState:
 
 
 def service(log: Log, *, commit_ok: bool = True, windows_fail: bool = False) -> SinkService:
-    async def commit(tps):
-        log("commit", sorted(tps))
+    committed: dict = {}
+
+    async def commit(offsets):  # Faust's Consumer._commit_offsets
+        log("commit", dict(offsets))
+        committed.update(offsets)
         return commit_ok
 
     async def producer_flush():
@@ -79,7 +86,7 @@ def service(log: Log, *, commit_ok: bool = True, windows_fail: bool = False) -> 
         return {"histogram_partials": len(partials)}
 
     app = SimpleNamespace(
-        consumer=SimpleNamespace(ack=lambda m: log("ack", m.offset), commit=commit),
+        consumer=SimpleNamespace(_committed_offset=committed, _commit_offsets=commit),
         producer=SimpleNamespace(flush=producer_flush))
     db = SimpleNamespace(write=lambda batches: log("db.write", len(batches)) or {},
                          write_windows=write_windows)
@@ -102,15 +109,33 @@ def run(sinks: SinkService, *batches: SinkBatch) -> None:
     asyncio.run(go())
 
 
-def test_everything_is_durable_before_the_ack_and_the_commit():
+def test_everything_is_durable_before_the_commit():
     log = Log()
     sinks = service(log)
     run(sinks, batch(3, 10, 2))
     names = [e[0] for e in log]
     assert names == ["db.write", "lake.append", "lake.flush", "windows.flush", "seen.flush",
-                     "producer.flush", "ack", "ack", "commit", "lake.committed"]
+                     "producer.flush", "commit", "lake.committed"]
     assert ("windows.flush", 3, 11) in log  # in the context of the flush's last message
+    assert ("commit", {TP("payments", 3): 12}) in log
     assert sinks.committed_offsets == {3: 12} and sinks.commits == 1
+
+
+def test_the_commit_is_the_offset_after_the_last_durable_message_gaps_or_not():
+    """Offsets the broker never hands out (compaction, transaction markers) and whatever
+    Faust's acked list holds do not matter: the sink commits what it made durable, and
+    never goes back."""
+    log = Log()
+    sinks = service(log)
+    holes = batch(3, 0, 3)
+    for message, offset in zip(holes.messages, (10, 11, 15), strict=True):
+        message.offset = offset
+    run(sinks, holes)
+    assert ("commit", {TP("payments", 3): 16}) in log
+    log.clear()
+    sinks.lake.batches = []  # type: ignore[attr-defined]
+    run(sinks, batch(3, 12, 2))  # an older range (a replay): nothing committed again
+    assert "commit" not in [e[0] for e in log] and sinks.committed_offsets == {3: 16}
 
 
 def test_window_rows_are_written_before_the_commit():
@@ -119,16 +144,16 @@ def test_window_rows_are_written_before_the_commit():
     sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
     run(sinks, batch(3, 0, 1))
     names = [e[0] for e in log]
-    assert names.index("db.write_windows") < names.index("producer.flush") < names.index("ack")
+    assert names.index("db.write_windows") < names.index("producer.flush") < names.index("commit")
 
 
-def test_a_failed_window_write_acks_and_commits_nothing():
+def test_a_failed_window_write_commits_nothing():
     log = Log()
     sinks = service(log, windows_fail=True)
     sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="went away"):
         run(sinks, batch(3, 0, 4))
-    assert not [e for e in log if e[0] in ("ack", "commit", "lake.committed")]
+    assert not [e for e in log if e[0] in ("commit", "lake.committed")]
     assert sinks.committed_offsets == {}
 
 
@@ -136,7 +161,7 @@ def test_a_commit_not_done_leaves_the_offsets_unrecorded():
     log = Log()
     sinks = service(log, commit_ok=False)
     run(sinks, batch(3, 0, 3))
-    assert [e[0] for e in log][-4:] == ["ack", "ack", "ack", "commit"]
+    assert [e[0] for e in log][-2:] == ["producer.flush", "commit"]
     assert sinks.committed_offsets == {} and sinks.commits == 0
 
 
@@ -154,7 +179,7 @@ def test_a_kafka_step_that_never_finishes_ends_the_process_not_the_partition(stu
         await never.wait()
 
     if stuck == "commit":
-        sinks.app.consumer.commit = hang
+        sinks.app.consumer._commit_offsets = hang
     else:
         sinks.app.producer.flush = hang
     exits: list[str] = []
@@ -166,3 +191,25 @@ def test_a_kafka_step_that_never_finishes_ends_the_process_not_the_partition(stu
     assert len(exits) == 1 and exits[0].startswith(f"{what}") and "payments[3]" in exits[0]
     assert "COMMIT_TIMEOUT_S" in exits[0]
     assert "lake.committed" not in [e[0] for e in log] and sinks.commits == 0
+
+
+def test_a_batch_made_before_its_partition_was_revoked_is_dropped_not_queued():
+    """A handler that waited (a full queue, the duplicate check) while its partition was
+    revoked must not queue its batch afterwards: the partition's buffers would start past
+    records that are read again and skipped, and the next commit would pass over them."""
+    log = Log()
+    sinks = service(log)
+
+    async def go() -> list:
+        early = batch(3, 10, 2)
+        early.epoch = sinks.epoch(3)
+        other = batch(1, 0, 1)
+        other.epoch = sinks.epoch(1)
+        await sinks.on_revoked({TP("payments", 3)})
+        fresh = batch(3, 0, 2)
+        fresh.epoch = sinks.epoch(3)
+        return [await sinks.put(early), await sinks.put(other), await sinks.put(fresh)]
+
+    assert asyncio.run(go()) == [False, True, True]
+    assert [(b.partition, b.first_offset) for b in sinks._queue] == [(1, 0), (3, 0)]
+    assert sinks.epoch(3) == 1 and sinks.epoch(1) == 0
