@@ -16,10 +16,11 @@ PROMETHEUS_VERSION := v0.316.0
 CHECKOV_VERSION := 3.3.30
 TOOLS_STAMP := .tools/.installed-helm-$(HELM_VERSION)-actionlint-$(ACTIONLINT_VERSION)-promtool-$(PROMETHEUS_VERSION)-checkov-$(CHECKOV_VERSION)
 COUNT ?= 100000
+RUNS ?= 30
 RATE ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: kafka tools manifests chromium help install demo test test-deploy test-chaos test-unit test-integration test-e2e lint bench simulate migrate worker clean
+.PHONY: kafka tools manifests chromium help install demo test test-deploy test-chaos test-takeover test-unit test-integration test-e2e lint bench simulate migrate worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -84,6 +85,15 @@ test: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) $(TOOLS_STAMP) chromium ## every tes
 
 test-chaos: $(STAMP) $(KAFKA_STAMP) ## the long fault runs: 10 SIGKILLs across 500,000 events, PostgreSQL down 60 s
 	$(PY) -m pytest tests/chaos -s
+
+test-takeover: $(STAMP) $(KAFKA_STAMP) ## the two-worker SIGKILL takeover test RUNS times in a row (default 30); stops at the first failure
+	@mkdir -p .run; for i in $$(seq 1 $(RUNS)); do \
+	  started=$$(date +%s); \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_faults.py \
+	    -k test_one_of_two_workers_sigkilled_the_other_takes_every_partition >.run/takeover-$$i.log 2>&1 \
+	    || { echo "run $$i of $(RUNS): FAILED (.run/takeover-$$i.log)"; exit 1; }; \
+	  echo "run $$i of $(RUNS): passed in $$(( $$(date +%s) - started )) s"; \
+	done; echo "$(RUNS) of $(RUNS) passed"
 
 test-unit: $(STAMP) ## unit tests only (no services)
 	$(PY) -m pytest tests/unit
