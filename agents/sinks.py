@@ -83,6 +83,8 @@ class SinkService(Service):
         self.commits = 0
         self.committed_offsets: dict[int, int] = {}  # partition -> offset we committed
         self._epochs: dict[int, int] = {}  # partition -> revocations so far (epoch())
+        # partition -> time.time() of its last commit here, or of its assignment
+        self.last_commit_at: dict[int, float] = {}
 
     def epoch(self, partition: int) -> int:
         """How often ``partition`` was revoked from this worker: a batch made before the
@@ -176,6 +178,7 @@ class SinkService(Service):
             log.debug("committed %s[%d] up to %d", topic, partition, committed, extra=context)
             self.commits += 1
             self.committed_offsets[partition] = committed
+            self.last_commit_at[partition] = time.time()
             self.lake.committed(topic, partition, committed)
         else:
             # the partition was revoked meanwhile (its new owner reads from the last
@@ -237,9 +240,18 @@ class SinkService(Service):
                 self._queued_events = sum(len(b.messages) for b in self._queue)
                 self._changed.notify_all()
             for tp in revoked:
+                self.last_commit_at.pop(tp.partition, None)
                 self.lake.forget(tp.topic, tp.partition)
                 for cache in self.caches:
                     cache.forget(tp.partition)
+
+    def on_assigned(self, assigned: set) -> None:
+        """A rebalance ended: the partitions' commits are timed from now (their committed
+        offset came with the assignment)."""
+        self.telemetry.rebalances.inc()
+        now = time.time()
+        for tp in assigned:
+            self.last_commit_at.setdefault(tp.partition, now)
 
     async def on_stop(self) -> None:
         try:

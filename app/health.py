@@ -192,7 +192,20 @@ class Health:
             t.lag.clear()  # a revoked partition's series goes with it
             for tp, n in lag.items():
                 t.lag.labels(tp.topic, str(tp.partition)).set(n)
-        t.assigned.set(len(self._assigned()))
+        assigned = self._assigned()
+        t.assigned.set(len(assigned))
+        # commits per owned partition: a revoked partition's series go with it
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        t.committed_offset.clear()
+        t.last_commit.clear()
+        for tp in assigned:
+            labels = (tp.topic, str(tp.partition))
+            offset = committed.get(tp)
+            if offset is not None:
+                t.committed_offset.labels(*labels).set(offset)
+            at = self.sinks.last_commit_at.get(tp.partition)
+            if at is not None:
+                t.last_commit.labels(*labels).set(at)
         t.db_retrying.set(1 if self.sinks.db.retry.since is not None else 0)
         t.db_retry_seconds.set(self.sinks.db.retry.seconds(now))
         t.recovering.set(1 if self._recovering() else 0)

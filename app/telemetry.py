@@ -80,6 +80,16 @@ class Telemetry:
         self.lag = Gauge(f"{PREFIX}_consumer_lag",
                          "log-end offset minus committed offset, per partition this worker "
                          "owns", ["topic", "partition"], registry=r)
+        self.committed_offset = Gauge(f"{PREFIX}_committed_offset",
+                                      "the committed offset (next to read), per partition "
+                                      "this worker owns", ["topic", "partition"], registry=r)
+        self.last_commit = Gauge(f"{PREFIX}_last_commit_timestamp_seconds",
+                                 "when this worker last committed the partition's offset (or "
+                                 "was assigned it), Unix time", ["topic", "partition"],
+                                 registry=r)
+        self.rebalances = Counter(f"{PREFIX}_rebalances",
+                                  "rebalances this worker took part in (assignments received)",
+                                  registry=r)
         self.db_retrying = Gauge(f"{PREFIX}_database_retrying",
                                  "1 while a sink write is retrying PostgreSQL", registry=r)
         self.db_retry_seconds = Gauge(f"{PREFIX}_database_retry_seconds",

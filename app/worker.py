@@ -87,6 +87,11 @@ def build(settings: Settings) -> PaymentApp:
         await sinks.on_revoked(revoked)
 
     faust_app.on_partitions_revoked.connect(_on_revoked)  # type: ignore[arg-type]
+
+    async def _on_assigned(sender: object, assigned: set, **kwargs: Any) -> None:
+        sinks.on_assigned({tp for tp in assigned if tp.topic == payments.get_topic_name()})
+
+    faust_app.on_partitions_assigned.connect(_on_assigned)  # type: ignore[arg-type]
     health = Health(faust_app, settings, telemetry, sinks, config, config_sync, windows)
     register_views(faust_app, settings, stats, sinks, windows, seen, config, health, telemetry)
     return faust_app
