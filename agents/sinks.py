@@ -8,13 +8,12 @@ back-pressure), and for each one, in order:
    transaction (every batch waiting in the queue is merged into it, so the
    sink writes larger transactions exactly when it falls behind);
 2. adds the batch to its partition's Parquet buffer;
-3. when a buffer is due (size or age), writes its files, writes the partition's
-   cached window values to the tables, their windowed metrics to PostgreSQL
-   (``histogram_partials``, ``aggregate_histograms``), flushes the producer
-   (changelog and DLQ records) and commits the offset after the buffer's last message.
+3. when a buffer is due (size or age), writes its files, acks its messages,
+   writes the partition's cached window values to the tables, their windowed
+   metrics to PostgreSQL (``histogram_partials``, ``aggregate_histograms``),
+   flushes the producer (changelog and DLQ records) and commits the offsets.
 
-So an offset is committed only after everything it produced is durable, and the sink
-decides which offset that is (:meth:`SinkService._commit`), not Faust's acked list.
+So an offset is committed only after everything it produced is durable.
 The producer flush and the commit are bounded by ``commit_timeout``: a Kafka client
 that never completes a request (seen with aiokafka across a broker restart) would
 otherwise hold every partition still while the process looks alive. Past the bound
@@ -167,9 +166,13 @@ class SinkService(Service):
         commit_started = time.perf_counter()
         await self._bounded(self.app.producer.flush(),
                             "the producer's flush (changelog and DLQ records)", topic, partition)
+        # acked only now: Faust's own periodic commit may commit acked offsets any time
+        for message in flushed.messages:
+            consumer.ack(message)
         tp = flushed.messages[-1].tp
-        committed = await self._bounded(self._commit(consumer, tp, flushed.last_offset + 1),
-                                        "the offset commit", topic, partition)
+        done = await self._bounded(consumer.commit({tp}), "the offset commit", topic,
+                                   partition)
+        committed = flushed.last_offset + 1 if done else None
         self.telemetry.sink_seconds.labels("commit").observe(time.perf_counter() - commit_started)
         context = {"topic": topic, "partition": partition,
                    "offsets": f"{flushed.first_offset}-{flushed.last_offset}",
@@ -181,26 +184,10 @@ class SinkService(Service):
             self.last_commit_at[partition] = time.time()
             self.lake.committed(topic, partition, committed)
         else:
-            # the partition was revoked meanwhile (its new owner reads from the last
-            # commit and rewrites the same rows and files), or the commit failed: the
-            # lake keeps listing the files as uncommitted until a later commit covers them
-            log.warning("commit of %s[%d] up to %d not done", topic, partition,
+            # acked all the same: a later commit (ours or Faust's) covers these
+            # offsets, and the lake keeps listing the files as uncommitted until then
+            log.warning("commit of %s[%d] up to %d not done yet", topic, partition,
                         flushed.last_offset + 1, extra=context)
-
-    async def _commit(self, consumer: Any, tp: Any, offset: int) -> int | None:
-        """Commit ``offset`` for ``tp``: the offset after the last message this worker made
-        durable (PostgreSQL, the lake, the changelogs), its buffers holding every offset
-        from the partition's last commit on. The worker decides it; Faust's acked-offset
-        list is not used (a gap at its head, left by a takeover, stopped a partition's
-        commits for good: faust-streaming issue 596). Never goes back: returns the
-        partition's committed offset, or None when this commit was not done."""
-        current = consumer._committed_offset.get(tp) or 0
-        if offset <= current:
-            return int(current)
-        # Faust's commit step for explicit offsets: flushes the producer, commits through
-        # aiokafka (a commit for a partition no longer assigned is dropped, and it answers
-        # False), then records the offset as committed and lets the tables know
-        return offset if await consumer._commit_offsets({tp: offset}) else None
 
     async def _bounded(self, step: Awaitable[T], what: str, topic: str, partition: int) -> T:
         """``step``, or the process exits (``on_stuck``) when it outlasts the bound."""

@@ -11,10 +11,8 @@ latency stays low at low rates and batches grow by themselves under load).
 
 Everything else stays Faust's: partition assignment and rebalancing, the
 changelog topics and their recovery (those messages still go through the stock
-per-message callback), the producer, the web server and ``faust -A app worker``.
-Except the commits of batch topics: the sinks commit the offset they made durable
-(:meth:`agents.sinks.SinkService._commit`), and nothing is acked, so Faust's
-acked-offset list (and its gap bookkeeping) plays no part (docs/adr/0010).
+per-message callback), offsets and commits (handlers ack what they made
+durable), the producer, the web server and ``faust -A app worker``.
 """
 
 from __future__ import annotations
@@ -82,6 +80,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
                     for record in batch:
                         await callback(to_message(tp, record))
                 else:
+                    expected = batch[0].offset if r_offset is None else r_offset
+                    if batch[-1].offset - expected + 1 != len(batch):
+                        await self._record_gaps(tp, expected, batch)
                     await handler(tp, [to_message(tp, record) for record in batch])
                     app.last_batch_at = monotonic()
                     if app.consumer_generation_id != generation:
@@ -112,6 +113,27 @@ class BatchConsumer(aiokafka_driver.Consumer):
             earliest = await self.earliest_offsets(*never)
             for tp in never:
                 await self.seek(tp, earliest.get(tp) or 0)
+
+    async def _record_gaps(self, tp: TP, expected: int, batch: Sequence[Any]) -> None:
+        """Mark offsets with no record (transaction markers, compaction) as done.
+
+        Faust commits only contiguous acked offsets; the stock drain loop
+        records such gaps per message, this one only when a batch has any.
+        """
+        for first, last in offset_gaps(expected, [record.offset for record in batch]):
+            await self._add_gap(tp, first, last)
+
+
+def offset_gaps(expected: int, offsets: Sequence[int]) -> list[tuple[int, int]]:
+    """The ``(first, last)`` ranges of offsets with no record, from ``expected`` (the
+    next offset to read) up to the batch's last offset (``offsets`` ascending)."""
+    gaps = []
+    previous = expected - 1
+    for offset in offsets:
+        if offset > previous + 1:
+            gaps.append((previous + 1, offset - 1))
+        previous = offset
+    return gaps
 
 
 class BatchTransport(aiokafka_driver.Transport):

@@ -1,6 +1,5 @@
 """The sink service's order: PostgreSQL, then the lake, then table values, window rows
-and the producer, and only then the commit of the offset the sink decides. A failure on
-the way commits nothing."""
+and the producer, and only then ack and commit. A failure on the way commits nothing."""
 
 from __future__ import annotations
 
@@ -69,11 +68,8 @@ class FakeState:
 
 
 def service(log: Log, *, commit_ok: bool = True, windows_fail: bool = False) -> SinkService:
-    committed: dict = {}
-
-    async def commit(offsets):  # Faust's Consumer._commit_offsets
-        log("commit", dict(offsets))
-        committed.update(offsets)
+    async def commit(tps):
+        log("commit", sorted(tps))
         return commit_ok
 
     async def producer_flush():
@@ -86,7 +82,7 @@ def service(log: Log, *, commit_ok: bool = True, windows_fail: bool = False) -> 
         return {"histogram_partials": len(partials)}
 
     app = SimpleNamespace(
-        consumer=SimpleNamespace(_committed_offset=committed, _commit_offsets=commit),
+        consumer=SimpleNamespace(ack=lambda m: log("ack", m.offset), commit=commit),
         producer=SimpleNamespace(flush=producer_flush))
     db = SimpleNamespace(write=lambda batches: log("db.write", len(batches)) or {},
                          write_windows=write_windows)
@@ -109,33 +105,15 @@ def run(sinks: SinkService, *batches: SinkBatch) -> None:
     asyncio.run(go())
 
 
-def test_everything_is_durable_before_the_commit():
+def test_everything_is_durable_before_the_ack_and_the_commit():
     log = Log()
     sinks = service(log)
     run(sinks, batch(3, 10, 2))
     names = [e[0] for e in log]
     assert names == ["db.write", "lake.append", "lake.flush", "windows.flush", "seen.flush",
-                     "producer.flush", "commit", "lake.committed"]
+                     "producer.flush", "ack", "ack", "commit", "lake.committed"]
     assert ("windows.flush", 3, 11) in log  # in the context of the flush's last message
-    assert ("commit", {TP("payments", 3): 12}) in log
     assert sinks.committed_offsets == {3: 12} and sinks.commits == 1
-
-
-def test_the_commit_is_the_offset_after_the_last_durable_message_gaps_or_not():
-    """Offsets the broker never hands out (compaction, transaction markers) and whatever
-    Faust's acked list holds do not matter: the sink commits what it made durable, and
-    never goes back."""
-    log = Log()
-    sinks = service(log)
-    holes = batch(3, 0, 3)
-    for message, offset in zip(holes.messages, (10, 11, 15), strict=True):
-        message.offset = offset
-    run(sinks, holes)
-    assert ("commit", {TP("payments", 3): 16}) in log
-    log.clear()
-    sinks.lake.batches = []  # type: ignore[attr-defined]
-    run(sinks, batch(3, 12, 2))  # an older range (a replay): nothing committed again
-    assert "commit" not in [e[0] for e in log] and sinks.committed_offsets == {3: 16}
 
 
 def test_window_rows_are_written_before_the_commit():
@@ -144,16 +122,16 @@ def test_window_rows_are_written_before_the_commit():
     sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
     run(sinks, batch(3, 0, 1))
     names = [e[0] for e in log]
-    assert names.index("db.write_windows") < names.index("producer.flush") < names.index("commit")
+    assert names.index("db.write_windows") < names.index("producer.flush") < names.index("ack")
 
 
-def test_a_failed_window_write_commits_nothing():
+def test_a_failed_window_write_acks_and_commits_nothing():
     log = Log()
     sinks = service(log, windows_fail=True)
     sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="went away"):
         run(sinks, batch(3, 0, 4))
-    assert not [e for e in log if e[0] in ("commit", "lake.committed")]
+    assert not [e for e in log if e[0] in ("ack", "commit", "lake.committed")]
     assert sinks.committed_offsets == {}
 
 
@@ -161,7 +139,7 @@ def test_a_commit_not_done_leaves_the_offsets_unrecorded():
     log = Log()
     sinks = service(log, commit_ok=False)
     run(sinks, batch(3, 0, 3))
-    assert [e[0] for e in log][-2:] == ["producer.flush", "commit"]
+    assert [e[0] for e in log][-4:] == ["ack", "ack", "ack", "commit"]
     assert sinks.committed_offsets == {} and sinks.commits == 0
 
 
@@ -179,7 +157,7 @@ def test_a_kafka_step_that_never_finishes_ends_the_process_not_the_partition(stu
         await never.wait()
 
     if stuck == "commit":
-        sinks.app.consumer._commit_offsets = hang
+        sinks.app.consumer.commit = hang
     else:
         sinks.app.producer.flush = hang
     exits: list[str] = []
