@@ -15,10 +15,13 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow.dataset as ds
+import yaml
 from aiokafka import AIOKafkaProducer
 
+from config import CONFIG_DIR
 from devtools.services import call
 from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic
@@ -129,12 +132,31 @@ async def _produce(bootstrap: str, records: list[Record], partitions: int) -> No
         await producer.stop()
 
 
-def test_no_hostile_record_stops_the_worker_or_counts_twice(stack):
+# A pattern that backtracks catastrophically on Python's re: (a+)+ against forty a's and a
+# b takes 2^40 steps there. On RE2 it is linear; the worker must not stall on it.
+CATASTROPHIC = "^(a+)+$|^m.*$"
+
+
+def catastrophic_config(tmp_path: Path) -> Path:
+    doc = yaml.safe_load((CONFIG_DIR / "validation.yaml").read_text())
+    doc["schema"] = str(CONFIG_DIR / "schemas" / "transaction-v1.json")
+    doc["rules"].append({"rule": "pattern", "field": "merchant_id", "pattern": CATASTROPHIC})
+    path = tmp_path / "validation.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_no_hostile_record_stops_the_worker_or_counts_twice(stack, tmp_path):
     now = datetime.now(UTC)
     records = poison_stream(now)
+    # the regex's worst case, under a rule the worker runs on every payment
+    ago = now - timedelta(seconds=30)
+    records.insert(0, Record(json.dumps(_payment("redos", ago, merchant_id="a" * 40 + "b"))
+                             .encode(), 1, "rule"))
     ordinary = list(PaymentGenerator({**load_scenario(), "late_event_ratio": 0.0,
                                       "duplicate_ratio": 0.0}, seed=19).events(600))
-    worker = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1")
+    worker = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1",
+                                VALIDATION_CONFIG=str(catastrophic_config(tmp_path)))
     asyncio.run(_produce(stack.broker.bootstrap, records, stack.partitions))
     stack.send(ordinary)
     total = len(records) + len(ordinary)
