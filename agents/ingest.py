@@ -162,7 +162,7 @@ def register_ingest(
                 key=f"{item.topic}-{item.partition}-{item.offset}".encode(),
                 value=dead_letter_value(item.to_dict(payload=False), item.raw),
             )
-        latencies = _record(stats, messages, failed, arrival, done)
+        latencies = _record(stats, parsed, failed, arrival, done)
         stats.late += late
         telemetry.record_batch(len(messages), [f.category.value for f in failed], late,
                                done - arrival, latencies)
@@ -300,10 +300,10 @@ def _record_extractor_errors(stats: IngestStats, metrics: dict[int, ExtractionRe
                 stats.extractor_errors[error.extractor] += 1
 
 
-def _record(stats: IngestStats, messages: Sequence[Message], failed: list[FailedMessage],
+def _record(stats: IngestStats, parsed: Parsed, failed: list[FailedMessage],
             arrival: float, done: float) -> list[float]:
     """Count a batch into the live stats; returns its events' latencies (seconds)."""
-    n = len(messages)
+    n = len(parsed)
     stats.consumed += n
     stats.failed += len(failed)
     stats.accepted += n - len(failed)
@@ -312,8 +312,9 @@ def _record(stats: IngestStats, messages: Sequence[Message], failed: list[Failed
     if stats.first_event_at is None:
         stats.first_event_at = arrival
     stats.last_event_at = done
-    # producer-set times outside the plausible range would skew the latency figures
-    stamps = [t for m in messages if (t := m.timestamp) and record_time(t, arrival) == t]
+    # record times as _parse judged them: producer-set times outside the plausible range
+    # (replaced by the arrival time there) would skew the latency figures
+    stamps = [t for m, _, t in parsed if m.timestamp and t == m.timestamp]
     latencies = [done - t for t in stamps]
     stats.latencies.extend(latencies)
     stats.fetch_latencies.extend(arrival - t for t in stamps)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import re2
@@ -50,17 +51,16 @@ def linear(pattern: str) -> Any:
 def trusted_patterns() -> frozenset[str]:
     """The contract schema's patterns, which run on Python's ``re``."""
     schema = json.loads((CONFIG_DIR / "schemas" / "transaction-v1.json").read_text())
-    found: set[str] = set()
+    return frozenset(patterns(schema))
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("pattern"), str):
-                found.add(node["pattern"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
 
-    walk(schema)
-    return frozenset(found)
+def patterns(node: Any) -> Iterator[str]:
+    """Every ``pattern`` keyword's value in a JSON Schema, at any depth."""
+    if isinstance(node, dict):
+        if isinstance(node.get("pattern"), str):
+            yield node["pattern"]
+        for value in node.values():
+            yield from patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from patterns(value)

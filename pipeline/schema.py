@@ -31,7 +31,7 @@ import msgspec
 from models.errors import PaymentMonitorError
 from models.events import ValidationError, short_repr
 from pipeline.iso import FORMATS, format_checks, is_known
-from pipeline.regex import linear, trusted_patterns
+from pipeline.regex import linear, patterns, trusted_patterns
 
 _ANNOTATIONS = {"$schema", "$id", "title", "description", "$comment", "examples"}
 _OBJECT_KEYS = _ANNOTATIONS | {"type", "additionalProperties", "required", "properties"}
@@ -134,17 +134,12 @@ def untrusted_patterns(schema: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def check_patterns(node: Any) -> None:
+def check_patterns(schema: dict[str, Any]) -> None:
     """Raise :class:`~pipeline.regex.SlowPattern` for any pattern in a schema that RE2
     cannot run."""
-    if isinstance(node, dict):
-        if isinstance(node.get("pattern"), str) and node["pattern"] not in trusted_patterns():
-            linear(node["pattern"])
-        for value in node.values():
-            check_patterns(value)
-    elif isinstance(node, list):
-        for value in node:
-            check_patterns(value)
+    for pattern in patterns(schema):
+        if pattern not in trusted_patterns():
+            linear(pattern)
 
 
 def _literal(values: list[Any], name: str) -> Any:
