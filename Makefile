@@ -20,7 +20,7 @@ RUNS ?= 30
 RATE ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: kafka tools manifests chromium help install demo test test-deploy test-chaos test-takeover test-unit test-integration test-e2e lint bench simulate migrate worker clean
+.PHONY: kafka tools manifests chromium help install demo test test-deploy test-chaos test-takeover test-unit test-integration test-e2e lint bench soak simulate migrate worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -114,6 +114,12 @@ lint: $(STAMP) ## ruff, mypy and the import contracts (.importlinter: layers, no
 
 bench: $(STAMP) $(KAFKA_STAMP) ## throughput and latency against a raw aiokafka consumer (prints figures)
 	$(PY) -m benchmarks.pipeline
+
+SOAK_RATE ?= 8000
+SOAK_MINUTES ?= 30
+SOAK_WORKERS ?= 1
+soak: $(STAMP) $(KAFKA_STAMP) ## SOAK_RATE payments/s for SOAK_MINUTES into SOAK_WORKERS workers: RSS, lag, CPU every 30 s, a plot, and an exactness check
+	$(PY) -m benchmarks.soak --rate $(SOAK_RATE) --minutes $(SOAK_MINUTES) --workers $(SOAK_WORKERS)
 
 simulate: $(STAMP) ## send COUNT events to BROKER_URL at RATE events/s
 	$(PY) -m simulator --count $(COUNT) --rate $(RATE)

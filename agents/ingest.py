@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 class IngestStats:
     """Live counters and a latency reservoir, shown in the web UI and used by the benchmark."""
 
-    def __init__(self, reservoir: int = 200_000) -> None:
+    def __init__(self, reservoir: int = 50_000) -> None:
         # seconds from the producer's timestamp to the table update, newest last
         self.latencies: deque[float] = deque(maxlen=reservoir)
         # ... and to the arrival of the fetch that brought the event
@@ -138,6 +138,10 @@ def register_ingest(
         active = config.active  # the whole batch runs under this one version
         engine = active.engine
         partition = tp.partition
+        # the first batch since the assignment loads the partition's state first
+        if not seen.loaded(partition) and (not await seen.load(partition)
+                                           or sinks.epoch(partition) != epoch):
+            return  # revoked meanwhile: these records are fetched again, if still ours
         parsed = _parse(active.validator, messages, arrival)
         claimed = None
         if claims is not None:
@@ -237,7 +241,7 @@ def _classify(
             continue
         tx_id = tx.transaction_id
         now = received if arrival is None else arrival
-        first = seen.first_seen(partition, tx_id, now)
+        first = None if claimed is not None else seen.first_seen(partition, tx_id, now)
         where: tuple[str, int, int] | None = None
         if claimed is not None:
             where = claimed.get(tx_id)

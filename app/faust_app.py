@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -220,6 +221,24 @@ def broker_options(conn: BrokerConnection) -> dict[str, Any]:
     return options
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """At most ``arenas`` glibc malloc arenas, as ``MALLOC_ARENA_MAX`` would set them.
+
+    glibc gives threads arenas of their own, up to 8 per core; the sink threads
+    (PostgreSQL, Parquet, the claims) each fragment one, and a worker under load held
+    100 MB more for it (docs/performance.md, "Memory"). Set before those threads start.
+    A no-op where the C library is not glibc (returns False)."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
+
+
 def create_app(settings: Settings) -> PaymentApp:
     """Create the worker app; nothing connects until the worker starts."""
     # uvloop: -24 % throughput without it (docs/adr/0001-batch-path.md). Set before
@@ -229,6 +248,7 @@ def create_app(settings: Settings) -> PaymentApp:
     # and at the default gen-0 threshold (700) a collection ran every few events (handler
     # alone: 8,700 events/s at 700, 15,000 at 100,000; docs/adr/0005-metrics-and-windows.md).
     gc.set_threshold(*settings.gc_thresholds)
+    limit_malloc_arenas()
     redact_secrets(settings.secrets)
     return PaymentApp(
         settings.app_id,

@@ -50,8 +50,9 @@ def build(settings: Settings) -> PaymentApp:
     windows = WindowState(faust_app,
                           declare_tables(faust_app, partitions, settings.window_size_list),
                           config.bounds, settings.window_grace_s, PAYMENTS)
+    # PostgreSQL's claims decide whether an id is new (claims=db below): no ids in memory
     seen = SeenIds(faust_app, declare_seen_table(faust_app, partitions),
-                   settings.dedupe_window_s)
+                   settings.dedupe_window_s, ids_in_memory=False)
 
     db_engine = create_db_engine(
         settings.database_url_with_password,

@@ -21,7 +21,6 @@ from pipeline.metrics import (
     MetricExtractor,
     MetricsConfigError,
     MetricType,
-    SortedHistory,
     _param,
     register,
     time_range,
@@ -122,8 +121,12 @@ class Velocity(Rule):
     def extract(self, tx, offset, history):
         t = tx.event_ts
         n = 1
-        for ts, off, _amount, _currency in time_range(history(tx.customer_id),
-                                                      t - self.within, t + self.within):
+        past = history(tx.customer_id)
+        times = getattr(past, "times", None)  # (ts, offset) only, from memory mostly
+        found = (times(t - self.within, t + self.within) if times is not None
+                 else ((e[0], e[1]) for e in time_range(past, t - self.within,
+                                                        t + self.within)))
+        for ts, off in found:
             if (offset < 0 or off < offset) and abs(ts - t) <= self.within:
                 n += 1
                 if n > self.max_payments:  # the verdict is in: bounded time per payment
@@ -160,9 +163,10 @@ class Structuring(Rule):
         t = tx.event_ts
         n = 1
         past = history(tx.customer_id)
-        if isinstance(past, SortedHistory):  # only the payments just under, by bisection
+        amounts = getattr(past, "amounts", None)
+        if amounts is not None:  # only the payments just under, from an index by amount
             limit = self.thresholds[tx.currency]
-            candidates = past.amounts(tx.currency, limit * self.fraction, limit)
+            candidates = amounts(tx.currency, limit * self.fraction, limit)
         else:
             candidates = time_range(past, t - self.within, t + self.within)
         for ts, off, amount, currency in candidates:

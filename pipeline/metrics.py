@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from operator import itemgetter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 import msgspec
 
@@ -164,7 +164,25 @@ class MetricsConfigError(PaymentMonitorError, ValueError):
     """A metrics or compliance configuration that cannot be used; names the entry."""
 
 
-History = Callable[[str], Sequence[tuple[float, int, int, str]]]
+Entry = tuple[float, int, int, str]  # (event ts, offset, amount_minor, currency)
+
+
+class PaymentHistory(Protocol):
+    """A customer's accepted payments, searchable without a scan of all of them (in
+    memory: :class:`SortedHistory`; on disk: :mod:`tables.histories`). The entries
+    found may lie a little outside the bounds: callers check."""
+
+    def between(self, low: float, high: float) -> Iterable[Entry]: ...
+
+    def amounts(self, currency: str, low: float, high: float) -> Iterable[Entry]: ...
+
+    def times(self, low: float, high: float) -> Iterable[tuple[float, int]]:
+        """(event ts, offset) of the entries between ``low`` and ``high``: all velocity
+        needs, and cheaper than whole entries where a store keeps them apart."""
+        ...
+
+
+History = Callable[[str], "Sequence[Entry] | PaymentHistory"]
 """A customer's earlier accepted payments in its partition: (event ts, offset, amount, currency)."""
 
 
@@ -211,6 +229,9 @@ class SortedHistory(list):  # type: ignore[type-arg]  # of (event ts, offset, am
         end = bisect.bisect_left(found, high, key=_AMOUNT)
         return (found[i] for i in range(first, end))
 
+    def between(self, low: float, high: float) -> Iterable[tuple[float, int, int, str]]:
+        return (self[i] for i in self.span(low, high))
+
     def span(self, low: float, high: float) -> range:
         """Indexes of the entries with ``low <= event ts <= high``."""
         return range(bisect.bisect_left(self, (low,)),
@@ -220,13 +241,15 @@ class SortedHistory(list):  # type: ignore[type-arg]  # of (event ts, offset, am
 _AMOUNT = itemgetter(2)
 
 
-def time_range(history: Sequence[tuple[float, int, int, str]], low: float,
-               high: float) -> Iterable[tuple[float, int, int, str]]:
-    """The entries of ``history`` that may lie within ``[low, high]``: found by bisection
-    in a :class:`SortedHistory`, every entry of any other sequence (callers still check)."""
-    if isinstance(history, SortedHistory):
-        return (history[i] for i in history.span(low, high))
-    return history
+def time_range(history: Sequence[Entry] | PaymentHistory, low: float,
+               high: float) -> Iterable[Entry]:
+    """The entries of ``history`` that may lie within ``[low, high]``: found by its
+    ``between`` (:class:`PaymentHistory`), else every entry of the sequence (callers
+    still check)."""
+    between = getattr(history, "between", None)
+    if between is not None:
+        return cast(Iterable[Entry], between(low, high))
+    return cast(Sequence[Entry], history)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from pipeline.windows import (
 )
 from tables.cache import WriteBackCache
 from tables.context import partition_context, placeholder_message
+from tables.stores import rocksdb_options
 
 log = logging.getLogger(__name__)
 CLOCK_TABLE = "stream-clock"
@@ -86,12 +87,15 @@ def declare_tables(app: AppT, partitions: int, sizes: Iterable[int] = (300, 3600
     for size in sizes:
         tables[counts_table(size)] = app.Table(
             counts_table(size), default=None, partitions=partitions,
-            help=f"accepted payments per {size} s event-time window, channel and partition")
+            help=f"accepted payments per {size} s event-time window, channel and partition",
+            options=rocksdb_options())
         tables[metrics_table(size)] = app.Table(
             metrics_table(size), default=None, partitions=partitions,
-            help=f"windowed metric histograms per {size} s event-time window and partition")
+            help=f"windowed metric histograms per {size} s event-time window and partition",
+            options=rocksdb_options())
     tables[CLOCK_TABLE] = app.Table(CLOCK_TABLE, default=None, partitions=partitions,
-                                    help="stream time (newest event time) per partition")
+                                    help="stream time (newest event time) per partition",
+                                    options=rocksdb_options())
     return WindowTables(sizes, tables)
 
 

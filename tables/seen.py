@@ -1,43 +1,52 @@
-"""Transaction ids already accepted, per source partition: the duplicate check's state.
+"""Transaction ids already accepted, per source partition, and each customer's payments.
 
 Durable state is the table ``seen-transactions`` (RocksDB, changelog
 partitioned like ``payments``). Each entry is a *chunk*: the ids one partition
 accepted between two commits, at most :data:`CHUNK_IDS` of them, under the key
 ``"<partition>|<first offset>"`` with the value
-``{"ts": newest broker timestamp, "ids": [[transaction_id, offset, ts, customer_id,
+``{"ts": newest arrival time, "ids": [[transaction_id, offset, ts, customer_id,
 event ts, amount_minor, currency], ...]}``.
-Lookups use an in-memory index per partition, built from that partition's
-chunks the first time the partition is seen after an assignment.
 
 Why chunks and not one entry per id: a table write is a changelog record, and
 one record per event halved the pipeline's throughput (docs/performance.md,
 ``python -m benchmarks.pipeline``); a chunk is one record per few thousand
-events. The price is memory: the index holds every id of the dedupe window
-(about 200 bytes each; docs/errors.md has the sizing).
+events.
 
-Semantics: a record whose id was accepted before at another offset is a
-duplicate; the same record delivered again after a crash (same offset) is not.
-The scope is the source partition, that is the merchant (the message key).
+What is held where (issue 20: memory must not grow with traffic):
 
-The same entries give each customer's recent payments (:meth:`SeenIds.history`),
-which the compliance rules over time (velocity, structuring) read: one
-journal of the partition's accepted payments serves both.
-Ids expire ``expiry`` seconds (broker time) after they were accepted; the
-periodic :meth:`SeenIds.purge` deletes chunks whose ids have all expired.
-New ids are written before each commit (:meth:`SeenIds.flush`), so a crash
-replays records whose ids are not in the table yet and finds them again.
+* **Whether an id is new** is decided by PostgreSQL's claims in the worker
+  (:meth:`storage.postgres.PostgresSink.claim`). There the ids are not held in
+  memory at all (``ids_in_memory=False``). Without claims (unit tests) an
+  in-memory index per partition, built from its chunks, answers
+  :meth:`SeenIds.first_seen`: a record whose id was accepted before at another
+  offset is a duplicate; the same record delivered again (same offset) is not.
+* **Each customer's payments** (:meth:`SeenIds.history`), which the compliance
+  rules over time read, live on local disk (:class:`~tables.histories.CustomerHistories`,
+  rebuilt from the chunks when a partition is assigned). Payments accepted since
+  the last flush are in memory until the flush writes them to both.
+
+Entries expire ``expiry`` seconds (worker clock) after they were accepted; the
+periodic :meth:`SeenIds.purge` deletes chunks whose entries have all expired, and
+their payments from the histories. New entries are written before each commit
+(:meth:`SeenIds.flush`), so a crash replays records whose ids are not in the table
+yet and finds them again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from faust.types import AppT, Message, TableT
 
-from pipeline.metrics import SortedHistory
 from tables.context import partition_context
+from tables.histories import CustomerHistories, Entry, RecentTimes
+from tables.histories import Payment as StoredPayment
+from tables.stores import rocksdb_options
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "seen-transactions"
@@ -47,33 +56,54 @@ CHUNK_IDS = 5000  # ids per table value at most ...
 CHUNK_BYTES = 512 * 1024
 _ENTRY_OVERHEAD = 8  # an entry's brackets and commas ...
 _NUMBER_BYTES = 24  # ... and each of its numbers, at most
+HISTORIES_DIR = "customer-histories"
+EVICT_EVERY_S = 30.0  # how often customers idle for the horizon leave memory
 
 
 def declare_seen_table(app: AppT, partitions: int) -> TableT:
     return app.Table(TABLE_NAME, default=None, partitions=partitions,
-                     help="accepted transaction ids per source partition, in chunks")
+                     help="accepted transaction ids per source partition, in chunks",
+                     options=rocksdb_options())
 
 
 class SeenIds:
-    """Looks up and records accepted transaction ids; flushed before each commit."""
+    """Looks up and records accepted transaction ids and payments; flushed before each
+    commit."""
 
-    def __init__(self, app: AppT, table: TableT, expiry: float) -> None:
+    def __init__(self, app: AppT, table: TableT, expiry: float, *,
+                 ids_in_memory: bool = True, histories: CustomerHistories | None = None,
+                 recent_times: RecentTimes | None = None) -> None:
         self.app = app
         self.table = table
         self.expiry = expiry
+        self.ids_in_memory = ids_in_memory
+        self._histories = histories
+        self.recent_times = recent_times or RecentTimes()
+        self._evicted_at: dict[int, float] = {}
+        self._loaded: set[int] = set()
+        self._forgotten: dict[int, int] = {}  # revocations per partition
         self._index: dict[int, dict[str, tuple[int, float]]] = {}
         self._pending: dict[int, list[tuple]] = {}
-        # per partition: customer -> [(event ts, offset, amount_minor, currency)], oldest first
-        self._customers: dict[int, dict[str, SortedHistory]] = {}
+        self._pending_offsets: dict[int, set[int]] = {}
+        # per partition: customer -> payments accepted since the last flush
+        self._recent: dict[int, dict[str, list[Entry]]] = {}
         self._chunks: dict[int, deque[tuple[str, float]]] = {}  # (key, newest ts), oldest first
         self.purged = 0
 
+    @property
+    def histories(self) -> CustomerHistories:
+        """Opened on first use, in the worker: a CLI command that builds the app must not
+        touch a running worker's database."""
+        if self._histories is None:
+            self._histories = CustomerHistories(Path(self.app.conf.tabledir) / HISTORIES_DIR)
+        return self._histories
+
     def first_seen(self, partition: int, tx_id: str, now: float) -> int | None:
-        """The offset where ``tx_id`` was accepted, unless unknown or expired."""
-        index = self._index.get(partition)
-        if index is None:
-            index = self._load(partition)
-        entry = index.get(tx_id)
+        """The offset where ``tx_id`` was accepted, unless unknown or expired (only with
+        ``ids_in_memory``)."""
+        if partition not in self._loaded:
+            self._load(partition)
+        entry = self._index.get(partition, {}).get(tx_id)
         if entry is None or now - entry[1] > self.expiry:
             return None
         return entry[0]
@@ -81,31 +111,44 @@ class SeenIds:
     def add(self, partition: int, tx_id: str, offset: int, now: float,
             payment: tuple[str, float, int, str] | None = None) -> None:
         """Record an accepted id; ``payment`` is (customer, event ts, amount_minor, currency)."""
-        self._index[partition][tx_id] = (offset, now)
+        if partition not in self._loaded:
+            self._load(partition)
+        if self.ids_in_memory:
+            self._index[partition][tx_id] = (offset, now)
+        offsets = self._pending_offsets.setdefault(partition, set())
+        if offset in offsets:
+            return  # delivered again before the flush: added once
+        offsets.add(offset)
         if payment is None:
             self._pending.setdefault(partition, []).append((tx_id, offset, now))
             return
         self._pending.setdefault(partition, []).append((tx_id, offset, now, *payment))
         customer, event_ts, amount, currency = payment
-        history = self._customers[partition].get(customer)
-        if history is None:
-            history = self._customers[partition][customer] = SortedHistory()
-        history.add((event_ts, offset, amount, currency))
+        self._recent.setdefault(partition, {}).setdefault(customer, []).append(
+            (event_ts, offset, amount, currency))
+        self.recent_times.add(partition, customer, event_ts, offset)
 
-    def history(self, partition: int, customer: str) -> SortedHistory:
-        """The customer's payments accepted in ``partition`` within the dedupe window,
-        sorted by event time."""
-        customers = self._customers.get(partition)
-        if customers is None:
+    def history(self, partition: int, customer: str) -> CustomerHistory:
+        """The customer's payments accepted in ``partition`` within the dedupe window."""
+        if partition not in self._loaded:
             self._load(partition)
-            customers = self._customers[partition]
-        return customers.get(customer, _NO_HISTORY)
+        recent = self._recent.get(partition)
+        return CustomerHistory(self.histories, self.recent_times, partition, customer,
+                               recent.get(customer) if recent else None)
 
     def flush(self, partition: int, message: Message) -> int:
-        """Write the partition's new ids to the table (and its changelog), in chunks."""
+        """Write the partition's new entries to the table (and its changelog), in
+        chunks, and their payments to the histories."""
         pending = self._pending.pop(partition, None)
+        self._pending_offsets.pop(partition, None)
+        self._recent.pop(partition, None)
+        now = time.monotonic()
+        if now - self._evicted_at.setdefault(partition, now) >= EVICT_EVERY_S:
+            self.recent_times.evict(partition)
+            self._evicted_at[partition] = now
         if not pending:
             return 0
+        self.histories.put(partition, _payments(pending))
         chunks = self._chunks.setdefault(partition, deque())
         with partition_context(self.app, message):
             for part in _chunked(pending):
@@ -116,55 +159,71 @@ class SeenIds:
         return len(pending)
 
     def forget(self, partition: int) -> None:
-        """Drop a revoked partition's ids; the next owner loads them from the table."""
+        """Drop a revoked partition's state; the next owner loads it from the table."""
+        self._forgotten[partition] = self._forgotten.get(partition, 0) + 1
+        self._loaded.discard(partition)
         self._index.pop(partition, None)
         self._pending.pop(partition, None)
+        self._pending_offsets.pop(partition, None)
+        self._recent.pop(partition, None)
         self._chunks.pop(partition, None)
-        self._customers.pop(partition, None)
+        self.recent_times.drop(partition)
+        if self._histories is not None:
+            self._histories.drop(partition)
 
-    def _load(self, partition: int) -> dict[str, tuple[int, float]]:
+    def loaded(self, partition: int) -> bool:
+        return partition in self._loaded
+
+    async def load(self, partition: int) -> bool:
+        """Load ``partition`` from the table a chunk at a time, giving the event loop a
+        turn after each (heartbeats, the web, the sinks): a partition's hour of payments
+        takes seconds to rebuild. False if the partition was revoked meanwhile."""
+        forgotten = self._forgotten.get(partition, 0)
+        for _ in self._loading(partition):
+            await asyncio.sleep(0)
+            if self._forgotten.get(partition, 0) != forgotten:
+                return False
+        return True
+
+    def _load(self, partition: int) -> None:
+        for _ in self._loading(partition):
+            pass
+
+    def _loading(self, partition: int) -> Iterator[None]:
         prefix = f"{partition}|"
         found = []
-        for key, value in self.table.items():
-            if value is not None and str(key).startswith(prefix):
-                found.append((int(str(key).split("|", 1)[1]), str(key), value))
+        for key in self.table:
+            if str(key).startswith(prefix):
+                found.append((int(str(key).split("|", 1)[1]), str(key)))
         found.sort()
         index: dict[str, tuple[int, float]] = {}
-        customers: dict[str, SortedHistory] = {}
         chunks: deque[tuple[str, float]] = deque()
-        for _, key, value in found:
-            for entry in value["ids"]:
-                tx_id, offset, ts, payment = _split_entry(entry)
-                index[tx_id] = (offset, ts)
-                if payment is not None:
-                    customer, event_ts, amount, currency = payment
-                    customers.setdefault(customer, SortedHistory()).append(
-                        (event_ts, offset, amount, currency))
-            chunks.append((key, float(value["ts"])))
-        for history in customers.values():
-            history.sort()
-        self._index[partition] = index
-        self._customers[partition] = customers
-        self._chunks[partition] = chunks
-        if index:
-            log.info("loaded %d seen transaction ids of partition %d", len(index), partition)
-        return index
-
-    def _drop_history(self, partition: int, dropped: dict[str, set[int]]) -> None:
-        """Drop the expired payments (customer -> offsets) from the histories: one pass
-        per customer, however many of its payments expire."""
-        customers = self._customers.get(partition, {})
-        for customer, offsets in dropped.items():
-            entries = customers.get(customer)
-            if entries is None:
+        self.histories.drop(partition)
+        self.recent_times.drop(partition)
+        loaded = 0
+        for _, key in found:
+            value = self.table.get(key)
+            if value is None:
                 continue
-            kept = SortedHistory(e for e in entries if e[1] not in offsets)
-            if kept:
-                customers[customer] = kept
-            else:
-                del customers[customer]
+            entries = [_split_entry(entry) for entry in value["ids"]]
+            if self.ids_in_memory:
+                for tx_id, offset, ts, _ in entries:
+                    index[tx_id] = (offset, ts)
+            self.histories.put(partition, _stored(entries))
+            for customer, event_ts, offset, _, _ in _stored(entries):
+                self.recent_times.add(partition, customer, event_ts, offset)
+            chunks.append((key, float(value["ts"])))
+            loaded += len(entries)
+            yield
+        self._index[partition] = index
+        self._chunks[partition] = chunks
+        self._recent.pop(partition, None)
+        self._loaded.add(partition)
+        if loaded:
+            log.info("loaded %d seen transaction ids of partition %d", loaded, partition)
 
     def size(self) -> int:
+        """Ids held in memory (none when PostgreSQL's claims decide)."""
         return sum(len(index) for index in self._index.values())
 
     def purge(self, partitions: set[int], message_for: Callable[[int], Message],
@@ -178,28 +237,82 @@ class SeenIds:
         dropped = 0
         for partition in partitions:
             chunks = self._chunks.get(partition)
-            index = self._index.get(partition)
-            if not chunks or index is None:
+            if not chunks or partition not in self._loaded:
                 continue
-            expired: dict[str, set[int]] = {}
+            index = self._index.get(partition, {})
             with partition_context(self.app, message_for(partition)):
                 while chunks and chunks[0][1] < cutoff:
                     key, _ = chunks.popleft()
                     value = self.table.get(key)
                     del self.table[key]
-                    for item in (value or {}).get("ids", []):
-                        tx_id, offset, _, payment = _split_entry(item)
+                    entries = [_split_entry(item) for item in (value or {}).get("ids", [])]
+                    for tx_id, offset, _, _ in entries:
                         entry = index.get(tx_id)
                         if entry is not None and entry[0] == offset:
                             del index[tx_id]
-                            dropped += 1
-                        if payment is not None:
-                            expired.setdefault(payment[0], set()).add(offset)
-            self._drop_history(partition, expired)
+                    dropped += len(entries)
+                    self.histories.delete(partition, _stored(entries))
         self.purged += dropped
         if dropped:
             log.info("expired %d transaction ids", dropped)
         return dropped
+
+
+class CustomerHistory:
+    """One customer's payments in one partition for the rules
+    (:class:`pipeline.metrics.PaymentHistory`): those since the last flush, from
+    memory, then the rest from disk. A payment delivered again after a rebalance may be
+    in both; it is counted once (by offset)."""
+
+    __slots__ = ("_store", "_times", "_partition", "_customer", "_recent")
+
+    def __init__(self, store: CustomerHistories, times: RecentTimes, partition: int,
+                 customer: str, recent: list[Entry] | None) -> None:
+        self._store, self._times = store, times
+        self._partition, self._customer = partition, customer
+        self._recent = recent
+
+    def times(self, low: float, high: float) -> Iterable[tuple[float, int]]:
+        """``(event ts, offset)`` in ``[low, high]``: from memory when it has them all
+        (:class:`~tables.histories.RecentTimes`), else from disk."""
+        found = self._times.times(self._partition, self._customer, low, high)
+        if found is not None:
+            return found
+        return ((e[0], e[1]) for e in self.between(low, high))
+
+    def between(self, low: float, high: float) -> Iterable[Entry]:
+        stored = self._store.between(self._partition, self._customer, low, high)
+        recent = self._recent and [e for e in self._recent if low <= e[0] <= high]
+        return _merged(recent, stored) if recent else stored
+
+    def amounts(self, currency: str, low: float, high: float) -> Iterable[Entry]:
+        stored = self._store.amounts(self._partition, self._customer, currency, low, high)
+        recent = self._recent and [e for e in self._recent
+                                   if e[3] == currency and low <= e[2] < high]
+        return _merged(recent, stored) if recent else stored
+
+
+def _merged(recent: list[Entry], stored: Iterator[Entry]) -> Iterator[Entry]:
+    yield from recent
+    offsets = {e[1] for e in recent}
+    for entry in stored:
+        if entry[1] not in offsets:
+            yield entry
+
+
+def _payments(pending: list[tuple]) -> Iterator[StoredPayment]:
+    """The payments among pending entries, as the histories store them."""
+    for entry in pending:
+        if len(entry) > 3:
+            tx_id, offset, now, customer, event_ts, amount, currency = entry
+            yield customer, event_ts, offset, amount, currency
+
+
+def _stored(entries: list[tuple[str, int, float, Payment | None]]) -> Iterator[StoredPayment]:
+    for _, offset, _, payment in entries:
+        if payment is not None:
+            customer, event_ts, amount, currency = payment
+            yield customer, event_ts, offset, amount, currency
 
 
 def _chunked(entries: list[tuple]) -> list[list[tuple]]:
@@ -231,7 +344,6 @@ def _json_bound(text: str) -> int:
 
 
 Payment = tuple[str, float, int, str]  # (customer_id, event ts, amount_minor, currency)
-_NO_HISTORY = SortedHistory()  # what history() answers for a new customer; never added to
 
 
 def _split_entry(entry: list) -> tuple[str, int, float, Payment | None]:

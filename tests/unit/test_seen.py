@@ -5,10 +5,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from app.faust_app import create_app
 from app.settings import Settings
 from tables.context import placeholder_message
+from tables.histories import RecentTimes
 from tables.seen import CHUNK_IDS, SeenIds, declare_seen_table
 
 
@@ -99,3 +102,91 @@ def test_forget_drops_what_was_not_flushed(table):
     seen.add(0, "a", 1, 0.0)
     seen.forget(0)
     assert seen.first_seen(0, "a", 1.0) is None
+
+
+# -- customer histories on disk give the rules what the in-memory reference gives -----------
+
+PAYMENT = st.tuples(st.sampled_from(["c0", "ü1"]),  # customer
+                    st.floats(0, 1200),  # event time, seconds after NOW
+                    st.sampled_from([4_500, 899_999, 900_000, 950_000, 999_999, 1_000_000]),
+                    st.sampled_from(["EUR", "USD"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(payments=st.lists(PAYMENT, min_size=5, max_size=80),
+       flush_every=st.integers(1, 40), redelivered=st.sets(st.integers(0, 79)),
+       keep=st.integers(1, 10), horizon=st.floats(1, 2000))
+def test_histories_on_disk_give_the_verdicts_of_the_in_memory_reference(
+        table, payments, flush_every, redelivered, keep, horizon):
+    """Memory (each customer's ``keep`` newest times, customers idle for ``horizon``
+    evicted at each flush) in front of the disk gives the verdicts of every payment
+    kept in a sorted list, whatever is flushed, evicted or delivered again."""
+    from agents.ingest import _history
+    from pipeline.metrics import SortedHistory
+    from tests.helpers import shipped_config
+
+    app, t = table
+    t.data.clear()  # the fixture's table outlives one example
+    engine = shipped_config().engine
+    seen = SeenIds(app, t, expiry=10**9, ids_in_memory=False,
+                   recent_times=RecentTimes(keep=keep, horizon=horizon))
+    NOW = 1_790_000_000.0
+    txs = []
+    for offset, (customer, dt, amount, currency) in enumerate(payments):
+        tx = _payment(customer, NOW + dt, amount, currency)
+        txs.append(tx)
+        seen.add(5, f"tx{offset}", offset, NOW, (customer, tx.event_ts, amount, currency))
+        if offset % flush_every == flush_every - 1:
+            seen.flush(5, msg(5, offset))
+            seen.recent_times.evict(5)
+    for offset in sorted(redelivered):  # delivered again, before or after a flush: once
+        if offset < len(txs):
+            tx = txs[offset]
+            seen.add(5, f"tx{offset}", offset, NOW,
+                     (tx.customer_id, tx.event_ts, tx.amount_minor, tx.currency))
+    reference: dict[str, SortedHistory] = {}
+    for offset, tx in enumerate(txs):
+        reference.setdefault(tx.customer_id, SortedHistory()).add(
+            (tx.event_ts, offset, tx.amount_minor, tx.currency))
+    stored = _history(seen, 5)
+    flagged = 0
+    for offset, tx in enumerate(txs):
+        want = engine.extract(tx, offset, lambda c: reference.get(c, ()))
+        got = engine.extract(tx, offset, stored)
+        assert got.rows() == want.rows(), offset
+        flags = dict(got.rows()).get("compliance", {})
+        flagged += flags.get("compliance_velocity", 0) + flags.get("compliance_structuring", 0)
+    seen.histories.close()
+    event(f"flagged {'some' if flagged else 'none'}")
+
+
+def _payment(customer, event_ts, amount, currency):
+    from datetime import UTC, datetime
+
+    from models.events import ParsedTransaction
+
+    return ParsedTransaction(
+        transaction_id="t", event_time=datetime.fromtimestamp(event_ts, UTC), merchant_id="m",
+        customer_id=customer, amount_minor=amount, currency=currency, channel="pos",
+        payment_method="card", status="approved", decline_code=None, country="DE",
+        processing_ms=1)
+
+
+def test_forget_and_reload_rebuild_the_histories_from_the_table(table):
+    app, t = table
+    seen = SeenIds(app, t, expiry=3600, ids_in_memory=False)
+    seen.add(2, "a", 1, 10.0, ("c", 100.0, 5, "EUR"))
+    seen.add(2, "b", 2, 10.0, ("c", 101.0, 6, "EUR"))
+    seen.flush(2, msg(2, 2))
+    seen.add(2, "c", 3, 10.0, ("c", 102.0, 7, "EUR"))  # never flushed
+    assert sorted(seen.history(2, "c").between(0, 1e9)) == [
+        (100.0, 1, 5, "EUR"), (101.0, 2, 6, "EUR"), (102.0, 3, 7, "EUR")]
+    assert seen.size() == 0  # no ids in memory: PostgreSQL's claims decide
+    seen.forget(2)
+    assert list(seen.history(2, "c").between(0, 1e9)) == [
+        (100.0, 1, 5, "EUR"), (101.0, 2, 6, "EUR")]  # reloaded from the table
+    assert list(seen.history(2, "c").amounts("EUR", 6, 7)) == [(101.0, 2, 6, "EUR")]
+    assert seen.purge({2}, lambda p: msg(p), now=4000.0) == 2
+    assert list(seen.history(2, "c").between(0, 1e9)) == []
+    seen.histories.close()
