@@ -379,8 +379,10 @@ def register_views(app: PaymentApp, settings: Settings, stats: IngestStats, sink
                     "parquet_files": sinks.files_written,
                     "commits": sinks.commits,
                 },
+                # ids in memory: none when PostgreSQL's claims decide (ADR 0011)
                 "dedupe": {"ids_held": seen.size(), "ids_expired": seen.purged,
-                           "window_s": seen.expiry},
+                           "window_s": seen.expiry,
+                           "customers_in_memory": seen.recent_times.size()},
                 "metrics": ({"definitions": len(config.active.engine.definitions),
                              "config_version": config.active.version}
                             if config.loaded else None),

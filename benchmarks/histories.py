@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import tempfile
 import time
 import tracemalloc
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 from faust.types import TableT
@@ -39,6 +41,7 @@ from pipeline.parse import Validator
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import FileSource
 from tables.context import partition_context, placeholder_message
+from tables.histories import CustomerHistories
 from tables.seen import SeenIds, _chunked, declare_seen_table
 
 PARTITIONS = 4
@@ -101,13 +104,46 @@ def run_disk(batch: list[tuple[int, ParsedTransaction]], extract: Callable, flus
     return seen
 
 
+def seek_growth(total: int, step: int = 400_000) -> None:
+    """What a velocity lookup costs on disk alone as the database grows: random customers
+    of the default scenario, looked up around the newest time (no memory tier)."""
+    rng = random.Random(1)
+    customers = load_scenario()["customers"]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CustomerHistories(Path(tmp))
+        start = time.time()
+        for first in range(0, total, step):
+            for partition in range(PARTITIONS):
+                store.put(partition, [
+                    (f"c{rng.randrange(customers):06d}", start + i / 8000, i,
+                     rng.choice((4_500, 12_000)), "EUR")
+                    for i in range(first + partition, first + step, PARTITIONS)])
+            now = start + (first + step) / 8000
+            t0 = time.process_time()
+            for _ in range(20_000):
+                found = store.between(rng.randrange(PARTITIONS),
+                                      f"c{rng.randrange(customers):06d}", now - 600, now + 600)
+                for n, _entry in enumerate(found):
+                    if n >= 5:
+                        break
+            cost = (time.process_time() - t0) / 20_000 * 1e6
+            print(f"{first + step:>10,} payments on disk: {cost:7.1f} us CPU per velocity "
+                  f"lookup", flush=True)
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.histories", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--payments", type=int, default=400_000)
     parser.add_argument("--rate", type=float, default=8000, help="payments/s, for the flushes")
     parser.add_argument("--flush-seconds", type=float, default=5.0)
+    parser.add_argument("--seeks", type=int, metavar="N", help="instead: the cost of a "
+                        "velocity lookup on disk alone as it grows to N payments")
     args = parser.parse_args(argv)
+    if args.seeks:
+        seek_growth(args.seeks)
+        return 0
 
     config = ConfigManager(FileSource())
     config.load_all_configuration()

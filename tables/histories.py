@@ -140,7 +140,7 @@ class CustomerHistories:
         self.path = path
         self._db = Rdict(str(path), options)
         no_log = WriteOptions()
-        no_log.disable_wal = True
+        no_log.disable_wal = True  # type: ignore[method-assign,assignment]  # a property
         self._db.set_write_options(no_log)
         self._reader: RdictIter | None = None  # over the database as of the last write
         self._scanning: object = None  # the scan that owns the iterator

@@ -22,8 +22,11 @@ What is held where (issue 20: memory must not grow with traffic):
   offset is a duplicate; the same record delivered again (same offset) is not.
 * **Each customer's payments** (:meth:`SeenIds.history`), which the compliance
   rules over time read, live on local disk (:class:`~tables.histories.CustomerHistories`,
-  rebuilt from the chunks when a partition is assigned). Payments accepted since
-  the last flush are in memory until the flush writes them to both.
+  rebuilt from the chunks when a partition is assigned), with the newest times of each
+  active customer in memory in front (:class:`~tables.histories.RecentTimes`), which
+  answer velocity without the disk whenever they are sure to be complete. Payments
+  accepted since the last flush are in memory until the flush writes them to the table
+  and the disk. docs/adr/0011-bounded-memory.md has the reasons and the figures.
 
 Entries expire ``expiry`` seconds (worker clock) after they were accepted; the
 periodic :meth:`SeenIds.purge` deletes chunks whose entries have all expired, and

@@ -29,17 +29,17 @@ class Sender(threading.Thread):
         self.stack, self.tail = stack, tail
         self.sent: list = []
         self.error: BaseException | None = None
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def finish(self) -> None:
-        self._stop.set()
+        self._done.set()
 
     def _wanted(self):
         stop_after = None
         events = PaymentGenerator(load_scenario(), seed=91, invalid_ratio=0.03,
                                   start=START).events(10**7)
         for i, event in enumerate(events):
-            if self._stop.is_set() and stop_after is None:
+            if self._done.is_set() and stop_after is None:
                 stop_after = i + self.tail
             if stop_after is not None and i >= stop_after:
                 return
@@ -64,10 +64,10 @@ class StallWatch(threading.Thread):
         super().__init__(daemon=True)
         self.stack = stack
         self.longest: dict[int, float] = {}
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def finish(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join(30)
 
     def run(self) -> None:
@@ -80,7 +80,7 @@ class StallWatch(threading.Thread):
         tps = [TopicPartition("payments", p) for p in range(self.stack.partitions)]
         last: dict[int, tuple[int, float]] = {}  # partition -> (committed, since)
         try:
-            while not self._stop.is_set():
+            while not self._done.is_set():
                 ends = await consumer.end_offsets(tps)
                 now = time.monotonic()
                 for tp in tps:

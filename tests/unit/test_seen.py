@@ -190,3 +190,18 @@ def test_forget_and_reload_rebuild_the_histories_from_the_table(table):
     assert seen.purge({2}, lambda p: msg(p), now=4000.0) == 2
     assert list(seen.history(2, "c").between(0, 1e9)) == []
     seen.histories.close()
+
+
+def test_recent_times_say_when_memory_may_have_lost_a_payment():
+    times = RecentTimes(keep=2, horizon=100)
+    for ts, offset in ((10.0, 1), (30.0, 3), (20.0, 2), (20.0, 2)):  # out of order, again
+        times.add(0, "a", ts, offset)
+    assert times.times(0, "a", 15, 40) == [(20.0, 2), (30.0, 3)]
+    assert times.times(0, "a", 5, 40) is None  # 10 s was dropped for the cap: ask the disk
+    times.add(0, "b", 500.0, 4)
+    assert times.evict(0) == 1  # "a" had nothing within 100 s of 500
+    assert times.times(0, "a", 25, 40) is None  # it had a payment at 30 s
+    assert times.times(0, "a", 31, 40) == [] and times.times(0, "z", 31, 40) == []
+    assert times.times(1, "a", 0, 1e9) == []  # another partition
+    times.drop(0)
+    assert times.size() == 0
