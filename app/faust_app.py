@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, cast
 
 import faust
+import pyarrow
 import uvloop
 from faust.app.base import BootStrategy
 from faust.auth import Credentials
@@ -224,6 +225,23 @@ def broker_options(conn: BrokerConnection) -> dict[str, Any]:
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
+def bound_native_memory() -> None:
+    """Native allocators hand freed memory back: two glibc arenas (below), and Arrow's
+    buffers (the lake's writes) from the C library instead of mimalloc, which kept
+    45 MB of them resident in a `make soak` run (ADR 0011)."""
+    limit_malloc_arenas()
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+
+
+def trim_malloc() -> bool:
+    """Return the free pages inside glibc's heap to the system (``malloc_trim``): the
+    sink threads' freed batches otherwise stay resident. False where not glibc."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def limit_malloc_arenas(arenas: int = 2) -> bool:
     """At most ``arenas`` glibc malloc arenas, as ``MALLOC_ARENA_MAX`` would set them.
 
@@ -248,7 +266,7 @@ def create_app(settings: Settings) -> PaymentApp:
     # and at the default gen-0 threshold (700) a collection ran every few events (handler
     # alone: 8,700 events/s at 700, 15,000 at 100,000; docs/adr/0005-metrics-and-windows.md).
     gc.set_threshold(*settings.gc_thresholds)
-    limit_malloc_arenas()
+    bound_native_memory()
     redact_secrets(settings.secrets)
     return PaymentApp(
         settings.app_id,

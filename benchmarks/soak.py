@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rate and --minutes must be positive, --workers at least 1")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir).resolve()  # the workers run in directories of their own
     pg = ensure_postgres(os.environ.get("DATABASE_URL"), workdir / "pg")
     run_id = uuid.uuid4().hex[:6]
     stack = Stack.start(workdir / run_id, pg, f"payment_monitor_soak_{run_id}",
