@@ -18,14 +18,17 @@ durable), the producer, the web server and ``faust -A app worker``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
 from mode import Service, ServiceT
+
+log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[TP, Sequence[Message]], Awaitable[None]]
 
@@ -47,7 +50,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
 
         while not (consumer_should_stop() or fetcher_should_stop()):
             self.diag.set_flag(CONSUMER_FETCHING)
-            records, active = await self._wait_next_records(timeout=1.0)
+            records, active = await self._next_records()
             app.last_fetch_at = monotonic()  # the liveness probe watches these two
             # Yield every fetch: the broker may hand back far more than a fetch
             # size limit would allow, and heartbeats must keep going.
@@ -92,6 +95,28 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         # batch would skip those records when they are fetched again.
                         break
                 read_offset[tp] = batch[-1].offset + 1
+
+    async def _next_records(self) -> tuple[Mapping[TP, list[Any]] | None, set[TP] | None]:
+        """The next fetched records, and the partitions they may come from.
+
+        aiokafka's fetcher can lose a partition's buffer while Faust's recovery seeks
+        on another thread (``KeyError: TopicPartition`` in ``fetched_records``, seen in
+        a rolling restart under load), after it may have moved other partitions'
+        positions past records it then never returned. That ended the worker. Instead,
+        every partition is sought back to its committed offset: what this worker
+        already handled is dropped again by its read offsets, and nothing is skipped.
+        """
+        try:
+            return await self._wait_next_records(timeout=1.0)
+        except KeyError as exc:
+            lost = exc.args[0] if exc.args else None
+            if not (isinstance(lost, tuple) and hasattr(lost, "topic")):  # a (topic, partition)
+                raise
+            log.warning("the Kafka client lost the fetched records of %s during a "
+                        "rebalance; reading every partition again from its committed "
+                        "offset", lost)
+            await self.perform_seek()
+            return {}, None
 
     async def perform_seek(self) -> None:
         """Seek every partition to its committed offset, and a batch partition that has

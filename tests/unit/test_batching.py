@@ -33,3 +33,36 @@ def test_a_batch_with_holes_records_each_gap_with_the_consumer():
     batch = [SimpleNamespace(offset=o) for o in (4, 5, 8)]
     asyncio.run(consumer._record_gaps(tp, 2, batch))
     assert recorded == [(tp, 2, 3), (tp, 6, 7)]
+
+
+def test_records_lost_by_the_kafka_client_in_a_rebalance_are_read_again():
+    consumer = object.__new__(BatchConsumer)
+    tp = TP("payments", 3)
+    answers = [KeyError(tp), ({tp: ["r"]}, {tp})]
+    seeks: list[str] = []
+
+    async def wait_next_records(timeout):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def perform_seek():
+        seeks.append("to committed")
+
+    consumer._wait_next_records = wait_next_records
+    consumer.perform_seek = perform_seek
+    assert asyncio.run(consumer._next_records()) == ({}, None)
+    assert seeks == ["to committed"]  # what the client skipped is fetched again
+    assert asyncio.run(consumer._next_records()) == ({tp: ["r"]}, {tp})
+
+
+def test_other_key_errors_still_end_the_worker():
+    consumer = object.__new__(BatchConsumer)
+
+    async def wait_next_records(timeout):
+        raise KeyError("not a partition")
+
+    consumer._wait_next_records = wait_next_records
+    with pytest.raises(KeyError):
+        asyncio.run(consumer._next_records())
