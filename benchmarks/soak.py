@@ -28,11 +28,10 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import psycopg2
 import pyarrow.dataset as ds
 
 from benchmarks.pipeline import cpu_seconds, peak_rss_mb
-from devtools.services import ensure_postgres, libpq_dsn
+from devtools.services import ensure_postgres, query
 from devtools.stack import REPO_ROOT, Stack, Worker
 from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import RunSummary, ensure_topic, produce
@@ -100,16 +99,6 @@ def progress_line(row: dict, previous: dict | None) -> str:
         cpu_us = w["cpu_s"] / w["consumed"] * 1e6 if w["consumed"] else float("nan")
         parts.append(f"w{i + 1} RSS {w['rss_mb']:.0f} MB, {cpu_us:.1f} us CPU/event")
     return " | ".join(parts)
-
-
-def query(url: str, sql: str) -> list[tuple]:
-    conn = psycopg2.connect(libpq_dsn(url))
-    try:
-        cur = conn.cursor()
-        cur.execute(sql)
-        return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def check_stored_once(stack: Stack, kinds: Counter[str]) -> dict:

@@ -306,6 +306,17 @@ def _admin(server_url: str):
         conn.close()
 
 
+def query(url: str, statement: str) -> list[tuple]:
+    """Rows of one SQL statement against the database at ``url`` (a SQLAlchemy URL)."""
+    conn = psycopg2.connect(libpq_dsn(url))
+    try:
+        cur = conn.cursor()
+        cur.execute(statement)
+        return cur.fetchall()
+    finally:
+        conn.close()
+
+
 def libpq_dsn(url: str) -> str:
     """libpq DSN of a SQLAlchemy URL."""
     u = make_url(url)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer
 
-from devtools.services import libpq_dsn
+from devtools.services import libpq_dsn, query  # noqa: F401  # query: the tests call it from here
 from devtools.stack import REPO_ROOT, Stack
 from models.events import STATUSES, FailedMessage
 from pipeline.batches import SinkBatch
@@ -126,17 +126,6 @@ def execute(url: str, sql: str) -> None:
     try:
         conn.cursor().execute(sql)
         conn.commit()
-    finally:
-        conn.close()
-
-
-def query(url: str, sql: str) -> list[tuple]:
-    """Rows of one SQL statement against the database at ``url``."""
-    conn = psycopg2.connect(libpq_dsn(url))
-    try:
-        cur = conn.cursor()
-        cur.execute(sql)
-        return cur.fetchall()
     finally:
         conn.close()
 
