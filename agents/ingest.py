@@ -127,21 +127,21 @@ def register_ingest(
     stats = IngestStats()
 
     @app.batch_handler(payments)
-    async def ingest(tp: TP, messages: Sequence[Message]) -> None:
+    async def ingest(tp: TP, messages: Sequence[Message]) -> bool:
         arrival = time.time()
         epoch = sinks.epoch(tp.partition)  # a revocation while this batch waits drops it
         if not config_sync.synced:  # the topic's version, never the source's, if one exists
             generation = app.consumer_generation_id
             await config_sync.first_sync()
             if app.consumer_generation_id != generation:
-                return  # rebalanced meanwhile: these records are fetched again, if still ours
+                return False  # rebalanced meanwhile: fetched again, if still ours
         active = config.active  # the whole batch runs under this one version
         engine = active.engine
         partition = tp.partition
         # the first batch since the assignment loads the partition's state first
         if not seen.loaded(partition) and (not await seen.load(partition)
                                            or sinks.epoch(partition) != epoch):
-            return  # revoked meanwhile: these records are fetched again, if still ours
+            return False  # revoked meanwhile: fetched again, if still ours
         parsed = _parse(active.validator, messages, arrival)
         claimed = None
         if claims is not None:
@@ -150,7 +150,7 @@ def register_ingest(
                                               _first_ids(parsed))
             if (app.consumer_generation_id != generation
                     or sinks.epoch(tp.partition) != epoch):
-                return  # rebalanced meanwhile: these records are fetched again, if still ours
+                return False  # rebalanced meanwhile: fetched again, if still ours
         with partition_context(app, messages[-1]):
             payments_by_offset, failed, received = _classify(parsed, seen, partition,
                                                              claimed, arrival)
@@ -174,12 +174,13 @@ def register_ingest(
             "topic": tp.topic, "partition": partition, "batch_size": len(messages),
             "offsets": f"{messages[0].offset}-{messages[-1].offset}",
             "config_version": active.version})
-        await sinks.put(
+        taken = await sinks.put(
             SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
                       window_rows, arrival, metrics, active.version, epoch)
         )
         # Bound the producer's buffer (changelog + DLQ records) per batch.
         await app.producer.buffer.wait_until_ebb()
+        return taken
 
     return stats
 

@@ -1,4 +1,4 @@
-"""The sink service: PostgreSQL, then Parquet, then ack and commit.
+"""The sink service: PostgreSQL, then Parquet, then the commit.
 
 Receives :class:`~pipeline.batches.SinkBatch` objects from the ingest handler
 through a queue bounded in events (a full queue stops the fetch loop:
@@ -8,7 +8,7 @@ back-pressure), and for each one, in order:
    transaction (every batch waiting in the queue is merged into it, so the
    sink writes larger transactions exactly when it falls behind);
 2. adds the batch to its partition's Parquet buffer;
-3. when a buffer is due (size or age), writes its files, acks its messages,
+3. when a buffer is due (size or age), writes its files,
    writes the partition's cached window values to the tables, their windowed
    metrics to PostgreSQL (``histogram_partials``, ``aggregate_histograms``),
    flushes the producer (changelog and DLQ records) and commits the offsets.
@@ -31,10 +31,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from mode import Service
 
+from app.batching import BatchConsumer
 from app.faust_app import PaymentApp
 from app.telemetry import Telemetry
 from pipeline.batches import SinkBatch
@@ -59,7 +60,7 @@ class SinkService(Service):
     def __init__(self, app: PaymentApp, db: PostgresSink, lake: RawEventWriter,
                  windows: FlushedWindows, seen: TableCache, telemetry: Telemetry | None = None,
                  *, max_events: int = 50_000, linger: float = 0.2,
-                 commit_timeout: float = 120.0,
+                 commit_timeout: float = 120.0, handover_timeout: float = 15.0,
                  on_stuck: Callable[[str], None] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
@@ -72,6 +73,7 @@ class SinkService(Service):
         self.max_events = max_events
         self.linger = linger
         self.commit_timeout = commit_timeout
+        self.handover_timeout = handover_timeout
         self.on_stuck = on_stuck  # the worker's exits the process (app.cli.fail)
         self._queue: list[SinkBatch] = []
         self._queued_events = 0
@@ -153,7 +155,6 @@ class SinkService(Service):
             return
         self.files_written += len(flushed.paths)
         self.rows_written["parquet"] += len(flushed.messages)
-        consumer = self.app.consumer
         # table values (window counts, seen ids) for these offsets go to the
         # changelog before the commit
         for cache in self.caches:
@@ -166,12 +167,13 @@ class SinkService(Service):
         commit_started = time.perf_counter()
         await self._bounded(self.app.producer.flush(),
                             "the producer's flush (changelog and DLQ records)", topic, partition)
-        # acked only now: Faust's own periodic commit may commit acked offsets any time
-        for message in flushed.messages:
-            consumer.ack(message)
+        # The batch path hands this partition's records over contiguously from its
+        # committed offset (app.batching.Positions), and they are flushed in order:
+        # everything before the flush's end is durable.
         tp = flushed.messages[-1].tp
-        done = await self._bounded(consumer.commit({tp}), "the offset commit", topic,
-                                   partition)
+        consumer = cast(BatchConsumer, self.app.consumer)
+        done = await self._bounded(consumer.commit_durable(tp, flushed.last_offset + 1),
+                                   "the offset commit", topic, partition)
         committed = flushed.last_offset + 1 if done else None
         self.telemetry.sink_seconds.labels("commit").observe(time.perf_counter() - commit_started)
         context = {"topic": topic, "partition": partition,
@@ -184,8 +186,8 @@ class SinkService(Service):
             self.last_commit_at[partition] = time.time()
             self.lake.committed(topic, partition, committed)
         else:
-            # acked all the same: a later commit (ours or Faust's) covers these
-            # offsets, and the lake keeps listing the files as uncommitted until then
+            # revoked meanwhile: the next owner reads these records again, and the
+            # lake keeps listing the files as uncommitted until a commit covers them
             log.warning("commit of %s[%d] up to %d not done yet", topic, partition,
                         flushed.last_offset + 1, extra=context)
 
@@ -213,15 +215,29 @@ class SinkService(Service):
                 await self._flush(topic, partition)
 
     async def on_revoked(self, revoked: set) -> None:
-        """Drop what is pending for revoked partitions: their new owner replays it.
+        """Hand revoked partitions over: store what is queued, flush their buffers and
+        commit them, then drop what is left, which their next owner reads again.
 
-        Taken under the lock, so a flush in progress finishes first; later
-        writes of the new owner rewrite the same rows and file names.
+        Runs in the rebalance, before the group moves on (Kafka's ``onPartitionsRevoked``
+        pattern): the next owner starts after this commit and recovers the tables after
+        this producer flush. The hand-over is bounded (``handover_timeout``); past it, or
+        when a store fails, the partitions are let go uncommitted. Taken under the lock,
+        so a flush in progress finishes first.
         """
         gone = {(tp.topic, tp.partition) for tp in revoked}
         for tp in revoked:  # at once, before any wait: a handler's put() checks it
             self._epochs[tp.partition] = self.epoch(tp.partition) + 1
         async with self._lock:
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(self._hand_over(gone), self.handover_timeout)
+            except Exception as exc:  # noqa: BLE001 - the next owner reads them again
+                log.warning("revoked partitions %s let go uncommitted (%s): their next "
+                            "owner reads them again from their last commit",
+                            sorted(p for _, p in gone), type(exc).__name__ or exc)
+            else:
+                log.info("handed over %s in %.2f s", sorted(p for _, p in gone),
+                         time.monotonic() - started)
             async with self._changed:
                 self._queue = [b for b in self._queue if (b.topic, b.partition) not in gone]
                 self._queued_events = sum(len(b.messages) for b in self._queue)
@@ -231,6 +247,14 @@ class SinkService(Service):
                 self.lake.forget(tp.topic, tp.partition)
                 for cache in self.caches:
                     cache.forget(tp.partition)
+
+    async def _hand_over(self, gone: set[tuple[str, int]]) -> None:
+        batches = await self._drain_queue()
+        if batches:
+            await self._store(batches)
+        for topic, partition in self.lake.buffered():
+            if (topic, partition) in gone:
+                await self._flush(topic, partition)
 
     def on_assigned(self, assigned: set) -> None:
         """A rebalance ended: the partitions' commits are timed from now (their committed

@@ -1,18 +1,25 @@
-"""The batch path: whole fetches go to a batch handler instead of one event at a time.
+"""The batch path: whole fetches go to a batch handler, and the worker owns the commits.
 
 Faust's stock consumer hands every message to ``Conductor.on_message`` and from
 there through a channel queue, a ``Stream`` and an agent; measured here that
 machinery caps a worker at 5,500-6,000 events/s before any work is done (see
 ``docs/adr/0001-batch-path.md``). For topics registered with
-:meth:`PaymentApp.batch_handler` this module replaces only the last hop: the
-drain loop groups each fetch by topic-partition and awaits the handler once per
-partition batch, as soon as the fetch arrives (no waiting to fill a batch, so
-latency stays low at low rates and batches grow by themselves under load).
+:meth:`PaymentApp.batch_handler` this module replaces the last hop: the drain loop
+groups each fetch by topic-partition and awaits the handler once per partition
+batch, as soon as the fetch arrives (no waiting to fill a batch, so latency stays
+low at low rates and batches grow by themselves under load).
 
-Everything else stays Faust's: partition assignment and rebalancing, the
-changelog topics and their recovery (those messages still go through the stock
-per-message callback), offsets and commits (handlers ack what they made
-durable), the producer, the web server and ``faust -A app worker``.
+The offsets are this module's, not Faust's acked list (``docs/adr/0010-commits.md``):
+:class:`Positions` holds, per partition, the offset the next batch must start at.
+It starts at the committed offset when the partition is sought after an assignment
+and moves only past batches the handler took. A batch that starts anywhere else is
+refused and the partition sought back, so the batches a handler is given are
+contiguous from the committed offset, and the sinks commit the end of what they made
+durable (:meth:`BatchConsumer.commit_durable`) without any hole behind it.
+
+Everything else stays Faust's: partition assignment and rebalancing, the changelog
+topics and their recovery (those messages still go through the stock per-message
+callback), the producer, the web server and ``faust -A app worker``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -30,11 +38,77 @@ from mode import Service, ServiceT
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[[TP, Sequence[Message]], Awaitable[None]]
+# fn(tp, messages) -> True when it took the batch (it will be made durable and
+# committed), False when it dropped it (the partition was revoked meanwhile)
+BatchHandler = Callable[[TP, Sequence[Message]], Awaitable[bool]]
+
+
+class Positions:
+    """Per partition, the offset the next batch must start at; pure bookkeeping.
+
+    A partition has a position only while this worker owns it and has sought it:
+    :meth:`start` after a seek to the committed offset, :meth:`forget` on revocation.
+    Its version changes with every start and forget, so a batch handled across one
+    does not move the new position.
+    """
+
+    def __init__(self) -> None:
+        self._next: dict[TP, int] = {}
+        self._versions: Counter[TP] = Counter()
+        self._gaps: dict[TP, tuple[int, int]] = {}  # a gap seen once: (from, to)
+
+    def next(self, tp: TP) -> int | None:
+        return self._next.get(tp)
+
+    def owned(self) -> set[TP]:
+        return set(self._next)
+
+    def version(self, tp: TP) -> int:
+        return self._versions[tp]
+
+    def start(self, tp: TP, offset: int) -> None:
+        self._next[tp] = offset
+        self._versions[tp] += 1
+        self._gaps.pop(tp, None)
+
+    def forget(self, tp: TP) -> None:
+        self._next.pop(tp, None)
+        self._versions[tp] += 1
+        self._gaps.pop(tp, None)
+
+    def advance(self, tp: TP, version: int, next_offset: int) -> bool:
+        """Move past a batch taken under ``version``; False if the partition was
+        sought or revoked meanwhile (its position is the new one)."""
+        if self._versions[tp] != version or tp not in self._next:
+            return False
+        self._next[tp] = next_offset
+        self._gaps.pop(tp, None)
+        return True
+
+    def confirms_gap(self, tp: TP, first: int) -> bool:
+        """A batch starts at ``first``, past the partition's position.
+
+        The first time, it is refused (False): the records in between may have been
+        fetched before a seek and dropped, and the partition is read again from its
+        position. When the read from the position starts at the same offset again,
+        the broker has no record in between (transaction markers, compaction): True.
+        """
+        gap = (self._next[tp], first)
+        if self._gaps.get(tp) == gap:
+            return True
+        self._gaps[tp] = gap
+        return False
 
 
 class BatchConsumer(aiokafka_driver.Consumer):
-    """aiokafka consumer whose drain loop delivers batches for batch topics."""
+    """aiokafka consumer whose drain loop delivers batches for batch topics and whose
+    batch topics' commits follow what the sinks made durable."""
+
+    positions: Positions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.positions = Positions()
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         app = cast(Any, self.app)
@@ -42,7 +116,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
         empty_pause: float = app.empty_fetch_pause
         callback = self.callback
         to_message = self._to_message
-        read_offset = self._read_offset
+        positions = self.positions
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         sleep = asyncio.sleep
@@ -73,28 +147,35 @@ class BatchConsumer(aiokafka_driver.Consumer):
                 if active is not None and tp not in active and tp not in self._buffered_partitions:
                     continue
                 app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                r_offset = read_offset[tp]
-                if r_offset is not None and batch and batch[0].offset < r_offset:
-                    batch = [record for record in batch if record.offset >= r_offset]
-                if not batch:
-                    continue
                 handler = handlers.get(tp.topic)
                 if handler is None:
                     for record in batch:
                         await callback(to_message(tp, record))
-                else:
-                    expected = batch[0].offset if r_offset is None else r_offset
-                    if batch[-1].offset - expected + 1 != len(batch):
-                        await self._record_gaps(tp, expected, batch)
-                    await handler(tp, [to_message(tp, record) for record in batch])
-                    app.last_batch_at = monotonic()
-                    if app.consumer_generation_id != generation:
-                        # A rebalance ran while the handler waited: the seek reset this
-                        # partition's read offset to its committed one, and what the sink
-                        # had queued for it was dropped. Moving the read offset past this
-                        # batch would skip those records when they are fetched again.
-                        break
-                read_offset[tp] = batch[-1].offset + 1
+                    continue
+                expected = positions.next(tp)
+                if expected is None:
+                    continue  # not sought since its assignment: fetched for nobody
+                if batch and batch[0].offset < expected:
+                    batch = [record for record in batch if record.offset >= expected]
+                if not batch:
+                    continue
+                if batch[0].offset != expected and not positions.confirms_gap(
+                        tp, batch[0].offset):
+                    log.info("%s starts at %d, not at %d: reading it again from %d",
+                             tp, batch[0].offset, expected, expected)
+                    await self.seek(tp, expected)
+                    continue
+                version = positions.version(tp)
+                taken = await handler(tp, [to_message(tp, record) for record in batch])
+                app.last_batch_at = monotonic()
+                if taken:
+                    # False when sought or revoked while it waited: the new position
+                    # is where the partition's next batch must start
+                    positions.advance(tp, version, batch[-1].offset + 1)
+                elif positions.version(tp) == version:
+                    await self.seek(tp, expected)  # dropped: read again from the position
+                if app.consumer_generation_id != generation:
+                    break  # a rebalance ran while the handler waited
 
     async def _next_records(self) -> tuple[Mapping[TP, list[Any]] | None, set[TP] | None]:
         """The next fetched records, and the partitions they may come from.
@@ -103,8 +184,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
         on another thread (``KeyError: TopicPartition`` in ``fetched_records``, seen in
         a rolling restart under load), after it may have moved other partitions'
         positions past records it then never returned. That ended the worker. Instead,
-        every partition is sought back to its committed offset: what this worker
-        already handled is dropped again by its read offsets, and nothing is skipped.
+        every partition is sought back to where its next batch must start.
         """
         try:
             return await self._wait_next_records(timeout=1.0)
@@ -113,52 +193,57 @@ class BatchConsumer(aiokafka_driver.Consumer):
             if not (isinstance(lost, tuple) and hasattr(lost, "topic")):  # a (topic, partition)
                 raise
             log.warning("the Kafka client lost the fetched records of %s during a "
-                        "rebalance; reading every partition again from its committed "
-                        "offset", lost)
+                        "rebalance; reading every partition again from its position", lost)
             await self.perform_seek()
             return {}, None
 
     async def perform_seek(self) -> None:
-        """Seek every partition to its committed offset, and a batch partition that has
-        none to its beginning.
+        """Seek every assigned partition to where its next batch must start.
 
-        aiokafka's ``seek_to_committed`` leaves a partition with no committed offset where
-        it is, and this consumer may have fetched records for it and dropped them
-        (fetched while the flow was stopped, or left over when a rebalance began). Left
-        there, those records would never be read, and Faust's commit, which takes the
-        first run of acked offsets, would pass over them. A partition nobody has committed
-        yet is read from its first offset, as ``auto_offset_reset=earliest`` means.
+        A batch partition this worker has owned since its last seek goes back to its
+        :class:`Positions` entry (what the handler took is not read twice). Every
+        other one goes to its committed offset, or to its first offset when nobody
+        committed it yet (``auto_offset_reset=earliest``: aiokafka's
+        ``seek_to_committed`` would leave it wherever the client last fetched), and
+        its position starts there.
         """
-        await super().perform_seek()
-        app = cast(Any, self.app)
-        handlers = app.batch_handlers
-        never = [tp for tp in self.assignment()
-                 if tp.topic in handlers and self._read_offset.get(tp) is None]
-        if never:
-            earliest = await self.earliest_offsets(*never)
-            for tp in never:
-                await self.seek(tp, earliest.get(tp) or 0)
+        committed = await self.seek_to_committed()
+        known = {tp: offset for tp, offset in committed.items()
+                 if offset is not None and offset >= 0}
+        self._committed_offset.update(known)  # the lag and the commit metrics read it
+        handlers = cast(Any, self.app).batch_handlers
+        batch_tps = [tp for tp in self.assignment() if tp.topic in handlers]
+        never = [tp for tp in batch_tps
+                 if self.positions.next(tp) is None and tp not in known]
+        earliest = await self.earliest_offsets(*never) if never else {}
+        for tp in batch_tps:
+            own = self.positions.next(tp)
+            if own is not None:
+                await self.seek(tp, own)
+                continue
+            offset = known[tp] if tp in known else earliest.get(tp) or 0
+            if tp not in known:
+                await self.seek(tp, offset)
+            self.positions.start(tp, offset)
 
-    async def _record_gaps(self, tp: TP, expected: int, batch: Sequence[Any]) -> None:
-        """Mark offsets with no record (transaction markers, compaction) as done.
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:  # at once: a batch in flight must not move a new position
+            self.positions.forget(tp)
+        await super().on_partitions_revoked(revoked)
 
-        Faust commits only contiguous acked offsets; the stock drain loop
-        records such gaps per message, this one only when a batch has any.
-        """
-        for first, last in offset_gaps(expected, [record.offset for record in batch]):
-            await self._add_gap(tp, first, last)
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        for tp in self.positions.owned() - assigned:
+            self.positions.forget(tp)
+        await super().on_partitions_assigned(assigned, generation_id)
 
-
-def offset_gaps(expected: int, offsets: Sequence[int]) -> list[tuple[int, int]]:
-    """The ``(first, last)`` ranges of offsets with no record, from ``expected`` (the
-    next offset to read) up to the batch's last offset (``offsets`` ascending)."""
-    gaps = []
-    previous = expected - 1
-    for offset in offsets:
-        if offset > previous + 1:
-            gaps.append((previous + 1, offset - 1))
-        previous = offset
-    return gaps
+    async def commit_durable(self, tp: TP, offset: int) -> bool:
+        """Commit ``offset`` (the next one to read) for ``tp``, whose records before it
+        are durable; False when the partition is no longer assigned or the group
+        rebalanced meanwhile (its next owner reads them again)."""
+        committed = self._committed_offset.get(tp)
+        if committed is not None and offset <= committed:
+            return True
+        return await self._commit_offsets({tp: offset})
 
 
 class BatchTransport(aiokafka_driver.Transport):

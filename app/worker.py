@@ -85,7 +85,7 @@ def build(settings: Settings) -> PaymentApp:
     register_topic_commands(faust_app, settings)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
-        await sinks.on_revoked(revoked)
+        await sinks.on_revoked({tp for tp in revoked if tp.topic == payments.get_topic_name()})
 
     faust_app.on_partitions_revoked.connect(_on_revoked)  # type: ignore[arg-type]
 

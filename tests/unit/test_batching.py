@@ -1,4 +1,5 @@
-"""The batch path's offset bookkeeping: offsets with no record are marked done."""
+"""The batch path's offsets: a handler is given each partition's records contiguously
+from its committed offset, whatever a fetch brings back around a seek or a rebalance."""
 
 from __future__ import annotations
 
@@ -8,37 +9,182 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
-from app.batching import BatchConsumer, offset_gaps
+from app.batching import BatchConsumer, Positions
+
+TP3 = TP("payments", 3)
 
 
-@pytest.mark.parametrize(("expected", "offsets", "gaps"), [
-    (0, [0, 1, 2], []),
-    (3, [5, 6, 9, 12], [(3, 4), (7, 8), (10, 11)]),  # from the expected offset on
-    (10, [10, 20], [(11, 19)]),  # a compacted stretch
-    (7, [8], [(7, 7)]),  # a transaction marker at the expected offset
-])
-def test_offset_gaps(expected, offsets, gaps):
-    assert offset_gaps(expected, offsets) == gaps
+def records(first: int, last: int) -> list:
+    return [SimpleNamespace(offset=o) for o in range(first, last + 1)]
 
 
-def test_a_batch_with_holes_records_each_gap_with_the_consumer():
-    consumer = object.__new__(BatchConsumer)  # only the gap bookkeeping is exercised
-    recorded: list[tuple] = []
+def consumer(fetches: list, *, handler=None) -> tuple[BatchConsumer, list, list]:
+    """A BatchConsumer whose fetches are ``fetches`` (dicts of tp -> records, or
+    callables returning one); returns it, the batches handled and the seeks."""
+    c = object.__new__(BatchConsumer)
+    handled: list[tuple[int, int]] = []
+    seeks: list[tuple[TP, int]] = []
+    stopped = asyncio.Event()
 
-    async def add_gap(tp, first, last):
-        recorded.append((tp, first, last))
+    async def take(tp, messages):
+        handled.append((messages[0].offset, messages[-1].offset))
+        return True
 
-    consumer._add_gap = add_gap
-    tp = TP("payments", 2)
-    batch = [SimpleNamespace(offset=o) for o in (4, 5, 8)]
-    asyncio.run(consumer._record_gaps(tp, 2, batch))
-    assert recorded == [(tp, 2, 3), (tp, 6, 7)]
+    async def next_records():
+        if not fetches:
+            stopped.set()
+            return {}, None
+        fetch = fetches.pop(0)
+        fetch = fetch() if callable(fetch) else fetch
+        return fetch, set(fetch)
+
+    async def seek(tp, offset):
+        seeks.append((tp, offset))
+
+    c.app = SimpleNamespace(batch_handlers={"payments": handler or take}, empty_fetch_pause=0,
+                            consumer_generation_id=1, last_fetch_at=None, last_batch_at=None,
+                            monitor=SimpleNamespace(track_tp_end_offset=lambda tp, end: None))
+    c.positions = Positions()
+    c.diag = SimpleNamespace(set_flag=lambda flag: None)
+    c.callback = None
+    c._to_message = lambda tp, record: record
+    c._stopped = stopped
+    c._crashed = asyncio.Event()
+    c._buffered_partitions = set()
+    c.flow_active = True
+    c.highwater = lambda tp: 0
+    c._next_records = next_records
+    c.seek = seek
+    return c, handled, seeks
+
+
+def drain(c: BatchConsumer) -> None:
+    asyncio.run(c._drain_messages(SimpleNamespace(_stopped=asyncio.Event())))
+
+
+def test_records_fetched_before_a_seek_back_are_refused_and_read_again():
+    """The loss the acked list used to hide (ADR 0010): after a takeover the partition is
+    sought back to its committed offset, and a fetch from before the seek brings records
+    past it. Taken, the commit after them would pass over 8,676-9,845."""
+    c, handled, seeks = consumer([{TP3: records(9846, 9900)}, {TP3: records(8676, 9000)},
+                                  {TP3: records(9001, 9900)}])
+    c.positions.start(TP3, 8676)
+    drain(c)
+    assert seeks == [(TP3, 8676)]
+    assert handled == [(8676, 9000), (9001, 9900)]
+    assert c.positions.next(TP3) == 9901
+
+
+def test_records_already_taken_are_dropped_from_an_overlapping_fetch():
+    c, handled, seeks = consumer([{TP3: records(0, 9)}, {TP3: records(5, 14)}])
+    c.positions.start(TP3, 0)
+    drain(c)
+    assert handled == [(0, 9), (10, 14)] and seeks == []
+
+
+def test_offsets_the_broker_has_no_record_for_do_not_stop_the_partition():
+    """A transaction marker or a compacted stretch at the position: the batch is refused
+    once, and when the read from the position starts at the same offset it is taken."""
+    c, handled, seeks = consumer([{TP3: records(12, 20)}, {TP3: records(12, 20)},
+                                  {TP3: records(21, 22)}])
+    c.positions.start(TP3, 10)
+    drain(c)
+    assert seeks == [(TP3, 10)]
+    assert handled == [(12, 20), (21, 22)]
+
+
+def test_a_partition_not_sought_since_its_assignment_is_not_handled():
+    c, handled, _ = consumer([{TP3: records(0, 5)}])
+    drain(c)
+    assert handled == []
+
+
+def test_a_dropped_batch_is_read_again_from_the_same_position():
+    answers = [False, True]
+
+    async def handler(tp, messages):
+        handled.append((messages[0].offset, messages[-1].offset))
+        return answers.pop(0)
+
+    c, handled, seeks = consumer([{TP3: records(0, 4)}, {TP3: records(0, 4)}], handler=handler)
+    c.positions.start(TP3, 0)
+    drain(c)
+    assert handled == [(0, 4), (0, 4)] and seeks == [(TP3, 0)]
+    assert c.positions.next(TP3) == 5
+
+
+def test_a_batch_handled_across_a_rebalance_does_not_move_the_new_position():
+    async def handler(tp, messages):
+        c.positions.forget(tp)  # revoked while the handler waited ...
+        c.positions.start(tp, 100)  # ... assigned again and sought to its commit
+        return True
+
+    c, _, seeks = consumer([{TP3: records(100, 150)}], handler=handler)
+    c.positions.start(TP3, 100)
+    drain(c)
+    assert c.positions.next(TP3) == 100 and seeks == []
+
+
+def test_positions_versions_and_gaps():
+    p = Positions()
+    p.start(TP3, 7)
+    v = p.version(TP3)
+    assert p.advance(TP3, v, 9) and p.next(TP3) == 9
+    assert not p.confirms_gap(TP3, 12)  # first seen: refused
+    assert not p.confirms_gap(TP3, 11)  # another start: a new suspicion
+    assert p.confirms_gap(TP3, 11)
+    p.forget(TP3)
+    assert p.next(TP3) is None and not p.advance(TP3, v, 20)
+    assert p.owned() == set()
+
+
+def test_perform_seek_starts_every_partition_at_its_commit_or_its_beginning():
+    c = object.__new__(BatchConsumer)
+    tps = [TP("payments", i) for i in range(3)]
+    seeks: list[tuple[int, int]] = []
+
+    async def seek_to_committed():
+        return {tps[0]: 40, tps[1]: None, tps[2]: 70}
+
+    async def earliest_offsets(*asked):
+        assert list(asked) == [tps[1]]
+        return {tps[1]: 5}
+
+    async def seek(tp, offset):
+        seeks.append((tp.partition, offset))
+
+    c.app = SimpleNamespace(batch_handlers={"payments": None})
+    c.positions = Positions()
+    c.positions.start(tps[2], 90)  # owned since its last seek: back to its own position
+    c._committed_offset = {}
+    c.assignment = lambda: set(tps) | {TP("changelog", 0)}
+    c.seek_to_committed = seek_to_committed
+    c.earliest_offsets = earliest_offsets
+    c.seek = seek
+    asyncio.run(c.perform_seek())
+    assert sorted(seeks) == [(1, 5), (2, 90)]
+    assert [c.positions.next(tp) for tp in tps] == [40, 5, 90]
+
+
+@pytest.mark.parametrize(("committed", "offset", "asked"), [
+    (None, 10, True), (5, 10, True), (10, 10, False), (12, 10, False)])
+def test_commit_durable_only_moves_forward(committed, offset, asked):
+    c = object.__new__(BatchConsumer)
+    commits: list = []
+
+    async def commit_offsets(offsets):
+        commits.append(offsets)
+        return True
+
+    c._committed_offset = {TP3: committed} if committed is not None else {}
+    c._commit_offsets = commit_offsets
+    assert asyncio.run(c.commit_durable(TP3, offset))
+    assert commits == ([{TP3: offset}] if asked else [])
 
 
 def test_records_lost_by_the_kafka_client_in_a_rebalance_are_read_again():
-    consumer = object.__new__(BatchConsumer)
-    tp = TP("payments", 3)
-    answers = [KeyError(tp), ({tp: ["r"]}, {tp})]
+    c = object.__new__(BatchConsumer)
+    answers = [KeyError(TP3), ({TP3: ["r"]}, {TP3})]
     seeks: list[str] = []
 
     async def wait_next_records(timeout):
@@ -48,21 +194,21 @@ def test_records_lost_by_the_kafka_client_in_a_rebalance_are_read_again():
         return answer
 
     async def perform_seek():
-        seeks.append("to committed")
+        seeks.append("to positions")
 
-    consumer._wait_next_records = wait_next_records
-    consumer.perform_seek = perform_seek
-    assert asyncio.run(consumer._next_records()) == ({}, None)
-    assert seeks == ["to committed"]  # what the client skipped is fetched again
-    assert asyncio.run(consumer._next_records()) == ({tp: ["r"]}, {tp})
+    c._wait_next_records = wait_next_records
+    c.perform_seek = perform_seek
+    assert asyncio.run(c._next_records()) == ({}, None)
+    assert seeks == ["to positions"]  # what the client skipped is fetched again
+    assert asyncio.run(c._next_records()) == ({TP3: ["r"]}, {TP3})
 
 
 def test_other_key_errors_still_end_the_worker():
-    consumer = object.__new__(BatchConsumer)
+    c = object.__new__(BatchConsumer)
 
     async def wait_next_records(timeout):
         raise KeyError("not a partition")
 
-    consumer._wait_next_records = wait_next_records
+    c._wait_next_records = wait_next_records
     with pytest.raises(KeyError):
-        asyncio.run(consumer._next_records())
+        asyncio.run(c._next_records())

@@ -1,5 +1,5 @@
 """The sink service's order: PostgreSQL, then the lake, then table values, window rows
-and the producer, and only then ack and commit. A failure on the way commits nothing."""
+and the producer, and only then the commit. A failure on the way commits nothing."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class FakeLake:
     def flush(self, topic, partition):
         self.log("lake.flush", partition)
         msgs = [m for b in self.batches if b.partition == partition for m in b.messages]
+        self.batches = [b for b in self.batches if b.partition != partition]
         return Flushed(topic, partition, msgs[0].offset, msgs[-1].offset, ["f"], msgs)
 
     def committed(self, topic, partition, next_offset):
@@ -44,6 +45,9 @@ class FakeLake:
 
     def due(self):
         return []
+
+    def buffered(self):
+        return sorted({("payments", b.partition) for b in self.batches})
 
     def forget(self, topic, partition):
         self.log("lake.forget", partition)
@@ -68,8 +72,8 @@ class FakeState:
 
 
 def service(log: Log, *, commit_ok: bool = True, windows_fail: bool = False) -> SinkService:
-    async def commit(tps):
-        log("commit", sorted(tps))
+    async def commit(tp, offset):
+        log("commit", tp.partition, offset)
         return commit_ok
 
     async def producer_flush():
@@ -82,7 +86,7 @@ def service(log: Log, *, commit_ok: bool = True, windows_fail: bool = False) -> 
         return {"histogram_partials": len(partials)}
 
     app = SimpleNamespace(
-        consumer=SimpleNamespace(ack=lambda m: log("ack", m.offset), commit=commit),
+        consumer=SimpleNamespace(commit_durable=commit),
         producer=SimpleNamespace(flush=producer_flush))
     db = SimpleNamespace(write=lambda batches: log("db.write", len(batches)) or {},
                          write_windows=write_windows)
@@ -105,13 +109,14 @@ def run(sinks: SinkService, *batches: SinkBatch) -> None:
     asyncio.run(go())
 
 
-def test_everything_is_durable_before_the_ack_and_the_commit():
+def test_everything_is_durable_before_the_commit():
     log = Log()
     sinks = service(log)
     run(sinks, batch(3, 10, 2))
     names = [e[0] for e in log]
     assert names == ["db.write", "lake.append", "lake.flush", "windows.flush", "seen.flush",
-                     "producer.flush", "ack", "ack", "commit", "lake.committed"]
+                     "producer.flush", "commit", "lake.committed"]
+    assert ("commit", 3, 12) in log  # the next offset to read: one past the flush
     assert ("windows.flush", 3, 11) in log  # in the context of the flush's last message
     assert sinks.committed_offsets == {3: 12} and sinks.commits == 1
 
@@ -122,16 +127,16 @@ def test_window_rows_are_written_before_the_commit():
     sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
     run(sinks, batch(3, 0, 1))
     names = [e[0] for e in log]
-    assert names.index("db.write_windows") < names.index("producer.flush") < names.index("ack")
+    assert names.index("db.write_windows") < names.index("producer.flush") < names.index("commit")
 
 
-def test_a_failed_window_write_acks_and_commits_nothing():
+def test_a_failed_window_write_commits_nothing():
     log = Log()
     sinks = service(log, windows_fail=True)
     sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="went away"):
         run(sinks, batch(3, 0, 4))
-    assert not [e for e in log if e[0] in ("ack", "commit", "lake.committed")]
+    assert not [e for e in log if e[0] in ("commit", "lake.committed")]
     assert sinks.committed_offsets == {}
 
 
@@ -139,7 +144,7 @@ def test_a_commit_not_done_leaves_the_offsets_unrecorded():
     log = Log()
     sinks = service(log, commit_ok=False)
     run(sinks, batch(3, 0, 3))
-    assert [e[0] for e in log][-4:] == ["ack", "ack", "ack", "commit"]
+    assert [e[0] for e in log][-2:] == ["producer.flush", "commit"]
     assert sinks.committed_offsets == {} and sinks.commits == 0
 
 
@@ -147,7 +152,7 @@ def test_a_commit_not_done_leaves_the_offsets_unrecorded():
 def test_a_kafka_step_that_never_finishes_ends_the_process_not_the_partition(stuck):
     """A Kafka client that never answers (aiokafka across a broker restart) must not hold
     every partition still behind a live process: past COMMIT_TIMEOUT_S the worker exits
-    (``on_stuck``) for its supervisor to restart it, and nothing is acked or committed."""
+    (``on_stuck``) for its supervisor to restart it, and nothing is committed."""
     log = Log()
     sinks = service(log)
     never = asyncio.Event()
@@ -157,7 +162,7 @@ def test_a_kafka_step_that_never_finishes_ends_the_process_not_the_partition(stu
         await never.wait()
 
     if stuck == "commit":
-        sinks.app.consumer.commit = hang
+        sinks.app.consumer.commit_durable = hang
     else:
         sinks.app.producer.flush = hang
     exits: list[str] = []
@@ -191,3 +196,39 @@ def test_a_batch_made_before_its_partition_was_revoked_is_dropped_not_queued():
     assert asyncio.run(go()) == [False, True, True]
     assert [(b.partition, b.first_offset) for b in sinks._queue] == [(1, 0), (3, 0)]
     assert sinks.epoch(3) == 1 and sinks.epoch(1) == 0
+
+
+def test_a_revoked_partition_is_stored_flushed_and_committed_before_it_goes():
+    """Kafka's onPartitionsRevoked pattern: what this worker took of a revoked partition
+    is made durable and committed in the rebalance, so its next owner starts after it."""
+    log = Log()
+    sinks = service(log)
+
+    async def go() -> None:
+        for b in (batch(3, 10, 2), batch(1, 0, 1), batch(3, 12, 3)):
+            b.epoch = sinks.epoch(b.partition)
+            assert await sinks.put(b)
+        await sinks.on_revoked({TP("payments", 3)})
+
+    asyncio.run(go())
+    names = [e[0] for e in log]
+    assert names[:2] == ["db.write", "lake.append"]  # every queued batch, in one write
+    assert ("commit", 3, 15) in log and sinks.committed_offsets == {3: 15}
+    assert names.index("producer.flush") < names.index("commit") < names.index("lake.forget")
+    assert not [e for e in log if e[0] == "commit" and e[1] == 1]  # still ours: later
+    assert [b.partition for b in sinks.lake.batches] == [1] and sinks._queue == []
+
+
+def test_a_hand_over_that_fails_lets_the_partition_go_uncommitted():
+    log = Log()
+    sinks = service(log, windows_fail=True)
+    sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
+
+    async def go() -> None:
+        b = batch(3, 0, 2)
+        assert await sinks.put(b)
+        await sinks.on_revoked({TP("payments", 3)})
+
+    asyncio.run(go())
+    assert "commit" not in [e[0] for e in log] and sinks.committed_offsets == {}
+    assert ("lake.forget", 3) in log and sinks.epoch(3) == 1
