@@ -16,14 +16,17 @@ and 640), so these probes look at the batch path itself:
 
 Each answers 200 or 503 with ``{"status": "ok"|"fail", "reason": ..., "checks": ...}``.
 Lag is the log-end offset minus the committed offset, for the ``payments`` partitions
-this worker owns now. The log-end offset is the high watermark of the consumer's latest
-fetch response; fetches go on while nothing flows (one per FETCH_MAX_WAIT), so it stays
-current when idle, and a partition not fetched yet is asked of the broker.
+this worker owns now. The log-end offset is asked of the broker at each probe or scrape
+(:class:`storage.broker.EndOffsets`, a connection outside the consumer group), and the
+newer of that and the high watermark of the consumer's latest fetch is used. The fetch
+state alone goes stale exactly when lag matters: aiokafka stops fetching a partition
+while fetched records wait, so a held-up worker's lag would seem to stop growing. When
+the broker does not answer within END_OFFSETS_TIMEOUT_S, the fetch state stands in.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,10 +39,11 @@ from app.settings import Settings
 from app.telemetry import Telemetry
 from app.topics import PAYMENTS
 from pipeline.config import ConfigManager
+from storage.broker import EndOffsets
 from tables.payments import CLOCK_TABLE, WindowState
 
 log = logging.getLogger(__name__)
-END_OFFSETS_TIMEOUT_S = 5.0
+END_OFFSETS_TIMEOUT_S = 2.0  # under the probes' 5 s timeout (the Helm chart)
 
 
 @dataclass
@@ -58,8 +62,10 @@ class Health:
 
     def __init__(self, app: PaymentApp, settings: Settings, telemetry: Telemetry,
                  sinks: SinkService, config: ConfigManager, config_sync: ConfigSync,
-                 windows: WindowState) -> None:
+                 windows: WindowState, end_offsets: EndOffsets) -> None:
         self.app = app
+        self.end_offsets = end_offsets
+        self._end_offsets_failing = False
         self.settings = settings
         self.telemetry = telemetry
         self.sinks = sinks
@@ -79,28 +85,34 @@ class Health:
                       key=lambda tp: tp.partition)
 
     async def lag(self) -> dict[Any, int] | None:
-        """Lag per owned ``payments`` partition; None when the broker did not answer."""
+        """Lag per owned ``payments`` partition; None when a partition's end is unknown
+        (the broker did not answer and the consumer has not fetched it yet)."""
         assigned = self._assigned()
         if not assigned:
             return {}
         consumer: Any = self.app.consumer
-        ends: dict[Any, int | None] = {}
+        ends: dict[Any, int] = {}
         for tp in assigned:  # the high watermark of the consumer's latest fetch response
-            try:
-                ends[tp] = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - not fetched yet
-                ends[tp] = None
-        unknown = [tp for tp, end in ends.items() if end is None]
-        if unknown:  # before the first fetch of a partition: ask the broker
-            try:
-                ends.update(await asyncio.wait_for(consumer.highwaters(*unknown),
-                                                   END_OFFSETS_TIMEOUT_S))
-            except Exception as exc:  # noqa: BLE001 - a probe must answer anyway
-                log.debug("end offsets unavailable: %s", exc)
-                return None
+            with contextlib.suppress(Exception):  # not fetched yet
+                if (fetched := consumer.highwater(tp)) is not None:
+                    ends[tp] = int(fetched)
+        try:
+            for tp, end in (await self.end_offsets(assigned)).items():
+                ends[tp] = max(ends.get(tp, 0), int(end))
+        except Exception as exc:  # noqa: BLE001 - a probe must answer anyway
+            if not self._end_offsets_failing:  # once per outage, not at every probe
+                log.warning("the broker did not give the end offsets (%s); the lag comes "
+                            "from the consumer's last fetch until it does",
+                            type(exc).__name__ if isinstance(exc, TimeoutError) else exc)
+            self._end_offsets_failing = True
+        else:
+            if self._end_offsets_failing:
+                log.info("the broker gives the end offsets again")
+            self._end_offsets_failing = False
+        if len(ends) < len(assigned):
+            return None
         committed = getattr(consumer, "_committed_offset", {})
-        return {tp: max(0, int(end) - int(committed.get(tp) or 0))
-                for tp, end in ends.items() if end is not None}
+        return {tp: max(0, end - int(committed.get(tp) or 0)) for tp, end in ends.items()}
 
     def _recovering(self) -> bool:
         tables: Any = self.app.tables

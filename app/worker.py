@@ -28,13 +28,14 @@ from app.cli import fail
 from app.commands import register_commands, register_raw_commands
 from app.config_commands import register_config_commands
 from app.faust_app import PaymentApp, create_app
-from app.health import Health
+from app.health import END_OFFSETS_TIMEOUT_S, Health
 from app.settings import Settings, config_source
 from app.telemetry import Telemetry
 from app.topic_commands import register_topic_commands
 from app.topics import PAYMENTS, declare_topics
 from app.web import register_views
 from pipeline.config import ConfigManager
+from storage.broker import EndOffsets
 from storage.parquet import RawEventWriter
 from storage.postgres import PostgresSink, create_db_engine
 from tables.payments import WindowState, declare_tables
@@ -93,7 +94,14 @@ def build(settings: Settings) -> PaymentApp:
         sinks.on_assigned({tp for tp in assigned if tp.topic == payments.get_topic_name()})
 
     faust_app.on_partitions_assigned.connect(_on_assigned)  # type: ignore[arg-type]
-    health = Health(faust_app, settings, telemetry, sinks, config, config_sync, windows)
+    end_offsets = EndOffsets(settings.broker, timeout_s=END_OFFSETS_TIMEOUT_S)
+
+    async def _on_shutdown(sender: object, **kwargs: Any) -> None:
+        await end_offsets.close()
+
+    faust_app.on_before_shutdown.connect(_on_shutdown)  # type: ignore[arg-type]
+    health = Health(faust_app, settings, telemetry, sinks, config, config_sync, windows,
+                    end_offsets)
     register_views(faust_app, settings, stats, sinks, windows, seen, config, health, telemetry)
     return faust_app
 

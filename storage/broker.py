@@ -324,3 +324,48 @@ async def wait_for_topics(conn: BrokerConnection, plan: list[TopicSpec], *,
 
 def _partitions(n: int) -> str:
     return f"{n} partition" + ("" if n == 1 else "s")
+
+
+class EndOffsets:
+    """Log-end offsets asked of the broker (ListOffsets) on a connection of this object's
+    own, outside any consumer group, in the caller's event loop.
+
+    A worker's lag cannot come from its own consumer's fetch state alone: aiokafka does
+    not fetch a partition again while records it fetched wait to be taken, so when the
+    worker is held up (a slow or hung sink, the sink queue full) the high watermark it
+    last saw stops moving and the lag would seem to stop growing exactly then.
+    """
+
+    def __init__(self, conn: BrokerConnection, *, timeout_s: float) -> None:
+        self.conn = conn
+        self.timeout_s = timeout_s
+        self._consumer: Any = None
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, partitions: Iterable[Any]) -> dict[Any, int]:
+        """``{partition: end offset}`` for ``partitions`` (any ``(topic, partition)``
+        tuples); raises when the broker has not answered within ``timeout_s``."""
+        wanted = list(partitions)
+        return await asyncio.wait_for(self._ask(wanted), self.timeout_s)
+
+    async def _ask(self, wanted: list[Any]) -> dict[Any, int]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        async with self._lock:
+            if self._consumer is None:
+                consumer = AIOKafkaConsumer(**self.conn.client_kwargs(enable_auto_commit=False))
+                try:
+                    await consumer.start()
+                except BaseException:
+                    await consumer.stop()
+                    raise
+                self._consumer = consumer
+            ends = await self._consumer.end_offsets(
+                [TopicPartition(tp.topic, tp.partition) for tp in wanted])
+        return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in wanted}
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._consumer is not None:
+                consumer, self._consumer = self._consumer, None
+                await consumer.stop()

@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from devtools.services import ServiceError
 from devtools.stack import REPO_ROOT, Stack
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.helpers import assert_end_state
+from tests.helpers import assert_end_state, call
 
 KEY = "compliance:rules:v1"
 COUNT, SEED, INVALID = 6_000, 61, 0.04
@@ -117,6 +117,12 @@ def test_worker_simulator_and_cli_over_sasl_ssl_with_a_connection_string(hubs):
                   .events(COUNT))
     assert_end_state(hubs, events)
     assert "Event Hubs at 127.0.0.1" in (hubs.workdir / "w1.log").read_text()
+    # the lag's end offsets are asked over SASL_SSL too, on the probe's own connection
+    code, text = call(f"{worker.web_url}/metrics")
+    lag = [line for line in text.splitlines() if line.startswith("payment_monitor_consumer_lag{")]
+    assert code == 200 and len(lag) == hubs.partitions, lag
+    assert all(line.endswith(" 0.0") for line in lag), lag
+    assert "did not give the end offsets" not in (hubs.workdir / "w1.log").read_text()
 
     # a wrong key: one clear line and a non-zero exit, from the worker and the simulator
     wrong = standin.connection_string.rsplit("=", 1)[0] + "=" + uuid.uuid4().hex

@@ -152,9 +152,15 @@ def test_readyz_follows_postgres_and_healthz_catches_a_stall(stack):
         assert json.loads(body)["reason"].startswith("stalled")
         assert call(f"{worker.web_url}/readyz")[0] == 503
         assert scrape(worker)["payment_monitor_healthy"][0].value == 0
+        # the lag keeps growing while the worker is held up: the consumer no longer
+        # fetches these partitions, so its fetch state alone would have frozen the figure
+        send(stack, events(8000, seed=95))
+        committed, end = stack.committed_and_end()
+        lag = sum(s.value for s in scrape(worker)["payment_monitor_consumer_lag"])
+        assert (lag, end) == (end - committed, 21000)
         proxy.thaw()
         wait_for(lambda: call(f"{worker.web_url}/healthz")[0] == 200, 120, "alive again")
-        stack.wait_until_committed(13000, timeout=180)
+        stack.wait_until_committed(21000, timeout=180)
     finally:
         proxy.close()
 
