@@ -57,6 +57,7 @@ from tables.payments import (
     split_key,
 )
 from tables.seen import SeenIds
+from tables.stores import rocksdb_memory, table_databases
 
 log = logging.getLogger(__name__)
 DASHBOARD_HTML = Path(__file__).with_name("dashboard.html")
@@ -383,6 +384,10 @@ def register_views(app: PaymentApp, settings: Settings, stats: IngestStats, sink
                 "dedupe": {"ids_held": seen.size(), "ids_expired": seen.purged,
                            "window_s": seen.expiry,
                            "customers_in_memory": seen.recent_times.size()},
+                # RocksDB's native memory: not on the Python heap, so not in tracemalloc
+                "native_memory": {
+                    "tables": rocksdb_memory(table_databases(app.tables.values())),
+                    "histories": seen.histories.memory() if seen.histories else None},
                 "metrics": ({"definitions": len(config.active.engine.definitions),
                              "config_version": config.active.version}
                             if config.loaded else None),

@@ -45,6 +45,8 @@ from rocksdict import (
     WriteOptions,
 )
 
+from tables.stores import rocksdb_memory
+
 Entry = tuple[float, int, int, str]  # (event ts, offset, amount_minor, currency)
 Payment = tuple[str, float, int, int, str]  # (customer, event ts, offset, amount, currency)
 
@@ -144,6 +146,10 @@ class CustomerHistories:
         self._db.set_write_options(no_log)
         self._reader: RdictIter | None = None  # over the database as of the last write
         self._scanning: object = None  # the scan that owns the iterator
+
+    def memory(self) -> dict[str, int]:
+        """Its native memory, as :func:`tables.stores.rocksdb_memory` counts it."""
+        return rocksdb_memory([self._db])
 
     def close(self) -> None:
         self._reader = None

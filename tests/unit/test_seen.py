@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from app.faust_app import create_app
 from app.settings import Settings
 from tables.context import placeholder_message
-from tables.histories import RecentTimes
+from tables.histories import CustomerHistories, RecentTimes
 from tables.seen import CHUNK_IDS, SeenIds, declare_seen_table
 
 
@@ -205,3 +205,19 @@ def test_recent_times_say_when_memory_may_have_lost_a_payment():
     assert times.times(1, "a", 0, 1e9) == []  # another partition
     times.drop(0)
     assert times.size() == 0
+
+
+def test_the_histories_report_their_native_memory(tmp_path):
+    """What /payments/stats shows of RocksDB: memtables hold what was written; index and
+    filter blocks sit in the block cache, so none are held outside it."""
+    histories = CustomerHistories(tmp_path)
+    try:
+        before = histories.memory()
+        histories.put(1, [(f"c{i % 50}", 1_800_000_000.0 + i, i, 1000 + i, "EUR")
+                          for i in range(2000)])
+        after = histories.memory()
+    finally:
+        histories.close()
+    assert after["databases"] == before["databases"] == 1
+    assert after["memtables"] > before["memtables"]
+    assert after["table_readers"] == 0
