@@ -35,6 +35,7 @@ from storage.broker import (
     wait_for_topics,
 )
 from storage.config_topic import config_topic
+from tables.stores import store_url
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ def create_app(settings: Settings) -> PaymentApp:
         settings.app_id,
         settings=settings,
         broker=settings.faust_broker_url,
-        store=settings.store_url,
+        store=store_url(settings.store_url),
         datadir=settings.app_datadir,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replicas,

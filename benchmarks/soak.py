@@ -77,10 +77,15 @@ def sample(stack: Stack, workers: list[Worker], started: float,
     for w in workers:
         pid = w.proc.pid if w.proc is not None else 0
         try:
-            consumed = w.stats()["ingest"]["consumed"]
+            stats = w.stats()
+            native = stats.get("native_memory") or {}
+            rocksdb = sum(v for part in native.values() if part
+                          for k, v in part.items() if k != "databases")
             row["workers"].append({"pid": pid, "rss_mb": round(rss_mb(pid), 1),
                                    "cpu_s": round(cpu_seconds(pid) - cpu_start[pid], 2),
-                                   "consumed": consumed})
+                                   "consumed": stats["ingest"]["consumed"],
+                                   "rocksdb_mb": round(rocksdb / 2**20, 1),
+                                   "native_memory": native})
         except OSError:
             row["workers"].append({"pid": pid, "rss_mb": None, "cpu_s": None, "consumed": None})
     return row
@@ -97,7 +102,8 @@ def progress_line(row: dict, previous: dict | None) -> str:
             parts.append(f"w{i + 1} down")
             continue
         cpu_us = w["cpu_s"] / w["consumed"] * 1e6 if w["consumed"] else float("nan")
-        parts.append(f"w{i + 1} RSS {w['rss_mb']:.0f} MB, {cpu_us:.1f} us CPU/event")
+        parts.append(f"w{i + 1} RSS {w['rss_mb']:.0f} MB (RocksDB {w['rocksdb_mb']:.0f}), "
+                     f"{cpu_us:.1f} us CPU/event")
     return " | ".join(parts)
 
 
