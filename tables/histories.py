@@ -242,8 +242,10 @@ class RecentTimes:
     The velocity rule asks how many of a customer's payments lie within a time range.
     From memory that answer is exact when nothing ever evicted could lie in the range
     (the customer's own evicted time and the partition's floor are both below it):
-    always so for a customer with few payments, and for a busy one as soon as ``keep``
-    payments are found in range. Otherwise the caller asks the disk, which has them all.
+    always so for a customer with few payments. Otherwise the caller reads what memory
+    has first (:meth:`some`) and asks the disk, which has them all, only when those do
+    not settle its question: a busy customer's ``keep`` newest payments are usually
+    enough to flag it.
     Customers with no payment newer than ``horizon`` seconds behind the partition's
     newest event time are dropped (:meth:`evict`), raising the partition's floor. So
     memory is bounded by the customers active in the horizon, not by the payments in
@@ -290,6 +292,16 @@ class RecentTimes:
             return [] if floor < low else None
         if max(times[0], floor) >= low:
             return None
+        return [(times[i], int(times[i + 1])) for i in range(1, len(times), 2)
+                if low <= times[i] <= high]
+
+    def some(self, partition: int, customer: str, low: float, high: float,
+             ) -> list[tuple[float, int]]:
+        """``(ts, offset)`` of the customer's payments in memory with
+        ``low <= ts <= high``: all of them when :meth:`times` is sure, else some."""
+        times = self._customers.get(partition, {}).get(customer)
+        if times is None:
+            return []
         return [(times[i], int(times[i + 1])) for i in range(1, len(times), 2)
                 if low <= times[i] <= high]
 

@@ -277,11 +277,14 @@ class CustomerHistory:
 
     def times(self, low: float, high: float) -> Iterable[tuple[float, int]]:
         """``(event ts, offset)`` in ``[low, high]``: from memory when it has them all
-        (:class:`~tables.histories.RecentTimes`), else from disk."""
+        (:class:`~tables.histories.RecentTimes`); else what memory has, then the rest
+        from disk, read only if the caller goes on past memory's (the velocity rule
+        stops as soon as it has seen enough)."""
         found = self._times.times(self._partition, self._customer, low, high)
         if found is not None:
             return found
-        return ((e[0], e[1]) for e in self.between(low, high))
+        return _memory_then_disk(self._times.some(self._partition, self._customer, low, high),
+                                 self, low, high)
 
     def between(self, low: float, high: float) -> Iterable[Entry]:
         stored = self._store.between(self._partition, self._customer, low, high)
@@ -293,6 +296,15 @@ class CustomerHistory:
         recent = self._recent and [e for e in self._recent
                                    if e[3] == currency and low <= e[2] < high]
         return _merged(recent, stored) if recent else stored
+
+
+def _memory_then_disk(found: list[tuple[float, int]], history: CustomerHistory,
+                      low: float, high: float) -> Iterator[tuple[float, int]]:
+    yield from found
+    offsets = {offset for _, offset in found}
+    for entry in history.between(low, high):
+        if entry[1] not in offsets:
+            yield entry[0], entry[1]
 
 
 def _merged(recent: list[Entry], stored: Iterator[Entry]) -> Iterator[Entry]:

@@ -12,7 +12,7 @@ from app.faust_app import create_app
 from app.settings import Settings
 from tables.context import placeholder_message
 from tables.histories import CustomerHistories, RecentTimes
-from tables.seen import CHUNK_IDS, SeenIds, declare_seen_table
+from tables.seen import CHUNK_IDS, CustomerHistory, SeenIds, declare_seen_table
 
 
 @pytest.fixture
@@ -205,6 +205,29 @@ def test_recent_times_say_when_memory_may_have_lost_a_payment():
     assert times.times(1, "a", 0, 1e9) == []  # another partition
     times.drop(0)
     assert times.size() == 0
+
+
+def test_a_busy_customer_is_judged_from_memory_and_the_disk_is_read_only_if_needed():
+    """Memory keeps a customer's newest payments: when they already exceed the velocity
+    limit, the disk is never read; when they do not, the rest comes from disk once."""
+    times = RecentTimes(keep=3, horizon=1e9)
+    stored = [(float(ts), ts // 10, 100, "EUR") for ts in range(10, 60, 10)]  # offsets 1-5
+    for ts, offset, _, _ in stored:
+        times.add(0, "a", ts, offset)
+    reads: list[tuple] = []
+
+    class Disk:
+        def between(self, partition, customer, low, high):
+            reads.append((partition, customer, low, high))
+            return iter([e for e in stored if low <= e[0] <= high])
+
+    history = CustomerHistory(Disk(), times, 0, "a", None)  # type: ignore[arg-type]
+    assert times.times(0, "a", 0, 100) is None  # 10 s and 20 s were dropped for the cap
+    found = iter(history.times(0, 100))
+    assert [next(found) for _ in range(3)] == [(30.0, 3), (40.0, 4), (50.0, 5)]
+    assert reads == []  # enough to flag it: nothing read from disk
+    assert list(found) == [(10.0, 1), (20.0, 2)]  # the rest, each payment once
+    assert reads == [(0, "a", 0, 100)]
 
 
 def test_the_histories_report_their_native_memory(tmp_path):
