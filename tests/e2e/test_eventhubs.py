@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from devtools.services import ServiceError
+from devtools.services import ServiceError, call
 from devtools.stack import REPO_ROOT, Stack
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.helpers import assert_end_state, call
+from tests.helpers import assert_end_state
 
 KEY = "compliance:rules:v1"
 COUNT, SEED, INVALID = 6_000, 61, 0.04
