@@ -109,6 +109,22 @@ class BatchConsumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.positions = Positions()
+        # why fetched records were not handed over since the last batch that was (the
+        # liveness probe shows it when the worker stalls)
+        self.passed_over: Counter[str] = Counter()
+
+    def fetch_state(self) -> dict[str, Any]:
+        """The drain loop's state, for the liveness probe's answer when it stalls."""
+        def names(tps: Any) -> list[str]:
+            return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps or ())
+        return {
+            "flow_active": bool(self.flow_active),
+            "active": names(self._active_partitions),
+            "paused": names(self._paused_partitions),
+            "positions": {f"{tp.topic}[{tp.partition}]": self.positions.next(tp)
+                          for tp in sorted(self.positions.owned())},
+            "passed_over": dict(self.passed_over),
+        }
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         app = cast(Any, self.app)
@@ -117,6 +133,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
         callback = self.callback
         to_message = self._to_message
         positions = self.positions
+        passed_over = self.passed_over
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         sleep = asyncio.sleep
@@ -132,12 +149,14 @@ class BatchConsumer(aiokafka_driver.Consumer):
             if self.should_stop:
                 break
             if not records:
+                passed_over["empty fetch"] += 1
                 if empty_pause:
                     # A broker that answers an empty fetch at once (instead of
                     # long-polling) would otherwise spin this loop hot.
                     await sleep(empty_pause)
                 continue
             if not self.flow_active:
+                passed_over["flow stopped"] += 1
                 await self.perform_seek()
                 continue
             generation = app.consumer_generation_id
@@ -145,6 +164,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
                 if not self.flow_active or app.consumer_generation_id != generation:
                     break  # a rebalance started: the rest is fetched again later
                 if active is not None and tp not in active and tp not in self._buffered_partitions:
+                    passed_over[f"{tp.partition}: not active"] += 1
                     continue
                 app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 handler = handlers.get(tp.topic)
@@ -153,21 +173,25 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         await callback(to_message(tp, record))
                     continue
                 expected = positions.next(tp)
-                if expected is None:
-                    continue  # not sought since its assignment: fetched for nobody
+                if expected is None:  # not sought since its assignment: fetched for nobody
+                    passed_over[f"{tp.partition}: no position"] += 1
+                    continue
                 if batch and batch[0].offset < expected:
                     batch = [record for record in batch if record.offset >= expected]
                 if not batch:
+                    passed_over[f"{tp.partition}: below its position"] += 1
                     continue
                 if batch[0].offset != expected and not positions.confirms_gap(
                         tp, batch[0].offset):
                     log.info("%s starts at %d, not at %d: reading it again from %d",
                              tp, batch[0].offset, expected, expected)
+                    passed_over[f"{tp.partition}: past its position"] += 1
                     await self.seek(tp, expected)
                     continue
                 version = positions.version(tp)
                 taken = await handler(tp, [to_message(tp, record) for record in batch])
                 app.last_batch_at = monotonic()
+                passed_over.clear()
                 if taken:
                     # False when sought or revoked while it waited: the new position
                     # is where the partition's next batch must start

@@ -149,6 +149,9 @@ class Health:
         if batch_ago <= stall:
             return Verdict(True, f"consuming: last batch {batch_ago:.1f} s ago", checks)
         lag_text = "unknown (the broker did not answer)" if waiting is None else str(waiting)
+        state = getattr(app.consumer, "fetch_state", None)
+        if state is not None:  # why nothing reached the handler (ADR 0010)
+            checks["fetch_state"] = state()
         return Verdict(False, f"stalled: no batch handled for {batch_ago:.0f} s while lag "
                               f"is {lag_text}", checks)
 

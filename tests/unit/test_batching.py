@@ -4,6 +4,7 @@ from its committed offset, whatever a fetch brings back around a seek or a rebal
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -45,6 +46,7 @@ def consumer(fetches: list, *, handler=None) -> tuple[BatchConsumer, list, list]
                             consumer_generation_id=1, last_fetch_at=None, last_batch_at=None,
                             monitor=SimpleNamespace(track_tp_end_offset=lambda tp, end: None))
     c.positions = Positions()
+    c.passed_over = Counter()
     c.diag = SimpleNamespace(set_flag=lambda flag: None)
     c.callback = None
     c._to_message = lambda tp, record: record
@@ -97,6 +99,7 @@ def test_a_partition_not_sought_since_its_assignment_is_not_handled():
     c, handled, _ = consumer([{TP3: records(0, 5)}])
     drain(c)
     assert handled == []
+    assert c.passed_over["3: no position"] == 1  # what the liveness probe shows
 
 
 def test_a_dropped_batch_is_read_again_from_the_same_position():
