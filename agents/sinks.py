@@ -208,11 +208,7 @@ class SinkService(Service):
     async def flush_all(self) -> None:
         """Store what is queued and flush every buffer (shutdown, tests)."""
         async with self._lock:
-            batches = await self._drain_queue()
-            if batches:
-                await self._store(batches)
-            for topic, partition in self.lake.buffered():
-                await self._flush(topic, partition)
+            await self._store_and_flush()
 
     async def on_revoked(self, revoked: set) -> None:
         """Hand revoked partitions over: store what is queued, flush their buffers and
@@ -230,7 +226,7 @@ class SinkService(Service):
         async with self._lock:
             started = time.monotonic()
             try:
-                await asyncio.wait_for(self._hand_over(gone), self.handover_timeout)
+                await asyncio.wait_for(self._store_and_flush(gone), self.handover_timeout)
             except Exception as exc:  # noqa: BLE001 - the next owner reads them again
                 log.warning("revoked partitions %s let go uncommitted (%s): their next "
                             "owner reads them again from their last commit",
@@ -248,13 +244,15 @@ class SinkService(Service):
                 for cache in self.caches:
                     cache.forget(tp.partition)
 
-    async def _hand_over(self, gone: set[tuple[str, int]]) -> None:
+    async def _store_and_flush(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Store every queued batch, then flush the buffers of ``only`` (every buffer when
+        None) and commit them. The caller holds the lock."""
         batches = await self._drain_queue()
         if batches:
             await self._store(batches)
-        for topic, partition in self.lake.buffered():
-            if (topic, partition) in gone:
-                await self._flush(topic, partition)
+        for key in self.lake.buffered():
+            if only is None or key in only:
+                await self._flush(*key)
 
     def on_assigned(self, assigned: set) -> None:
         """A rebalance ended: the partitions' commits are timed from now (their committed

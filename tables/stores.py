@@ -18,8 +18,9 @@ SHARED_MEMTABLE_BYTES = 16 << 20  # every table's memtables
 
 
 def rocksdb_options() -> dict[str, int]:
-    """Small write buffers and block cache for each table's RocksDB, so a worker's
-    memory does not grow with its tables. Faust's defaults are three 64 MiB write
+    """Small write buffers for each table's RocksDB (the block cache and the memtable
+    budget are shared: :class:`BoundedRocksDBOptions`), so a worker's memory does not
+    grow with its tables. Faust's defaults are three 64 MiB write
     buffers and a 2 GiB block cache for each table and partition: 24 databases on a
     worker with 4 partitions, whose memtables alone grew to hundreds of MB under load
     (docs/performance.md, "Memory"). Lookups do not suffer: the window tables are read
