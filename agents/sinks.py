@@ -154,11 +154,11 @@ class SinkService(Service):
         if flushed is None:
             return
         self.files_written += len(flushed.paths)
-        self.rows_written["parquet"] += len(flushed.messages)
+        self.rows_written["parquet"] += flushed.rows
         # table values (window counts, seen ids) for these offsets go to the
         # changelog before the commit
         for cache in self.caches:
-            cache.flush(partition, flushed.messages[-1])
+            cache.flush(partition, flushed.last_message)
         partials = self.windows.take_partials(partition)  # snapshotted here, on the loop
         if partials:
             with self.telemetry.sink_seconds.labels("windows").time():
@@ -170,7 +170,7 @@ class SinkService(Service):
         # The batch path hands this partition's records over contiguously from its
         # committed offset (app.batching.Positions), and they are flushed in order:
         # everything before the flush's end is durable.
-        tp = flushed.messages[-1].tp
+        tp = flushed.last_message.tp
         consumer = cast(BatchConsumer, self.app.consumer)
         done = await self._bounded(consumer.commit_durable(tp, flushed.last_offset + 1),
                                    "the offset commit", topic, partition)
@@ -178,7 +178,7 @@ class SinkService(Service):
         self.telemetry.sink_seconds.labels("commit").observe(time.perf_counter() - commit_started)
         context = {"topic": topic, "partition": partition,
                    "offsets": f"{flushed.first_offset}-{flushed.last_offset}",
-                   "batch_size": len(flushed.messages)}
+                   "batch_size": flushed.rows}
         if committed:
             log.debug("committed %s[%d] up to %d", topic, partition, committed, extra=context)
             self.commits += 1

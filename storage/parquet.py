@@ -65,7 +65,10 @@ class _Buffer:
     started: float
     columns: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     hours: list[int] = field(default_factory=list)
-    messages: list[Any] = field(default_factory=list)
+    # the newest message only: it names the partition when its table values are flushed,
+    # and holding every buffered message (~300 bytes each beyond the columns) was a few
+    # seconds of traffic in memory for nothing
+    last_message: Any = None
 
     @property
     def rows(self) -> int:
@@ -74,14 +77,16 @@ class _Buffer:
 
 @dataclass(frozen=True)
 class Flushed:
-    """What one flush made durable: the files and the messages they hold."""
+    """What one flush made durable: the files, how many rows they hold, and the newest
+    message among them."""
 
     topic: str
     partition: int
     first_offset: int
     last_offset: int
     paths: list[str]
-    messages: list[Any]
+    rows: int
+    last_message: Any
 
 
 class RawEventWriter:
@@ -154,7 +159,7 @@ class RawEventWriter:
                              "currency", "channel", "status"):
                     cols[name].append(None)
                 buf.hours.append(arrival_hour)
-        buf.messages.extend(messages)
+        buf.last_message = messages[-1]
 
     def due(self, now: float | None = None) -> list[tuple[str, int]]:
         """Topic-partitions whose buffer is full or old enough to flush."""
@@ -218,7 +223,7 @@ class RawEventWriter:
             rows = groups[hour]
             part = table if len(rows) == n else table.take(pa.array(rows, pa.int64()))
             self._write_atomic(part, path)
-        return Flushed(topic, partition, first, last, paths, buf.messages)
+        return Flushed(topic, partition, first, last, paths, n, buf.last_message)
 
     def _hour_dir(self, hour: int) -> str:
         t = datetime.fromtimestamp(hour * 3600, UTC)

@@ -38,7 +38,8 @@ class FakeLake:
         self.log("lake.flush", partition)
         msgs = [m for b in self.batches if b.partition == partition for m in b.messages]
         self.batches = [b for b in self.batches if b.partition != partition]
-        return Flushed(topic, partition, msgs[0].offset, msgs[-1].offset, ["f"], msgs)
+        return Flushed(topic, partition, msgs[0].offset, msgs[-1].offset, ["f"], len(msgs),
+                       msgs[-1])
 
     def committed(self, topic, partition, next_offset):
         self.log("lake.committed", partition, next_offset)
