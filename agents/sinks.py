@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from mode import Service
 
 from app.batching import BatchConsumer
 from app.faust_app import PaymentApp
+from app.kafka_state import client_state
 from app.telemetry import Telemetry
 from pipeline.batches import SinkBatch
 from pipeline.windows import HistogramPartials
@@ -201,6 +203,9 @@ class SinkService(Service):
                        "stuck; exiting for the supervisor to restart the worker, which reads "
                        "again from its last commit")
             log.critical(message)
+            # the cause inside aiokafka is not found yet: the exit says what it waited on
+            log.critical("the Kafka clients when the worker gave up on them: %s",
+                         json.dumps(client_state(self.app), default=str))
             if self.on_stuck is not None:
                 self.on_stuck(message)
             raise

@@ -6,6 +6,7 @@ Each ends with the exact end-state check against an independent computation
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -99,6 +100,15 @@ def test_a_broker_that_stops_answering_ends_the_worker_within_the_commit_timeout
                       r"8 s \(COMMIT_TIMEOUT_S\)", log)
     assert stuck, f"no line names the stuck step: {worker.log_path}"
     assert took < 8 + 10, f"exited {took:.0f} s after the freeze"
+    # and what the clients were waiting on, for the day it is aiokafka's own hang
+    marker = "the Kafka clients when the worker gave up on them: "
+    described = [line.split(marker, 1)[1] for line in log.splitlines() if marker in line]
+    assert described, f"no line describes the Kafka clients: {worker.log_path}"
+    state = json.loads(described[0])
+    assert state["producer"]["sender_task"] == "running"
+    assert state["producer"]["client"]["connections"], state["producer"]
+    assert state["consumer"]["client"]["connections"], state["consumer"]
+    assert any("aiokafka/" in line for line in state["tasks"]["consumer thread loop"])
     stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1")  # as its supervisor would
     send(stack, events[15_000:])
     stack.wait_until_committed(len(events), timeout=240)
