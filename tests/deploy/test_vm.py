@@ -98,3 +98,18 @@ def test_systemd_accepts_the_unit(tmp_path):
     out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                          text=True, timeout=60, check=False)
     assert "payment-monitor.service" not in out.stderr or out.returncode == 0, out.stderr
+
+
+def test_the_wheel_ships_every_file_beside_the_code(installed):
+    """The data files the packages open (the dashboard, the configuration and its schemas,
+    the scenarios) are installed with them: the dashboard once was not, so
+    /payments/dashboard/ failed wherever the wheel was installed (image and VM)."""
+    site = next((installed / "opt" / "payment-monitor" / "venv" / "lib")
+                .glob("python3*/site-packages"))
+    tracked = subprocess.run(["git", "ls-files", "app", "config", "agents", "tables", "models",
+                              "pipeline", "storage", "simulator"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    data = [path for path in tracked if not path.endswith(".py")]
+    assert "app/dashboard.html" in data
+    missing = [path for path in data if not (site / path).is_file()]
+    assert not missing, f"in the repository, not in the wheel: {missing}"
