@@ -88,6 +88,12 @@ def test_the_installed_wheel_migrates_and_runs_a_worker(installed, broker, empty
                 status, body = None, str(exc)
         assert "payment_monitor_payments_accepted_total" in \
             call(f"http://127.0.0.1:{port}/metrics")[1]
+        # every read-only view answers from the installed wheel, the dashboard's page too
+        for view in ("/healthz", "/payments/stats/", "/payments/config/", "/payments/tables/",
+                     "/payments/dashboard.json", "/payments/dashboard/"):
+            status, body = call(f"http://127.0.0.1:{port}{view}")
+            assert status == 200, f"{view}: {status} {body[:300]}"
+        assert "<html" in call(f"http://127.0.0.1:{port}/payments/dashboard/")[1].lower()
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         code = worker.wait(60)
