@@ -56,5 +56,6 @@ def register_retention(app: PaymentApp, engine: Engine, seen: SeenIds, lake: Raw
         actives = {tp.partition for tp in app.assignor.assigned_actives()
                    if tp.topic == PAYMENTS}
         if actives:
-            seen.purge(actives, lambda p: placeholder_message(PAYMENTS, p), time.time())
+            await seen.purge_async(actives, lambda p: placeholder_message(PAYMENTS, p),
+                                   time.time())
             windows.expire(actives, settings.window_retention_s)

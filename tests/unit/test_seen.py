@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -93,6 +94,40 @@ def test_purge_leaves_partitions_it_does_not_own(table):
     seen.flush(0, msg(0, 1))
     assert seen.purge({1, 2}, lambda p: msg(p), now=1000.0) == 0
     assert "0|1" in t
+
+
+def test_an_async_purge_lets_the_loop_run_between_chunks_and_spares_a_revoked_partition(
+        table):
+    """Ten minutes of ids take tens of seconds to purge: the timer's purge gives the event
+    loop a turn after every chunk. A partition revoked in such a turn keeps the rest of its
+    chunks: their tombstones are its next owner's to write."""
+    app, t = table
+    seen = SeenIds(app, t, expiry=100)
+    n = 2 * CHUNK_IDS + 17  # three chunks per partition
+    for p in (0, 1):
+        seen.first_seen(p, "x", 0.0)
+        for i in range(n):
+            seen.add(p, f"{p}-{i}", i, 10.0)
+        seen.flush(p, msg(p, n - 1))
+    turns = []
+
+    async def main():
+        async def meanwhile():
+            while not seen.purged:
+                await asyncio.sleep(0)
+            turns.append(seen.purged)
+            seen.forget(0)  # a rebalance between two chunks of partition 0
+
+        other = asyncio.create_task(meanwhile())
+        dropped = await seen.purge_async([0, 1], lambda p: msg(p), now=1000.0)
+        await other
+        return dropped
+
+    assert asyncio.run(main()) == CHUNK_IDS + n
+    assert turns == [CHUNK_IDS]  # the loop ran after the first chunk, not after the purge
+    tombstones = [key for _, key, value in t.sent if value is None]
+    assert sum(key.startswith("0|") for key in tombstones) == 1
+    assert sum(key.startswith("1|") for key in tombstones) == 3
 
 
 def test_forget_drops_what_was_not_flushed(table):
