@@ -19,6 +19,7 @@ from faust.auth import Credentials
 from faust.types import TP, TopicT, TransportT
 from mode import Service, ServiceT
 
+from app.aiokafka_fixes import catch_closed_transport
 from app.batching import BatchHandler, BatchTransport
 from app.logs import logging_config, redact_secrets
 from app.settings import Settings
@@ -263,6 +264,8 @@ def create_app(settings: Settings) -> PaymentApp:
     # uvloop: -24 % throughput without it (docs/adr/0001-batch-path.md). Set before
     # the worker creates its loop, which happens after this module is imported.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # uvloop raises RuntimeError where aiokafka expects OSError (docs/adr/0012)
+    catch_closed_transport()
     # Fewer garbage collections: the hot path allocates a few hundred objects per event,
     # and at the default gen-0 threshold (700) a collection ran every few events (handler
     # alone: 8,700 events/s at 700, 15,000 at 100,000; docs/adr/0005-metrics-and-windows.md).
