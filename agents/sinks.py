@@ -203,7 +203,7 @@ class SinkService(Service):
                        "stuck; exiting for the supervisor to restart the worker, which reads "
                        "again from its last commit")
             log.critical(message)
-            # the cause inside aiokafka is not found yet: the exit says what it waited on
+            # for a hang of a kind not known yet (ADR 0012 fixed one): what it waited on
             log.critical("the Kafka clients when the worker gave up on them: %s",
                          json.dumps(client_state(self.app), default=str))
             if self.on_stuck is not None:

@@ -1,11 +1,11 @@
 """What the Kafka clients are doing, for the log line of a worker that gives up on them.
 
-An aiokafka request that never completes across a broker restart (README, "Known
-limits") ends the worker after ``COMMIT_TIMEOUT_S``. The cause inside aiokafka is not
-found yet, and the failure is rare, so the exit carries what would tell it: the
-producer's sender task and what it waits for, the batches it holds, the metadata
-update, every connection, and where each task of both event loops (Faust runs the
-consumer on a thread of its own) and each thread is waiting.
+A Kafka request that never completes ends the worker after ``COMMIT_TIMEOUT_S``. Such
+hangs are rare, so the exit carries what would explain one: the producer's sender task
+and what it waits for, the batches it holds, the metadata update, every connection, and
+where each task of both event loops (Faust runs the consumer on a thread of its own) and
+each thread is waiting. It found the cause of the hang across a broker restart
+(docs/adr/0012-aiokafka-on-uvloop.md).
 
 Everything here reads private attributes of aiokafka 0.14 and faust-streaming 0.15,
 defensively: a missing attribute gives a missing entry, never an error on the way out.

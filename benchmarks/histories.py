@@ -32,7 +32,7 @@ from types import SimpleNamespace
 
 from faust.types import TableT
 
-from app.faust_app import create_app
+from app.faust_app import PaymentApp, create_app
 from app.settings import Settings
 from models.events import ParsedTransaction
 from pipeline.config import ConfigManager
@@ -132,6 +132,17 @@ def seek_growth(total: int, step: int = 400_000) -> None:
         store.close()
 
 
+def offline_seen_table(datadir: str, partitions: int) -> tuple[PaymentApp, TableT]:
+    """A worker app on in-memory stores and its seen-ids table, with no broker: the
+    table's changelog records are dropped (also used by ``benchmarks.purge``)."""
+    app = create_app(Settings(store_url="memory://", app_datadir=datadir,
+                              broker_url="kafka://127.0.0.1:1"))
+    table = declare_seen_table(app, partitions)
+    table.send_changelog = lambda *a, **k: SimpleNamespace(  # type: ignore[method-assign]
+        message=SimpleNamespace(partition=0))
+    return app, table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.histories", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,12 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = payments(args.payments, config.active.validator)
     flush_every = int(args.rate * args.flush_seconds)
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(Settings(store_url="memory://", app_datadir=tmp,
-                                  broker_url="kafka://127.0.0.1:1"))
-        table = declare_seen_table(app, PARTITIONS)
-        # no broker: the changelog records are dropped
-        table.send_changelog = lambda *a, **k: SimpleNamespace(  # type: ignore[method-assign]
-            message=SimpleNamespace(partition=0))
+        app, table = offline_seen_table(tmp, PARTITIONS)
         seen = SeenIds(app, table, expiry=3600, ids_in_memory=False)
         results = {}
         for name, run in (("memory (before)", lambda: run_memory(batch, extract, flush_every,

@@ -14,13 +14,11 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-from app.faust_app import create_app
-from app.settings import Settings
+from benchmarks.histories import offline_seen_table
 from tables.context import placeholder_message
 from tables.histories import CustomerHistories
-from tables.seen import SeenIds, declare_seen_table
+from tables.seen import SeenIds
 
 PARTITIONS = 4
 FLUSH_EVERY = 20_000  # ids between flushes (a few seconds of traffic)
@@ -41,12 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(Settings(store_url="memory://", app_datadir=tmp,
-                                  broker_url="kafka://127.0.0.1:1"))
-        table = declare_seen_table(app, PARTITIONS)
-        # no broker: the changelog records go nowhere
-        table.send_changelog = lambda *a, **kw: SimpleNamespace(  # type: ignore[method-assign]
-            message=SimpleNamespace(partition=0))
+        app, table = offline_seen_table(tmp, PARTITIONS)
         seen = SeenIds(app, table, expiry=3600, ids_in_memory=False,
                        histories=CustomerHistories(Path(tmp) / "histories"))
         for partition in range(PARTITIONS):
