@@ -260,6 +260,32 @@ def assert_histograms(url: str, counted: list[SimEvent], late: list[SimEvent]) -
         assert abs(row[2] - total) <= 1e-6 * max(1.0, abs(total)), key
 
 
+def lake_report(root: Path, expected: int) -> str:
+    """What is wrong with a lake that should hold ``expected`` rows: the coordinates read
+    twice or missing, and the files that hold the doubled ones (a failure then says which
+    flushes overlap without the workers' logs)."""
+    files: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for path in sorted(root.rglob("*.parquet")):
+        if path.name.startswith((".", "_")):
+            continue
+        table = ds.dataset(path, format="parquet").to_table(columns=["partition", "offset"])
+        for coord in zip(table["partition"].to_pylist(), table["offset"].to_pylist(),
+                         strict=True):
+            files[coord].append(str(path.relative_to(root)))
+    doubled = {c: f for c, f in files.items() if len(f) > 1}
+    missing: list[tuple[int, int]] = []
+    for partition in sorted({p for p, _ in files}):
+        offsets = sorted(o for p, o in files if p == partition)
+        present = set(offsets)
+        missing += [(partition, o) for o in range(offsets[0], offsets[-1]) if o not in present]
+    by_files = Counter(tuple(f) for f in doubled.values())
+    return (f"lake holds {sum(len(f) for f in files.values())} rows at {len(files)} "
+            f"coordinates for {expected} events; {len(doubled)} read twice or more "
+            f"(by files: {dict(by_files.most_common(8))}); {len(missing)} missing inside "
+            f"the partitions' ranges (first: {missing[:8]}); intents: "
+            f"{sorted(p.name for p in (root / '_inflight').glob('*'))}")
+
+
 def assert_end_state(stack: Stack, events: list[SimEvent]) -> None:
     """Every produced event stored exactly once, and the windows equal an independent count."""
     url = stack.database_url
@@ -274,9 +300,9 @@ def assert_end_state(stack: Stack, events: list[SimEvent]) -> None:
 
     lake = ds.dataset(stack.raw_dir, format="parquet", partitioning="hive").to_table(
         columns=["partition", "offset", "value", "accepted"])
-    assert lake.num_rows == len(events)
+    assert lake.num_rows == len(events), lake_report(stack.raw_dir, len(events))
     coords = set(zip(lake["partition"].to_pylist(), lake["offset"].to_pylist(), strict=True))
-    assert len(coords) == len(events)
+    assert len(coords) == len(events), lake_report(stack.raw_dir, len(events))
     assert Counter(lake["value"].to_pylist()) == Counter(e.value for e in events)
     assert lake["accepted"].to_pylist().count(True) == len(valid)
 
