@@ -63,6 +63,7 @@ class SinkService(Service):
                  windows: FlushedWindows, seen: TableCache, telemetry: Telemetry | None = None,
                  *, max_events: int = 50_000, linger: float = 0.2,
                  commit_timeout: float = 120.0, handover_timeout: float = 15.0,
+                 handover_limit: float = 45.0,
                  on_stuck: Callable[[str], None] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
@@ -76,6 +77,7 @@ class SinkService(Service):
         self.linger = linger
         self.commit_timeout = commit_timeout
         self.handover_timeout = handover_timeout
+        self.handover_limit = handover_limit
         self.on_stuck = on_stuck  # the worker's exits the process (app.cli.fail)
         self._queue: list[SinkBatch] = []
         self._queued_events = 0
@@ -221,24 +223,44 @@ class SinkService(Service):
 
         Runs in the rebalance, before the group moves on (Kafka's ``onPartitionsRevoked``
         pattern): the next owner starts after this commit and recovers the tables after
-        this producer flush. The hand-over is bounded (``handover_timeout``); past it, or
-        when a store fails, the partitions are let go uncommitted. Taken under the lock,
-        so a flush in progress finishes first.
+        this producer flush. Taken under the lock, so a flush in progress finishes first.
+
+        Nothing is cancelled half-way. A write runs in a thread, which no cancellation
+        stops: a hand-over cut short by a timeout used to let the partition go while its
+        lake files were still being written (the next owner's files then overlap them),
+        and to drop queued batches of the partitions this worker keeps, whose rows then
+        never reached the lake. So:
+
+        - the queued batches are always stored; a store that fails every retry ends the
+          worker, as it does outside a rebalance;
+        - revoked partitions are flushed one after another until ``handover_timeout``;
+          those not reached by then, or whose flush fails, go uncommitted;
+        - a step still running at ``handover_limit`` (below the group's rebalance
+          timeout, after which the group gives the partitions to others) ends the process:
+          the only way to stop its thread before the next owner starts writing.
         """
         gone = {(tp.topic, tp.partition) for tp in revoked}
         for tp in revoked:  # at once, before any wait: a handler's put() checks it
             self._epochs[tp.partition] = self.epoch(tp.partition) + 1
+        names = sorted(p for _, p in gone)
         async with self._lock:
             started = time.monotonic()
+            work = asyncio.ensure_future(self._hand_over(gone, started + self.handover_timeout))
             try:
-                await asyncio.wait_for(self._store_and_flush(gone), self.handover_timeout)
-            except Exception as exc:  # noqa: BLE001 - the next owner reads them again
-                log.warning("revoked partitions %s let go uncommitted (%s): their next "
-                            "owner reads them again from their last commit",
-                            sorted(p for _, p in gone), type(exc).__name__ or exc)
-            else:
-                log.info("handed over %s in %.2f s", sorted(p for _, p in gone),
-                         time.monotonic() - started)
+                let_go = await asyncio.wait_for(asyncio.shield(work), self.handover_limit)
+            except TimeoutError:
+                self._give_up(f"the hand-over of revoked partitions {names} did not finish "
+                              f"within {self.handover_limit:.0f} s; exiting so that none of "
+                              "its writes can land after their next owner starts")
+                raise
+            except Exception as exc:
+                self._give_up(f"storing the queued batches failed in the hand-over of "
+                              f"{names} ({type(exc).__name__}: {exc})")
+                raise
+            if let_go:
+                log.warning("revoked partitions %s let go uncommitted: their next owner "
+                            "reads them again from their last commit", let_go)
+            log.info("handed over %s in %.2f s", names, time.monotonic() - started)
             async with self._changed:
                 self._queue = [b for b in self._queue if (b.topic, b.partition) not in gone]
                 self._queued_events = sum(len(b.messages) for b in self._queue)
@@ -249,15 +271,40 @@ class SinkService(Service):
                 for cache in self.caches:
                     cache.forget(tp.partition)
 
-    async def _store_and_flush(self, only: set[tuple[str, int]] | None = None) -> None:
-        """Store every queued batch, then flush the buffers of ``only`` (every buffer when
-        None) and commit them. The caller holds the lock."""
+    async def _hand_over(self, gone: set[tuple[str, int]], until: float) -> list[int]:
+        """Store every queued batch, then flush and commit the buffers of ``gone`` while
+        the time is before ``until``; returns the partitions let go uncommitted."""
+        batches = await self._drain_queue()
+        if batches:
+            await self._store(batches)
+        let_go = []
+        for topic, partition in self.lake.buffered():
+            if (topic, partition) not in gone:
+                continue
+            if time.monotonic() >= until:
+                let_go.append(partition)
+                continue
+            try:
+                await self._flush(topic, partition)
+            except Exception as exc:  # noqa: BLE001 - the next owner reads them again
+                log.warning("flushing revoked %s[%d] failed (%s: %s)", topic, partition,
+                            type(exc).__name__, exc)
+                let_go.append(partition)
+        return let_go
+
+    def _give_up(self, message: str) -> None:
+        log.critical(message)
+        if self.on_stuck is not None:
+            self.on_stuck(message)
+
+    async def _store_and_flush(self) -> None:
+        """Store every queued batch, then flush every buffer and commit it. The caller
+        holds the lock."""
         batches = await self._drain_queue()
         if batches:
             await self._store(batches)
         for key in self.lake.buffered():
-            if only is None or key in only:
-                await self._flush(*key)
+            await self._flush(*key)
 
     def on_assigned(self, assigned: set) -> None:
         """A rebalance ended: the partitions' commits are timed from now (their committed

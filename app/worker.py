@@ -72,7 +72,11 @@ def build(settings: Settings) -> PaymentApp:
     telemetry = Telemetry()
     sinks = SinkService(faust_app, db, lake, windows, seen, telemetry,
                         max_events=settings.sink_queue_events, linger=settings.sink_linger_s,
-                        commit_timeout=settings.commit_timeout_s, on_stuck=fail)
+                        commit_timeout=settings.commit_timeout_s,
+                        # a hand-over still writing when the group would give its partitions
+                        # to others must end the process first (SinkService.on_revoked)
+                        handover_limit=0.75 * faust_app.conf.broker_rebalance_timeout,
+                        on_stuck=fail)
     faust_app.service(sinks)  # type: ignore[arg-type]  # an instance is accepted too
 
     config_sync = register_config(faust_app, settings, config)

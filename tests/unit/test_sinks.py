@@ -233,3 +233,102 @@ def test_a_hand_over_that_fails_lets_the_partition_go_uncommitted():
     asyncio.run(go())
     assert "commit" not in [e[0] for e in log] and sinks.committed_offsets == {}
     assert ("lake.forget", 3) in log and sinks.epoch(3) == 1
+
+
+def test_a_slow_hand_over_waits_for_its_write_and_lets_only_the_rest_go(monkeypatch):
+    """A write runs in a thread that no timeout stops: past ``handover_timeout`` the
+    hand-over must still wait for the flush in progress (letting the partition go with
+    its files half written makes them overlap the next owner's), and only the revoked
+    partitions not yet reached go uncommitted."""
+    import threading
+    import time
+
+    import agents.sinks
+
+    clock = [1000.0]  # the hand-over's deadline reads this clock; the first flush moves it
+    monkeypatch.setattr(agents.sinks, "time", SimpleNamespace(
+        monotonic=lambda: clock[0], time=time.time, perf_counter=time.perf_counter))
+    log = Log()
+    sinks = service(log)
+    sinks.handover_timeout = 0.05  # also short in real time: a timeout must not cut it
+    release = threading.Event()
+    flush = sinks.lake.flush
+
+    def slow_flush(topic, partition):
+        log("lake.flush.start", partition)
+        clock[0] += 60
+        release.wait(5)
+        return flush(topic, partition)
+
+    sinks.lake.flush = slow_flush
+
+    async def go() -> None:
+        for b in (batch(2, 0, 2), batch(3, 0, 2), batch(1, 0, 1)):
+            b.epoch = sinks.epoch(b.partition)
+            assert await sinks.put(b)
+        revoking = asyncio.ensure_future(
+            sinks.on_revoked({TP("payments", 2), TP("payments", 3)}))
+        while ("lake.flush.start", 2) not in log:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # well past handover_timeout
+        assert not revoking.done() and ("lake.forget", 2) not in log
+        release.set()
+        await revoking
+
+    asyncio.run(go())
+    assert ("commit", 2, 2) in log  # the flush in progress finished and was committed
+    assert ("lake.flush.start", 3) not in log  # reached after the deadline: let go
+    assert not [e for e in log if e[0] == "commit" and e[1] == 3]
+    assert ("lake.forget", 3) in log and sorted(b.partition for b in sinks.lake.batches) == [1, 3]
+
+
+def test_a_hand_over_past_its_limit_ends_the_process():
+    """Still writing when the group would give the partitions to others: the process
+    exits (``on_stuck``), the only way to stop a thread before the next owner writes."""
+    import threading
+
+    log = Log()
+    sinks = service(log)
+    sinks.handover_limit = 0.1
+    exits: list[str] = []
+    sinks.on_stuck = exits.append
+    release = threading.Event()
+    sinks.lake.flush = lambda topic, partition: release.wait(5)
+
+    async def go() -> None:
+        b = batch(3, 0, 2)
+        assert await sinks.put(b)
+        try:
+            with pytest.raises(TimeoutError):
+                await sinks.on_revoked({TP("payments", 3)})
+        finally:
+            release.set()
+
+    asyncio.run(go())
+    assert len(exits) == 1 and "did not finish within" in exits[0] and "[3]" in exits[0]
+    assert ("lake.forget", 3) not in log and "commit" not in [e[0] for e in log]
+
+
+def test_a_store_that_fails_in_a_hand_over_ends_the_process_and_drops_nothing_kept():
+    """The queued batches of every partition are drained into one store: were its failure
+    swallowed, the batches of the partitions this worker keeps would be gone from the
+    queue and their rows would never reach the lake, while later batches are committed."""
+    log = Log()
+    sinks = service(log)
+    exits: list[str] = []
+    sinks.on_stuck = exits.append
+
+    def fail(batches):
+        raise RuntimeError("PostgreSQL went away for good")
+
+    sinks.db.write = fail
+
+    async def go() -> None:
+        for b in (batch(3, 0, 2), batch(1, 0, 1)):
+            assert await sinks.put(b)
+        with pytest.raises(RuntimeError, match="went away"):
+            await sinks.on_revoked({TP("payments", 3)})
+
+    asyncio.run(go())
+    assert len(exits) == 1 and "storing the queued batches failed" in exits[0]
+    assert "lake.append" not in [e[0] for e in log] and ("lake.forget", 3) not in log
