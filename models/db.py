@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -90,6 +91,9 @@ class NormalizedTransaction(Base):
     __table_args__ = (
         Index("ix_normalized_transactions_event_time", "event_time"),
         Index("ix_normalized_transactions_merchant_event_time", "merchant_id", "event_time"),
+        # 0005: a flag's evidence names payments by source coordinates
+        Index("ix_normalized_transactions_source", "source_topic", "source_partition",
+              "source_offset"),
     )
 
 
@@ -113,6 +117,45 @@ class DynamicMetric(Base):
     __table_args__ = (
         Index("ix_dynamic_metrics_transaction_id_metric_type", "transaction_id", "metric_type"),
         Index("ix_dynamic_metrics_created_at", "created_at"),
+    )
+
+
+FLAG_STATUSES = ("open", "cleared", "escalated")
+
+
+class ComplianceFlag(Base):
+    """One payment a compliance rule flagged: a case for an analyst to review.
+
+    Written by the sink in the transaction that stores the payment, only for payments that
+    transaction stored for the first time, and never updated by it: a replay, takeover or
+    crash neither duplicates a flag nor resets its review (``status``, ``reviewed_by``,
+    ``reviewed_at``, ``note``, set by ``flags review``). ``evidence`` says why it fired:
+    the rule's parameters and, for rules over time, the payments that counted
+    (docs/metrics.md, "Flags"). Not purged with the payments: a case outlives its
+    transaction's retention."""
+
+    __tablename__ = "compliance_flags"
+
+    transaction_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    rule: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(Text, nullable=False)
+    merchant_id: Mapped[str] = mapped_column(Text, nullable=False)
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    currency: Mapped[str] = mapped_column(Text, nullable=False)
+    config_version: Mapped[str] = mapped_column(Text, nullable=False)
+    evidence: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default="open")
+    reviewed_by: Mapped[str | None] = mapped_column(Text)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str | None] = mapped_column(Text)
+    flagged_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'cleared', 'escalated')", name="status"),
+        Index("ix_compliance_flags_rule_status_event_time", "rule", "status", "event_time"),
+        Index("ix_compliance_flags_customer_id_event_time", "customer_id", "event_time"),
+        Index("ix_compliance_flags_event_time", "event_time"),
     )
 
 

@@ -14,6 +14,7 @@ Time windows are on event time and inclusive: a payment exactly
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.metrics import (
@@ -26,6 +27,8 @@ from pipeline.metrics import (
     time_range,
 )
 
+EVIDENCE_PAYMENTS = 50  # at most this many payments in a flag's evidence (a hot customer)
+
 
 class Rule(MetricExtractor):
     is_rule = True
@@ -33,6 +36,23 @@ class Rule(MetricExtractor):
 
     def definitions(self) -> list[MetricDef]:
         return [MetricDef(self.metric, MetricType.RATE)]
+
+    def evidence(self, tx: Any, offset: int, history: Any) -> dict[str, Any]:
+        """Why the rule flagged ``tx`` (called only when it did): JSON-ready, stored in
+        ``compliance_flags.evidence``. Rules over time list the payments that counted,
+        by source offset; the sink adds their transaction ids."""
+        return {}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def _listed(entries: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+    """The evidence's payments, oldest first; ``complete`` is False when the scan stopped
+    at ``EVIDENCE_PAYMENTS`` (then more payments counted than are listed)."""
+    entries.sort(key=lambda e: (e["event_time"], e["offset"]))
+    return {"listed": len(entries), "complete": complete, "payments": entries}
 
 
 def _thresholds(params: Mapping[str, Any], where: str) -> dict[str, int]:
@@ -70,6 +90,10 @@ class LargeAmount(Rule):
         limit = self.thresholds.get(tx.currency)
         return ((self.metric, 1 if limit is not None and tx.amount_minor >= limit else 0),)
 
+    def evidence(self, tx, offset, history):
+        return {"amount_minor": tx.amount_minor, "currency": tx.currency,
+                "threshold_minor": self.thresholds[tx.currency]}
+
 
 @register
 class HighRiskCountry(Rule):
@@ -84,6 +108,9 @@ class HighRiskCountry(Rule):
 
     def extract(self, tx, offset, history):
         return ((self.metric, 1 if tx.country in self.countries else 0),)
+
+    def evidence(self, tx, offset, history):
+        return {"country": tx.country}
 
 
 @register
@@ -103,6 +130,9 @@ class HighRiskScore(Rule):
     def extract(self, tx, offset, history):
         score = tx.risk_score
         return ((self.metric, 1 if score is not None and score >= self.threshold else 0),)
+
+    def evidence(self, tx, offset, history):
+        return {"risk_score": tx.risk_score, "threshold": self.threshold}
 
 
 @register
@@ -132,6 +162,22 @@ class Velocity(Rule):
                 if n > self.max_payments:  # the verdict is in: bounded time per payment
                     break
         return ((self.metric, 1 if n > self.max_payments else 0),)
+
+    def evidence(self, tx, offset, history):
+        """The payment and the customer's others that counted, oldest first, bounded
+        (a hot customer has thousands: the scan stops at ``EVIDENCE_PAYMENTS``)."""
+        t = tx.event_ts
+        counted = [{"offset": offset, "event_time": _iso(t)}]
+        complete = True
+        for e in time_range(history(tx.customer_id), t - self.within, t + self.within):
+            ts, off = e[0], e[1]
+            if (offset < 0 or off < offset) and abs(ts - t) <= self.within:
+                if len(counted) == EVIDENCE_PAYMENTS:
+                    complete = False
+                    break
+                counted.append({"offset": off, "event_time": _iso(ts)})
+        return {"max_payments": self.max_payments, "within_seconds": self.within,
+                **_listed(counted, complete)}
 
 
 @register
@@ -176,3 +222,25 @@ class Structuring(Rule):
                 if n >= self.min_payments:
                     break
         return ((self.metric, 1 if n >= self.min_payments else 0),)
+
+    def evidence(self, tx, offset, history):
+        """The in-band payments that counted, bounded like velocity's; found through the
+        index by amount when the history has one, as the verdict was."""
+        t = tx.event_ts
+        limit = self.thresholds[tx.currency]
+        counted = [{"offset": offset, "event_time": _iso(t), "amount_minor": tx.amount_minor}]
+        complete = True
+        past = history(tx.customer_id)
+        amounts = getattr(past, "amounts", None)
+        candidates = (amounts(tx.currency, limit * self.fraction, limit) if amounts is not None
+                      else time_range(past, t - self.within, t + self.within))
+        for ts, off, amount, currency in candidates:
+            if ((offset < 0 or off < offset) and currency == tx.currency
+                    and abs(ts - t) <= self.within and self._just_under(amount, currency)):
+                if len(counted) == EVIDENCE_PAYMENTS:
+                    complete = False
+                    break
+                counted.append({"offset": off, "event_time": _iso(ts), "amount_minor": amount})
+        return {"currency": tx.currency, "threshold_minor": limit,
+                "lower_fraction": self.fraction, "min_payments": self.min_payments,
+                "within_seconds": self.within, **_listed(counted, complete)}

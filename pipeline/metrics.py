@@ -107,6 +107,8 @@ class ExtractionResult:
     emitted: list[tuple[MetricInfo, float]]
     errors: list[ExtractorError] = field(default_factory=list)
     plan: WindowPlan = field(default_factory=list)  # window keys of these dimensions
+    # rule kind -> why it flagged this payment (Rule.evidence); None when no rule did
+    evidence: dict[str, dict[str, Any]] | None = None
 
     @property
     def metrics(self) -> list[DynamicMetric]:
@@ -531,7 +533,10 @@ class MetricEngine:
             self._compiled.append(_Compiled(extractor, extractor.kind, emits))
         self.dimensions = dims
         self._dimensions = _dimensions_function(dims)
-        self._calls = [(c.extractor.extract, c.emits, c.name) for c in self._compiled]
+        self._calls = [(c.extractor.extract, c.emits, c.name,
+                        getattr(c.extractor, "evidence", None) if c.extractor.is_rule
+                        else None)
+                       for c in self._compiled]
         # dimension indices that some metric is windowed on: their values pick the plan
         window_dims = sorted({i for info in self._infos for i in info.windowed})
         self._signature: Callable[[list[str]], Any] = (
@@ -560,13 +565,18 @@ class MetricEngine:
                 history: History = no_history) -> ExtractionResult:
         emitted: list[tuple[MetricInfo, float]] = []
         errors: list[ExtractorError] | None = None
+        evidence: dict[str, dict[str, Any]] | None = None
         append = emitted.append
-        for extract, emits, kind in self._calls:
+        for extract, emits, kind, explain in self._calls:
             try:
                 pairs = extract(tx, offset, history)
                 if len(pairs) == 1:
                     name, value = pairs[0]
                     append((emits[name], value))
+                    if explain is not None and value == 1:  # a rule flagged it: say why
+                        if evidence is None:
+                            evidence = {}
+                        evidence[kind] = explain(tx, offset, history)
                 else:
                     emitted += [(emits[name], value) for name, value in pairs]
             except Exception as exc:  # noqa: BLE001 - one extractor must not sink the rest
@@ -574,7 +584,7 @@ class MetricEngine:
                     errors = []
                 errors.append(ExtractorError(kind, f"{type(exc).__name__}: {exc}"))
         dims = self._dimensions(tx)
-        return ExtractionResult(dims, emitted, errors or [], self._plan(dims))
+        return ExtractionResult(dims, emitted, errors or [], self._plan(dims), evidence)
 
 
 # -- configuration ------------------------------------------------------------------------

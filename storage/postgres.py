@@ -231,6 +231,25 @@ WHERE NOT (c.source_topic = %(topic)s AND c.source_partition = %(partition)s
 COPY_METRICS = ("COPY dynamic_metrics (transaction_id, metric_type, metric_data, "
                 "config_version) FROM STDIN")
 
+# One row per flagged payment and rule, for the payments this transaction stored first
+# (so a replay adds none); DO NOTHING keeps a review whatever happens.
+INSERT_FLAGS = """
+INSERT INTO compliance_flags (
+    transaction_id, rule, customer_id, merchant_id, event_time, amount_minor, currency,
+    config_version, evidence
+) VALUES %s
+ON CONFLICT (transaction_id, rule) DO NOTHING
+"""
+FLAGS_TEMPLATE = "(%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb)"
+# the transaction ids of the payments a rule over time counted, by source coordinates
+# (ix_normalized_transactions_source); this transaction's own rows are visible to it
+SELECT_BY_SOURCE = """
+SELECT t.source_partition, t.source_offset, t.transaction_id
+FROM normalized_transactions t
+JOIN unnest(%(partitions)s::int[], %(offsets)s::bigint[]) AS k(p, o)
+  ON t.source_topic = %(topic)s AND t.source_partition = k.p AND t.source_offset = k.o
+"""
+
 UPSERT_HISTOGRAM_PARTIALS = """
 INSERT INTO histogram_partials (
     window_seconds, window_start, metric_type, dimension, source_partition,
@@ -390,6 +409,7 @@ class PostgresSink:
         results: dict[str, Any] = {}
         failed_rows: list[tuple[Any, ...]] = []
         partials: dict[tuple[int, int, str, int], tuple[Any, ...]] = {}
+        flags: dict[str, tuple[ParsedTransaction, SinkBatch, dict[str, Any]]] = {}
         for batch in batches:
             topic = _copy_text(batch.topic)
             version = _copy_text(batch.config_version)
@@ -398,6 +418,8 @@ class PostgresSink:
                 result = batch.metrics.get(offset)
                 if result is not None:
                     results[p.transaction_id] = (result, version)
+                    if result.evidence:
+                        flags[p.transaction_id] = (p, batch, result.evidence)
             for f in batch.failed:
                 failed_rows.append(_failed_row(f))
             for row in batch.window_rows:
@@ -409,17 +431,23 @@ class PostgresSink:
                     c.amount_minor_sum, c.last_offset,
                 )
         flagged: Counter[str] = Counter()
+        flag_rows: list[tuple[Any, ...]] = []
         with _transaction(self.engine) as cur:
             metric_rows = 0
             if tx_rows:
                 cur.execute(STAGE_TRANSACTIONS)
                 cur.copy_expert(COPY_TRANSACTIONS, CopyRows(tx_rows), size=COPY_CHUNK)
                 cur.execute(INSERT_TRANSACTIONS)
-                inserted = cur.fetchall()
-                rows = self._metric_rows([r[0] for r in inserted], results, flagged)
+                inserted = [r[0] for r in cur.fetchall()]
+                rows = self._metric_rows(inserted, results, flagged)
                 if rows:
                     cur.copy_expert(COPY_METRICS, CopyRows(rows), size=COPY_CHUNK)
                 metric_rows = len(rows)
+                new_flags = [flags[tx_id] for tx_id in inserted if tx_id in flags]
+                if new_flags:
+                    flag_rows = _flag_rows(cur, new_flags)
+                    execute_values(cur, INSERT_FLAGS, flag_rows, template=FLAGS_TEMPLATE,
+                                   page_size=1000)
             if failed_rows:
                 execute_values(cur, INSERT_FAILED, failed_rows, page_size=1000)
             if partials:
@@ -436,6 +464,7 @@ class PostgresSink:
         return {
             "normalized_transactions": len(tx_rows),
             "dynamic_metrics": metric_rows,
+            "compliance_flags": len(flag_rows),
             "failed_items": len(failed_rows),
             "payment_window_partials": len(partials),
         }
@@ -492,6 +521,38 @@ class PostgresSink:
             execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE,
                            page_size=2000)
         return {"histogram_partials": len(partials), "aggregate_histograms": len(rows)}
+
+
+def _flag_rows(cur: Any, flags: Sequence[tuple[ParsedTransaction, SinkBatch, dict[str, Any]]],
+               ) -> list[tuple[Any, ...]]:
+    """``compliance_flags`` rows of newly stored payments: one per rule that flagged one,
+    its evidence's payments (source offsets, in the flagged payment's partition) given
+    their transaction ids."""
+    wanted: dict[str, set[tuple[int, int]]] = {}
+    for _, batch, evidence in flags:
+        for reason in evidence.values():
+            for entry in reason.get("payments", ()):
+                wanted.setdefault(batch.topic, set()).add((batch.partition, entry["offset"]))
+    ids: dict[tuple[str, int, int], str] = {}
+    for topic, coords in wanted.items():
+        ordered = sorted(coords)
+        cur.execute(SELECT_BY_SOURCE, {"topic": topic,
+                                       "partitions": [c[0] for c in ordered],
+                                       "offsets": [c[1] for c in ordered]})
+        ids.update({(topic, int(p), int(o)): tx_id for p, o, tx_id in cur.fetchall()})
+    rows = []
+    for p, batch, evidence in flags:
+        for rule, reason in sorted(evidence.items()):
+            payments = reason.get("payments")
+            if payments is not None:
+                reason = {**reason, "payments": [
+                    {**e, "partition": batch.partition,
+                     "transaction_id": ids.get((batch.topic, batch.partition, e["offset"]))}
+                    for e in payments]}
+            rows.append((p.transaction_id, rule, clean_text(p.customer_id),
+                         clean_text(p.merchant_id), p.event_time, p.amount_minor, p.currency,
+                         batch.config_version, orjson.dumps(reason).decode()))
+    return rows
 
 
 def _failed_row(f: FailedMessage) -> tuple[Any, ...]:

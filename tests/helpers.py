@@ -327,6 +327,13 @@ def assert_end_state(stack: Stack, events: list[SimEvent]) -> None:
                            "WHERE metric_type = 'metrics'")
     assert n_metrics == [(len(valid), len(valid))], "every accepted payment's metrics, once"
 
+    # one case per flagged payment and rule: the same verdicts as the metric rows, once
+    verdicts = query(url, "SELECT transaction_id, metric_data FROM dynamic_metrics "
+                          "WHERE metric_type = 'compliance'")
+    flags = query(url, "SELECT transaction_id, rule FROM compliance_flags")
+    assert sorted(flags) == sorted((tx, name[len("compliance_"):]) for tx, data in verdicts
+                                   for name, value in data.items() if value == 1)
+
     dlq = asyncio.run(read_topic(stack.broker.bootstrap, "payments-dlq"))
     dlq_coords = Counter(r.key for r in dlq)
     want_keys = {f"payments-{p}-{o}".encode() for _, p, o in failed}

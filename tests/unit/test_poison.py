@@ -18,6 +18,7 @@ import pytest
 
 from app.cli import finish_output, output_target, printable
 from models.events import ErrorCategory, FailedMessage, ParsedTransaction, ValidationError
+from pipeline.compliance import EVIDENCE_PAYMENTS
 from pipeline.histogram import Histogram
 from pipeline.metrics import SortedHistory
 from pipeline.parse import Validator
@@ -305,4 +306,9 @@ def test_a_hot_customer_costs_bounded_work_per_payment_and_the_same_verdicts(amo
         fast = engine.extract(tx, size, lambda _c, h=counted: h)
         slow = engine.extract(tx, size, lambda _c, h=entries: h)  # a plain list: scanned
         assert fast.rows() == slow.rows()
-        assert counted.looked <= 50  # out of tens of thousands
+        assert fast.evidence == slow.evidence and fast.evidence
+        for reason in fast.evidence.values():  # flagged: why, within a bounded list
+            assert 0 < len(reason["payments"]) <= EVIDENCE_PAYMENTS
+        # out of tens of thousands: the verdicts' few dozen, the evidence's bounded list
+        # and its two bisections
+        assert counted.looked <= 50 + EVIDENCE_PAYMENTS + 40
