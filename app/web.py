@@ -42,10 +42,12 @@ from app.faust_app import PaymentApp
 from app.health import Health
 from app.settings import Settings
 from app.telemetry import Telemetry
+from models.db import FLAG_STATUSES
 from models.errors import PaymentMonitorError
 from models.events import CHANNELS, STATUSES, approval_rate, authorization_rate
 from pipeline.config import ConfigManager
 from pipeline.windows import FAILED_EVENTS, LATE_EVENTS, WindowCounts, WindowMetrics
+from storage.flags import MAX_PAGE, ComplianceFlags, FlagError, FlagFilter, FlagNotFound, to_json
 from tables.payments import (
     CLOCK_TABLE,
     WindowState,
@@ -311,6 +313,17 @@ def params(request: Request, allowed: dict[str, Parser]) -> dict[str, Any]:
             if name in request.query}
 
 
+def _time(name: str, text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadParameter(f"{name} must be an ISO 8601 time, got {text[:40]!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+FLAG_PARAMS: dict[str, Parser] = {
+    "rule": _text(100), "status": _choice(*FLAG_STATUSES), "customer": _text(200),
+    "since": _time, "until": _time, "limit": _limit(MAX_PAGE), "after": _text(2000)}
 WINDOW_PARAMS: dict[str, Parser] = {"limit": _limit(500), "scope": _choice("local"),
                                     "raw": _choice("1")}
 SERIES_PARAMS: dict[str, Parser] = {"key": _text(200), "limit": _limit(500)}
@@ -325,9 +338,11 @@ def _authorized(request: Request, token: str | None) -> bool:
 
 def register_views(app: PaymentApp, settings: Settings, stats: IngestStats, sinks: SinkService,
                    windows: WindowState, seen: SeenIds, config: ConfigManager,
-                   health: Health, telemetry: Telemetry) -> Windows:
-    """Attach the views to ``app``'s web server. Every view is read-only; the one that
-    changes state (the stats reset) requires ``Authorization: Bearer <WEB_ADMIN_TOKEN>``."""
+                   health: Health, telemetry: Telemetry,
+                   flags: ComplianceFlags | None = None) -> Windows:
+    """Attach the views to ``app``'s web server. Every view is read-only; those that
+    change state (the stats reset, a flag's review) require
+    ``Authorization: Bearer <WEB_ADMIN_TOKEN>``."""
     views = Windows(app, windows, config)
     admin_token = (settings.web_admin_token.get_secret_value()
                    if settings.web_admin_token is not None else None)
@@ -405,13 +420,70 @@ def register_views(app: PaymentApp, settings: Settings, stats: IngestStats, sink
         async def post(self, request: Request) -> Response:
             """Start the live stats afresh (the Prometheus counters never reset)."""
             self.checked(request)
-            if admin_token is None:
-                return self.error(403, "state-changing views are off: set WEB_ADMIN_TOKEN "
-                                       "and send Authorization: Bearer <token>")
-            if not _authorized(request, admin_token):
-                return self.error(401, "Authorization: Bearer <WEB_ADMIN_TOKEN> required")
+            no = refused(self, request)
+            if no is not None:
+                return no
             stats.reset()
             return self.json({"reset": True})
+
+    def refused(view: View, request: Request) -> Response | None:
+        """Why a state-changing request is refused, or None when its token is right."""
+        if admin_token is None:
+            return view.error(403, "state-changing views are off: set WEB_ADMIN_TOKEN "
+                                   "and send Authorization: Bearer <token>")
+        if not _authorized(request, admin_token):
+            return view.error(401, "Authorization: Bearer <WEB_ADMIN_TOKEN> required")
+        return None
+
+    @app.page("/payments/flags/")
+    class FlagsView(Checked):
+        allowed = FLAG_PARAMS
+
+        async def get(self, request: Request) -> Response:
+            """Compliance flags, newest event first, a page at a time (``next``: the
+            ``after`` of the next page); filters: rule, status, customer, since, until."""
+            query = self.checked(request)
+            if flags is None:
+                return self.error(404, "no database: flags are not served here")
+            try:
+                flt = FlagFilter(rule=query.get("rule"), status=query.get("status"),
+                                 customer=query.get("customer"), since=query.get("since"),
+                                 until=query.get("until"))
+                rows, after = await asyncio.to_thread(
+                    flags.page, flt, limit=query.get("limit", 50), after=query.get("after"))
+            except FlagError as exc:
+                raise BadParameter(str(exc)) from None
+            return self.bytes(orjson.dumps({"flags": [to_json(r) for r in rows],
+                                            "next": after}),
+                              content_type="application/json")
+
+    @app.page("/payments/flags/{transaction_id}/review/")
+    class FlagReviewView(Checked):
+        async def post(self, request: Request, transaction_id: str) -> Response:
+            """Review one flag: a JSON body ``{"rule", "status": "cleared" | "escalated",
+            "note", "by"}``."""
+            self.checked(request)
+            no = refused(self, request)
+            if no is not None:
+                return no
+            if flags is None:
+                return self.error(404, "no database: flags are not served here")
+            try:
+                body = await request.json()
+            except ValueError:
+                raise BadParameter("the body must be a JSON object") from None
+            if not isinstance(body, dict) or not all(
+                    isinstance(body.get(k), str) for k in ("rule", "status", "note", "by")):
+                raise BadParameter('the body must be {"rule", "status", "note", "by"}, '
+                                   "all strings")
+            try:
+                row = await asyncio.to_thread(flags.review, transaction_id, body["rule"],
+                                              body["status"], body["note"], body["by"])
+            except FlagNotFound as exc:
+                return self.error(404, str(exc))
+            except FlagError as exc:
+                raise BadParameter(str(exc)) from None
+            return self.bytes(orjson.dumps(to_json(row)), content_type="application/json")
 
     @app.page("/payments/tables/")
     class TablesView(Checked):

@@ -28,6 +28,7 @@ from app.cli import fail
 from app.commands import register_commands, register_raw_commands
 from app.config_commands import register_config_commands
 from app.faust_app import PaymentApp, create_app
+from app.flag_commands import register_flag_commands
 from app.health import END_OFFSETS_TIMEOUT_S, Health
 from app.settings import Settings, config_source
 from app.telemetry import Telemetry
@@ -36,6 +37,7 @@ from app.topics import PAYMENTS, declare_topics
 from app.web import register_views
 from pipeline.config import ConfigManager
 from storage.broker import EndOffsets
+from storage.flags import ComplianceFlags
 from storage.parquet import RawEventWriter
 from storage.postgres import PostgresSink, create_db_engine
 from tables.payments import WindowState, declare_tables
@@ -86,6 +88,7 @@ def build(settings: Settings) -> PaymentApp:
     register_retention(faust_app, db_engine, seen, lake, settings, windows)
     register_commands(faust_app, settings, db_engine, config)
     register_raw_commands(faust_app, settings)
+    register_flag_commands(faust_app, settings, db_engine)
     register_config_commands(faust_app, settings, config)
     register_topic_commands(faust_app, settings)
 
@@ -106,7 +109,8 @@ def build(settings: Settings) -> PaymentApp:
     faust_app.on_before_shutdown.connect(_on_shutdown)  # type: ignore[arg-type]
     health = Health(faust_app, settings, telemetry, sinks, config, config_sync, windows,
                     end_offsets)
-    register_views(faust_app, settings, stats, sinks, windows, seen, config, health, telemetry)
+    register_views(faust_app, settings, stats, sinks, windows, seen, config, health, telemetry,
+                   ComplianceFlags(db_engine))
     return faust_app
 
 

@@ -45,9 +45,9 @@ def free_port() -> int:
 
 
 def call(url: str, method: str = "GET", headers: dict | None = None,
-         timeout: float = 15) -> tuple[int, str]:
+         timeout: float = 15, data: bytes | None = None) -> tuple[int, str]:
     """An HTTP request's status and body; an error status is returned, not raised."""
-    request = urllib.request.Request(url, method=method, headers=headers or {})
+    request = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.read().decode()

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.services import call
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.helpers import alert_rules, dashboard_exprs, promql_names, send
+from tests.helpers import alert_rules, dashboard_exprs, promql_names, query, send
 from tests.proxy import proxy_database
 
 TOKEN = "admin-token-8c1f5e"  # a test value; the redaction must hide it in every log line
@@ -77,10 +77,10 @@ def test_metrics_probes_logs_and_guard_rails(stack):
               "/payments/tables/", "/payments/tables/window-counts-5m/windows/",
               "/payments/tables/window-counts-5m/series/?key=pos",
               "/payments/tables/stream-clock/keys/0/", "/payments/dashboard.json",
-              "/payments/dashboard/"]
+              "/payments/dashboard/", "/payments/flags/"]
     for route in routes:
-        path, _, query = route.partition("?")
-        joiner = "&" if query else "?"
+        path, _, params = route.partition("?")
+        joiner = "&" if params else "?"
         code, body = call(f"{base}{route}{joiner}nonsense=1")
         assert code == 400 and "nonsense" in json.loads(body)["error"], route
         code, _ = call(f"{base}{path}", method="DELETE")
@@ -94,6 +94,10 @@ def test_metrics_probes_logs_and_guard_rails(stack):
         "/payments/tables/window-counts-5m/windows/?limit=3&limit=4": "more than once",
         "/payments/tables/window-counts-5m/series/": "key",
         "/payments/tables/window-counts-5m/keys/no-partition/": "names no partition",
+        "/payments/flags/?status=closed": "status",
+        "/payments/flags/?since=yesterday": "since",
+        "/payments/flags/?limit=0": "limit",
+        "/payments/flags/?after=garbage": "page cursor",
     }
     for route, word in bad.items():
         code, body = call(base + route)
@@ -107,6 +111,38 @@ def test_metrics_probes_logs_and_guard_rails(stack):
     assert code == 200 and worker.stats()["ingest"]["consumed"] == 0
     # the Prometheus counters never reset
     assert scrape(worker)["payment_monitor_payments_accepted_total"][0].value > 0
+
+    # the compliance flags, page by page, are the table's rows; a review needs the token
+    stored = {(r[0], r[1]) for r in query(stack.database_url,
+                                          "SELECT transaction_id, rule FROM compliance_flags")}
+    assert stored, "the simulator's traffic trips some rule"
+    paged, after = [], None
+    while True:
+        code, body = call(f"{base}/payments/flags/?limit=7" + (f"&after={after}" if after else ""))
+        assert code == 200, body
+        page = json.loads(body)
+        paged += [(f["transaction_id"], f["rule"]) for f in page["flags"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert len(paged) == len(stored) and set(paged) == stored
+    tx_id, rule = sorted(stored)[0]
+    review = f"{base}/payments/flags/{tx_id}/review/"
+    verdict = json.dumps({"rule": rule, "status": "cleared", "note": "known merchant",
+                          "by": "ana"}).encode()
+    assert call(review, method="POST", data=verdict)[0] == 401
+    code, body = call(review, method="POST", data=b"[1]",
+                      headers={"Authorization": f"Bearer {TOKEN}"})
+    assert code == 400 and "body" in json.loads(body)["error"]
+    code, body = call(f"{base}/payments/flags/tx-none/review/", method="POST", data=verdict,
+                      headers={"Authorization": f"Bearer {TOKEN}"})
+    assert code == 404
+    code, body = call(review, method="POST", data=verdict,
+                      headers={"Authorization": f"Bearer {TOKEN}"})
+    assert code == 200 and json.loads(body)["status"] == "cleared", body
+    code, body = call(f"{base}/payments/flags/?status=cleared")
+    assert [(f["transaction_id"], f["rule"], f["reviewed_by"]) for f in
+            json.loads(body)["flags"]] == [(tx_id, rule, "ana")]
 
     worker.stop()
     lines = worker.log_path.read_text().splitlines()
