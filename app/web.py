@@ -185,13 +185,22 @@ def window_list(windows: Windows, table: str, merged: dict[int, dict[str, Any]],
             for start in sorted(merged, reverse=True)[:limit]]
 
 
-async def dashboard_data(windows: Windows, health: Health | None = None) -> dict[str, Any]:
+async def dashboard_data(windows: Windows, health: Health | None = None,
+                         flags: ComplianceFlags | None = None) -> dict[str, Any]:
     """The dashboard's data: the current windows per channel (counts, approval, latency,
-    amounts), the trend of the last 24 finest windows, this worker's probes and lag, and
-    its configuration versions and reload counters."""
+    amounts), the trend of the last 24 finest windows (with the flags per rule), the
+    newest open compliance flags, this worker's probes and lag, and its configuration
+    versions and reload counters."""
     out: dict[str, Any] = {"generated_at": datetime.now(UTC).isoformat(), "windows": [],
-                           "trend": [], "health": None,
+                           "trend": [], "health": None, "open_flags": None,
                            "config": windows.config.snapshot()}
+    if flags is not None:
+        try:
+            newest, _ = await asyncio.to_thread(flags.page, FlagFilter(status="open"),
+                                                limit=NEWEST_FLAGS)
+            out["open_flags"] = [to_json(f) for f in newest]
+        except Exception as exc:  # noqa: BLE001 - the rest of the page still shows
+            log.warning("dashboard: cannot read the newest flags (%s)", type(exc).__name__)
     for size in windows.sizes:
         counts = await windows.merged(counts_table(size))
         metrics = await windows.merged(metrics_table(size))
@@ -234,6 +243,8 @@ async def dashboard_data(windows: Windows, health: Health | None = None) -> dict
 
 
 TREND_WINDOWS = 24
+RULE_PREFIX = "compliance_"
+NEWEST_FLAGS = 10
 
 
 def trend(counts: dict[int, dict[str, Any]], metrics: dict[int, dict[str, Any]],
@@ -259,6 +270,10 @@ def trend(counts: dict[int, dict[str, Any]], metrics: dict[int, dict[str, Any]],
             "failed": {key[len(prefix):]: h.count for key, h in sorted(hists.items())
                        if key.startswith(prefix)},
             "latency_ms_p95": latency.quantile(0.95) if latency else None,
+            # a rule's rate metric sums to the payments it flagged (every payment, all
+            # dimensions: the key with no dimension)
+            "flags": {key[len(RULE_PREFIX):-1]: round(h.sum) for key, h in sorted(hists.items())
+                      if key.startswith(RULE_PREFIX) and key.endswith("|")},
         })
     return out
 
@@ -578,7 +593,7 @@ def register_views(app: PaymentApp, settings: Settings, stats: IngestStats, sink
             self.checked(request)
             if views.starting:
                 return self.error(503, STARTING)
-            return self.bytes(orjson.dumps(await dashboard_data(views, health)),
+            return self.bytes(orjson.dumps(await dashboard_data(views, health, flags)),
                               content_type="application/json")
 
     @app.page("/payments/dashboard/")

@@ -4,6 +4,7 @@ of the windows from their changelogs, and views answered across two workers."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.helpers import query, send
+from tests.helpers import query, send, shipped_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -104,6 +105,26 @@ def test_web_views_dashboard_recovery_and_two_workers(stack):
                f"<td>{total:,}</td>")
         assert row in page, f"trend row of {start} missing"
     assert '<tr data-check="ready"><td>ready</td><td class="ok">ok</td>' in page
+    # the flags section: per rule and 5-minute window, the flags PostgreSQL holds for the
+    # window's event times (no late events here); and the newest open flags
+    per_window = {(r[0].isoformat(), r[1]): r[2] for r in query(
+        stack.database_url, "SELECT to_timestamp(floor(extract(epoch FROM event_time) / 300) "
+                            "* 300), rule, count(*) FROM compliance_flags GROUP BY 1, 2")}
+    assert per_window, "the simulator's traffic trips some rule"
+    header = re.search(r'<table id="flag-trend"><tr><th>window \(UTC\)</th>(.*?)</tr>', page)
+    assert header, "flags section missing"
+    rules = re.findall(r"<th>(\w+)</th>", header.group(1))
+    assert rules == sorted(e.kind for e in shipped_config().engine.extractors if e.is_rule)
+    for window in counts:
+        start = window["window_start"]
+        cells = "".join(f"<td>{per_window.get((start, r), 0):,}</td>" for r in rules)
+        assert f'data-window="{start}"><td>{start[:16].replace("T", " ")}</td>{cells}</tr>' \
+            in page, f"flag counts of {start} missing or wrong"
+    newest = query(stack.database_url, "SELECT transaction_id, rule FROM compliance_flags "
+                                       "ORDER BY event_time DESC, transaction_id DESC, "
+                                       "rule DESC LIMIT 10")
+    for tx_id, rule in newest:
+        assert f'data-flag="{tx_id}|{rule}"' in page, (tx_id, rule)
     assert '<table id="lag">' in page
 
     # recovery: the RocksDB files are gone; the changelogs give the same values back
