@@ -255,7 +255,8 @@ def _classify(
                 "transaction_id", "unique",
                 f"transaction_id {tx_id!r} was already accepted at "
                 f"{where[0]}[{where[1]}]@{where[2]}", repr(tx_id))
-            failed.append(_failed(message, ErrorCategory.DUPLICATE, (error,), received))
+            failed.append(_failed(message, ErrorCategory.DUPLICATE, (error,), received,
+                                  transaction_id=tx_id))
             continue
         in_batch.setdefault(tx_id, message.offset)
         if first != message.offset:
@@ -271,7 +272,8 @@ def _history(seen: SeenIds, partition: int) -> History:
 
 
 def _failed(message: Message, category: ErrorCategory,
-            errors: tuple[ValidationError, ...], received: float) -> FailedMessage:
+            errors: tuple[ValidationError, ...], received: float,
+            transaction_id: str | None = None) -> FailedMessage:
     headers = _headers(message)
     replay_of = headers.get(REPLAY_OF_HEADER)
     return FailedMessage(
@@ -285,6 +287,7 @@ def _failed(message: Message, category: ErrorCategory,
         retry_count=bounded_int(headers.get(RETRY_COUNT_HEADER), 0, INT4_MAX) or 0,
         replay_of=bounded_int(replay_of, 1, INT8_MAX),
         key=message.key,
+        transaction_id=transaction_id,
     )
 
 

@@ -5,8 +5,8 @@ Filters (list, export): ``--rule``, ``--status``, ``--customer``, ``--since``, `
 
 * ``list``    one line per flag, newest event first (``--limit``, 50); ``--json`` for
   JSON Lines
-* ``show TXID``  the stored payment, each of its flags with the evidence, and its raw
-  event from the lake
+* ``show TXID``  the stored payment, each of its flags with the evidence, the records
+  that re-sent its id, and its raw event from the lake (as ``payments show``)
 * ``export``  every matching flag as ``--format csv|jsonl|parquet``, streamed to
   ``--output FILE`` (or stdout for csv and jsonl) with a progress bar
 * ``review TXID --rule R --status cleared|escalated --note TEXT [--by NAME]``
@@ -18,7 +18,6 @@ import csv
 import getpass
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from app.cli import fail, finish_output, output_target, printable
 from app.faust_app import PaymentApp
+from app.investigate_commands import echo_payment, payment_report
 from app.settings import Settings
 from models.db import FLAG_STATUSES
 from storage.failed import FilterError, parse_time
@@ -42,7 +42,6 @@ from storage.flags import (
     FlagFilter,
     to_json,
 )
-from storage.lake import LakeQuery, RawEventLake, to_records
 
 ACTIONS = ("list", "show", "export", "review")
 EXPORT_SCHEMA = pa.schema([
@@ -100,7 +99,10 @@ def register_flag_commands(app: PaymentApp, settings: Settings, engine: Engine) 
                     f"{row['reviewed_by']} at {when}"))
                 return
             if action == "show":
-                _show(store, settings, str(transaction_id), as_json)
+                report = payment_report(settings, engine, str(transaction_id))
+                if report is None:
+                    raise FlagError(f"no stored payment {transaction_id!r}")
+                echo_payment(report, as_json)
                 return
             flt = FlagFilter(rule=rule, status=status, customer=customer,
                              since=parse_time(since) if since else None,
@@ -131,48 +133,6 @@ def _list(store: ComplianceFlags, flt: FlagFilter, limit: int, as_json: bool) ->
                 f"{row['status']:<9} {row['transaction_id']}  customer {row['customer_id']}  "
                 f"merchant {row['merchant_id']}  {row['amount_minor']} {row['currency']}"))
     click.echo(f"{len(rows)} shown of {store.count(flt)} matching", err=True)
-
-
-def _show(store: ComplianceFlags, settings: Settings, transaction_id: str,
-          as_json: bool) -> None:
-    payment = store.payment(transaction_id)
-    found = store.for_transaction(transaction_id)
-    if payment is None and not found:
-        raise FlagError(f"no stored payment {transaction_id!r}")
-    raw = _raw_event(settings, payment) if payment is not None else None
-    if as_json:
-        click.echo(json.dumps({"payment": to_json(payment) if payment else None,
-                               "flags": [to_json(f) for f in found], "raw_event": raw},
-                              indent=2, default=str))
-        return
-    if payment is not None:
-        click.echo("payment:")
-        for key, value in payment.items():
-            click.echo(printable(f"  {key:>16}: {value}"))
-    click.echo(f"flags ({len(found)}):")
-    for f in found:
-        review = (f"{f['status']} by {f['reviewed_by']} at {f['reviewed_at']:%Y-%m-%d %H:%M:%S}: "
-                  f"{f['note']}" if f["reviewed_at"] else f["status"])
-        click.echo(printable(f"  {f['rule']}: {review} (config {f['config_version']})"))
-        click.echo(printable(f"    evidence: {json.dumps(f['evidence'])}"))
-    click.echo("raw event:" if raw else "raw event: not in the lake (yet)")
-    if raw:
-        for key, value in raw.items():
-            click.echo(printable(f"  {key:>16}: {value}"))
-
-
-def _raw_event(settings: Settings, payment: dict[str, Any]) -> dict[str, Any] | None:
-    """The payment's record in the lake: its hour's files, by event time and id."""
-    t = payment["event_time"]
-    lake = RawEventLake(settings.raw_events_url, settings.lake_storage_options)
-    try:
-        for batch in lake.scan(LakeQuery(t, t + timedelta(milliseconds=1), accepted_only=True)):
-            for row in to_records(batch):
-                if row.get("transaction_id") == payment["transaction_id"]:
-                    return row
-    except OSError:
-        return None
-    return None
 
 
 def _export(store: ComplianceFlags, flt: FlagFilter, fmt: str, output: Path | None) -> None:

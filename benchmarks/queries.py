@@ -101,6 +101,10 @@ def main() -> None:
         cases: list[tuple[str, str, Callable[[], Any]]] = [
             ("transactional", "lookup by transaction_id", lambda: q.transaction("tx4242424")),
             ("transactional", "metrics of one payment", lambda: q.metrics_of("tx4242400")),
+            ("transactional", "one customer's payments, 30 days (customers show)",
+             lambda: q.customer_payments("c4242", END - timedelta(days=30), END)),
+            ("transactional", "a payment's re-sends (payments show)",
+             lambda: q.resends("tx4242424")),
             ("transactional", "1 hour, channel=pos, first page of 100",
              lambda: q.transactions(TxFilter(hour.start, hour.end, channel="pos"))),
             ("transactional", "1 day, channel=pos, pages 1-50 by cursor", page_50),

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -94,6 +95,8 @@ class NormalizedTransaction(Base):
         # 0005: a flag's evidence names payments by source coordinates
         Index("ix_normalized_transactions_source", "source_topic", "source_partition",
               "source_offset"),
+        # 0005: one customer's payments across merchants (customers show)
+        Index("ix_normalized_transactions_customer_event_time", "customer_id", "event_time"),
     )
 
 
@@ -267,9 +270,13 @@ class FailedItem(Base):
     first_seen_at: Mapped[datetime] = _now()
     replay_of: Mapped[int | None] = mapped_column(BigInteger)
     replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # 0005: the id a duplicate re-sent (payments show lists a payment's re-sends)
+    transaction_id: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("source_topic", "source_partition", "source_offset"),
         Index("ix_failed_items_error_category_created_at", "error_category", "created_at"),
         Index("ix_failed_items_created_at", "created_at"),
+        Index("ix_failed_items_transaction_id", "transaction_id",
+              postgresql_where=text("transaction_id IS NOT NULL")),
     )

@@ -193,6 +193,8 @@ class FailedMessage:
     retry_count: int = 0
     replay_of: int | None = field(default=None)  # failed_items.id this message replays
     key: bytes | None = None  # the message key (merchant id), reused by replay
+    # the id a duplicate re-sent (its failed_items row is then found by payment)
+    transaction_id: str | None = None
 
     @property
     def message(self) -> str:

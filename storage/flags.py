@@ -168,17 +168,6 @@ class ComplianceFlags:
             raise FlagNotFound(f"no {rule!r} flag on payment {transaction_id!r}")
         return dict(row._mapping)
 
-    def payment(self, transaction_id: str) -> dict[str, Any] | None:
-        """The stored payment (``normalized_transactions``), or None."""
-        sql = ("SELECT transaction_id, event_time, merchant_id, customer_id, amount_minor, "
-               "currency, channel, payment_method, status, decline_code, country, "
-               "processing_ms, card_bin, risk_score, metadata, source_topic, "
-               "source_partition, source_offset, ingested_at "
-               "FROM normalized_transactions WHERE transaction_id = :tx")
-        with self.engine.connect() as conn:
-            row = conn.execute(text(sql), {"tx": transaction_id}).first()
-        return dict(row._mapping) if row is not None else None
-
 
 def to_json(row: dict[str, Any]) -> dict[str, Any]:
     """A row with its times in ISO 8601, ready for ``json.dumps``."""

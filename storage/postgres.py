@@ -289,7 +289,8 @@ AGGREGATE_TEMPLATE = "(%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)"
 INSERT_FAILED = """
 INSERT INTO failed_items (
     raw_payload, error_category, error_message, source_topic, source_partition,
-    source_offset, retry_count, error_field, errors, first_seen_at, replay_of, source_key
+    source_offset, retry_count, error_field, errors, first_seen_at, replay_of, source_key,
+    transaction_id
 ) VALUES %s
 ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
 """
@@ -561,7 +562,8 @@ def _failed_row(f: FailedMessage) -> tuple[Any, ...]:
     ``jsonb`` refuse NUL, and nothing encodes a lone surrogate."""
     return (f.raw, f.category.value, clean_text(f.message), f.topic, f.partition, f.offset,
             f.retry_count, None if f.field is None else clean_text(f.field),
-            clean_json([e.to_dict() for e in f.errors]), f.first_seen, f.replay_of, f.key)
+            clean_json([e.to_dict() for e in f.errors]), f.first_seen, f.replay_of, f.key,
+            None if f.transaction_id is None else clean_text(f.transaction_id))
 
 
 NULL = "\\N"  # COPY text format's NULL

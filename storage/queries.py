@@ -131,6 +131,28 @@ class PaymentQueries:
                           "FROM dynamic_metrics WHERE transaction_id = %(id)s ORDER BY id",
                           {"id": transaction_id})
 
+    def resends(self, transaction_id: str) -> list[dict[str, Any]]:
+        """The ``failed_items`` rows of records that re-sent an accepted id (duplicates),
+        oldest first (``ix_failed_items_transaction_id``)."""
+        return self._rows("SELECT id, error_category, error_message, source_topic, "
+                          "source_partition, source_offset, first_seen_at, created_at "
+                          "FROM failed_items WHERE transaction_id = %(id)s ORDER BY id",
+                          {"id": transaction_id})
+
+    def customer_payments(self, customer_id: str, start: datetime, end: datetime, *,
+                          limit: int = MAX_PAGE) -> list[dict[str, Any]]:
+        """One customer's payments across every merchant with event time in
+        ``[start, end)``, oldest first, at most ``limit``
+        (``ix_normalized_transactions_customer_event_time``)."""
+        if end <= start:
+            raise QueryError(f"the range is empty: {start} is not before {end}")
+        return self._rows(f"SELECT {', '.join(TX_COLUMNS)} FROM normalized_transactions "
+                          "WHERE customer_id = %(customer)s AND event_time >= %(start)s "
+                          "AND event_time < %(end)s ORDER BY event_time, transaction_id "
+                          "LIMIT %(limit)s",
+                          {"customer": customer_id, "start": start, "end": end,
+                           "limit": _page_size(limit)})
+
     # -- listings ------------------------------------------------------------------------
 
     def transactions(self, flt: TxFilter, *, limit: int = 100,

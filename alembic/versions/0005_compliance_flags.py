@@ -1,4 +1,5 @@
-"""compliance_flags: one row per flagged payment and rule, with its evidence and review
+"""compliance_flags: one row per flagged payment and rule, with its evidence and review;
+the indexes the investigation commands need
 
 Revision ID: 0005
 Revises: 0004
@@ -46,6 +47,21 @@ def upgrade() -> None:
     # a flag's evidence names the payments a rule over time counted by source coordinates
     op.create_index("ix_normalized_transactions_source", "normalized_transactions",
                     ["source_topic", "source_partition", "source_offset"])
+    # one customer's payments across merchants (customers show)
+    op.create_index("ix_normalized_transactions_customer_event_time", "normalized_transactions",
+                    ["customer_id", "event_time"])
+    # a payment's re-sends: the id a duplicate carried (payments show)
+    op.add_column("failed_items", sa.Column("transaction_id", sa.Text(), nullable=True))
+    op.create_index("ix_failed_items_transaction_id", "failed_items", ["transaction_id"],
+                    postgresql_where=sa.text("transaction_id IS NOT NULL"))
+    # the duplicates stored before: their error's value is the id's Python repr ('tx-1')
+    op.execute("""
+        UPDATE failed_items
+        SET transaction_id = substr(errors -> 0 ->> 'value', 2,
+                                    length(errors -> 0 ->> 'value') - 2)
+        WHERE error_category = 'duplicate' AND errors -> 0 ->> 'field' = 'transaction_id'
+          AND length(errors -> 0 ->> 'value') >= 2
+    """)
     # the payments flagged before this table existed: their stored verdicts, as open cases
     op.execute("""
         INSERT INTO compliance_flags (transaction_id, rule, customer_id, merchant_id,
@@ -63,6 +79,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_failed_items_transaction_id", table_name="failed_items")
+    op.drop_column("failed_items", "transaction_id")
+    op.drop_index("ix_normalized_transactions_customer_event_time",
+                  table_name="normalized_transactions")
     op.drop_index("ix_normalized_transactions_source", table_name="normalized_transactions")
     op.drop_index("ix_compliance_flags_event_time", table_name="compliance_flags")
     op.drop_index("ix_compliance_flags_customer_id_event_time", table_name="compliance_flags")

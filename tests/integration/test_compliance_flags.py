@@ -200,3 +200,58 @@ def test_the_cli_lists_shows_reviews_and_exports(stored, tmp_path):
         done = _cli(url, tmp_path, *args)
         assert done.returncode == 2 and words in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_a_customer_and_a_payment_investigated(stored, tmp_path, broker):
+    """customers show: the customer's payments at every merchant, flags, and the largest
+    window per rule over time; payments show: the row, flags, re-sends and raw event."""
+    from models.events import ErrorCategory, FailedMessage, ValidationError
+    from storage.parquet import RawEventWriter
+
+    _, sink, _, url = stored
+    batch = flagged_batch()
+    lake = RawEventWriter(str(tmp_path / "raw"))
+    lake.append(batch)
+    lake.flush(batch.topic, batch.partition)
+    resend = FailedMessage(json.dumps(DOCS[6]).encode(), ErrorCategory.DUPLICATE,
+                           (ValidationError("transaction_id", "unique", "already accepted",
+                                            "'tx-flag-6'"),),
+                           "payments", 3, 40, START, key=b"m9", transaction_id="tx-flag-6")
+    sink.write([SinkBatch("payments", 3, [Msg("payments", 3, 40, b"m9", resend.raw, 0.0)],
+                          {}, [resend], [], time.time())])
+    env = {"BROKER_URL": broker.url, "APP_ID": f"flags-{time.time_ns()}"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([FAUST, "-A", "app", *args],
+                              env={**os.environ, "APP_DATADIR": str(tmp_path / "data"),
+                                   "DATABASE_URL": url, "RAW_EVENTS_URL": str(tmp_path / "raw"),
+                                   **env}, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    shown = cli("customers", "show", "c-velo", "--since", "2026-11-22", "--until",
+                "2026-11-23", "--json")
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert [p["transaction_id"] for p in body["payments"]] == [f"tx-flag-{i}" for i in range(7)]
+    assert [p["flags"] for p in body["payments"]] == [[]] * 5 + [["velocity"]] * 2
+    assert body["rules"]["velocity"]["largest_window"] == 7
+    assert body["rules"]["velocity"]["flags"] == {"open": 2}
+    assert body["rules"]["structuring"] == {
+        "flags": {}, "within_seconds": 3600, "largest_window": 0,
+        "limit": "at least 3 just under the threshold"}
+    text = cli("customers", "show", "c-struct", "--since", "2026-11-22", "--until", "2026-11-23")
+    assert text.returncode == 0, text.stderr
+    assert "customer c-struct: 3 payments at 1 merchants" in text.stdout
+    assert "structuring: 1 open; at most 3 payments within 3600 s" in text.stdout
+
+    shown = cli("payments", "show", "tx-flag-6", "--json")
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert body["payment"]["customer_id"] == "c-velo"
+    assert [f["rule"] for f in body["flags"]] == ["velocity"]
+    assert [(r["source_partition"], r["source_offset"]) for r in body["resends"]] == [(3, 40)]
+    assert body["raw_event"]["offset"] == 6 and json.loads(body["raw_event"]["value"]) == DOCS[6]
+    missing = cli("payments", "show", "tx-none")
+    assert missing.returncode == 2 and "no stored payment 'tx-none'" in missing.stderr
+    bad = cli("customers", "show", "c-velo", "--since", "yesterday")
+    assert bad.returncode == 2 and "not a time" in bad.stderr
