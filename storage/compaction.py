@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from storage.parquet import write_parquet_atomic
+from storage.parquet import RAW_SCHEMA, write_parquet_atomic
 
 NAME = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 FOLDER = re.compile(r"date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})$")
@@ -169,7 +169,8 @@ def _compact_folder(fs: AbstractFileSystem, folder: str, safe: dict[tuple[str, i
         first, last = ready[0].first, max(f.last for f in ready)
         if any(f.first <= last and f.last >= first for f in group if f not in ready):
             continue  # an uncommitted file overlaps the range: leave it all for later
-        table = pa.concat_tables([pq.read_table(f.path, filesystem=fs) for f in ready])
+        table = pa.concat_tables([conformed(pq.read_table(f.path, filesystem=fs))
+                                  for f in ready])
         table = table.sort_by([("offset", "ascending")])
         target = f"{folder}/{topic}-{partition}-{first}-{last}.parquet"
         write_parquet_atomic(fs, table, target)
@@ -179,3 +180,11 @@ def _compact_folder(fs: AbstractFileSystem, folder: str, safe: dict[tuple[str, i
         report.merged_files += len(ready)
         report.written += 1
         report.rows += table.num_rows
+
+
+def conformed(table: pa.Table) -> pa.Table:
+    """``table`` with every column of the current schema, in its order: a file written
+    before a column was added (``customer_id``, schema version 2) has it null."""
+    columns = [table[f.name] if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in RAW_SCHEMA]
+    return pa.Table.from_arrays(columns, schema=RAW_SCHEMA)

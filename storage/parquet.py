@@ -33,7 +33,7 @@ from fsspec import AbstractFileSystem
 
 from pipeline.batches import SinkBatch
 
-RAW_SCHEMA_VERSION = "1"
+RAW_SCHEMA_VERSION = "2"
 RAW_SCHEMA = pa.schema(
     [
         ("topic", pa.string()),
@@ -52,6 +52,7 @@ RAW_SCHEMA = pa.schema(
         ("currency", pa.string()),
         ("channel", pa.string()),
         ("status", pa.string()),
+        ("customer_id", pa.string()),  # added in schema version 2; null in older files
     ],
     metadata={"raw_events_schema_version": RAW_SCHEMA_VERSION},
 )
@@ -150,13 +151,14 @@ class RawEventWriter:
                 cols["currency"].append(p.currency)
                 cols["channel"].append(p.channel)
                 cols["status"].append(p.status)
+                cols["customer_id"].append(p.customer_id)
                 buf.hours.append(int(p.event_time.timestamp() // 3600))
             else:
                 f = failed.get(m.offset)
                 cols["accepted"].append(False)
                 cols["error_category"].append(str(f.category) if f else "unknown")
                 for name in ("transaction_id", "event_time", "merchant_id", "amount_minor",
-                             "currency", "channel", "status"):
+                             "currency", "channel", "status", "customer_id"):
                     cols[name].append(None)
                 buf.hours.append(arrival_hour)
         buf.last_message = messages[-1]

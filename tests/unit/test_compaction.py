@@ -140,3 +140,21 @@ def test_the_cli_compacts_and_reports(tmp_path):
     bad = subprocess.run([faust, "-A", "app", "raw", "compact", "--before", "yesterday-ish"],
                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_files_from_before_the_customer_column_merge_with_newer_ones(tmp_path):
+    """Schema version 1 had no ``customer_id``: a compaction across the upgrade keeps
+    every row, the old ones with a null customer."""
+    events = write_lake(tmp_path)
+    old = parquet_files(tmp_path)[:3]
+    for path in old:  # as a version-1 writer left them
+        pq.write_table(pq.read_table(path).drop_columns(["customer_id"]), path)
+    before = read_all(tmp_path)
+    compact(fsspec.filesystem("file"), str(tmp_path), before=LATER)
+    assert read_all(tmp_path) == before and len(before) == len(events)
+    merged = [pq.read_table(p) for p in parquet_files(tmp_path)]
+    customers = [c for t in merged for c in t["customer_id"].to_pylist()]
+    accepted = [a for t in merged for a in t["accepted"].to_pylist()]
+    assert any(c is None and a for c, a in zip(customers, accepted, strict=True))  # the old
+    assert any(c is not None for c in customers)  # and the new
+
