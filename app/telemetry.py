@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -115,6 +116,13 @@ class Telemetry:
         ``rules()`` present from the start."""
         self.registry.register(_FlagCollector(counts, rules))
 
+    def watch_config(self, stats: Callable[[], Any]) -> None:
+        """Serve ``payment_monitor_config_reloads_total`` and
+        ``payment_monitor_config_rejected_total`` from ``stats()`` (the configuration
+        manager's counters: versions applied, and versions refused, pushed or from the
+        watched source)."""
+        self.registry.register(_ConfigCollector(stats))
+
     def record_batch(self, n: int, failed_categories: list[str], late: int, seconds: float,
                      latencies: list[float]) -> None:
         """One handled batch: ``n`` messages, the categories of those that failed."""
@@ -168,6 +176,29 @@ class _FlagCollector(Collector):
         for rule, n in sorted(counts.items()):
             family.add_metric([rule], n)
         yield family
+
+
+class _ConfigCollector(Collector):
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self.stats = stats
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (CounterMetricFamily(f"{PREFIX}_config_reloads",
+                                    "configuration versions this worker applied"),
+                CounterMetricFamily(f"{PREFIX}_config_rejected",
+                                    "configuration versions this worker refused (a push "
+                                    "or a watched source that does not compile or check)"))
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats()
+        reloads, rejected = self._families()
+        reloads.add_metric([], stats.reloads)
+        rejected.add_metric([], stats.rejected)
+        yield reloads
+        yield rejected
 
 
 FLAGS_HELP = ("payments a compliance rule flagged, by rule (counted once, when the payment "

@@ -86,6 +86,7 @@ def build(settings: Settings) -> PaymentApp:
     stats = register_ingest(faust_app, payments, dlq, windows, seen, sinks, config,
                             config_sync, telemetry, claims=db)
     telemetry.watch_flags(db.compliance_flags, lambda: _rule_metrics(config))
+    telemetry.watch_config(lambda: config.stats)
     register_retention(faust_app, db_engine, seen, lake, settings, windows)
     register_commands(faust_app, settings, db_engine, config)
     register_raw_commands(faust_app, settings)

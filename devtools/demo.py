@@ -27,7 +27,8 @@ from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic, produce
 
 TABLES = ("normalized_transactions", "failed_items", "payment_metrics_5m",
-          "payment_window_partials", "dynamic_metrics", "aggregate_histograms")
+          "payment_window_partials", "dynamic_metrics", "aggregate_histograms",
+          "compliance_flags")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +151,16 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
             GROUP BY metric_type ORDER BY metric_type""")
         flags = cur.fetchall()
         cur.execute("""
+            SELECT rule, count(*), count(*) FILTER (WHERE status = 'open')
+            FROM compliance_flags GROUP BY rule ORDER BY rule""")
+        by_rule = cur.fetchall()
+        cur.execute("""
+            SELECT customer_id, count(*), count(DISTINCT merchant_id),
+                   string_agg(DISTINCT rule, ', ' ORDER BY rule)
+            FROM compliance_flags GROUP BY customer_id
+            ORDER BY count(*) DESC, customer_id LIMIT 3""")
+        top = cur.fetchall()
+        cur.execute("""
             SELECT config_version, count(*) FROM dynamic_metrics
             WHERE metric_type = 'metrics' GROUP BY config_version ORDER BY 1""")
         versions = cur.fetchall()
@@ -197,6 +208,13 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
     if flags:
         out += ["", "compliance flags and late events, all windows:"]
         out += [f"  {name:<32}{n:>10,}" for name, n in flags]
+    if by_rule:
+        out += ["", "compliance flags per rule (cases in compliance_flags):",
+                f"  {'rule':<22}{'flags':>10}{'open':>10}"]
+        out += [f"  {rule:<22}{n:>10,}{n_open:>10,}" for rule, n, n_open in by_rule]
+        out += ["the three most-flagged customers (faust -A app customers show ID):"]
+        out += [f"  {customer:<14}{n:>6,} flags at {m:,} merchants: {rules}"
+                for customer, n, m, rules in top]
     if versions:
         out += ["", "configuration versions the payments ran under (docs/configuration.md):"]
         out += [f"  {v:<58}{n:>10,}" for v, n in versions]
