@@ -2,7 +2,8 @@
 
 Fills a fresh database (migrated to head) with ``--rows`` payments spread over
 ``--days`` days of event time (1,000 merchants, 5 channels, 5 statuses, 4 currencies),
-a ``metrics`` row for each and a ``compliance`` row for 1 %, server-side
+a ``metrics`` row for each, a ``compliance`` row and a ``compliance_flags`` row for 1 %,
+a duplicate in ``failed_items`` for 1 %, server-side
 (``generate_series``, with progress), runs ANALYZE, then times each query of
 :class:`storage.queries.PaymentQueries` (best of ``--repeat`` runs, cold first run
 shown too). Targets (seed WO-49): transactional queries under 5 s, aggregates under 30 s.
@@ -22,6 +23,7 @@ import psycopg2
 
 from devtools.services import ensure_postgres, libpq_dsn
 from devtools.stack import REPO_ROOT, run_migrations
+from storage.flags import ComplianceFlags, FlagFilter
 from storage.postgres import create_db_engine
 from storage.queries import PaymentQueries, TxFilter
 
@@ -29,6 +31,8 @@ END = datetime(2026, 11, 22, tzinfo=UTC)
 CHANNELS = "ARRAY['ecommerce','pos','mobile','moto','recurring']"
 STATUSES = "ARRAY['approved','approved','approved','declined','failed','pending','reversed']"
 CURRENCIES = "ARRAY['EUR','USD','GBP','JPY']"
+RULES = ("ARRAY['large_amount','high_risk_country','velocity','structuring',"
+         "'high_risk_score']")
 FILL = [
     ("normalized_transactions", f"""
         INSERT INTO normalized_transactions
@@ -45,6 +49,21 @@ FILL = [
     ("dynamic_metrics", """
         INSERT INTO dynamic_metrics (transaction_id, metric_type, metric_data, config_version)
         SELECT 'tx' || g, 'compliance', '{"compliance_large_amount": 1}', 'bench'
+        FROM generate_series(%(lo)s, %(hi)s) g WHERE g %% 100 = 0"""),
+    ("compliance_flags", f"""
+        INSERT INTO compliance_flags (transaction_id, rule, customer_id, merchant_id,
+                                      event_time, amount_minor, currency, config_version,
+                                      evidence)
+        SELECT 'tx' || g, ({RULES})[1 + (g / 100) %% 5], 'c' || (g %% 200000),
+               'm' || lpad((g %% 1000)::text, 4, '0'),
+               %(end)s - make_interval(secs => (g * %(spacing)s)::double precision),
+               (g::bigint * 7919) %% 2000000, ({CURRENCIES})[1 + g %% 4], 'bench', '{{}}'
+        FROM generate_series(%(lo)s, %(hi)s) g WHERE g %% 100 = 0"""),
+    ("failed_items", """
+        INSERT INTO failed_items (raw_payload, error_category, error_message, source_topic,
+                                  source_partition, source_offset, transaction_id)
+        SELECT convert_to('{}', 'UTF8'), 'duplicate', 'a re-send of tx' || g, 'payments',
+               (g %% 4)::int, %(rows)s + g, 'tx' || g
         FROM generate_series(%(lo)s, %(hi)s) g WHERE g %% 100 = 0"""),
 ]
 
@@ -78,7 +97,8 @@ def main() -> None:
         for table, sql in FILL:
             for lo in range(1, args.rows + 1, step):
                 hi = min(args.rows, lo + step - 1)
-                cur.execute(sql, {"end": END, "spacing": spacing, "lo": lo, "hi": hi})
+                cur.execute(sql, {"end": END, "spacing": spacing, "lo": lo, "hi": hi,
+                                  "rows": args.rows})
                 print(f"  filling {table}: {hi:,} of {args.rows:,} "
                       f"({time.perf_counter() - started:.0f} s)", flush=True)
         cur.execute("ANALYZE")
@@ -86,10 +106,19 @@ def main() -> None:
         print(f"filled {args.rows:,} payments over {args.days:g} days in "
               f"{time.perf_counter() - started:.0f} s")
 
-        q = PaymentQueries(create_db_engine(url))
+        engine = create_db_engine(url)
+        q = PaymentQueries(engine)
+        flags = ComplianceFlags(engine)
         hour = TxFilter(END - timedelta(days=3, hours=1), END - timedelta(days=3))
         day = TxFilter(END - timedelta(days=4), END - timedelta(days=3))
         everything = TxFilter(END - timedelta(days=args.days + 1), END + timedelta(days=1))
+
+        def flag_pages_20() -> Any:
+            after = None
+            for _ in range(20):
+                _, after = flags.page(FlagFilter(rule="velocity", status="open"), limit=50,
+                                      after=after)
+            return after
 
         def page_50() -> Any:
             cursor = None
@@ -105,6 +134,13 @@ def main() -> None:
              lambda: q.customer_payments("c4242", END - timedelta(days=30), END)),
             ("transactional", "a payment's re-sends (payments show)",
              lambda: q.resends("tx4242424")),
+            ("transactional", "open velocity flags, first page of 50 (flags list)",
+             lambda: flags.page(FlagFilter(rule="velocity", status="open"), limit=50)),
+            ("transactional", "open velocity flags, pages 1-20 by cursor", flag_pages_20),
+            ("transactional", "one customer's flags (customers show)",
+             lambda: list(flags.select(FlagFilter(customer="c4200")))),
+            ("aggregate", "open flags counted per rule and status",
+             lambda: flags.counts(FlagFilter(status="open"))),
             ("transactional", "1 hour, channel=pos, first page of 100",
              lambda: q.transactions(TxFilter(hour.start, hour.end, channel="pos"))),
             ("transactional", "1 day, channel=pos, pages 1-50 by cursor", page_50),
