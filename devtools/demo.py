@@ -206,7 +206,8 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
         out += [f"  {dim.split('=', 1)[1]:<11}{n:>10,}{p50:>8.0f}{p95:>8.0f}{p99:>8.0f}"
                 for dim, n, p50, p95, p99 in latency]
     if flags:
-        out += ["", "compliance flags and late events, all windows:"]
+        out += ["", "compliance flags in the hourly windows (late events, left out of the "
+                    "windows, counted apart):"]
         out += [f"  {name:<32}{n:>10,}" for name, n in flags]
     if by_rule:
         out += ["", "compliance flags per rule (cases in compliance_flags):",
