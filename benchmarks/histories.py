@@ -1,11 +1,11 @@
 """CPU per payment of the duplicate state and the customer histories: in memory (before
-issue 20) against on disk (RocksDB, :mod:`tables.histories`).
+ADR 0011) against on disk (RocksDB, :mod:`tables.histories`).
 
 Both sides take the same payments (the default scenario's customers, spread over the
 partitions as the simulator spreads them, a few seconds between flushes) and run the
 shipped compliance rules on each, as the ingest handler does:
 
-* **memory** (the design before issue 20): an id index (dict) and a
+* **memory** (the design before ADR 0011): an id index (dict) and a
   :class:`~pipeline.metrics.SortedHistory` per customer, both in Python objects;
 * **disk**: :class:`~tables.seen.SeenIds` as the worker runs it (``ids_in_memory=False``:
   PostgreSQL's claims decide duplicates), payments since the last flush in memory, the

@@ -2,7 +2,7 @@
 
 The velocity and structuring rules look at a customer's earlier payments in the
 partition. Held in Python they cost about 230 bytes a payment: at 8,000 payments/s
-and a one-hour window that is gigabytes (issue 20). Here they live in one RocksDB
+and a one-hour window that is gigabytes. Here they live in one RocksDB
 database per worker (rocksdict, the binding Faust's stores use), under two keys
 per payment:
 

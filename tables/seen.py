@@ -12,7 +12,7 @@ one record per event halved the pipeline's throughput (docs/performance.md,
 ``python -m benchmarks.pipeline``); a chunk is one record per few thousand
 events.
 
-What is held where (issue 20: memory must not grow with traffic):
+What is held where (memory must not grow with traffic: ADR 0011):
 
 * **Whether an id is new** is decided by PostgreSQL's claims in the worker
   (:meth:`storage.postgres.PostgresSink.claim`). There the ids are not held in

@@ -1,5 +1,5 @@
 """The deployment artefacts, checked offline: the image's install, the Helm chart,
-Terraform, the VM install and the workflows (issue 14)."""
+Terraform, the VM install and the workflows (ADR 0008)."""
 
 from __future__ import annotations
 

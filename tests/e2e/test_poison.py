@@ -1,7 +1,7 @@
 """Poison pills on the real broker: no record, header or timestamp stops the worker.
 
 One worker reads a stream in which every class of hostile record found in the adversarial
-round (issue 19) is followed by valid payments. Each used to crash-loop the worker, count
+round (ADR 0009) is followed by valid payments. Each used to crash-loop the worker, count
 a payment twice, or make later payments late. Here the worker never exits, every record
 ends in exactly one of ``normalized_transactions`` and ``failed_items`` with the right
 category, every payment is counted once in the windows, and nothing is late.

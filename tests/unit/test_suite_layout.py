@@ -1,5 +1,5 @@
 """The test suite's own shape: test modules share code only through the shared helper
-modules, never by importing one another or a conftest (issue 12)."""
+modules, never by importing one another or a conftest."""
 
 from __future__ import annotations
 
