@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, Any, NoReturn
 
 import click
 
@@ -58,6 +60,26 @@ def finish_output(tmp: Path, path: Path) -> None:
         raise OSError(f"{path} became something other than a regular file; not replaced")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is 0600: give it a new file's mode
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def written_output(output: Path | None, *, binary: bool = False) -> Iterator[IO[Any]]:
+    """A file object to stream an export into: ``output`` written under a temporary name
+    and renamed over it once complete (removed if the export fails), or stdout when no
+    ``output`` is given. A half-written export never looks finished."""
+    if output is None:
+        yield sys.stdout
+        return
+    tmp = output_target(output)
+    sink = open(tmp, "wb") if binary else open(tmp, "w", newline="")  # noqa: SIM115
+    try:
+        yield sink
+    except BaseException:
+        sink.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    sink.close()
+    finish_output(tmp, output)
 
 
 def _umask() -> int:

@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
-from app.cli import active_config, fail, finish_output, output_target, printable
+from app.cli import active_config, fail, finish_output, output_target, printable, written_output
 from app.faust_app import PaymentApp
 from app.settings import Settings
 from app.topics import PAYMENTS
@@ -155,43 +155,35 @@ def _write_events(lake: RawEventLake, query: LakeQuery, fmt: str,
 
     if fmt == "parquet" and output is None:
         raise OSError("--format parquet needs --output FILE")
-    tmp = output_target(output) if output else None
     written = 0
     progress = tqdm(unit=" events", disable=None, file=sys.stderr)
     writer: Any = None
-    sink = open(tmp, "w" if fmt != "parquet" else "wb") if tmp else sys.stdout  # noqa: SIM115
     try:
-        for batch in lake.scan(query):
-            if fmt == "parquet":
-                writer = writer or pq.ParquetWriter(sink, batch.schema, compression="zstd")
-                writer.write_batch(batch)
-            elif fmt == "csv":
-                rows = to_records(batch)
-                if writer is None:
-                    writer = csv.DictWriter(sink, fieldnames=list(rows[0]), extrasaction="ignore")
-                    writer.writeheader()
-                writer.writerows(rows)
-            else:
-                for row in to_records(batch):
-                    sink.write(json.dumps(row) + "\n")
-            written += batch.num_rows
-            progress.update(batch.num_rows)
-        if fmt == "parquet" and writer is None:  # no match: an empty file with the schema
-            from storage.parquet import RAW_SCHEMA
+        with written_output(output, binary=fmt == "parquet") as sink:
+            for batch in lake.scan(query):
+                if fmt == "parquet":
+                    writer = writer or pq.ParquetWriter(sink, batch.schema, compression="zstd")
+                    writer.write_batch(batch)
+                elif fmt == "csv":
+                    rows = to_records(batch)
+                    if writer is None:
+                        writer = csv.DictWriter(sink, fieldnames=list(rows[0]),
+                                                extrasaction="ignore")
+                        writer.writeheader()
+                    writer.writerows(rows)
+                else:
+                    for row in to_records(batch):
+                        sink.write(json.dumps(row) + "\n")
+                written += batch.num_rows
+                progress.update(batch.num_rows)
+            if fmt == "parquet" and writer is None:  # no match: an empty file with the schema
+                from storage.parquet import RAW_SCHEMA
 
-            writer = pq.ParquetWriter(sink, RAW_SCHEMA, compression="zstd")
-        if fmt == "parquet":
-            writer.close()
-    except BaseException:
-        if tmp:
-            sink.close()
-            tmp.unlink(missing_ok=True)
-        raise
+                writer = pq.ParquetWriter(sink, RAW_SCHEMA, compression="zstd")
+            if fmt == "parquet":
+                writer.close()
     finally:
         progress.close()
-    if tmp and output:
-        sink.close()
-        finish_output(tmp, output)
     return written
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
-from app.cli import fail, finish_output, output_target, printable
+from app.cli import fail, printable, written_output
 from app.faust_app import PaymentApp
 from app.investigate_commands import echo_payment, payment_report
 from app.settings import Settings
@@ -139,46 +139,34 @@ def _export(store: ComplianceFlags, flt: FlagFilter, fmt: str, output: Path | No
     if fmt == "parquet" and output is None:
         raise FlagError("--format parquet needs --output FILE")
     total = store.count(flt)
-    tmp = output_target(output) if output else None
-    sink: Any = sys.stdout
-    if tmp:
-        sink = (open(tmp, "wb") if fmt == "parquet"  # noqa: SIM115 - closed below
-                else open(tmp, "w", newline=""))  # noqa: SIM115
     rows = tqdm(store.select(flt, chunk=EXPORT_CHUNK), total=total, unit=" flags",
                 desc="export", file=sys.stderr, disable=None)
     written = 0
     try:
-        if fmt == "parquet":
-            with pq.ParquetWriter(sink, EXPORT_SCHEMA, compression="zstd") as writer:
-                chunk: list[dict[str, Any]] = []
-                for row in rows:
-                    chunk.append({**row, "evidence": json.dumps(row["evidence"])})
-                    if len(chunk) == EXPORT_CHUNK:
+        with written_output(output, binary=fmt == "parquet") as sink:
+            if fmt == "parquet":
+                with pq.ParquetWriter(sink, EXPORT_SCHEMA, compression="zstd") as writer:
+                    chunk: list[dict[str, Any]] = []
+                    for row in rows:
+                        chunk.append({**row, "evidence": json.dumps(row["evidence"])})
+                        if len(chunk) == EXPORT_CHUNK:
+                            writer.write_table(pa.Table.from_pylist(chunk, schema=EXPORT_SCHEMA))
+                            written += len(chunk)
+                            chunk = []
+                    if chunk:
                         writer.write_table(pa.Table.from_pylist(chunk, schema=EXPORT_SCHEMA))
                         written += len(chunk)
-                        chunk = []
-                if chunk:
-                    writer.write_table(pa.Table.from_pylist(chunk, schema=EXPORT_SCHEMA))
-                    written += len(chunk)
-        elif fmt == "csv":
-            writer = csv.DictWriter(sink, fieldnames=list(EXPORT_SCHEMA.names))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({**to_json(row), "evidence": json.dumps(row["evidence"])})
-                written += 1
-        else:
-            for row in rows:
-                sink.write(json.dumps(to_json(row)) + "\n")
-                written += 1
-    except BaseException:
-        if tmp:
-            sink.close()
-            tmp.unlink(missing_ok=True)
-        raise
+            elif fmt == "csv":
+                csv_writer = csv.DictWriter(sink, fieldnames=list(EXPORT_SCHEMA.names))
+                csv_writer.writeheader()
+                for row in rows:
+                    csv_writer.writerow({**to_json(row), "evidence": json.dumps(row["evidence"])})
+                    written += 1
+            else:
+                for row in rows:
+                    sink.write(json.dumps(to_json(row)) + "\n")
+                    written += 1
     finally:
         rows.close()
-    if tmp and output:
-        sink.close()
-        finish_output(tmp, output)  # a half-written export never looks finished
     click.echo(f"exported {written} flags{f' to {output}' if output else ''} ({fmt})",
                err=True)
