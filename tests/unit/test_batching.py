@@ -42,6 +42,9 @@ def consumer(fetches: list, *, handler=None) -> tuple[BatchConsumer, list, list]
     async def seek(tp, offset):
         seeks.append((tp, offset))
 
+    async def call_thread(fun, *args):
+        return fun(*args)
+
     c.app = SimpleNamespace(batch_handlers={"payments": handler or take}, empty_fetch_pause=0,
                             consumer_generation_id=1, last_fetch_at=None, last_batch_at=None,
                             monitor=SimpleNamespace(track_tp_end_offset=lambda tp, end: None))
@@ -57,6 +60,8 @@ def consumer(fetches: list, *, handler=None) -> tuple[BatchConsumer, list, list]
     c.highwater = lambda tp: 0
     c._next_records = next_records
     c.seek = seek
+    c._thread = SimpleNamespace(call_thread=call_thread)
+    c._client_positions = lambda tps: {}  # the Kafka client's positions: none known
     return c, handled, seeks
 
 
@@ -215,3 +220,54 @@ def test_other_key_errors_still_end_the_worker():
     c._wait_next_records = wait_next_records
     with pytest.raises(KeyError):
         asyncio.run(c._next_records())
+
+
+def test_records_the_client_handed_over_but_no_batch_took_are_read_again(monkeypatch):
+    """The stall of the fresh-clone CI runs: the client's position for a partition moved
+    past records that never became a batch, and no later record arrived to show the gap.
+    Compared between fetches, the partition is sought back; the same gap seen again (the
+    broker has no record in between) is left alone."""
+    monkeypatch.setattr("app.batching.REALIGN_INTERVAL_S", 0)
+    client = {TP3: 5143}
+
+    def fetch_after_the_seek():
+        assert seeks == [(TP3, 3836)]
+        client[TP3] = 3836  # the seek moved the client back ...
+        return {TP3: records(3836, 5142)}  # ... and it fetches the lost records again
+
+    c, handled, seeks = consumer([{}, fetch_after_the_seek, {}, {}])
+    c._client_positions = lambda tps: {tp: client.get(tp) for tp in tps}
+    c.positions.start(TP3, 3836)
+    drain(c)
+    assert handled == [(3836, 5142)]
+    assert c.passed_over["3: client past its position"] == 0  # cleared by the batch
+    assert seeks == [(TP3, 3836)]
+
+
+def test_a_gap_the_broker_has_no_record_for_is_sought_back_once(monkeypatch):
+    monkeypatch.setattr("app.batching.REALIGN_INTERVAL_S", 0)
+    c, handled, seeks = consumer([{}, {}, {}])
+    c._client_positions = lambda tps: dict.fromkeys(tps, 101)  # a marker at 100, at the end
+    c.positions.start(TP3, 100)
+    drain(c)
+    assert seeks == [(TP3, 100)] and handled == []
+    assert c.positions.next(TP3) == 100
+
+
+def test_seeks_run_in_the_consumer_thread():
+    """aiokafka's seek resolves futures of the consumer thread's loop: Faust's call from
+    the main thread raced the fetcher, which could undo it."""
+    calls = []
+
+    class Thread:
+        def seek(self, tp, offset):
+            calls.append(("seek", tp, offset))
+
+        async def call_thread(self, fun, *args):
+            calls.append("in the consumer thread")
+            return fun(*args)
+
+    c = object.__new__(BatchConsumer)
+    c._thread = Thread()
+    asyncio.run(c._seek(TP3, 42))
+    assert calls == ["in the consumer thread", ("seek", TP3, 42)]
