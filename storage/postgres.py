@@ -406,13 +406,13 @@ class PostgresSink:
         partials: dict[tuple[int, int, str, int], tuple[Any, ...]] = {}
         flags: dict[str, tuple[ParsedTransaction, SinkBatch, dict[str, Any]]] = {}
         # the payments each set of customer-scope rules judges (one set per config version)
-        judged: dict[tuple[str, tuple[Any, ...]], list[str]] = {}
+        judged: dict[tuple[str, tuple[Any, ...]], list[ParsedTransaction]] = {}
         for batch in batches:
             topic = _copy_text(batch.topic)
             version = _copy_text(batch.config_version)
             if batch.customer_rules and batch.payments:
                 judged.setdefault((batch.config_version, batch.customer_rules), []).extend(
-                    p.transaction_id for p in batch.payments.values())
+                    batch.payments.values())
             for offset, p in batch.payments.items():
                 tx_rows.append(_transaction_row(p, topic, batch.partition, offset))
                 result = batch.metrics.get(offset)
@@ -447,8 +447,8 @@ class PostgresSink:
                 metric_rows = len(rows)
                 new = set(inserted)
                 flag_rows = _flag_rows([flags[tx_id] for tx_id in inserted if tx_id in flags])
-                for (version, rules), ids in judged.items():
-                    mine = [tx_id for tx_id in ids if tx_id in new]
+                for (version, rules), stored in judged.items():
+                    mine = [p for p in stored if p.transaction_id in new]
                     if mine:
                         flag_rows += customer_rules.judge(cur, rules, mine, version)
                 if flag_rows:

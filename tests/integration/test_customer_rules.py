@@ -142,9 +142,9 @@ def test_two_writers_of_one_customer_see_each_other(database_url, monkeypatch):
     judged, go = threading.Event(), threading.Event()
     real = judging.judge
 
-    def judge_then_hold(cur, rules, ids, version):
-        rows = real(cur, rules, ids, version)
-        if "tx-c-0" in ids:  # writer A: hold its transaction open
+    def judge_then_hold(cur, rules, payments, version):
+        rows = real(cur, rules, payments, version)
+        if any(p.transaction_id == "tx-c-0" for p in payments):  # writer A: hold it open
             judged.set()
             assert go.wait(30)
         return rows
