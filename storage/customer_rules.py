@@ -19,10 +19,10 @@ stays: counts only grow. The flags are then the same in any order of arrival.
 Two workers storing payments of one customer at once must each see the other's: the sink
 takes a transaction-level advisory lock for the customers of its write (one per bucket of
 customers, in order, so two writers never deadlock) before it inserts, and holds it to
-its commit, so the later writer's judgement sees the earlier writer's committed payments. It all runs in the
-transaction that stores the payments: a crash or replay re-judges nothing twice (a
-replay inserts no payment, so judges none), and a flag is inserted with ``ON CONFLICT DO
-NOTHING``, so a review is never reset.
+its commit, so the later writer's judgement sees the earlier writer's committed payments.
+It all runs in the transaction that stores the payments: a crash or replay re-judges
+nothing twice (a replay inserts no payment, so judges none), and a flag is inserted with
+``ON CONFLICT DO NOTHING``, so a review is never reset.
 
 Work per payment is bounded for a customer with thousands of payments in a window: each
 window is read oldest first up to ``max(EVIDENCE_PAYMENTS, limit)`` rows, which decides
