@@ -27,6 +27,7 @@ the broker does not answer within END_OFFSETS_TIMEOUT_S, the fetch state stands 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any
 from agents.config import ConfigSync
 from agents.sinks import SinkService
 from app.faust_app import PaymentApp
+from app.kafka_state import client_state
 from app.settings import Settings
 from app.telemetry import Telemetry
 from app.topics import PAYMENTS
@@ -43,6 +45,7 @@ from storage.broker import EndOffsets
 from tables.payments import CLOCK_TABLE, WindowState
 
 log = logging.getLogger(__name__)
+_NEVER = object()
 END_OFFSETS_TIMEOUT_S = 2.0  # under the probes' 5 s timeout (the Helm chart)
 
 
@@ -73,6 +76,7 @@ class Health:
         self.config_sync = config_sync
         self.windows = windows
         self.started_at = time.monotonic()
+        self._stall_logged: object = _NEVER  # last_batch_at of the stall last logged
 
     # -- what the probes look at --------------------------------------------------------
 
@@ -152,8 +156,13 @@ class Health:
         state = getattr(app.consumer, "fetch_state", None)
         if state is not None:  # why nothing reached the handler (ADR 0010)
             checks["fetch_state"] = state()
-        return Verdict(False, f"stalled: no batch handled for {batch_ago:.0f} s while lag "
-                              f"is {lag_text}", checks)
+        reason = f"stalled: no batch handled for {batch_ago:.0f} s while lag is {lag_text}"
+        if self._stall_logged != app.last_batch_at:  # once per stall, for its diagnosis:
+            self._stall_logged = app.last_batch_at  # where every task of both loops waits
+            log.warning("%s; the fetch loop: %s; the Kafka clients and the tasks: %s", reason,
+                        json.dumps(checks.get("fetch_state"), default=str),
+                        json.dumps(client_state(app), default=str))
+        return Verdict(False, reason, checks)
 
     def readiness(self, now: float) -> Verdict:
         assigned = self._assigned()

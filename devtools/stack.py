@@ -231,7 +231,9 @@ class Stack:
                 text = worker.log_path.read_text(errors="replace").splitlines()
             except OSError:
                 continue
-            trouble = [line[:300] for line in text
+            # a stall's or a stuck client's diagnosis is kept whole: it is why the line is
+            trouble = [line if "gave up on them" in line or "the tasks:" in line
+                       else line[:300] for line in text
                        if any(w in line for w in ("WARN", "ERROR", "CRITICAL", "Traceback"))]
             report.append(f"\n--- {worker.log_path.name}: last {lines} warnings/errors of "
                           f"{len(text)} lines")
@@ -240,7 +242,7 @@ class Stack:
                 for probe in ("/healthz", "/readyz"):
                     try:
                         code, body = call(f"{worker.web_url}{probe}", timeout=5)
-                        report.append(f"{probe}: {code} {body[:500]}")
+                        report.append(f"{probe}: {code} {body[:5000]}")
                     except OSError as exc:
                         report.append(f"{probe}: {exc}")
         return "\n".join(report)
