@@ -176,7 +176,8 @@ def register_ingest(
             "config_version": active.version})
         taken = await sinks.put(
             SinkBatch(tp.topic, tp.partition, list(messages), payments_by_offset, failed,
-                      window_rows, arrival, metrics, active.version, epoch)
+                      window_rows, arrival, metrics, active.version, epoch,
+                      engine.customer_rules)
         )
         # Bound the producer's buffer (changelog + DLQ records) per batch.
         await app.producer.buffer.wait_until_ebb()
@@ -260,8 +261,9 @@ def _classify(
             continue
         in_batch.setdefault(tx_id, message.offset)
         if first != message.offset:
-            seen.add(partition, tx_id, message.offset, now,
-                     (tx.customer_id, tx.event_ts, tx.amount_minor, tx.currency))
+            # the id alone: no rule reads a customer history here any more (the rules over
+            # a customer's payments are judged in PostgreSQL, storage.customer_rules)
+            seen.add(partition, tx_id, message.offset, now)
         accepted[message.offset] = tx
         times[message.offset] = received
     return accepted, failed, times

@@ -25,7 +25,7 @@ import hmac
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -192,15 +192,8 @@ async def dashboard_data(windows: Windows, health: Health | None = None,
     newest open compliance flags, this worker's probes and lag, and its configuration
     versions and reload counters."""
     out: dict[str, Any] = {"generated_at": datetime.now(UTC).isoformat(), "windows": [],
-                           "trend": [], "health": None, "open_flags": None,
+                           "trend": [], "health": None, "rules": [], "open_flags": None,
                            "config": windows.config.snapshot()}
-    if flags is not None:
-        try:
-            newest, _ = await asyncio.to_thread(flags.page, FlagFilter(status="open"),
-                                                limit=NEWEST_FLAGS)
-            out["open_flags"] = [to_json(f) for f in newest]
-        except Exception as exc:  # noqa: BLE001 - the rest of the page still shows
-            log.warning("dashboard: cannot read the newest flags (%s)", type(exc).__name__)
     for size in windows.sizes:
         counts = await windows.merged(counts_table(size))
         metrics = await windows.merged(metrics_table(size))
@@ -234,6 +227,11 @@ async def dashboard_data(windows: Windows, health: Health | None = None,
             "amount_minor_by_currency": amounts,
             "late_events": late.count if late else 0,
         })
+    if flags is not None:
+        try:
+            await _flags_of(out, flags, windows)
+        except Exception as exc:  # noqa: BLE001 - the rest of the page still shows
+            log.warning("dashboard: cannot read the compliance flags (%s)", type(exc).__name__)
     if health is not None:
         live, ready = await health.probe()
         lag = list(health.telemetry.lag.collect())[0].samples
@@ -242,8 +240,26 @@ async def dashboard_data(windows: Windows, health: Health | None = None,
     return out
 
 
+async def _flags_of(out: dict[str, Any], flags: ComplianceFlags, windows: Windows) -> None:
+    """The configured rules, the flags per rule in each trend window (PostgreSQL's, by
+    event time: the rules over a customer's payments are judged there), and the newest
+    open flags."""
+    config = windows.config
+    out["rules"] = (sorted(e.kind for e in config.active.engine.extractors if e.is_rule)
+                    if config.loaded else [])
+    if out["trend"]:
+        size = out["trend"][0]["window_seconds"]
+        starts = [datetime.fromisoformat(w["window_start"]) for w in out["trend"]]
+        counts = await asyncio.to_thread(flags.per_window, starts[0],
+                                         starts[-1] + timedelta(seconds=size), size)
+        for w, start in zip(out["trend"], starts, strict=True):
+            w["flags"] = counts.get(int(start.timestamp()), {})
+    newest, _ = await asyncio.to_thread(flags.page, FlagFilter(status="open"),
+                                        limit=NEWEST_FLAGS)
+    out["open_flags"] = [to_json(f) for f in newest]
+
+
 TREND_WINDOWS = 24
-RULE_PREFIX = "compliance_"
 NEWEST_FLAGS = 10
 
 
@@ -270,10 +286,6 @@ def trend(counts: dict[int, dict[str, Any]], metrics: dict[int, dict[str, Any]],
             "failed": {key[len(prefix):]: h.count for key, h in sorted(hists.items())
                        if key.startswith(prefix)},
             "latency_ms_p95": latency.quantile(0.95) if latency else None,
-            # a rule's rate metric sums to the payments it flagged (every payment, all
-            # dimensions: the key with no dimension)
-            "flags": {key[len(RULE_PREFIX):-1]: round(h.sum) for key, h in sorted(hists.items())
-                      if key.startswith(RULE_PREFIX) and key.endswith("|")},
         })
     return out
 

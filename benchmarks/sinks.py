@@ -8,6 +8,8 @@ per table for:
 
 - ``normalized_transactions`` + ``dynamic_metrics`` (+ failed items and window
   partials), the per-event write;
+- the same with the rules over a customer's payments judged (velocity, structuring:
+  :mod:`storage.customer_rules`), to show what judging them costs;
 - ``normalized_transactions`` alone (metrics left out), to show what the
   ``dynamic_metrics`` COPY costs;
 - ``histogram_partials`` + ``aggregate_histograms`` (``write_windows``), the
@@ -39,8 +41,10 @@ class Msg:
         self.offset = offset
 
 
-def batches(n: int, size: int, seed: int, with_metrics: bool) -> list[SinkBatch]:
+def batches(n: int, size: int, seed: int, with_metrics: bool,
+            with_rules: bool = False) -> list[SinkBatch]:
     validator, engine = compile_files().validator, compile_files().engine
+    rules = engine.customer_rules if with_rules else ()
     out, payments, metrics = [], {}, {}
     for offset, e in enumerate(PaymentGenerator(load_scenario(), seed=seed).events(n)):
         tx = validator.parse(e.value).transaction
@@ -51,11 +55,11 @@ def batches(n: int, size: int, seed: int, with_metrics: bool) -> list[SinkBatch]
             metrics[offset] = engine.extract(tx, offset)
         if len(payments) == size:
             out.append(SinkBatch("payments", 0, [Msg(o) for o in payments], payments, [], [],
-                                 time.time(), metrics, engine.version))
+                                 time.time(), metrics, engine.version, customer_rules=rules))
             payments, metrics = {}, {}
     if payments:
         out.append(SinkBatch("payments", 0, [Msg(o) for o in payments], payments, [], [],
-                             time.time(), metrics, engine.version))
+                             time.time(), metrics, engine.version, customer_rules=rules))
     return out
 
 
@@ -84,9 +88,11 @@ def main() -> None:
         sink = PostgresSink(db)
         print(f"{args.payments:,} payments per run, {args.batch:,} per transaction, "
               f"PostgreSQL on this machine")
-        for label, seed, with_metrics in (("transactions + dynamic_metrics", 1, True),
-                                          ("transactions only", 2, False)):
-            work = batches(args.payments, args.batch, seed, with_metrics)
+        for label, seed, with_metrics, with_rules in (
+                ("transactions + dynamic_metrics", 1, True, False),
+                ("the same + customer rules", 4, True, True),
+                ("transactions only", 2, False, False)):
+            work = batches(args.payments, args.batch, seed, with_metrics, with_rules)
             n = sum(len(b.payments) for b in work)
             secs, rows = run(sink, work)
             per_table = ", ".join(f"{t} {r / secs:,.0f} rows/s" for t, r in rows.items() if r)

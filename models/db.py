@@ -92,10 +92,8 @@ class NormalizedTransaction(Base):
     __table_args__ = (
         Index("ix_normalized_transactions_event_time", "event_time"),
         Index("ix_normalized_transactions_merchant_event_time", "merchant_id", "event_time"),
-        # 0005: a flag's evidence names payments by source coordinates
-        Index("ix_normalized_transactions_source", "source_topic", "source_partition",
-              "source_offset"),
-        # 0005: one customer's payments across merchants (customers show)
+        # 0005: one customer's payments across merchants (the rules over a customer's
+        # payments, customers show)
         Index("ix_normalized_transactions_customer_event_time", "customer_id", "event_time"),
     )
 

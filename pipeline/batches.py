@@ -28,6 +28,9 @@ class SinkBatch:
     metrics: dict[int, ExtractionResult] = field(default_factory=dict)  # by offset
     config_version: str = ""  # ActiveConfig.version the batch was processed under
     epoch: int = 0  # SinkService.epoch(partition) when the handler began: stale if revoked
+    # the rules over a customer's payments the batch's configuration holds, judged by the
+    # sink when it stores the payments (storage.customer_rules)
+    customer_rules: tuple[Any, ...] = ()
 
     @property
     def first_offset(self) -> int:

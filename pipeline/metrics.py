@@ -501,6 +501,10 @@ class _Compiled:
     emits: dict[str, MetricInfo]  # by metric name
 
 
+def _customer_scope(extractor: MetricExtractor) -> bool:
+    return bool(getattr(extractor, "customer_scope", False))
+
+
 class MetricEngine:
     """Compiled metric definitions: ``extract(tx)`` gives every metric of a payment."""
 
@@ -536,7 +540,10 @@ class MetricEngine:
         self._calls = [(c.extractor.extract, c.emits, c.name,
                         getattr(c.extractor, "evidence", None) if c.extractor.is_rule
                         else None)
-                       for c in self._compiled]
+                       for c in self._compiled if not _customer_scope(c.extractor)]
+        # judged per customer when payments are stored (storage.customer_rules)
+        self.customer_rules = tuple(c.extractor for c in self._compiled
+                                    if _customer_scope(c.extractor))
         # dimension indices that some metric is windowed on: their values pick the plan
         window_dims = sorted({i for info in self._infos for i in info.windowed})
         self._signature: Callable[[list[str]], Any] = (

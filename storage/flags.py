@@ -141,6 +141,20 @@ class ComplianceFlags:
                 out.setdefault(rule, {})[status] = int(n)
         return out
 
+    def per_window(self, start: datetime, end: datetime,
+                   size: int) -> dict[int, dict[str, int]]:
+        """Flags per ``size``-second window of event time (its start, epoch seconds) and
+        rule, for event times in ``[start, end)``."""
+        sql = ("SELECT (floor(extract(epoch FROM event_time) / :size) * :size)::bigint, "
+               "rule, count(*) FROM compliance_flags "
+               "WHERE event_time >= :start AND event_time < :end GROUP BY 1, 2")
+        out: dict[int, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for window, rule, n in conn.execute(text(sql), {"size": size, "start": start,
+                                                            "end": end}):
+                out.setdefault(int(window), {})[rule] = int(n)
+        return out
+
     def for_transaction(self, transaction_id: str) -> list[dict[str, Any]]:
         sql = (f"SELECT {', '.join(COLUMNS)} FROM compliance_flags "
                "WHERE transaction_id = :tx ORDER BY rule")

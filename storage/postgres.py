@@ -42,6 +42,7 @@ from pipeline.batches import SinkBatch
 from pipeline.histogram import Histogram
 from pipeline.records import clean_json, clean_text
 from pipeline.windows import HistogramPartials
+from storage import customer_rules
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -239,16 +240,9 @@ INSERT INTO compliance_flags (
     config_version, evidence
 ) VALUES %s
 ON CONFLICT (transaction_id, rule) DO NOTHING
+RETURNING rule
 """
 FLAGS_TEMPLATE = "(%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb)"
-# the transaction ids of the payments a rule over time counted, by source coordinates
-# (ix_normalized_transactions_source); this transaction's own rows are visible to it
-SELECT_BY_SOURCE = """
-SELECT t.source_partition, t.source_offset, t.transaction_id
-FROM normalized_transactions t
-JOIN unnest(%(partitions)s::int[], %(offsets)s::bigint[]) AS k(p, o)
-  ON t.source_topic = %(topic)s AND t.source_partition = k.p AND t.source_offset = k.o
-"""
 
 UPSERT_HISTOGRAM_PARTIALS = """
 INSERT INTO histogram_partials (
@@ -411,9 +405,14 @@ class PostgresSink:
         failed_rows: list[tuple[Any, ...]] = []
         partials: dict[tuple[int, int, str, int], tuple[Any, ...]] = {}
         flags: dict[str, tuple[ParsedTransaction, SinkBatch, dict[str, Any]]] = {}
+        # the payments each set of customer-scope rules judges (one set per config version)
+        judged: dict[tuple[str, tuple[Any, ...]], list[ParsedTransaction]] = {}
         for batch in batches:
             topic = _copy_text(batch.topic)
             version = _copy_text(batch.config_version)
+            if batch.customer_rules and batch.payments:
+                judged.setdefault((batch.config_version, batch.customer_rules), []).extend(
+                    batch.payments.values())
             for offset, p in batch.payments.items():
                 tx_rows.append(_transaction_row(p, topic, batch.partition, offset))
                 result = batch.metrics.get(offset)
@@ -438,17 +437,26 @@ class PostgresSink:
             if tx_rows:
                 cur.execute(STAGE_TRANSACTIONS)
                 cur.copy_expert(COPY_TRANSACTIONS, CopyRows(tx_rows), size=COPY_CHUNK)
+                if judged:  # held to the commit: the other writers of these customers wait
+                    cur.execute(customer_rules.LOCK_CUSTOMERS)
                 cur.execute(INSERT_TRANSACTIONS)
                 inserted = [r[0] for r in cur.fetchall()]
                 rows = self._metric_rows(inserted, results, flagged)
                 if rows:
                     cur.copy_expert(COPY_METRICS, CopyRows(rows), size=COPY_CHUNK)
                 metric_rows = len(rows)
-                new_flags = [flags[tx_id] for tx_id in inserted if tx_id in flags]
-                if new_flags:
-                    flag_rows = _flag_rows(cur, new_flags)
-                    execute_values(cur, INSERT_FLAGS, flag_rows, template=FLAGS_TEMPLATE,
-                                   page_size=1000)
+                new = set(inserted)
+                flag_rows = _flag_rows([flags[tx_id] for tx_id in inserted if tx_id in flags])
+                for (version, rules), stored in judged.items():
+                    mine = [p for p in stored if p.transaction_id in new]
+                    if mine:
+                        flag_rows += customer_rules.judge(cur, rules, mine, version)
+                if flag_rows:
+                    done = execute_values(cur, INSERT_FLAGS, flag_rows,
+                                           template=FLAGS_TEMPLATE, page_size=1000, fetch=True)
+                    # the per-event rules' flags are counted with their metric rows
+                    kinds = {rule.kind for _, rules in judged for rule in rules}
+                    flagged.update(f"compliance_{r[0]}" for r in done if r[0] in kinds)
             if failed_rows:
                 execute_values(cur, INSERT_FAILED, failed_rows, page_size=1000)
             if partials:
@@ -524,36 +532,14 @@ class PostgresSink:
         return {"histogram_partials": len(partials), "aggregate_histograms": len(rows)}
 
 
-def _flag_rows(cur: Any, flags: Sequence[tuple[ParsedTransaction, SinkBatch, dict[str, Any]]],
+def _flag_rows(flags: Sequence[tuple[ParsedTransaction, SinkBatch, dict[str, Any]]],
                ) -> list[tuple[Any, ...]]:
-    """``compliance_flags`` rows of newly stored payments: one per rule that flagged one,
-    its evidence's payments (source offsets, in the flagged payment's partition) given
-    their transaction ids."""
-    wanted: dict[str, set[tuple[int, int]]] = {}
-    for _, batch, evidence in flags:
-        for reason in evidence.values():
-            for entry in reason.get("payments", ()):
-                wanted.setdefault(batch.topic, set()).add((batch.partition, entry["offset"]))
-    ids: dict[tuple[str, int, int], str] = {}
-    for topic, coords in wanted.items():
-        ordered = sorted(coords)
-        cur.execute(SELECT_BY_SOURCE, {"topic": topic,
-                                       "partitions": [c[0] for c in ordered],
-                                       "offsets": [c[1] for c in ordered]})
-        ids.update({(topic, int(p), int(o)): tx_id for p, o, tx_id in cur.fetchall()})
-    rows = []
-    for p, batch, evidence in flags:
-        for rule, reason in sorted(evidence.items()):
-            payments = reason.get("payments")
-            if payments is not None:
-                reason = {**reason, "payments": [
-                    {**e, "partition": batch.partition,
-                     "transaction_id": ids.get((batch.topic, batch.partition, e["offset"]))}
-                    for e in payments]}
-            rows.append((p.transaction_id, rule, clean_text(p.customer_id),
-                         clean_text(p.merchant_id), p.event_time, p.amount_minor, p.currency,
-                         batch.config_version, orjson.dumps(reason).decode()))
-    return rows
+    """``compliance_flags`` rows of newly stored payments: one per per-event rule that
+    flagged one, with its evidence."""
+    return [(p.transaction_id, rule, clean_text(p.customer_id), clean_text(p.merchant_id),
+             p.event_time, p.amount_minor, p.currency, batch.config_version,
+             orjson.dumps(reason).decode())
+            for p, batch, evidence in flags for rule, reason in sorted(evidence.items())]
 
 
 def _failed_row(f: FailedMessage) -> tuple[Any, ...]:

@@ -151,7 +151,8 @@ class SeenIds:
             self._evicted_at[partition] = now
         if not pending:
             return 0
-        self.histories.put(partition, _payments(pending))
+        if any(len(entry) > 3 for entry in pending):  # entries with their payment
+            self.histories.put(partition, _payments(pending))
         chunks = self._chunks.setdefault(partition, deque())
         with partition_context(self.app, message):
             for part in _chunked(pending):

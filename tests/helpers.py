@@ -5,6 +5,7 @@ drivers (sending, killing, restarting) with the end-state check every run must p
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import json
 import random
@@ -260,6 +261,40 @@ def assert_histograms(url: str, counted: list[SimEvent], late: list[SimEvent]) -
         assert abs(row[2] - total) <= 1e-6 * max(1.0, abs(total)), key
 
 
+def customer_rule_flags(payments: list[dict]) -> list[tuple[str, str]]:
+    """``(transaction_id, rule)`` of the accepted ``payments`` (documents) that velocity
+    and structuring flag under the shipped configuration, by the semantics of
+    docs/metrics.md: per customer, whatever the merchant; within ``(t - W, t]``."""
+    rules = {r.kind: r for r in shipped_config().engine.customer_rules}
+    by_customer: dict[str, list[tuple[float, str, int, str]]] = defaultdict(list)
+    for p in payments:
+        by_customer[p["customer_id"]].append((event_ts(p), p["transaction_id"],
+                                              p["amount_minor"], p["currency"]))
+    out = []
+    velocity, structuring = rules.get("velocity"), rules.get("structuring")
+    for entries in by_customer.values():
+        entries.sort()
+        times = [e[0] for e in entries]
+        for t, tx_id, amount, currency in entries:
+            if velocity is not None:
+                # (t - W, t]: bisect on the sorted times (ms precision: exact floats)
+                n = bisect.bisect_right(times, t) - bisect.bisect_right(times, t - velocity.within)
+                if n > velocity.max_payments:
+                    out.append((tx_id, "velocity"))
+            if structuring is not None:
+                limit = structuring.thresholds.get(currency)
+
+                def band(a: int, c: str, limit=limit) -> bool:
+                    return limit is not None and limit * structuring.fraction <= a < limit
+
+                if band(amount, currency):
+                    n = sum(1 for u, _, a, c in entries if c == currency and band(a, c)
+                            and t - structuring.within < u <= t)
+                    if n >= structuring.min_payments:
+                        out.append((tx_id, "structuring"))
+    return out
+
+
 def lake_report(root: Path, expected: int) -> str:
     """What is wrong with a lake that should hold ``expected`` rows: the coordinates read
     twice or missing, and the files that hold the doubled ones (a failure then says which
@@ -327,12 +362,16 @@ def assert_end_state(stack: Stack, events: list[SimEvent]) -> None:
                            "WHERE metric_type = 'metrics'")
     assert n_metrics == [(len(valid), len(valid))], "every accepted payment's metrics, once"
 
-    # one case per flagged payment and rule: the same verdicts as the metric rows, once
+    # one case per flagged payment and rule, once: for the rules on the payment alone the
+    # verdicts of its metric row; for the rules over a customer's payments, at every
+    # merchant, an independent computation of their semantics over the accepted payments
     verdicts = query(url, "SELECT transaction_id, metric_data FROM dynamic_metrics "
                           "WHERE metric_type = 'compliance'")
     flags = query(url, "SELECT transaction_id, rule FROM compliance_flags")
-    assert sorted(flags) == sorted((tx, name[len("compliance_"):]) for tx, data in verdicts
-                                   for name, value in data.items() if value == 1)
+    want = [(tx, name[len("compliance_"):]) for tx, data in verdicts
+            for name, value in data.items() if value == 1]
+    want += customer_rule_flags([e.payload for e in valid])
+    assert sorted(flags) == sorted(want)
 
     dlq = asyncio.run(read_topic(stack.broker.bootstrap, "payments-dlq"))
     dlq_coords = Counter(r.key for r in dlq)

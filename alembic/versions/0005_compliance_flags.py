@@ -44,10 +44,8 @@ def upgrade() -> None:
     op.create_index("ix_compliance_flags_customer_id_event_time", "compliance_flags",
                     ["customer_id", "event_time"])
     op.create_index("ix_compliance_flags_event_time", "compliance_flags", ["event_time"])
-    # a flag's evidence names the payments a rule over time counted by source coordinates
-    op.create_index("ix_normalized_transactions_source", "normalized_transactions",
-                    ["source_topic", "source_partition", "source_offset"])
-    # one customer's payments across merchants (customers show)
+    # one customer's payments across merchants (the rules over a customer's payments,
+    # customers show)
     op.create_index("ix_normalized_transactions_customer_event_time", "normalized_transactions",
                     ["customer_id", "event_time"])
     # a payment's re-sends: the id a duplicate carried (payments show)
@@ -83,7 +81,6 @@ def downgrade() -> None:
     op.drop_column("failed_items", "transaction_id")
     op.drop_index("ix_normalized_transactions_customer_event_time",
                   table_name="normalized_transactions")
-    op.drop_index("ix_normalized_transactions_source", table_name="normalized_transactions")
     op.drop_index("ix_compliance_flags_event_time", table_name="compliance_flags")
     op.drop_index("ix_compliance_flags_customer_id_event_time", table_name="compliance_flags")
     op.drop_index("ix_compliance_flags_rule_status_event_time", table_name="compliance_flags")

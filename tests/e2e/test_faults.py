@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pytest
 
 from simulator.generator import PaymentGenerator, load_scenario
-from tests.helpers import assert_end_state, send
+from tests.helpers import assert_end_state, query, send
 
 
 def wait_for_committed(stack, at_least: int, timeout: float = 120) -> int:
@@ -117,7 +117,12 @@ def test_a_broker_that_stops_answering_ends_the_worker_within_the_commit_timeout
 
 
 def test_one_of_two_workers_sigkilled_the_other_takes_every_partition(stack):
-    events = list(PaymentGenerator(load_scenario(), seed=82, invalid_ratio=0.03,
+    # 10,000 customers over 1,000 merchants: many customers pay 6 or more times in the
+    # 200 s of event time, at merchants of different partitions and workers, so velocity
+    # flags across merchants, with two workers storing one customer's payments at once
+    scenario = load_scenario()
+    scenario["customers"] = 10_000
+    events = list(PaymentGenerator(scenario, seed=82, invalid_ratio=0.03,
                                    start=datetime(2026, 11, 1, 8, 30, tzinfo=UTC))
                   .events(40_000))
     first = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="1")
@@ -145,3 +150,9 @@ def test_one_of_two_workers_sigkilled_the_other_takes_every_partition(stack):
     assert first.alive()
     assert at_kill < len(events), "the kill did not land mid-stream"
     assert_end_state(stack, events)
+    across = query(stack.database_url, """
+        SELECT count(*) FROM compliance_flags f
+        WHERE f.rule = 'velocity' AND jsonb_array_length(f.evidence -> 'payments') > 0
+          AND (SELECT count(DISTINCT e ->> 'merchant_id')
+               FROM jsonb_array_elements(f.evidence -> 'payments') e) > 1""")[0][0]
+    assert across > 0, "no velocity flag spans merchants: the check above saw none"

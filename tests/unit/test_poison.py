@@ -18,9 +18,7 @@ import pytest
 
 from app.cli import finish_output, output_target, printable
 from models.events import ErrorCategory, FailedMessage, ParsedTransaction, ValidationError
-from pipeline.compliance import EVIDENCE_PAYMENTS
 from pipeline.histogram import Histogram
-from pipeline.metrics import SortedHistory
 from pipeline.parse import Validator
 from pipeline.records import (
     DEAD_LETTER_MAX_BYTES,
@@ -271,44 +269,3 @@ def test_control_characters_reach_the_terminal_escaped():
     assert shown.startswith("a\\x1b[2Jb\\x07c\\u202ed")
     assert "\t" in shown  # tabs and newlines are layout, kept
     assert printable(3) == "3"
-
-
-
-# -- one very active customer ---------------------------------------------------------------
-
-class CountingHistory(SortedHistory):
-    """Counts the entries the rules look at."""
-
-    __slots__ = ("looked",)
-
-    def __init__(self, entries=()) -> None:
-        super().__init__(entries)
-        self.looked = 0
-
-    def __getitem__(self, i):
-        self.looked += 1
-        return super().__getitem__(i)
-
-
-@pytest.mark.parametrize("amount", [4_500, 950_000])  # velocity decides; structuring looks
-def test_a_hot_customer_costs_bounded_work_per_payment_and_the_same_verdicts(amount):
-    from tests.helpers import shipped_config
-
-    engine = shipped_config().engine
-    tx = _tx(NOW)
-    tx = ParsedTransaction(**{**{f: getattr(tx, f) for f in tx.__struct_fields__
-                                 if f != "event_ts"}, "amount_minor": amount})
-    for size, just_under in ((50_000, 0), (50_000, 7), (20_000, 2)):
-        entries = [(NOW - 3600 * (size - i) / size, i,
-                    950_000 if i % (size // just_under if just_under else size + 1) == 0
-                    and just_under else 4_500, "EUR") for i in range(size)]
-        counted = CountingHistory(entries)
-        fast = engine.extract(tx, size, lambda _c, h=counted: h)
-        slow = engine.extract(tx, size, lambda _c, h=entries: h)  # a plain list: scanned
-        assert fast.rows() == slow.rows()
-        assert fast.evidence == slow.evidence and fast.evidence
-        for reason in fast.evidence.values():  # flagged: why, within a bounded list
-            assert 0 < len(reason["payments"]) <= EVIDENCE_PAYMENTS
-        # out of tens of thousands: the verdicts' few dozen, the evidence's bounded list
-        # and its two bisections
-        assert counted.looked <= 50 + EVIDENCE_PAYMENTS + 40

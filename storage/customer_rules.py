@@ -1,0 +1,183 @@
+"""The compliance rules over a customer's payments, judged in PostgreSQL as payments are
+stored: per customer, across every merchant and partition (ADR 0013).
+
+Semantics (docs/metrics.md, "Rules over a customer's payments"), over the accepted
+payments (``normalized_transactions``), whatever their status:
+
+- ``velocity`` flags p when the customer has more than ``max_payments`` payments q with
+  ``p.t - within_seconds < q.t <= p.t`` (p among them);
+- ``structuring`` flags p when p is in its currency's band (``lower_fraction x
+  threshold <= amount < threshold``) and the customer has at least ``min_payments``
+  in-band payments q in that currency with ``p.t - within_seconds < q.t <= p.t``.
+
+These depend on every payment with an event time in p's window, whenever it arrives: a
+payment q stored after p with an earlier event time (another merchant's partition behind,
+a late event) can flag p. So each stored payment q re-judges the customer's payments p
+with ``q.t <= p.t < q.t + within_seconds`` (q itself among them), and a flag once written
+stays: counts only grow. The flags are then the same in any order of arrival.
+
+Two workers storing payments of one customer at once must each see the other's: the sink
+takes a transaction-level advisory lock for the customers of its write (one per bucket of
+customers, in order, so two writers never deadlock) before it inserts, and holds it to
+its commit, so the later writer's judgement sees the earlier writer's committed payments.
+It all runs in the transaction that stores the payments: a crash or replay re-judges
+nothing twice (a replay inserts no payment, so judges none), and a flag is inserted with
+``ON CONFLICT DO NOTHING``, so a review is never reset.
+
+Work per payment is bounded for a customer with thousands of payments in a window: each
+window is read oldest first up to ``max(EVIDENCE_PAYMENTS, limit)`` rows, which decides
+the verdict and is the evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from models.events import ParsedTransaction
+from pipeline.compliance import EVIDENCE_PAYMENTS
+
+LOCK_CLASS = 0x43555354  # "CUST": the first key of the two-key advisory locks
+# Customers share LOCK_BUCKETS locks (by a hash of their id): a write takes at most that
+# many, however many customers it holds. PostgreSQL's lock table has room for
+# max_locks_per_transaction (64) x max_connections (100) = 6,400 locks in all; one lock
+# per customer would overflow it ("out of shared memory") with two writes of a few
+# thousand customers. Customers sharing a bucket only wait for each other a little more.
+LOCK_BUCKETS = 256
+
+# after the COPY into stage_transactions, before the INSERT: the buckets of this write's
+# customers, locked in order (the Sort feeds the aggregate in that order), so two writers
+# never deadlock
+LOCK_CUSTOMERS = f"""
+SELECT count(pg_advisory_xact_lock({LOCK_CLASS}, k))
+FROM (SELECT DISTINCT abs(hashtext(customer_id) % {LOCK_BUCKETS}) AS k
+      FROM stage_transactions ORDER BY 1) s
+"""
+
+_EVIDENCE_ROW = """jsonb_build_object(
+    'transaction_id', q.transaction_id, 'merchant_id', q.merchant_id,
+    'amount_minor', q.amount_minor,
+    'event_time', to_char(q.event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))"""
+
+# The new payments come from the write's staging table (storage.postgres), and each reaches
+# the payments it re-judges through a LATERAL lookup in
+# ix_normalized_transactions_customer_event_time,
+# so a write's cost follows its own payments, never the table's size: joining the table
+# let the planner scan and sort all of it for each write.
+_NEW = """
+    SELECT s.customer_id, s.currency, s.amount_minor, to_timestamp(s.event_ts) AS event_time
+    FROM stage_transactions s WHERE s.transaction_id = ANY(%(ids)s::text[])
+"""
+_REACHED = """
+    CROSS JOIN LATERAL (
+        SELECT p.transaction_id, p.customer_id, p.merchant_id, p.event_time,
+               p.amount_minor, p.currency
+        FROM normalized_transactions p
+        WHERE p.customer_id = n.customer_id AND p.event_time >= n.event_time
+          AND p.event_time < n.event_time + make_interval(secs => %(within)s)
+        OFFSET 0) p  -- a fence: kept a per-payment index lookup, never flattened
+    WHERE NOT EXISTS (SELECT 1 FROM compliance_flags f
+                      WHERE f.transaction_id = p.transaction_id AND f.rule = %(rule)s)
+"""
+
+VELOCITY = f"""
+WITH new AS ({_NEW}), affected AS (
+    SELECT DISTINCT p.* FROM new n {_REACHED}
+), counted AS (
+    SELECT a.*, (SELECT count(*) FROM (
+                     SELECT 1 FROM normalized_transactions q
+                     WHERE q.customer_id = a.customer_id
+                       AND q.event_time > a.event_time - make_interval(secs => %(within)s)
+                       AND q.event_time <= a.event_time
+                     LIMIT %(cap)s) c) AS n
+    FROM affected a
+)
+-- the evidence is built only for the payments flagged
+SELECT f.transaction_id, f.customer_id, f.merchant_id, f.event_time, f.amount_minor,
+       f.currency, f.n,
+       (SELECT jsonb_agg({_EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id)
+        FROM (SELECT transaction_id, merchant_id, amount_minor, event_time
+              FROM normalized_transactions
+              WHERE customer_id = f.customer_id
+                AND event_time > f.event_time - make_interval(secs => %(within)s)
+                AND event_time <= f.event_time
+              ORDER BY event_time, transaction_id
+              LIMIT %(cap)s) q) AS payments
+FROM counted f
+WHERE f.n > %(max_payments)s
+ORDER BY f.transaction_id
+"""
+
+STRUCTURING = f"""
+WITH band(currency, low, high) AS (
+    SELECT * FROM unnest(%(band_currencies)s::text[], %(lows)s::float8[], %(highs)s::bigint[])
+), new AS (
+    SELECT n.* FROM ({_NEW}) n
+    JOIN band b ON b.currency = n.currency AND n.amount_minor >= b.low
+               AND n.amount_minor < b.high
+), affected AS (
+    SELECT DISTINCT p.* FROM new n {_REACHED}
+      AND p.currency = n.currency
+      AND EXISTS (SELECT 1 FROM band b WHERE b.currency = p.currency
+                  AND p.amount_minor >= b.low AND p.amount_minor < b.high)
+), in_band AS (  -- the in-band payments of each affected one's window, oldest first
+    SELECT a.transaction_id AS flagged, q.*
+    FROM affected a
+    CROSS JOIN LATERAL (
+        SELECT q.transaction_id, q.merchant_id, q.amount_minor, q.event_time
+        FROM normalized_transactions q
+        JOIN band b ON b.currency = q.currency AND q.amount_minor >= b.low
+                   AND q.amount_minor < b.high
+        WHERE q.customer_id = a.customer_id AND q.currency = a.currency
+          AND q.event_time > a.event_time - make_interval(secs => %(within)s)
+          AND q.event_time <= a.event_time
+        ORDER BY q.event_time, q.transaction_id
+        LIMIT %(cap)s) q
+)
+SELECT a.transaction_id, a.customer_id, a.merchant_id, a.event_time, a.amount_minor,
+       a.currency, w.n, w.payments
+FROM affected a
+JOIN (SELECT q.flagged, count(*) AS n,
+             jsonb_agg({_EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id) AS payments
+      FROM in_band q GROUP BY q.flagged) w ON w.flagged = a.transaction_id
+WHERE w.n >= %(min_payments)s
+ORDER BY a.transaction_id
+"""
+
+
+def judge(cur: Any, rules: Sequence[Any], payments: Sequence[ParsedTransaction],
+          config_version: str) -> list[tuple[Any, ...]]:
+    """``compliance_flags`` rows (evidence as JSON text) of the payments that
+    ``payments``, stored in this transaction (and still in its ``stage_transactions``),
+    make flagged under ``rules``."""
+    new = {"ids": [p.transaction_id for p in payments]}
+    rows: list[tuple[Any, ...]] = []
+    for rule in rules:
+        if rule.kind == "velocity":
+            cap = max(EVIDENCE_PAYMENTS, rule.max_payments + 1)
+            cur.execute(VELOCITY, {**new, "within": rule.within, "rule": rule.kind,
+                                   "cap": cap, "max_payments": rule.max_payments})
+            params: dict[str, Any] = {"max_payments": rule.max_payments,
+                                      "within_seconds": rule.within}
+        elif rule.kind == "structuring":
+            cap = max(EVIDENCE_PAYMENTS, rule.min_payments)
+            band = sorted(rule.thresholds)
+            cur.execute(STRUCTURING, {
+                **new, "within": rule.within, "rule": rule.kind, "cap": cap,
+                "min_payments": rule.min_payments, "band_currencies": band,
+                "lows": [rule.thresholds[c] * rule.fraction for c in band],
+                "highs": [rule.thresholds[c] for c in band]})
+            params = {"lower_fraction": rule.fraction, "min_payments": rule.min_payments,
+                      "within_seconds": rule.within}
+        else:
+            raise ValueError(f"no customer-scope judgement for rule {rule.kind!r}")
+        for tx_id, customer, merchant, when, amount, currency, n, listed in cur.fetchall():
+            evidence = dict(params)
+            if rule.kind == "structuring":
+                evidence["threshold_minor"] = rule.thresholds[currency]
+            evidence.update(counted=int(n), complete=int(n) < cap, payments=listed)
+            rows.append((tx_id, rule.kind, customer, merchant, when, amount, currency,
+                         config_version, orjson.dumps(evidence).decode()))
+    return rows
