@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import click
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.settings import Settings
 from pipeline.config import ActiveConfig, ConfigManager, compile_config
@@ -26,6 +27,14 @@ def fail(message: str) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(2)  # SystemExit would be caught and logged by the mode worker running us
+
+
+def database_errors(exc: Exception, settings: Settings) -> NoReturn:
+    """One line for a database that cannot be reached; any other error is raised again."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")
+    raise exc
 
 
 async def active_config(settings: Settings, manager: ConfigManager) -> ActiveConfig:

@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
-from app.cli import fail, printable, written_output
+from app.cli import database_errors, fail, printable, written_output
 from app.faust_app import PaymentApp
 from app.investigate_commands import echo_payment, payment_report
 from app.settings import Settings
@@ -118,8 +118,7 @@ def register_flag_commands(app: PaymentApp, settings: Settings, engine: Engine) 
         except OSError as exc:
             fail(f"cannot write the output: {exc}")
         except (OperationalError, InterfaceError) as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")
+            database_errors(exc, settings)
 
 
 def _list(store: ComplianceFlags, flt: FlagFilter, limit: int, as_json: bool) -> None:

@@ -21,9 +21,8 @@ from typing import Any
 import click
 from faust.cli import AppCommand, argument, option
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.cli import active_config, fail, printable
+from app.cli import active_config, database_errors, fail, printable
 from app.faust_app import PaymentApp
 from app.settings import Settings
 from pipeline.config import ConfigError, ConfigManager
@@ -38,12 +37,6 @@ DEFAULT_DAYS = 30  # customers show without --since: the last 30 days
 
 def register_investigate_commands(app: PaymentApp, settings: Settings, engine: Engine,
                                   config: ConfigManager) -> None:
-    def database_errors(exc: Exception) -> None:
-        if isinstance(exc, (OperationalError, InterfaceError)):
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            fail(f"cannot reach the database at {settings.safe_database_url}: {reason}")
-        raise exc
-
     @app.command(
         argument("action", type=click.Choice(["show"])),
         argument("customer_id"),
@@ -68,7 +61,7 @@ def register_investigate_commands(app: PaymentApp, settings: Settings, engine: E
         except BrokerError as exc:
             fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - the database's errors: one line
-            database_errors(exc)
+            database_errors(exc, settings)
         echo_customer(report, as_json)
 
     @app.command(
@@ -82,7 +75,7 @@ def register_investigate_commands(app: PaymentApp, settings: Settings, engine: E
         try:
             report = payment_report(settings, engine, transaction_id)
         except Exception as exc:  # noqa: BLE001 - the database's errors: one line
-            database_errors(exc)
+            database_errors(exc, settings)
         if report is None:
             fail(f"no stored payment {transaction_id!r}")
         echo_payment(report, as_json)

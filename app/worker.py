@@ -31,6 +31,7 @@ from app.faust_app import PaymentApp, create_app
 from app.flag_commands import register_flag_commands
 from app.health import END_OFFSETS_TIMEOUT_S, Health
 from app.investigate_commands import register_investigate_commands
+from app.reprocess_commands import register_reprocess_command
 from app.settings import Settings, config_source
 from app.telemetry import Telemetry
 from app.topic_commands import register_topic_commands
@@ -93,6 +94,7 @@ def build(settings: Settings) -> PaymentApp:
     register_flag_commands(faust_app, settings, db_engine)
     register_investigate_commands(faust_app, settings, db_engine, config)
     register_config_commands(faust_app, settings, config)
+    register_reprocess_command(faust_app, settings, db_engine, config)
     register_topic_commands(faust_app, settings)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:

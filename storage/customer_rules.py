@@ -56,7 +56,7 @@ FROM (SELECT DISTINCT abs(hashtext(customer_id) % {LOCK_BUCKETS}) AS k
       FROM stage_transactions ORDER BY 1) s
 """
 
-_EVIDENCE_ROW = """jsonb_build_object(
+EVIDENCE_ROW = """jsonb_build_object(
     'transaction_id', q.transaction_id, 'merchant_id', q.merchant_id,
     'amount_minor', q.amount_minor,
     'event_time', to_char(q.event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))"""
@@ -97,7 +97,7 @@ WITH new AS ({_NEW}), affected AS (
 -- the evidence is built only for the payments flagged
 SELECT f.transaction_id, f.customer_id, f.merchant_id, f.event_time, f.amount_minor,
        f.currency, f.n,
-       (SELECT jsonb_agg({_EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id)
+       (SELECT jsonb_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id)
         FROM (SELECT transaction_id, merchant_id, amount_minor, event_time
               FROM normalized_transactions
               WHERE customer_id = f.customer_id
@@ -140,7 +140,7 @@ SELECT a.transaction_id, a.customer_id, a.merchant_id, a.event_time, a.amount_mi
        a.currency, w.n, w.payments
 FROM affected a
 JOIN (SELECT q.flagged, count(*) AS n,
-             jsonb_agg({_EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id) AS payments
+             jsonb_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id) AS payments
       FROM in_band q GROUP BY q.flagged) w ON w.flagged = a.transaction_id
 WHERE w.n >= %(min_payments)s
 ORDER BY a.transaction_id
@@ -155,29 +155,43 @@ def judge(cur: Any, rules: Sequence[Any], payments: Sequence[ParsedTransaction],
     new = {"ids": [p.transaction_id for p in payments]}
     rows: list[tuple[Any, ...]] = []
     for rule in rules:
-        if rule.kind == "velocity":
-            cap = max(EVIDENCE_PAYMENTS, rule.max_payments + 1)
-            cur.execute(VELOCITY, {**new, "within": rule.within, "rule": rule.kind,
-                                   "cap": cap, "max_payments": rule.max_payments})
-            params: dict[str, Any] = {"max_payments": rule.max_payments,
-                                      "within_seconds": rule.within}
-        elif rule.kind == "structuring":
-            cap = max(EVIDENCE_PAYMENTS, rule.min_payments)
-            band = sorted(rule.thresholds)
-            cur.execute(STRUCTURING, {
-                **new, "within": rule.within, "rule": rule.kind, "cap": cap,
-                "min_payments": rule.min_payments, "band_currencies": band,
-                "lows": [rule.thresholds[c] * rule.fraction for c in band],
-                "highs": [rule.thresholds[c] for c in band]})
-            params = {"lower_fraction": rule.fraction, "min_payments": rule.min_payments,
-                      "within_seconds": rule.within}
-        else:
-            raise ValueError(f"no customer-scope judgement for rule {rule.kind!r}")
-        for tx_id, customer, merchant, when, amount, currency, n, listed in cur.fetchall():
-            evidence = dict(params)
-            if rule.kind == "structuring":
-                evidence["threshold_minor"] = rule.thresholds[currency]
-            evidence.update(counted=int(n), complete=int(n) < cap, payments=listed)
-            rows.append((tx_id, rule.kind, customer, merchant, when, amount, currency,
-                         config_version, orjson.dumps(evidence).decode()))
+        sql, params, cap = rule_query(rule)
+        cur.execute(VELOCITY if rule.kind == "velocity" else STRUCTURING,
+                    {**new, **sql, "rule": rule.kind})
+        rows += flag_rows(cur.fetchall(), rule, params, cap, config_version)
+    return rows
+
+
+def rule_query(rule: Any) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """A customer-scope rule's query parameters (``within``, ``cap`` and its own), the
+    parameters its evidence records, and ``cap``: how many payments are counted and
+    listed at most."""
+    if rule.kind == "velocity":
+        cap = max(EVIDENCE_PAYMENTS, rule.max_payments + 1)
+        return ({"within": rule.within, "cap": cap, "max_payments": rule.max_payments},
+                {"max_payments": rule.max_payments, "within_seconds": rule.within}, cap)
+    if rule.kind == "structuring":
+        cap = max(EVIDENCE_PAYMENTS, rule.min_payments)
+        band = sorted(rule.thresholds)
+        return ({"within": rule.within, "cap": cap, "min_payments": rule.min_payments,
+                 "band_currencies": band,
+                 "lows": [rule.thresholds[c] * rule.fraction for c in band],
+                 "highs": [rule.thresholds[c] for c in band]},
+                {"lower_fraction": rule.fraction, "min_payments": rule.min_payments,
+                 "within_seconds": rule.within}, cap)
+    raise ValueError(f"no customer-scope judgement for rule {rule.kind!r}")
+
+
+def flag_rows(fetched: Sequence[tuple[Any, ...]], rule: Any, params: dict[str, Any],
+              cap: int, config_version: str) -> list[tuple[Any, ...]]:
+    """``compliance_flags`` rows from the rows a judging query returned: ``(id, customer,
+    merchant, event time, amount, currency, counted, listed payments)``."""
+    rows = []
+    for tx_id, customer, merchant, when, amount, currency, n, listed in fetched:
+        evidence = dict(params)
+        if rule.kind == "structuring":
+            evidence["threshold_minor"] = rule.thresholds[currency]
+        evidence.update(counted=int(n), complete=int(n) < cap, payments=listed)
+        rows.append((tx_id, rule.kind, customer, merchant, when, amount, currency,
+                     config_version, orjson.dumps(evidence).decode()))
     return rows
