@@ -29,7 +29,7 @@ def test_valid_events_pass_and_invalid_events_fail():
     assert 300 < sum(n for k, n in kinds.items() if k != "valid") < 500
     for e in events:
         result = parse(e.value)
-        if e.kind == "valid":
+        if e.kind in ("valid", "duplicate"):  # a duplicate is valid, its id is not new
             assert isinstance(result.transaction, ParsedTransaction), (e.value, result)
         else:
             assert not result.ok and result.errors, e.value
@@ -76,3 +76,35 @@ def test_events_are_dated_up_to_now_unless_the_scenario_pins_a_date():
     scenario["start_time"] = "2026-05-01T09:00:00Z"
     pinned = next(PaymentGenerator(scenario, seed=3).events(1))
     assert pinned.payload["event_time"].startswith("2026-05-01T09:00:00")
+
+
+def test_bursts_runs_and_resends_the_rules_and_the_claims_must_catch():
+    """A velocity burst: one customer, several merchants, within its span; a structuring
+    run: amounts in the band under the limit; a re-send: an earlier record under another
+    merchant's key. Every pattern payment is sent, within the count."""
+    scenario = load_scenario()
+    scenario["resent_across_partitions"] = 0.002
+    events = list(PaymentGenerator(scenario, seed=3, start=PINNED).events(20_000))
+    assert len(events) == 20_000
+    by_pattern: dict[str, list] = {}
+    for e in events:
+        by_pattern.setdefault(e.pattern, []).append(e)
+    bursts = Counter(e.payload["customer_id"] for e in by_pattern["velocity_burst"])
+    assert max(bursts.values()) >= 6
+    busiest = [e.payload for e in by_pattern["velocity_burst"]
+               if e.payload["customer_id"] == bursts.most_common(1)[0][0]]
+    assert len({p["merchant_id"] for p in busiest}) > 1, "across merchants"
+    assert all(e.key == e.payload["merchant_id"].encode() for e in by_pattern["velocity_burst"])
+    limits = scenario["structuring_runs"]["thresholds_minor"]
+    for e in by_pattern["structuring_run"]:
+        limit = limits[e.payload["currency"]]
+        assert 0.9 * limit <= e.payload["amount_minor"] < limit
+    sent = {e.value: e.key for e in events if e.kind == "valid"}
+    for e in by_pattern["other_partition"]:
+        assert e.kind == "duplicate" and e.value in sent and sent[e.value] != e.key
+
+
+def test_a_pattern_with_a_bad_setting_is_one_clear_error():
+    scenario = {**load_scenario(), "velocity_bursts": {"ratio": 0.1, "payments": "many"}}
+    with pytest.raises(ScenarioError, match="velocity_bursts"):
+        list(PaymentGenerator(scenario, seed=1).events(10))
