@@ -40,6 +40,7 @@ import orjson
 from psycopg2.extras import execute_values
 from sqlalchemy import Engine
 
+from models.errors import PaymentMonitorError
 from models.events import ParsedTransaction, TransactionStatus
 from pipeline.config import ActiveConfig
 from pipeline.metrics import no_history
@@ -182,7 +183,7 @@ VALUES %s
 METRICS_TEMPLATE = "(%s,%s,%s::jsonb,%s)"
 
 
-class ReprocessError(Exception):
+class ReprocessError(PaymentMonitorError, ValueError):
     """A range or configuration ``reprocess`` refuses, in words for the command line."""
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
@@ -534,3 +534,31 @@ def assert_checkov_clean(directory: Path, framework: str, home: Path, *,
     for check in report["results"]["skipped_checks"]:
         reason = check["check_result"].get("suppress_comment") or ""
         assert len(reason) > 20, f"{check['check_id']} skipped without a reason: {reason!r}"
+
+
+# -- the rules over a customer's payments: traffic with bursts at many merchants --------
+
+CUSTOMER_START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+
+def customer_payment(i: int, customer: str, seconds: float, amount: int = 4_500,
+                     currency: str = "EUR", merchant: str = "m1") -> dict:
+    when = CUSTOMER_START + timedelta(seconds=seconds)
+    return {**VALID_PAYMENT, "transaction_id": f"tx-c-{i}", "customer_id": customer,
+            "merchant_id": merchant, "amount_minor": amount, "currency": currency,
+            "event_time": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"}
+
+
+def customer_traffic(seed: int, n: int = 400) -> list[dict]:
+    """Eight customers at twelve merchants over 90 minutes, in bursts, a fifth of the
+    amounts just under the EUR threshold."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        seconds = rng.choice([rng.uniform(0, 5400), rng.gauss(1800, 200), rng.gauss(4000, 90)])
+        docs.append(customer_payment(i, f"c{rng.randrange(8)}", max(0.0, seconds),
+                        amount=rng.randrange(900_000, 1_000_000) if rng.random() < 0.2
+                        else rng.randrange(100, 2_000_000),
+                        currency=rng.choice(["EUR", "EUR", "USD"]),
+                        merchant=f"m{rng.randrange(12):02d}"))
+    return docs

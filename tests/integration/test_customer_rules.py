@@ -9,7 +9,7 @@ import json
 import random
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import psycopg2
 import pytest
@@ -19,19 +19,12 @@ from devtools.services import libpq_dsn
 from pipeline.batches import SinkBatch
 from pipeline.compliance import EVIDENCE_PAYMENTS
 from storage.postgres import PostgresSink, create_db_engine
-from tests.helpers import VALID_PAYMENT, parse, query, shipped_config
+from tests.helpers import customer_payment as doc
+from tests.helpers import customer_traffic as traffic
+from tests.helpers import parse, query, shipped_config
 
-START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 RULES = shipped_config().engine.customer_rules
 VERSION = "schema=v1;metrics=v1;compliance=v1"
-
-
-def doc(i: int, customer: str, seconds: float, amount: int = 4_500, currency: str = "EUR",
-        merchant: str = "m1") -> dict:
-    when = START + timedelta(seconds=seconds)
-    return {**VALID_PAYMENT, "transaction_id": f"tx-c-{i}", "customer_id": customer,
-            "merchant_id": merchant, "amount_minor": amount, "currency": currency,
-            "event_time": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"}
 
 
 def batch(docs: list[dict], partition: int, first: int) -> SinkBatch:
@@ -66,21 +59,6 @@ def expected(docs: list[dict]) -> set[tuple[str, str]]:
             if n >= structuring.min_payments:
                 out.add((tx_id, "structuring"))
     return out
-
-
-def traffic(seed: int, n: int = 400) -> list[dict]:
-    """Eight customers at twelve merchants over 90 minutes, in bursts, a fifth of the
-    amounts just under the EUR threshold."""
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        seconds = rng.choice([rng.uniform(0, 5400), rng.gauss(1800, 200), rng.gauss(4000, 90)])
-        docs.append(doc(i, f"c{rng.randrange(8)}", max(0.0, seconds),
-                        amount=rng.randrange(900_000, 1_000_000) if rng.random() < 0.2
-                        else rng.randrange(100, 2_000_000),
-                        currency=rng.choice(["EUR", "EUR", "USD"]),
-                        merchant=f"m{rng.randrange(12):02d}"))
-    return docs
 
 
 def customer_flags(url: str) -> set[tuple[str, str]]:

@@ -24,8 +24,9 @@ from pipeline.batches import SinkBatch
 from pipeline.config import COMPLIANCE_KEY, ActiveConfig, ConfigVersion, compile_config
 from storage.postgres import PostgresSink, create_db_engine
 from storage.reprocess import ReprocessError, reprocess
+from tests.helpers import CUSTOMER_START as START
+from tests.helpers import customer_traffic as traffic
 from tests.helpers import parse, shipped_config
-from tests.integration.test_customer_rules import START, traffic
 
 OLD = shipped_config()
 
