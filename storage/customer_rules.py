@@ -82,10 +82,10 @@ _REACHED = """
                       WHERE f.transaction_id = p.transaction_id AND f.rule = %(rule)s)
 """
 
-VELOCITY = f"""
-WITH new AS ({_NEW}), affected AS (
-    SELECT DISTINCT p.* FROM new n {_REACHED}
-), counted AS (
+# The judgement of the payments of an ``affected`` CTE (transaction_id, customer_id,
+# merchant_id, event_time, amount_minor, currency): here those a write reaches, in
+# storage.reprocess those of a range. The evidence is built only for the payments flagged.
+VELOCITY_JUDGED = f"""counted AS (
     SELECT a.*, (SELECT count(*) FROM (
                      SELECT 1 FROM normalized_transactions q
                      WHERE q.customer_id = a.customer_id
@@ -94,7 +94,6 @@ WITH new AS ({_NEW}), affected AS (
                      LIMIT %(cap)s) c) AS n
     FROM affected a
 )
--- the evidence is built only for the payments flagged
 SELECT f.transaction_id, f.customer_id, f.merchant_id, f.event_time, f.amount_minor,
        f.currency, f.n,
        (SELECT jsonb_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id)
@@ -110,19 +109,12 @@ WHERE f.n > %(max_payments)s
 ORDER BY f.transaction_id
 """
 
-STRUCTURING = f"""
-WITH band(currency, low, high) AS (
+# each currency's band, for structuring's queries (the first CTE)
+BAND = """band(currency, low, high) AS (
     SELECT * FROM unnest(%(band_currencies)s::text[], %(lows)s::float8[], %(highs)s::bigint[])
-), new AS (
-    SELECT n.* FROM ({_NEW}) n
-    JOIN band b ON b.currency = n.currency AND n.amount_minor >= b.low
-               AND n.amount_minor < b.high
-), affected AS (
-    SELECT DISTINCT p.* FROM new n {_REACHED}
-      AND p.currency = n.currency
-      AND EXISTS (SELECT 1 FROM band b WHERE b.currency = p.currency
-                  AND p.amount_minor >= b.low AND p.amount_minor < b.high)
-), in_band AS (  -- the in-band payments of each affected one's window, oldest first
+)"""
+
+STRUCTURING_JUDGED = f"""in_band AS (  -- the in-band payments of each one's window, oldest first
     SELECT a.transaction_id AS flagged, q.*
     FROM affected a
     CROSS JOIN LATERAL (
@@ -145,6 +137,23 @@ JOIN (SELECT q.flagged, count(*) AS n,
 WHERE w.n >= %(min_payments)s
 ORDER BY a.transaction_id
 """
+
+VELOCITY = f"""
+WITH new AS ({_NEW}), affected AS (
+    SELECT DISTINCT p.* FROM new n {_REACHED}
+), {VELOCITY_JUDGED}"""
+
+STRUCTURING = f"""
+WITH {BAND}, new AS (
+    SELECT n.* FROM ({_NEW}) n
+    JOIN band b ON b.currency = n.currency AND n.amount_minor >= b.low
+               AND n.amount_minor < b.high
+), affected AS (
+    SELECT DISTINCT p.* FROM new n {_REACHED}
+      AND p.currency = n.currency
+      AND EXISTS (SELECT 1 FROM band b WHERE b.currency = p.currency
+                  AND p.amount_minor >= b.low AND p.amount_minor < b.high)
+), {STRUCTURING_JUDGED}"""
 
 
 def judge(cur: Any, rules: Sequence[Any], payments: Sequence[ParsedTransaction],

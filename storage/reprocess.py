@@ -45,7 +45,7 @@ from models.events import ParsedTransaction, TransactionStatus
 from pipeline.config import ActiveConfig
 from pipeline.metrics import no_history
 from storage import customer_rules
-from storage.postgres import _transaction
+from storage.postgres import FLAGS_TEMPLATE, INSERT_FLAGS, _transaction
 
 # at most about this many payments per transaction (more only when that many share one
 # event time): the customer locks are held for a slice, so the sinks wait that long
@@ -85,80 +85,23 @@ SELECT transaction_id, rule, status, config_version FROM compliance_flags
 WHERE transaction_id = ANY(%(ids)s::text[])
 """
 
-EVIDENCE_ROW = customer_rules.EVIDENCE_ROW
+_RANGE = "p.event_time >= %(since)s AND p.event_time < %(until)s"
+_COLUMNS = ("p.transaction_id, p.customer_id, p.merchant_id, p.event_time, p.amount_minor, "
+            "p.currency")
 
-# every payment of the slice judged, as storage.customer_rules.VELOCITY judges those a
-# write reaches
+# every payment of the slice judged, as storage.customer_rules judges those a write reaches
 VELOCITY = f"""
-WITH counted AS (
-    SELECT p.transaction_id, p.customer_id, p.merchant_id, p.event_time, p.amount_minor,
-           p.currency,
-           (SELECT count(*) FROM (
-                SELECT 1 FROM normalized_transactions q
-                WHERE q.customer_id = p.customer_id
-                  AND q.event_time > p.event_time - make_interval(secs => %(within)s)
-                  AND q.event_time <= p.event_time
-                LIMIT %(cap)s) c) AS n
-    FROM normalized_transactions p
-    WHERE p.event_time >= %(since)s AND p.event_time < %(until)s
-)
-SELECT f.transaction_id, f.customer_id, f.merchant_id, f.event_time, f.amount_minor,
-       f.currency, f.n,
-       (SELECT jsonb_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id)
-        FROM (SELECT transaction_id, merchant_id, amount_minor, event_time
-              FROM normalized_transactions
-              WHERE customer_id = f.customer_id
-                AND event_time > f.event_time - make_interval(secs => %(within)s)
-                AND event_time <= f.event_time
-              ORDER BY event_time, transaction_id
-              LIMIT %(cap)s) q) AS payments
-FROM counted f
-WHERE f.n > %(max_payments)s
-ORDER BY f.transaction_id
-"""
+WITH affected AS (
+    SELECT {_COLUMNS} FROM normalized_transactions p WHERE {_RANGE}
+), {customer_rules.VELOCITY_JUDGED}"""
 
 STRUCTURING = f"""
-WITH band(currency, low, high) AS (
-    SELECT * FROM unnest(%(band_currencies)s::text[], %(lows)s::float8[], %(highs)s::bigint[])
-), affected AS (
-    SELECT p.transaction_id, p.customer_id, p.merchant_id, p.event_time, p.amount_minor,
-           p.currency
-    FROM normalized_transactions p
+WITH {customer_rules.BAND}, affected AS (
+    SELECT {_COLUMNS} FROM normalized_transactions p
     JOIN band b ON b.currency = p.currency AND p.amount_minor >= b.low
                AND p.amount_minor < b.high
-    WHERE p.event_time >= %(since)s AND p.event_time < %(until)s
-), in_band AS (
-    SELECT a.transaction_id AS flagged, q.*
-    FROM affected a
-    CROSS JOIN LATERAL (
-        SELECT q.transaction_id, q.merchant_id, q.amount_minor, q.event_time
-        FROM normalized_transactions q
-        JOIN band b ON b.currency = q.currency AND q.amount_minor >= b.low
-                   AND q.amount_minor < b.high
-        WHERE q.customer_id = a.customer_id AND q.currency = a.currency
-          AND q.event_time > a.event_time - make_interval(secs => %(within)s)
-          AND q.event_time <= a.event_time
-        ORDER BY q.event_time, q.transaction_id
-        LIMIT %(cap)s) q
-)
-SELECT a.transaction_id, a.customer_id, a.merchant_id, a.event_time, a.amount_minor,
-       a.currency, w.n, w.payments
-FROM affected a
-JOIN (SELECT q.flagged, count(*) AS n,
-             jsonb_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id) AS payments
-      FROM in_band q GROUP BY q.flagged) w ON w.flagged = a.transaction_id
-WHERE w.n >= %(min_payments)s
-ORDER BY a.transaction_id
-"""
-
-INSERT_FLAGS = """
-INSERT INTO compliance_flags (
-    transaction_id, rule, customer_id, merchant_id, event_time, amount_minor, currency,
-    config_version, evidence
-) VALUES %s
-ON CONFLICT (transaction_id, rule) DO NOTHING
-"""
-FLAGS_TEMPLATE = "(%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb)"
+    WHERE {_RANGE}
+), {customer_rules.STRUCTURING_JUDGED}"""
 
 # still held: the new configuration's evidence and version, the review untouched
 UPDATE_KEPT = """
