@@ -189,6 +189,23 @@ class BatchConsumer(aiokafka_driver.Consumer):
             await self.seek(tp, expected)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
+        """Faust's fetcher task: the drain loop, ended quietly when the worker stops.
+
+        Stopping cancels the fetcher's task. Faust's fetcher takes a cancellation that
+        comes while a rebalance is still running for a rebalance restart: it crashes
+        the app, and its restart call fails because no supervisor adopted the fetcher
+        (``'NoneType' object has no attribute 'wakeup'``). A SIGTERM in the second
+        after a worker joined the group then ended it with exit code 1 (a fresh-clone
+        CI run's rolling restart). The fetcher's own stop flag says which it is.
+        """
+        try:
+            await self._drain(fetcher)
+        except asyncio.CancelledError:
+            if not cast(Service, fetcher)._stopped.is_set():
+                raise
+            log.info("the worker is stopping: the drain loop ends")
+
+    async def _drain(self, fetcher: ServiceT) -> None:
         app = cast(Any, self.app)
         handlers: dict[str, BatchHandler] = app.batch_handlers
         empty_pause: float = app.empty_fetch_pause

@@ -271,3 +271,24 @@ def test_seeks_run_in_the_consumer_thread():
     c._thread = Thread()
     asyncio.run(c._seek(TP3, 42))
     assert calls == ["in the consumer thread", ("seek", TP3, 42)]
+
+
+@pytest.mark.parametrize("stopping", [True, False])
+def test_a_cancel_ends_the_drain_loop_quietly_only_when_the_worker_stops(stopping):
+    """Faust's fetcher took a SIGTERM during a rebalance for a rebalance restart, crashed
+    the app and the worker exited 1 (a rolling restart in fresh-clone CI)."""
+    c, handled, _ = consumer([])
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    async def cancelled_while_fetching():
+        if stopping:
+            fetcher._stopped.set()  # as Service.stop does before it cancels the task
+        raise asyncio.CancelledError
+
+    c._next_records = cancelled_while_fetching
+    if stopping:
+        asyncio.run(c._drain_messages(fetcher))
+    else:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(c._drain_messages(fetcher))
+    assert handled == []
