@@ -39,11 +39,9 @@ COPY --from=build /wheels /wheels
 RUN python -m venv /opt/payment-monitor/venv \
     && /opt/payment-monitor/venv/bin/pip install --no-index --find-links=/wheels payment-monitor \
     && rm -rf /wheels
-# Migrations run from this image as their own job (Helm hook, deploy.yml); the worker
-# never migrates.
+# Migrations run from this image as their own job (`faust -A app db upgrade`: the wheel
+# ships them; Helm hook, deploy.yml); the worker never migrates.
 WORKDIR /opt/payment-monitor
-COPY alembic.ini ./
-COPY alembic/ alembic/
 USER 10001:10001
 VOLUME ["/var/lib/payment-monitor"]
 EXPOSE 6066

@@ -124,8 +124,8 @@ soak: $(STAMP) $(KAFKA_STAMP) ## SOAK_RATE payments/s for SOAK_MINUTES into SOAK
 simulate: $(STAMP) ## send COUNT events to BROKER_URL at RATE events/s
 	$(PY) -m simulator --count $(COUNT) --rate $(RATE)
 
-migrate: $(STAMP) ## alembic upgrade head on DATABASE_URL
-	$(VENV)/bin/alembic upgrade head
+migrate: $(STAMP) ## migrate DATABASE_URL to head (faust -A app db upgrade)
+	$(VENV)/bin/faust -A app db upgrade
 
 worker: $(STAMP) ## run a worker on BROKER_URL / DATABASE_URL (web UI on 6066)
 	$(VENV)/bin/faust -A app worker -l info --web-port 6066

@@ -33,6 +33,7 @@ from devtools.services import (
     wait_for_port,
 )
 from simulator.producer import ensure_topic, produce
+from storage import migrations
 from storage.broker import connection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,14 +41,9 @@ FAUST = str(Path(sys.executable).with_name("faust"))
 
 
 def run_migrations(database_url: str, revision: str = "head", *, down: bool = False) -> None:
-    """``alembic upgrade head`` (or ``downgrade``) against ``database_url``."""
-    from alembic.config import Config
-
-    from alembic import command
-
-    cfg = Config(str(REPO_ROOT / "alembic.ini"))
-    cfg.attributes["database_url"] = database_url
-    (command.downgrade if down else command.upgrade)(cfg, revision)
+    """``alembic upgrade head`` (or ``downgrade``) against ``database_url``, from the
+    migrations the package ships (what ``faust -A app db upgrade`` runs)."""
+    migrations.upgrade(database_url, revision, down=down)
 
 
 @dataclass

@@ -130,7 +130,7 @@ def test_migrations_run_before_install_and_upgrade_and_never_in_the_worker(env):
     hooks = job["metadata"]["annotations"]["helm.sh/hook"]
     assert set(hooks.split(",")) == {"pre-install", "pre-upgrade"}
     migrate, = job["spec"]["template"]["spec"]["containers"]
-    assert migrate["command"] == ["alembic", "upgrade", "head"]
+    assert migrate["command"] == ["faust", "-A", "app", "db", "upgrade"]
     assert migrate["image"] == one(env, "StatefulSet")["spec"]["template"]["spec"][
         "containers"][0]["image"]
     worker, = one(env, "StatefulSet")["spec"]["template"]["spec"]["containers"]

@@ -2,9 +2,9 @@
 
 No container engine runs on the CI machines and no registry serves the base image, so
 the image is not built here. Its second stage (a venv, the project's wheel with its
-dependencies, alembic.ini and alembic/ beside it) is replayed in a clean venv
-(``installed``), which then migrates a real database and runs a worker that answers
-its probes.
+dependencies, migrations included) is replayed in a clean venv (``installed``), which
+then migrates a real database (``faust -A app db upgrade``) and runs a worker that
+answers its probes.
 """
 
 from __future__ import annotations
@@ -46,19 +46,16 @@ def test_the_dockerfile_keeps_its_promises():
     assert "APP_DATADIR=/var/lib/payment-monitor/faust" in runtime
     assert 'VOLUME ["/var/lib/payment-monitor"]' in runtime
     assert "WEB_BIND=0.0.0.0" in runtime
-    for path in ("alembic.ini", "alembic/"):
-        assert f"COPY {path}" in runtime, f"the migration job runs from the image: {path}"
+    # the migrations come with the wheel (`faust -A app db upgrade`), not a copied folder
+    assert "COPY alembic" not in runtime
 
 
 def test_the_installed_wheel_migrates_and_runs_a_worker(installed, broker, empty_database_url,
                                                         tmp_path):
     venv = installed / "opt" / "payment-monitor" / "venv"
-    # the image's WORKDIR: alembic.ini and alembic/ beside nothing else of the repository
+    # the image's WORKDIR: nothing of the repository; the wheel ships the migrations
     workdir = tmp_path / "image"
     workdir.mkdir()
-    shutil.copy(REPO_ROOT / "alembic.ini", workdir)
-    shutil.copytree(REPO_ROOT / "alembic", workdir / "alembic",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "data").mkdir()  # the image's volume; Faust makes the last level
     port = free_port()
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path),
@@ -66,10 +63,11 @@ def test_the_installed_wheel_migrates_and_runs_a_worker(installed, broker, empty
            "APP_DATADIR": str(tmp_path / "data" / "faust"), "RAW_EVENTS_URL": str(tmp_path / "raw"),
            "APP_ID": "pm-image-test", "WEB_BIND": "0.0.0.0", "WEB_PORT": str(port),
            "LOG_FORMAT": "json", "BROKER_SESSION_TIMEOUT_S": "10"}
-    migrate = subprocess.run([str(venv / "bin" / "alembic"), "upgrade", "head"], cwd=workdir,
-                             env=env, capture_output=True, text=True, timeout=300, check=False)
+    migrate = subprocess.run([str(venv / "bin" / "faust"), "-A", "app", "db", "upgrade"],
+                             cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+                             check=False)
     assert migrate.returncode == 0, migrate.stderr
-    assert "Running upgrade" in migrate.stderr
+    assert "applied 0001: " in migrate.stdout
 
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - the child's
     worker = subprocess.Popen([str(venv / "bin" / "faust"), "-A", "app", "worker", "-l", "info"],

@@ -102,7 +102,7 @@ def test_systemd_accepts_the_unit(tmp_path):
 
 def test_the_wheel_ships_every_file_beside_the_code(installed):
     """The data files the packages open (the dashboard, the configuration and its schemas,
-    the scenarios) are installed with them: the dashboard once was not, so
+    the scenarios, the migrations) are installed with them: the dashboard once was not, so
     /payments/dashboard/ failed wherever the wheel was installed (image and VM)."""
     site = next((installed / "opt" / "payment-monitor" / "venv" / "lib")
                 .glob("python3*/site-packages"))
@@ -113,3 +113,10 @@ def test_the_wheel_ships_every_file_beside_the_code(installed):
     assert "app/dashboard.html" in data
     missing = [path for path in data if not (site / path).is_file()]
     assert not missing, f"in the repository, not in the wheel: {missing}"
+    # the migrations, as the package payment_monitor_migrations (`faust -A app db upgrade`)
+    shipped = subprocess.run(["git", "ls-files", "alembic"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert "alembic/env.py" in shipped and any("/versions/0001" in p for p in shipped)
+    missing = [path for path in shipped if not (
+        site / path.replace("alembic/", "payment_monitor_migrations/", 1)).is_file()]
+    assert not missing, f"migrations not in the wheel: {missing}"

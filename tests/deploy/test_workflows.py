@@ -52,7 +52,7 @@ def test_deploy_builds_once_then_migrates_before_upgrading_dev_before_prod():
     release = workflow("release.yml")["jobs"]["run"]
     assert release["environment"] == "${{ inputs.environment }}"
     runs = {s.get("name"): s.get("run", "") for s in release["steps"]}
-    migrate = runs["migrate the database (alembic upgrade head)"]
+    migrate = runs["migrate the database (faust -A app db upgrade)"]
     assert "templates/migrate-job.yaml" in migrate and "image.digest" in migrate
     assert "kubectl wait" in migrate
     assert "helm upgrade --install" in runs["upgrade the release"]

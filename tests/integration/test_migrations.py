@@ -1,9 +1,15 @@
-"""Alembic owns the schema: upgrade, downgrade, upgrade again, on real PostgreSQL."""
+"""Alembic owns the schema: upgrade, downgrade, upgrade again, on real PostgreSQL; the
+installed package migrates with ``faust -A app db upgrade``."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+
 from devtools.services import start_embedded_postgres
-from devtools.stack import run_migrations
+from devtools.stack import FAUST, run_migrations
+from storage import migrations
 from tests.helpers import query
 
 CONTRACT = {
@@ -59,3 +65,39 @@ def test_embedded_postgres_runs_the_migrations(tmp_path):
         assert set(CONTRACT) <= set(columns(url))
     finally:
         pg.stop()
+
+
+def db_cli(url: str, cwd, *args: str) -> subprocess.CompletedProcess:
+    """``faust -A app db ...`` from a folder with no alembic.ini: the package's migrations."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["DATABASE_URL"] = url
+    return subprocess.run([FAUST, "-A", "app", "db", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def test_the_db_command_migrates_from_the_package_and_says_where_the_schema_is(
+        empty_database_url, tmp_path):
+    head = migrations.schema_state(empty_database_url).head
+    behind = db_cli(empty_database_url, tmp_path, "current", "--json")
+    assert behind.returncode == 2, behind.stderr
+    assert json.loads(behind.stdout) == {"current": None, "head": head, "at_head": False}
+    assert "faust -A app db upgrade" in behind.stderr
+
+    up = db_cli(empty_database_url, tmp_path, "upgrade")
+    assert up.returncode == 0, up.stderr
+    applied = [line for line in up.stdout.splitlines() if line.startswith("applied ")]
+    assert applied[0].startswith("applied 0001: ") and applied[-1].startswith(f"applied {head}")
+    assert set(CONTRACT) <= set(columns(empty_database_url))
+
+    again = db_cli(empty_database_url, tmp_path, "upgrade")  # at head: nothing to apply
+    assert again.returncode == 0 and "0 migration(s) applied" in again.stdout
+    at = db_cli(empty_database_url, tmp_path, "current")
+    assert at.returncode == 0 and f"current {head}, head {head}" in at.stdout
+
+
+def test_the_db_command_names_a_database_it_cannot_reach(tmp_path):
+    out = db_cli("postgresql+psycopg2://monitor:s3cret-pw@127.0.0.1:9/none", tmp_path, "current")
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: cannot reach the database at ")
+    assert "s3cret-pw" not in out.stderr + out.stdout
