@@ -21,7 +21,14 @@ COPY pipeline/ pipeline/
 COPY simulator/ simulator/
 COPY storage/ storage/
 COPY tables/ tables/
-RUN pip wheel --wheel-dir /wheels .
+COPY alembic/ alembic/
+# No git here: the version (from the tag) and the commit come as build arguments
+# (deploy.yml), for `faust -A app version` and payment_monitor_build_info.
+ARG VERSION=0.0.0+unknown
+ARG REVISION=unknown
+RUN SETUPTOOLS_SCM_PRETEND_VERSION="${VERSION}" \
+    SETUPTOOLS_SCM_PRETEND_METADATA="{node=\"g${REVISION}\"}" \
+    pip wheel --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \

@@ -23,6 +23,7 @@ from app.aiokafka_fixes import catch_closed_transport
 from app.batching import BatchHandler, BatchTransport
 from app.logs import logging_config, redact_secrets
 from app.settings import Settings
+from app.version import REVISION, VERSION
 from storage.broker import (
     EVENTHUBS_CONNECTIONS_MAX_IDLE_MS,
     EVENTHUBS_METADATA_MAX_AGE_MS,
@@ -87,6 +88,7 @@ class BrokerPreflight(Service):
         self.app = app
 
     async def on_start(self) -> None:
+        log.info("payment-monitor %s (revision %s)", VERSION, REVISION)
         conn = self.app.settings.broker
         # where the worker declares its topics, checking none still proves the connection
         plan = [] if self.app.conf.topic_allow_declare else self.app.topic_plan()

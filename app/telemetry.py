@@ -21,14 +21,17 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from app.version import REVISION, VERSION
 from models.events import ErrorCategory
 from pipeline.histogram import Histogram as MergeableHistogram
 
@@ -51,6 +54,13 @@ class Telemetry:
     def __init__(self) -> None:
         disable_created_metrics()  # no *_created series: half the scrape, nothing read them
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # process_* (CPU seconds, resident memory, open fds) and python_gc_*, as the
+        # default registry has them; this one is the app's own
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        Gauge(f"{PREFIX}_build_info", "1, labelled with the running build's version and "
+              "git revision", ["version", "revision"], registry=r).labels(
+                  VERSION, REVISION).set(1)
         self.accepted = Counter(f"{PREFIX}_payments_accepted", "payments accepted",
                                 registry=r)
         self.failed = Counter(f"{PREFIX}_payments_failed",

@@ -27,11 +27,11 @@ from agents.sinks import SinkService
 from app.cli import fail
 from app.commands import register_commands, register_raw_commands
 from app.config_commands import register_config_commands
-from app.db_commands import register_db_commands
 from app.faust_app import PaymentApp, create_app
 from app.flag_commands import register_flag_commands
 from app.health import END_OFFSETS_TIMEOUT_S, Health
 from app.investigate_commands import register_investigate_commands
+from app.ops_commands import register_ops_commands
 from app.reprocess_commands import register_reprocess_command
 from app.settings import Settings, config_source
 from app.telemetry import Telemetry
@@ -97,7 +97,7 @@ def build(settings: Settings) -> PaymentApp:
     register_config_commands(faust_app, settings, config)
     register_reprocess_command(faust_app, settings, db_engine, config)
     register_topic_commands(faust_app, settings)
-    register_db_commands(faust_app, settings)
+    register_ops_commands(faust_app, settings)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
         await sinks.on_revoked({tp for tp in revoked if tp.topic == payments.get_topic_name()})

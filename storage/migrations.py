@@ -18,11 +18,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
 from alembic import command
+from models.errors import PaymentMonitorError
 
 MIGRATIONS_PACKAGE = "payment_monitor_migrations"
 
 
-class MigrationsNotFound(RuntimeError):
+class MigrationsNotFound(PaymentMonitorError, RuntimeError):
     """The installed package has no migrations (a broken install)."""
 
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
+import tomllib
 import urllib.error
 
 from devtools.services import call, free_port
@@ -48,6 +49,14 @@ def test_the_dockerfile_keeps_its_promises():
     assert "WEB_BIND=0.0.0.0" in runtime
     # the migrations come with the wheel (`faust -A app db upgrade`), not a copied folder
     assert "COPY alembic" not in runtime
+    # the build stage has every folder the wheel's packages come from
+    build = text.split("AS runtime", 1)[0]
+    tool = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {tool["package-dir"].get(top, top)
+               for top in {p.split(".")[0] for p in tool["packages"]}}
+    assert "alembic" in folders
+    for folder in folders:
+        assert f"COPY {folder}/ {folder}/" in build, f"the wheel needs {folder}/"
 
 
 def test_the_installed_wheel_migrates_and_runs_a_worker(installed, broker, empty_database_url,
@@ -68,6 +77,10 @@ def test_the_installed_wheel_migrates_and_runs_a_worker(installed, broker, empty
                              check=False)
     assert migrate.returncode == 0, migrate.stderr
     assert "applied 0001: " in migrate.stdout
+    about = subprocess.run([str(venv / "bin" / "faust"), "-A", "app", "version", "--json"],
+                           cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
+                           check=True)
+    assert json.loads(about.stdout)["version"] == "0.0.0+unknown"
 
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - the child's
     worker = subprocess.Popen([str(venv / "bin" / "faust"), "-A", "app", "worker", "-l", "info"],
@@ -84,8 +97,11 @@ def test_the_installed_wheel_migrates_and_runs_a_worker(installed, broker, empty
                 status, body = call(f"http://127.0.0.1:{port}/readyz")
             except urllib.error.URLError as exc:  # not listening yet
                 status, body = None, str(exc)
-        assert "payment_monitor_payments_accepted_total" in \
-            call(f"http://127.0.0.1:{port}/metrics")[1]
+        metrics = call(f"http://127.0.0.1:{port}/metrics")[1]
+        assert "payment_monitor_payments_accepted_total" in metrics
+        assert 'payment_monitor_build_info{revision="unknown",version="0.0.0+unknown"} 1.0' \
+            in metrics  # built with no git and no build arguments
+        assert "process_resident_memory_bytes" in metrics
         # every read-only view answers from the installed wheel, the dashboard's page too
         for view in ("/healthz", "/payments/stats/", "/payments/config/", "/payments/tables/",
                      "/payments/dashboard.json", "/payments/dashboard/"):

@@ -56,3 +56,15 @@ def test_lag_series_of_a_revoked_partition_go_away():
     lag = {k: v for k, v in samples(t).items() if k[0] == "payment_monitor_consumer_lag"}
     assert lag == {("payment_monitor_consumer_lag",
                     (("partition", "1"), ("topic", "payments"))): 2}
+
+
+def test_the_build_the_process_and_the_collector_are_exported():
+    from app.version import REVISION, VERSION
+
+    got = samples(Telemetry())
+    assert got[("payment_monitor_build_info",
+                (("revision", REVISION), ("version", VERSION)))] == 1
+    assert VERSION and REVISION  # never empty, "unknown" at worst
+    assert got[("process_resident_memory_bytes", ())] > 0
+    assert got[("process_cpu_seconds_total", ())] >= 0
+    assert any(name == "python_gc_collections_total" for name, _ in got)

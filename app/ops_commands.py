@@ -1,4 +1,9 @@
-"""``faust -A app db upgrade|current [--json]``: the schema, from the installed package.
+"""The operator's commands: which build runs, and the schema it needs.
+
+``faust -A app version [--json]``: this build's version and git revision (from the tag,
+:mod:`app.version`), with Faust's and Python's.
+
+``faust -A app db upgrade|current [--json]``: the schema, from the installed package.
 
 * ``upgrade``  applies every migration up to the newest this code ships (Alembic's
   ``upgrade head``), one line per migration applied. Safe to run again: at head it
@@ -13,17 +18,31 @@ alembic.ini. Inside the repository, ``alembic upgrade head`` does the same.
 from __future__ import annotations
 
 import json
+import platform
 
 import click
+import faust
 from faust.cli import AppCommand, argument
 
 from app.cli import database_errors, fail
 from app.faust_app import PaymentApp
 from app.settings import Settings
+from app.version import REVISION, VERSION
 from storage import migrations
 
 
-def register_db_commands(app: PaymentApp, settings: Settings) -> None:
+def register_ops_commands(app: PaymentApp, settings: Settings) -> None:
+    @app.command(click.option("--json", "as_json", is_flag=True, help="JSON output"))
+    async def version(self: AppCommand, as_json: bool) -> None:
+        """Which build this is: its version and git revision."""
+        about = {"name": "payment-monitor", "version": VERSION, "revision": REVISION,
+                 "faust": faust.__version__, "python": platform.python_version()}
+        if as_json:
+            click.echo(json.dumps(about))
+        else:
+            click.echo(f"payment-monitor {VERSION} (revision {REVISION}; "
+                       f"Faust {about['faust']}, Python {about['python']})")
+
     @app.command(
         argument("action", type=click.Choice(["upgrade", "current"])),
         click.option("--json", "as_json", is_flag=True, help="current: JSON output"),
