@@ -27,6 +27,7 @@ from agents.sinks import SinkService
 from app.cli import fail
 from app.commands import register_commands, register_raw_commands
 from app.config_commands import register_config_commands
+from app.doctor import register_doctor_command
 from app.faust_app import PaymentApp, create_app
 from app.flag_commands import register_flag_commands
 from app.health import END_OFFSETS_TIMEOUT_S, Health
@@ -98,6 +99,7 @@ def build(settings: Settings) -> PaymentApp:
     register_reprocess_command(faust_app, settings, db_engine, config)
     register_topic_commands(faust_app, settings)
     register_ops_commands(faust_app, settings)
+    register_doctor_command(faust_app, settings, config)
 
     async def _on_revoked(sender: object, revoked: set, **kwargs: Any) -> None:
         await sinks.on_revoked({tp for tp in revoked if tp.topic == payments.get_topic_name()})

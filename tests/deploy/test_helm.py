@@ -143,6 +143,17 @@ def test_migrations_run_before_install_and_upgrade_and_never_in_the_worker(env):
 
 
 @pytest.mark.parametrize("env", ENVS)
+def test_the_doctor_checks_everything_before_the_worker_starts(env):
+    pod = one(env, "StatefulSet")["spec"]["template"]["spec"]
+    doctor, = pod["initContainers"]
+    worker, = pod["containers"]
+    assert doctor["args"] == ["doctor"] and doctor["image"] == worker["image"]
+    assert doctor["env"] == worker["env"]  # it checks what the worker will use
+    assert doctor["volumeMounts"] == worker["volumeMounts"]
+    assert doctor["securityContext"] == worker["securityContext"]
+
+
+@pytest.mark.parametrize("env", ENVS)
 def test_identity_is_workload_identity_and_secrets_come_from_key_vault(env):
     sa = one(env, "ServiceAccount", "payment-monitor")
     assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"]

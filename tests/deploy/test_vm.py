@@ -75,7 +75,7 @@ def test_a_bad_wheel_path_is_refused_clearly(tmp_path):
     assert out.returncode == 2 and "no such wheel" in out.stderr
 
 
-def test_the_unit_logs_to_journald_restarts_and_never_migrates():
+def test_the_unit_logs_to_journald_restarts_checks_first_and_never_migrates():
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read_string(UNIT.read_text())
@@ -86,7 +86,10 @@ def test_the_unit_logs_to_journald_restarts_and_never_migrates():
     assert service["ExecStart"].startswith(
         "/opt/payment-monitor/venv/bin/payment-monitor-vault -- ")
     assert "faust -A app worker" in service["ExecStart"]
-    assert "alembic" not in UNIT.read_text().replace("`alembic upgrade head` before", "")
+    # the doctor's checks before each start, with the same secrets
+    assert service["ExecStartPre"] == service["ExecStart"].replace(
+        "faust -A app worker -l info", "faust -A app doctor")
+    assert "db upgrade" not in service["ExecStart"] + service["ExecStartPre"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,

@@ -80,3 +80,58 @@ committed render, whose digest deploy.yml sets at release time). */}}
 checkov.io/skip1: CKV_K8S_43=the image is pinned by digest at release time (deploy.yml sets image.digest); a render without one is a preview
 {{- end -}}
 {{- end -}}
+
+{{/* The worker's environment: the worker and its doctor init container read the same. */}}
+{{- define "pm.workerEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- include "pm.commonEnv" . | nindent 0 }}
+- name: APP_ID
+  value: {{ .Values.appId | quote }}
+- name: TOPIC_PARTITIONS
+  value: {{ .Values.partitions | quote }}
+- name: BROKER_URL
+  value: {{ printf "kafka://%s" (required "broker.bootstrap is required" .Values.broker.bootstrap) | quote }}
+- name: BROKER_SECURITY_PROTOCOL
+  value: {{ .Values.broker.securityProtocol | quote }}
+- name: BROKER_SASL_MECHANISM
+  value: {{ .Values.broker.saslMechanism | quote }}
+- name: BROKER_SESSION_TIMEOUT_S
+  value: {{ .Values.broker.sessionTimeoutSeconds | quote }}
+- name: DB_POOL_MIN
+  value: {{ .Values.database.poolMin | quote }}
+- name: DB_POOL_MAX
+  value: {{ .Values.database.poolMax | quote }}
+- name: RAW_EVENTS_URL
+  value: {{ .Values.lake.url | quote }}
+- name: AZURE_STORAGE_ACCOUNT_NAME
+  value: {{ required "lake.accountName is required" .Values.lake.accountName | quote }}
+- name: AZURE_USE_DEFAULT_CREDENTIAL
+  value: "true"
+- name: CONFIG_SOURCE
+  value: {{ .Values.config.source | quote }}
+{{- if eq .Values.config.source "azure" }}
+- name: AZURE_APPCONFIG_ENDPOINT
+  value: {{ required "config.appConfigEndpoint is required" .Values.config.appConfigEndpoint | quote }}
+- name: AZURE_APPCONFIG_LABEL
+  value: {{ .Values.config.label | quote }}
+{{- end }}
+- name: APP_DATADIR
+  value: /var/lib/payment-monitor/faust
+- name: WEB_BIND
+  value: 0.0.0.0
+- name: WEB_PORT
+  value: {{ .Values.webPort | quote }}
+- name: WEB_HOST
+  value: "$(POD_NAME).{{ include "pm.fullname" . }}-headless.$(POD_NAMESPACE).svc.cluster.local"
+{{- range $name, $value := .Values.extraEnv }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
