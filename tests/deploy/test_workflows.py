@@ -56,3 +56,42 @@ def test_deploy_builds_once_then_migrates_before_upgrading_dev_before_prod():
     assert "templates/migrate-job.yaml" in migrate and "image.digest" in migrate
     assert "kubectl wait" in migrate
     assert "helm upgrade --install" in runs["upgrade the release"]
+
+
+def test_every_action_is_pinned_by_commit_to_a_release():
+    """A tag can be moved; a commit cannot. The comment names the release it was, for the
+    reader and for Dependabot."""
+    uses = re.findall(r"^\s*-?\s*uses: (\S+)(.*)$",
+                      "".join(p.read_text() for p in WORKFLOWS.glob("*.yml")), re.M)
+    outside = [(u, rest) for u, rest in uses if not u.startswith("./")]
+    assert len(outside) >= 9
+    for action, rest in outside:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action), action
+        assert re.fullmatch(r" # v\d+(\.\d+)*", rest), f"{action}: no release comment"
+
+
+def test_deploy_runs_only_for_a_commit_ci_passed():
+    text = (WORKFLOWS / "deploy.yml").read_text()
+    on = yaml.safe_load(text)[True]  # YAML 1.1 reads the key `on` as true
+    assert set(on) == {"workflow_run", "workflow_dispatch"}  # never on a bare push
+    assert on["workflow_run"] == {"workflows": ["ci"], "types": ["completed"],
+                                  "branches": ["main"]}
+    assert workflow("ci.yml")["name"] == "ci"
+    image = workflow("deploy.yml")["jobs"]["image"]
+    assert "github.event.workflow_run.conclusion == 'success'" in image["if"]
+    assert image["env"]["SHA"] == "${{ github.event.workflow_run.head_sha || github.sha }}"
+    steps = {s.get("name"): s for s in image["steps"]}
+    check = steps["ci.yml passed on this commit"]  # a manual run asks first
+    assert check["if"] == "github.event_name == 'workflow_dispatch'"
+    assert "--workflow ci.yml --commit \"$SHA\"" in check["run"]
+    assert image["steps"][0]["with"]["ref"] == "${{ env.SHA }}"
+    for name, job in workflow("deploy.yml")["jobs"].items():
+        if name != "image":  # every release step checks out that same commit
+            assert job["with"]["ref"] == "${{ needs.image.outputs.ref }}"
+
+
+def test_dependabot_watches_every_pinned_ecosystem():
+    config = yaml.safe_load((REPO_ROOT / ".github" / "dependabot.yml").read_text())
+    watched = {(u["package-ecosystem"], u["directory"]) for u in config["updates"]}
+    assert watched == {("pip", "/"), ("github-actions", "/"), ("docker", "/"),
+                       ("terraform", "/deploy/azure/terraform")}
