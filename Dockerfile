@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # The worker's image: `docker build -t payment-monitor .` (deploy/README.md).
 #
-# Stage 1 builds the project's wheel and every dependency's wheel; stage 2 installs
-# them into a venv with no compiler and no pip cache, and runs as a non-root user.
+# Stage 1 builds every dependency's wheel, as requirements.lock pins them (with hashes),
+# and the project's wheel; stage 2 installs them into a venv with no compiler, no pip
+# cache and no index (so nothing but the locked versions), and runs as a non-root user.
 # tests/deploy/test_image.py replays stage 2's install into a clean venv from the
 # built wheel (no container engine runs on the CI machines).
 
@@ -11,7 +12,9 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
+# The dependencies exactly as locked, each file checked against its hash
+RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock
 COPY app/ app/
 COPY agents/ agents/
 COPY config/ config/
@@ -28,7 +31,7 @@ ARG VERSION=0.0.0+unknown
 ARG REVISION=unknown
 RUN SETUPTOOLS_SCM_PRETEND_VERSION="${VERSION}" \
     SETUPTOOLS_SCM_PRETEND_METADATA="{node=\"g${REVISION}\"}" \
-    pip wheel --wheel-dir /wheels .
+    pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \

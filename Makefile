@@ -20,16 +20,28 @@ RUNS ?= 30
 RATE ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: kafka tools manifests chromium help install demo test test-deploy test-chaos test-takeover test-unit test-integration test-e2e lint bench soak simulate migrate worker clean
+.PHONY: lock kafka tools manifests chromium help install demo test test-deploy test-chaos test-takeover test-unit test-integration test-e2e lint bench soak simulate migrate worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Every dependency from the lock, each file checked against its hash; then the project
+# itself, with no dependency of its own choosing (`make lock` writes the locks).
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+PIP_TOOLS_VERSION := 7.6.2
+LOCK_FLAGS := --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
+
+lock: ## resolve pyproject.toml again into requirements.lock (the wheel's) and requirements-dev.lock (with the dev tools), with hashes
+	rm -rf .tools/pip-tools && $(PYTHON) -m venv .tools/pip-tools
+	.tools/pip-tools/bin/pip install --quiet pip-tools==$(PIP_TOOLS_VERSION)
+	.tools/pip-tools/bin/pip-compile $(LOCK_FLAGS) --upgrade -o requirements.lock pyproject.toml
+	.tools/pip-tools/bin/pip-compile $(LOCK_FLAGS) --upgrade --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
 
 # Azurite (the Azure Blob Storage emulator) for the tests of the abfs:// lake path.
 $(NODE_STAMP): package.json package-lock.json

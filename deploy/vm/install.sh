@@ -11,6 +11,10 @@
 # operator to fill. It neither migrates the database (the CD pipeline does, before it
 # restarts the unit) nor starts the worker on a first install.
 #
+# The dependencies come from requirements.lock (LOCK, default: the repository's, beside
+# deploy/), each file checked against its hash, so every VM runs the versions CI tested;
+# the wheel is installed with no dependency of its own choosing.
+#
 # PREFIX (default /) installs under another root, for tests: then no user is made and
 # systemctl is not called.
 set -euo pipefail
@@ -20,6 +24,7 @@ conf=${2:-}
 here=$(cd "$(dirname "$0")" && pwd)
 prefix=${PREFIX:-/}
 python=${PYTHON:-python3}
+lock=${LOCK:-$here/../../requirements.lock}
 opt="$prefix/opt/payment-monitor"
 etc="$prefix/etc/payment-monitor"
 var="$prefix/var/lib/payment-monitor"
@@ -29,6 +34,7 @@ step() { printf '==> %s\n' "$*"; }
 
 [[ -f "$wheel" ]] || { echo "no such wheel: $wheel" >&2; exit 2; }
 [[ -z "$conf" || -f "$conf" ]] || { echo "no such settings file: $conf" >&2; exit 2; }
+[[ -f "$lock" ]] || { echo "no lock file at $lock: set LOCK to the release's requirements.lock" >&2; exit 2; }
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
   { echo "Python 3.11 or newer is needed ($python)" >&2; exit 2; }
 
@@ -53,7 +59,9 @@ rm -rf "$opt/venv.old"
 [[ -d "$opt/venv" ]] && mv "$opt/venv" "$opt/venv.old"
 restore() { rm -rf "$opt/venv"; [[ -d "$opt/venv.old" ]] && mv "$opt/venv.old" "$opt/venv"; }
 if ! { "$python" -m venv "$opt/venv" &&
-       "$opt/venv/bin/pip" install --quiet --disable-pip-version-check "$wheel" &&
+       "$opt/venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
+         -r "$lock" &&
+       "$opt/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$wheel" &&
        "$opt/venv/bin/python" -c 'import app.vault, app.settings'; }; then
   restore
   echo "the venv could not be built; the previous one is back in place" >&2

@@ -53,3 +53,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                          capture_output=True, text=True, timeout=900, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     yield root
+
+
+@pytest.fixture(scope="session")
+def installed_venv(installed: Path) -> Path:
+    """The venv deploy/vm/install.sh made under ``installed``."""
+    return installed / "opt" / "payment-monitor" / "venv"
