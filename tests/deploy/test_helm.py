@@ -65,7 +65,8 @@ def test_every_core_object_validates_against_kubernetes(env):
 def test_the_custom_resources_have_the_fields_their_operators_need(env):
     """kubernetes-validate has no schema for CRDs: their required fields, checked here."""
     monitor = one(env, "PodMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    # AKS managed Prometheus reads only its own group's PodMonitors
+    assert monitor["apiVersion"] == "azmonitoring.coreos.com/v1"
     endpoint, = monitor["spec"]["podMetricsEndpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("web", "/metrics")
     assert monitor["spec"]["selector"]["matchLabels"] == \
@@ -164,6 +165,77 @@ def test_identity_is_workload_identity_and_secrets_come_from_key_vault(env):
     assert csi["volumeAttributes"]["secretProviderClass"] == "payment-monitor"
     assert env_of(pod["spec"]["containers"][0])["SECRETS_DIR"] == "/mnt/secrets"
     assert not [d for d in docs(env) if d["kind"] == "Secret"], "no Kubernetes Secret"
+
+
+def render(*args: str) -> list[dict]:
+    out = subprocess.run(
+        [tool(manifests.HELM), "template", "pm", str(manifests.CHART), "-f",
+         str(manifests.values_file("prod")), "--kube-version", manifests.KUBE_VERSION, *args],
+        capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def scrapers(objects: list[dict]) -> list[dict]:
+    policy = next(d for d in objects if d["kind"] == "NetworkPolicy"
+                  and "worker" not in d["metadata"]["name"] and "test" not in d["metadata"]["name"])
+    return policy["spec"]["ingress"][0]["from"]
+
+
+@pytest.mark.parametrize(("flavor", "api_versions", "group", "scraper"), [
+    ("azure", [], "azmonitoring.coreos.com/v1", {"rsName": "ama-metrics"}),
+    ("operator", [], "monitoring.coreos.com/v1", None),
+    ("none", [], None, None),
+    ("auto", ["azmonitoring.coreos.com/v1/PodMonitor", "monitoring.coreos.com/v1/PodMonitor"],
+     "azmonitoring.coreos.com/v1", {"rsName": "ama-metrics"}),
+    ("auto", ["monitoring.coreos.com/v1/PodMonitor"], "monitoring.coreos.com/v1", None),
+    ("auto", [], None, None),  # a cluster with neither CRD installs too
+])
+def test_the_pod_monitor_follows_the_flavor_and_the_policy_admits_its_scraper(
+        flavor, api_versions, group, scraper):
+    objects = render("--set", f"podMonitor.flavor={flavor}",
+                     *[a for v in api_versions for a in ("--api-versions", v)])
+    monitors = [d["apiVersion"] for d in objects if d["kind"] == "PodMonitor"]
+    assert monitors == ([group] if group else [])
+    admitted = [f.get("podSelector", {}).get("matchLabels") for f in scrapers(objects)
+                if "namespaceSelector" in f]
+    namespaces = [f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                  for f in scrapers(objects) if "namespaceSelector" in f]
+    if scraper:
+        assert (admitted, namespaces) == ([scraper], ["kube-system"])
+    else:
+        assert (admitted, namespaces) == ([None], ["monitoring"])
+
+
+@pytest.mark.parametrize(("setting", "says"), [
+    ("podMonitor.flavor=prometheus", "'/podMonitor/flavor': value must be one of"),
+    ("replica=3", "additional properties 'replica' not allowed"),  # a typo is not ignored
+    ("partitions=0", "'/partitions': minimum"),
+    ("podMonitor.interval=30", "'/podMonitor/interval'"),
+])
+def test_values_schema_refuses_what_the_chart_cannot_use(setting, says):
+    out = subprocess.run(
+        [tool(manifests.HELM), "template", "pm", str(manifests.CHART), "-f",
+         str(manifests.values_file("prod")), "--kube-version", manifests.KUBE_VERSION,
+         "--set", setting], capture_output=True, text=True, check=False)
+    assert out.returncode != 0 and says in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_helm_test_reads_every_worker_and_the_dashboard_and_the_notes_say_how(env):
+    test_pod = one(env, "Pod")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = test_pod["spec"]["containers"][0]["args"][0]
+    assert "/readyz" in script and "/payments/dashboard/" in script
+    # its label is admitted by the workers' policy, and its own policy lets it out to them
+    label = test_pod["metadata"]["labels"]
+    assert {"podSelector": {"matchLabels": label}} in one(
+        env, "NetworkPolicy", "payment-monitor")["spec"]["ingress"][0]["from"]
+    assert one(env, "NetworkPolicy", "payment-monitor-test-web")["spec"]["podSelector"][
+        "matchLabels"] == label
+    # `helm template` does not render NOTES.txt (`helm install` prints it): its source
+    text = (manifests.CHART / "templates" / "NOTES.txt").read_text()
+    assert "port-forward" in text and "/payments/dashboard/" in text and "helm test" in text
 
 
 def test_plain_sasl_maps_the_event_hubs_connection_string(tmp_path):

@@ -135,3 +135,23 @@ checkov.io/skip1: CKV_K8S_43=the image is pinned by digest at release time (depl
   value: {{ $value | quote }}
 {{- end }}
 {{- end }}
+
+{{/* Which PodMonitor to render: azure (Azure Monitor managed Prometheus reads
+azmonitoring.coreos.com/v1), operator (Prometheus Operator, monitoring.coreos.com/v1),
+none (a cluster with neither CRD), or auto: whichever CRD the cluster serves. */}}
+{{- define "pm.podMonitorFlavor" -}}
+{{- $flavor := .Values.podMonitor.flavor -}}
+{{- if eq $flavor "auto" -}}
+{{- if .Capabilities.APIVersions.Has "azmonitoring.coreos.com/v1/PodMonitor" -}}
+azure
+{{- else if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PodMonitor" -}}
+operator
+{{- else -}}
+none
+{{- end -}}
+{{- else if has $flavor (list "azure" "operator" "none") -}}
+{{- $flavor -}}
+{{- else -}}
+{{- fail (printf "podMonitor.flavor must be auto, azure, operator or none, not %q" $flavor) -}}
+{{- end -}}
+{{- end -}}
