@@ -57,3 +57,38 @@ def test_dashboard_panels_parse_and_name_real_tables():
     for text in sql:
         (table,) = re.findall(r"FROM (\w+)", text)
         assert table in tables, table
+
+
+def test_the_dashboard_provisions_from_a_file_and_every_query_is_scoped():
+    """No import-time inputs (file provisioning cannot fill them): data sources and the
+    namespace and job are variables, and every selector carries both."""
+    import promql_parser
+
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text())
+    assert "__inputs" not in dashboard and "${DS_" not in GRAFANA_DASHBOARD.read_text()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == variables["postgres"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert {"namespace", "job"} <= set(variables)
+    sources = {t.get("datasource", p.get("datasource"))["uid"] for p in dashboard["panels"]
+               for t in p.get("targets", ())}
+    assert sources == {"${datasource}", "${postgres}"}
+
+    def selectors(node):
+        if type(node).__name__ == "VectorSelector":
+            yield node
+        for attr in ("lhs", "rhs", "expr", "vector_selector", "param"):
+            child = getattr(node, attr, None)
+            if child is not None and not isinstance(child, str | int | float):
+                yield from selectors(child)
+        for arg in getattr(node, "args", None) or ():
+            yield from selectors(arg)
+
+    exprs = dashboard_exprs()
+    checked = 0
+    for expr in exprs:
+        for selector in selectors(promql_parser.parse(expr)):
+            matchers = {(m.name, m.value) for m in selector.matchers.matchers}
+            assert {("namespace", "$namespace"), ("job", "$job")} <= matchers, expr
+            checked += 1
+    assert checked >= len(exprs) > 10
