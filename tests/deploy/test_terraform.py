@@ -146,3 +146,39 @@ def test_the_workers_identity_has_exactly_the_least_privilege_roles():
 
 def test_checkov_passes_and_every_skip_says_why(tmp_path):
     assert_checkov_clean(TERRAFORM, "terraform", tmp_path, at_least=50)
+
+
+def test_azure_evaluates_exactly_the_alert_rules_promtool_tests():
+    """The Prometheus rule group is deploy/prometheus/alerts.yaml, read by Terraform at
+    plan time; here the same expressions are applied to it, rule by rule, as Terraform
+    would, so a rule that could not convert (a severity without an Azure level, a `for`
+    that is no ISO 8601 duration) fails now and not at apply."""
+    alerts_path = REPO_ROOT / "deploy" / "prometheus" / "alerts.yaml"
+    source = local("alert_rules")
+    assert 'yamldecode(file("${path.module}/../../prometheus/alerts.yaml"))' in source
+    assert (TERRAFORM / "../../prometheus/alerts.yaml").resolve() == alerts_path
+    severity = local("alert_severity")
+    group = resources("azurerm_monitor_alert_prometheus_rule_group")["payment_monitor"]
+    rule, = (d["rule"] for d in group["dynamic"])
+    assert rule["for_each"] == "${local.alert_rules}"
+    content, = rule["content"]
+    assert (content["alert"], content["expression"], content["labels"],
+            content["annotations"]) == ("${rule.value.alert}", "${rule.value.expr}",
+                                        "${rule.value.labels}", "${rule.value.annotations}")
+    assert content["for"] == '${try("PT${upper(rule.value["for"])}", null)}'
+    assert content["severity"] == "${local.alert_severity[rule.value.labels.severity]}"
+    assert group["scopes"] == ["${azurerm_monitor_workspace.main.id}",
+                               "${azurerm_kubernetes_cluster.main.id}"]
+
+    rules = [r for g in yaml.safe_load(alerts_path.read_text())["groups"] for r in g["rules"]]
+    assert len(rules) >= 10
+    for r in rules:
+        assert r["labels"]["severity"] in severity, r["alert"]
+        if "for" in r:
+            assert re.fullmatch(r"PT\d+[SMH]", f"PT{r['for'].upper()}"), r["alert"]
+    # the AKS add-on writes to the workspace the rules read, through the associated rule
+    dcr = resources("azurerm_monitor_data_collection_rule")["prometheus"]
+    assert dcr["destinations"][0]["monitor_account"][0]["monitor_account_id"] == \
+        "${azurerm_monitor_workspace.main.id}"
+    assert resources("azurerm_monitor_data_collection_rule_association")["prometheus"][
+        "target_resource_id"] == "${azurerm_kubernetes_cluster.main.id}"

@@ -99,3 +99,9 @@ variable "address_space" {
   type        = string
   default     = "10.40.0.0/16"
 }
+
+variable "alert_action_group_id" {
+  description = "an Azure Monitor action group to notify when an alert fires (empty: the alerts fire in the portal only)"
+  type        = string
+  default     = ""
+}
