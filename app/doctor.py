@@ -40,6 +40,7 @@ from app.cli import active_config
 from app.faust_app import PaymentApp
 from app.settings import Settings, VaultSettings
 from app.vault import fetch, key_vault_getter, parse_mapping
+from models.errors import PaymentMonitorError
 from pipeline.config import ConfigError, ConfigManager
 from storage import migrations
 from storage.broker import describe_failure, existing_partitions
@@ -54,7 +55,7 @@ class Check:
     detail: str
 
 
-class Failed(Exception):
+class Failed(PaymentMonitorError):
     """A check's one-line reason."""
 
 
