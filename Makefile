@@ -101,7 +101,7 @@ test-chaos: $(STAMP) $(KAFKA_STAMP) ## the long fault runs: 10 SIGKILLs across 5
 test-takeover: $(STAMP) $(KAFKA_STAMP) ## the two-worker SIGKILL takeover test RUNS times in a row (default 30); stops at the first failure
 	@mkdir -p .run; for i in $$(seq 1 $(RUNS)); do \
 	  started=$$(date +%s); \
-	  $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_faults.py \
+	  $(PY) -m pytest -q -p no:cacheprovider --basetemp=.run/takeover-tmp tests/e2e/test_faults.py \
 	    -k test_one_of_two_workers_sigkilled_the_other_takes_every_partition >.run/takeover-$$i.log 2>&1 \
 	    || { echo "run $$i of $(RUNS): FAILED (.run/takeover-$$i.log)"; exit 1; }; \
 	  echo "run $$i of $(RUNS): passed in $$(( $$(date +%s) - started )) s"; \
