@@ -93,7 +93,7 @@ demo: $(STAMP) $(KAFKA_STAMP) ## broker + PostgreSQL + migrations + worker + sim
 	$(PY) -m devtools.demo --count $(COUNT) --rate $(RATE)
 
 test: $(STAMP) $(KAFKA_STAMP) $(NODE_STAMP) $(TOOLS_STAMP) chromium ## every test tier against the real broker (Kafka) and PostgreSQL, and the deployment checks
-	$(PY) -m pytest tests/unit tests/deploy tests/integration tests/e2e
+	$(PY) -m pytest --durations=15 tests/unit tests/deploy tests/integration tests/e2e
 
 test-chaos: $(STAMP) $(KAFKA_STAMP) ## the long fault runs: 10 SIGKILLs across 500,000 events, PostgreSQL down 60 s
 	$(PY) -m pytest tests/chaos -s
