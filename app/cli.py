@@ -39,9 +39,17 @@ def database_errors(exc: Exception, settings: Settings) -> NoReturn:
 
 async def active_config(settings: Settings, manager: ConfigManager) -> ActiveConfig:
     """What the workers run: the topic's latest versions over the source's documents."""
+    return (await active_config_and_bounds(settings, manager))[0]
+
+
+async def active_config_and_bounds(settings: Settings, manager: ConfigManager,
+                                   ) -> tuple[ActiveConfig, dict[str, tuple[float, ...]]]:
+    """:func:`active_config`, and the bucket bounds of every metric any pushed version
+    defined (stored windows may hold metrics the active version dropped)."""
     records = await ConfigTopic(settings.broker, settings.app_id).read()
     source = manager.source.load()
-    return compile_config(records.latest_over(source), records.known_bounds())
+    known = records.known_bounds()
+    return compile_config(records.latest_over(source), known), known
 
 
 def output_target(path: Path) -> Path:

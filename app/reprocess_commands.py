@@ -3,9 +3,12 @@ event time again under the configuration the workers run now (the config topic's
 latest versions over the source's documents), after ``config push`` changed the rules.
 
 The range's ``compliance_flags`` become the new verdicts (a review is kept where the flag
-still holds) and its payments' ``dynamic_metrics`` rows are written again; a progress
-bar counts the slices, and the report gives the flags added, removed and kept per rule,
-and every reviewed flag that was removed. ``--dry-run`` reports and changes nothing.
+still holds) and its payments' ``dynamic_metrics`` rows are written again; then its
+settled windows are rebuilt from its payments, late ones included. Two progress bars
+count the payments judged and the hours rebuilt; the report gives the flags added,
+removed and kept per rule, every reviewed flag that was removed, and the windows rebuilt,
+left to the workers and the payments brought into them. ``--dry-run`` reports and
+changes nothing.
 Safe while workers run, and idempotent (:mod:`storage.reprocess`).
 """
 
@@ -19,7 +22,7 @@ from faust.cli import AppCommand, option
 from sqlalchemy import Engine
 from tqdm import tqdm
 
-from app.cli import active_config, database_errors, fail
+from app.cli import active_config_and_bounds, database_errors, fail
 from app.faust_app import PaymentApp
 from app.settings import Settings
 from pipeline.config import ConfigError, ConfigManager
@@ -27,6 +30,7 @@ from storage import reprocess as rework
 from storage.broker import BrokerError
 from storage.failed import FilterError, parse_time
 from storage.reprocess import ReprocessError, ReprocessReport
+from storage.window_rebuild import WindowPlan
 
 
 def register_reprocess_command(app: PaymentApp, settings: Settings, engine: Engine,
@@ -40,16 +44,23 @@ def register_reprocess_command(app: PaymentApp, settings: Settings, engine: Engi
     )
     async def reprocess(self: AppCommand, since: str, until: str, dry_run: bool,
                         as_json: bool) -> None:
-        """Judge a range again under the active configuration: its compliance flags and
-        metric rows."""
+        """Judge a range again under the active configuration: its compliance flags,
+        metric rows and windows."""
         try:
             start, end = parse_time(since), parse_time(until)
             total = rework.count_payments(engine, start, end)
-            active = await active_config(settings, manager)
-            with tqdm(total=total, unit=" payments", desc="reprocess", disable=None,
-                      file=click.get_text_stream("stderr")) as bar:
+            active, known = await active_config_and_bounds(settings, manager)
+            plan = WindowPlan(settings.window_size_list, settings.window_retention_s)
+            hours = plan.hours(start, end)
+            stderr = click.get_text_stream("stderr")
+            with tqdm(total=total, unit=" payments", desc="flags", disable=None,
+                      file=stderr) as bar, \
+                    tqdm(total=len(hours), unit=" windows", desc="windows", disable=None,
+                         file=stderr) as window_bar:
                 report = rework.reprocess(engine, active, start, end, dry_run=dry_run,
-                                          progress=_Progress(bar, total, end))
+                                          progress=_Progress(bar, total, end),
+                                          windows=plan, known_bounds=known,
+                                          window_progress=_WindowProgress(window_bar, hours))
         except (ReprocessError, FilterError, BrokerError) as exc:
             fail(str(exc))
         except ConfigError as exc:
@@ -79,6 +90,21 @@ class _Progress:
                        f"{until.isoformat()}: +{added} -{removed} flags", err=True)
 
 
+class _WindowProgress:
+    """The windows' bar on a terminal; otherwise a line on stderr per window rebuilt of
+    the largest size (an hour: there are few)."""
+
+    def __init__(self, bar: tqdm, hours: list[int]) -> None:
+        self.bar, self.total, self.done = bar, len(hours), 0
+
+    def __call__(self, until: datetime) -> None:
+        self.done += 1
+        self.bar.update(1)
+        if self.bar.disable:
+            click.echo(f"reprocess: windows {self.done}/{self.total}, up to "
+                       f"{until.isoformat()}", err=True)
+
+
 def _echo(report: ReprocessReport, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -94,3 +120,16 @@ def _echo(report: ReprocessReport, as_json: bool) -> None:
     for item in data["removed_reviewed"]:
         click.echo(f"  removed although reviewed ({item['status']}): {item['transaction_id']} "
                    f"{item['rule']}")
+    windows = report.windows
+    if windows is None or windows.span is None:
+        click.echo("windows: none rebuilt (no window of the largest size lies wholly in the "
+                   "range)")
+        return
+    first, last = (t.isoformat() for t in windows.span)
+    sizes = ", ".join(f"{n} of {size} s" for size, n in sorted(windows.rebuilt.items()))
+    done = "would be rebuilt" if report.dry_run else "rebuilt"
+    click.echo(f"windows in [{first}, {last}) {done}: "
+               f"{sizes or 'none'}; {windows.brought_in} payments brought in")
+    if windows.unsettled:
+        click.echo(f"  {len(windows.unsettled)} windows left to the workers, not settled yet "
+                   f"(first {windows.unsettled[0].isoformat()}): run again later")

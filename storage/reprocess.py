@@ -24,16 +24,16 @@ reads, so a worker's write of the same customers waits for it or is seen by it, 
 whatever a worker adds after it judges under the same configuration, with the same
 answer. Run again, it changes nothing: it is idempotent.
 
-Left for later (docs/metrics.md): the windows and histograms are not rebuilt, and a
-payment stored after the grace period stays out of the live windows.
+Given a :class:`~storage.window_rebuild.WindowPlan`, it then rebuilds the range's
+settled windows from the same payments, late ones included (:mod:`storage.window_rebuild`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -41,11 +41,11 @@ from psycopg2.extras import execute_values
 from sqlalchemy import Engine
 
 from models.errors import PaymentMonitorError
-from models.events import ParsedTransaction, TransactionStatus
 from pipeline.config import ActiveConfig
 from pipeline.metrics import no_history
 from storage import customer_rules
 from storage.postgres import FLAGS_TEMPLATE, INSERT_FLAGS, _transaction
+from storage.window_rebuild import WindowPlan, WindowReport, payment_from_row, rebuild_windows
 
 # at most about this many payments per transaction (more only when that many share one
 # event time): the customer locks are held for a slice, so the sinks wait that long
@@ -144,6 +144,7 @@ class ReprocessReport:
     kept: Counter[str] = field(default_factory=Counter)
     # flags a person had reviewed that no longer hold: (transaction_id, rule, status)
     removed_reviewed: list[tuple[str, str, str]] = field(default_factory=list)
+    windows: WindowReport | None = None  # None: the windows were not rebuilt
 
     def to_json(self) -> dict[str, Any]:
         rules = sorted(set(self.added) | set(self.removed) | set(self.kept))
@@ -155,6 +156,7 @@ class ReprocessReport:
                           "kept": self.kept[r]} for r in rules},
             "removed_reviewed": [{"transaction_id": t, "rule": r, "status": s}
                                  for t, r, s in self.removed_reviewed],
+            "windows": None if self.windows is None else self.windows.to_json(),
         }
 
 
@@ -175,10 +177,16 @@ def count_payments(engine: Engine, since: datetime, until: datetime) -> int:
 def reprocess(engine: Engine, active: ActiveConfig, since: datetime, until: datetime, *,
               dry_run: bool = False,
               progress: Callable[[datetime, datetime, ReprocessReport], None] | None = None,
+              windows: WindowPlan | None = None,
+              known_bounds: Mapping[str, tuple[float, ...]] | None = None,
+              window_progress: Callable[[datetime], None] | None = None,
               ) -> ReprocessReport:
     """Judge every payment with an event time in ``[since, until)`` under ``active`` and
     make its flags and metric rows those verdicts: one transaction per slice of event
-    time holding about :data:`SLICE_PAYMENTS` payments, oldest first."""
+    time holding about :data:`SLICE_PAYMENTS` payments, oldest first. Then, given
+    ``windows``, rebuild the settled windows of the range (:mod:`storage.window_rebuild`);
+    ``known_bounds`` are the bucket bounds of metrics earlier versions defined (their rows
+    may still be merged)."""
     check_range(since, until)
     report = ReprocessReport(since, until, active.version, dry_run)
     start = since
@@ -192,6 +200,16 @@ def reprocess(engine: Engine, active: ActiveConfig, since: datetime, until: date
         if progress is not None:
             progress(start, end, report)
         start = end
+    if windows is not None:
+        known = known_bounds or {}
+        metric_engine = active.engine
+
+        def bounds(name: str) -> tuple[float, ...]:
+            return metric_engine.bounds(name) or tuple(known.get(name, ()))
+
+        report.windows = rebuild_windows(lambda: _transaction(engine), metric_engine, bounds,
+                                         windows, since, until, dry_run=dry_run,
+                                         progress=window_progress)
     return report
 
 
@@ -214,7 +232,7 @@ def _boundary(cur: Any, since: datetime, until: datetime) -> datetime:
 def _slice(cur: Any, active: ActiveConfig, since: datetime, until: datetime,
            report: ReprocessReport) -> None:
     cur.execute(SELECT_PAYMENTS, {"since": since, "until": until})
-    payments = [_payment(row) for row in cur.fetchall()]
+    payments = [payment_from_row(row) for row in cur.fetchall()]
     report.payments += len(payments)
     if not payments:
         return
@@ -268,14 +286,3 @@ def _judge(cur: Any, rules: Sequence[Any], since: datetime, until: datetime,
                     {**sql, "since": since, "until": until})
         rows += customer_rules.flag_rows(cur.fetchall(), rule, params, cap, version)
     return rows
-
-
-def _payment(row: tuple[Any, ...]) -> ParsedTransaction:
-    (tx_id, event_time, merchant, customer, amount, currency, channel, method, status,
-     decline, country, processing_ms, card_bin, risk_score, metadata) = row
-    return ParsedTransaction(
-        transaction_id=tx_id, event_time=event_time.astimezone(UTC), merchant_id=merchant,
-        customer_id=customer, amount_minor=int(amount), currency=currency, channel=channel,
-        payment_method=method, status=TransactionStatus(status), decline_code=decline,
-        country=country, processing_ms=int(processing_ms), card_bin=card_bin,
-        risk_score=risk_score, metadata=metadata)

@@ -24,6 +24,7 @@ from pipeline.batches import SinkBatch
 from pipeline.config import COMPLIANCE_KEY, ActiveConfig, ConfigVersion, compile_config
 from storage.postgres import PostgresSink, create_db_engine
 from storage.reprocess import ReprocessError, reprocess
+from storage.window_rebuild import WindowPlan
 from tests.helpers import CUSTOMER_START as START
 from tests.helpers import customer_traffic as traffic
 from tests.helpers import parse, shipped_config
@@ -143,6 +144,7 @@ def test_reprocess_gives_the_flags_of_a_fresh_run_under_the_new_rules(
     assert Counter(r for _, r in fresh - before) == +report.added
     assert (dry.added, dry.removed, dry.kept) == (report.added, report.removed, report.kept)
     assert report.removed_reviewed == [(*gone, "cleared")]
+    assert report.windows is None, "no window plan: the windows are not touched"
     assert query(database_url, "SELECT status, reviewed_by, note, config_version FROM "
                                "compliance_flags WHERE transaction_id = %s AND rule = %s",
                  kept) == [("escalated", "ana", "seen", NEW.version)]
@@ -227,10 +229,47 @@ def test_the_command_judges_again_under_the_pushed_rules(broker, database_url, t
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert "compliance=" in report["config_version"] and report["payments"] == len(docs)
+    # the range's hours hold payments the workers may still count: left to them
+    assert report["windows"]["rebuilt"] == {} and len(report["windows"]["unsettled"]) == 2
+    assert "2 windows left to the workers, not settled yet" in cli(
+        "reprocess", *window, "--dry-run").stdout
     assert report["rules"]["large_amount"]["added"] == len(large - before) > 0
     assert {f for f in flags(database_url) if f[1] == "large_amount"} == large
     assert f"reprocess: {len(docs)}/{len(docs)} payments, up to 2026-11-22T12:00:00+00:00" \
         in done.stderr, "progress on stderr"
+    assert "reprocess: windows 4/4, up to 2026-11-22T12:00:00+00:00" in done.stderr
 
     bad = cli("reprocess", "--since", "2026-11-22T12:00:00Z", "--until", "2026-11-22T08:00Z")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --until"), bad.stderr
+
+
+def test_windows_that_have_not_settled_are_left_to_the_workers(database_url):
+    """A window is rebuilt only once every partition holding its payments has stored one
+    dated WINDOW_RETENTION_S plus an hour after its end: until then a worker may write it."""
+    docs = docs_for(10)
+    store(database_url, docs, OLD, 10)  # 09:00 to 10:30, in partitions 0 to 3
+    plan = WindowPlan((300, 3600), 1800)  # settled 1.5 h after its end
+    engine = create_db_engine(database_url)
+    since, until = START - timedelta(hours=1), START + timedelta(hours=2)
+    report = reprocess(engine, OLD, since, until, windows=plan)
+    assert report.windows is not None and report.windows.span == (since, until)
+    hours = [START, START + timedelta(hours=1)]  # 08:00 holds no payment: nothing to do
+    assert report.windows.unsettled == hours and report.windows.rebuilt == {}
+    assert query(database_url, "SELECT count(*) FROM payment_window_partials") == [(0,)]
+
+    # a payment at 12:00 in every partition: 09:00-10:00 settles (11:30), 10:00 not yet
+    sink = PostgresSink(create_db_engine(database_url))
+    for p in range(4):
+        doc = {**docs[p], "transaction_id": f"tx-noon-{p}",
+               "event_time": "2026-11-22T12:00:00.000Z"}
+        tx = parse(_raw(doc)).transaction
+        sink.write([SinkBatch("payments", p, [], {10_000: tx}, [], [], time.time(),
+                              {10_000: OLD.engine.extract(tx, 10_000)}, OLD.version)])
+    report = reprocess(engine, OLD, since, until, windows=plan)
+    assert report.windows.unsettled == hours[1:] and report.windows.rebuilt == {300: 12,
+                                                                                3600: 1}
+    in_nine = sum(1 for d in docs if d["event_time"].startswith("2026-11-22T09"))
+    assert report.windows.brought_in == in_nine, "no worker counted them here: all new"
+    assert query(database_url, "SELECT sum(tx_count), min(window_start), max(window_start) "
+                               "FROM payment_metrics_5m") == [
+        (in_nine, START, START + timedelta(minutes=55))]
