@@ -19,8 +19,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -306,12 +308,13 @@ def _admin(server_url: str):
         conn.close()
 
 
-def query(url: str, statement: str) -> list[tuple]:
-    """Rows of one SQL statement against the database at ``url`` (a SQLAlchemy URL)."""
+def query(url: str, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """Rows of one SQL statement (with ``params``) against the database at ``url`` (a
+    SQLAlchemy URL)."""
     conn = psycopg2.connect(libpq_dsn(url))
     try:
         cur = conn.cursor()
-        cur.execute(statement)
+        cur.execute(statement, params)
         return cur.fetchall()
     finally:
         conn.close()

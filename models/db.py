@@ -246,6 +246,22 @@ class HistogramPartial(Base):
     __table_args__ = (Index("ix_histogram_partials_window_start", "window_start"),)
 
 
+class RebuiltWindow(Base):
+    """A (window, source partition) that ``reprocess`` rebuilt from the stored payments:
+    the workers' writes no longer replace its rows, but for ``late_events`` and
+    ``failed`` (storage/window_rebuild.py)."""
+
+    __tablename__ = "rebuilt_windows"
+
+    window_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    source_partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_version: Mapped[str] = mapped_column(Text, nullable=False)
+    rebuilt_at: Mapped[datetime] = _now()
+
+    __table_args__ = (Index("ix_rebuilt_windows_window_start", "window_start"),)
+
+
 class FailedItem(Base):
     """One row per failed message, raw bytes preserved, unique by source coordinates."""
 

@@ -244,11 +244,21 @@ RETURNING rule
 """
 FLAGS_TEMPLATE = "(%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb)"
 
-UPSERT_HISTOGRAM_PARTIALS = """
+# A window ``reprocess`` rebuilt (``rebuilt_windows``) keeps its rows: a worker still
+# holding it (a late payment before its expiry, a replay) writes only its late_events and
+# failed rows, which record arrivals (storage/window_rebuild.py).
+_NOT_REBUILT = """NOT EXISTS (
+    SELECT 1 FROM rebuilt_windows r WHERE r.window_seconds = v.window_seconds
+    AND r.window_start = v.window_start AND r.source_partition = v.source_partition)"""
+
+UPSERT_HISTOGRAM_PARTIALS = f"""
 INSERT INTO histogram_partials (
     window_seconds, window_start, metric_type, dimension, source_partition,
     buckets, count, sum, min, max, last_offset
-) VALUES %s
+)
+SELECT * FROM (VALUES %s) AS v(window_seconds, window_start, metric_type, dimension,
+                                source_partition, buckets, count, sum, min, max, last_offset)
+WHERE v.metric_type IN ('late_events', 'failed') OR {_NOT_REBUILT}
 ON CONFLICT (window_seconds, window_start, metric_type, dimension, source_partition)
 DO UPDATE SET
     buckets = EXCLUDED.buckets, count = EXCLUDED.count, sum = EXCLUDED.sum,
@@ -256,7 +266,8 @@ DO UPDATE SET
     updated_at = now()
 WHERE histogram_partials.last_offset <= EXCLUDED.last_offset
 """
-PARTIALS_TEMPLATE = "(%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s)"
+PARTIALS_TEMPLATE = ("(%s::int,%s::timestamptz,%s::text,%s::text,%s::int,%s::jsonb,%s::bigint,"
+                     "%s::float8,%s::float8,%s::float8,%s::bigint)")
 
 SELECT_HISTOGRAM_PARTIALS = """
 SELECT p.window_seconds, p.window_start, p.metric_type, p.dimension,
@@ -289,11 +300,11 @@ INSERT INTO failed_items (
 ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
 """
 
+_COUNT_COLUMNS = ("window_seconds, window_start, channel, source_partition, tx_count, "
+                  f"{', '.join(f'{s}_count' for s in STATUSES)}, amount_minor_sum, last_offset")
 UPSERT_PARTIALS = f"""
-INSERT INTO payment_window_partials (
-    window_seconds, window_start, channel, source_partition, tx_count,
-    {", ".join(f"{s}_count" for s in STATUSES)}, amount_minor_sum, last_offset
-) VALUES %s
+INSERT INTO payment_window_partials ({_COUNT_COLUMNS})
+SELECT * FROM (VALUES %s) AS v({_COUNT_COLUMNS}) WHERE {_NOT_REBUILT}
 ON CONFLICT (window_seconds, window_start, channel, source_partition) DO UPDATE SET
     tx_count = EXCLUDED.tx_count,
     {", ".join(f"{s}_count = EXCLUDED.{s}_count" for s in STATUSES)},
@@ -302,6 +313,9 @@ ON CONFLICT (window_seconds, window_start, channel, source_partition) DO UPDATE 
     updated_at = now()
 WHERE payment_window_partials.last_offset <= EXCLUDED.last_offset
 """
+
+COUNTS_TEMPLATE = ("(%s::int,%s::timestamptz,%s::text,%s::int,%s::bigint,"
+                   + "%s::bigint," * len(STATUSES) + "%s::numeric,%s::bigint)")
 
 # ``payment_metrics_5m`` holds the finest window size (WINDOW_SIZES' smallest, 300 s
 # by default), passed as ``%(size)s``.
@@ -461,7 +475,8 @@ class PostgresSink:
                 execute_values(cur, INSERT_FAILED, failed_rows, page_size=1000)
             if partials:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
-                execute_values(cur, UPSERT_PARTIALS, sorted(partials.values()), page_size=1000)
+                execute_values(cur, UPSERT_PARTIALS, sorted(partials.values()),
+                               template=COUNTS_TEMPLATE, page_size=1000)
                 keys = sorted({(k[1], k[2]) for k in partials if k[0] == self.finest_window})
                 if keys:
                     cur.execute(RECOMPUTE_5M, {"starts": [_ts(k[0]) for k in keys],

@@ -208,8 +208,8 @@ def reprocess(engine: Engine, active: ActiveConfig, since: datetime, until: date
             return metric_engine.bounds(name) or tuple(known.get(name, ()))
 
         report.windows = rebuild_windows(lambda: _transaction(engine), metric_engine, bounds,
-                                         windows, since, until, dry_run=dry_run,
-                                         progress=window_progress)
+                                         active.version, windows, since, until,
+                                         dry_run=dry_run, progress=window_progress)
     return report
 
 

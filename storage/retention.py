@@ -25,6 +25,7 @@ RETENTION = {
     "dynamic_metrics": ("created_at", "metrics_retention_days"),  # 365
     "aggregate_histograms": ("time_window", "histograms_retention_days"),  # 730
     "histogram_partials": ("window_start", "histograms_retention_days"),  # 730
+    "rebuilt_windows": ("window_start", "histograms_retention_days"),  # with its rows
 }
 
 

@@ -108,6 +108,12 @@ INSERT INTO histogram_partials (
     buckets, count, sum, min, max, last_offset
 ) VALUES %s
 """
+MARK_REBUILT = """
+INSERT INTO rebuilt_windows (window_seconds, window_start, source_partition, config_version)
+VALUES %s
+ON CONFLICT (window_seconds, window_start, source_partition) DO UPDATE SET
+    config_version = EXCLUDED.config_version, rebuilt_at = now()
+"""
 RECOUNT_5M = f"""
 DELETE FROM payment_metrics_5m WHERE window_start >= %(start)s AND window_start < %(end)s;
 INSERT INTO payment_metrics_5m (
@@ -187,11 +193,15 @@ Bounds = Callable[[str], tuple[float, ...]]
 
 
 def rebuild_windows(connect: Callable[[], Any], engine: MetricEngine, bounds: Bounds,
-                    plan: WindowPlan, since: datetime, until: datetime, *, dry_run: bool,
-                    progress: Callable[[datetime], None] | None = None) -> WindowReport:
+                    version: str, plan: WindowPlan, since: datetime, until: datetime, *,
+                    dry_run: bool, progress: Callable[[datetime], None] | None = None,
+                    ) -> WindowReport:
     """Rebuild every settled window of the largest size wholly inside ``[since, until)``,
-    with the smaller windows inside it: one transaction each (``connect()`` gives a
-    context manager yielding a cursor, committed on exit), rolled back when ``dry_run``."""
+    with the smaller windows inside it, under configuration ``version`` (``engine``): one
+    transaction each (``connect()`` gives a context manager yielding a cursor, committed
+    on exit), rolled back when ``dry_run``. Each rebuilt (window, partition) is marked in
+    ``rebuilt_windows``: a worker's later write replaces only its late_events and failed
+    rows."""
     report = WindowReport()
     hours = plan.hours(since, until)
     if not hours:
@@ -203,7 +213,7 @@ def rebuild_windows(connect: Callable[[], Any], engine: MetricEngine, bounds: Bo
     for start in hours:
         end = start + plan.largest
         with connect() as cur:
-            _hour(cur, engine, bounds, plan, start, newest, report)
+            _hour(cur, engine, bounds, version, plan, start, newest, report)
             if dry_run:
                 cur.connection.rollback()
         if progress is not None:
@@ -211,8 +221,8 @@ def rebuild_windows(connect: Callable[[], Any], engine: MetricEngine, bounds: Bo
     return report
 
 
-def _hour(cur: Cursor, engine: MetricEngine, bounds: Bounds, plan: WindowPlan, start: int,
-          newest: Mapping[int, datetime], report: WindowReport) -> None:
+def _hour(cur: Cursor, engine: MetricEngine, bounds: Bounds, version: str, plan: WindowPlan,
+          start: int, newest: Mapping[int, datetime], report: WindowReport) -> None:
     end = start + plan.largest
     span = {"start": _ts(start), "end": _ts(end)}
     cur.execute(PARTITIONS_IN, span)
@@ -241,6 +251,9 @@ def _hour(cur: Cursor, engine: MetricEngine, bounds: Bounds, plan: WindowPlan, s
         rows.add(size, window, partition, value)
     cur.execute(DELETE_HISTOGRAMS, params)
     execute_values(cur, INSERT_HISTOGRAMS, rows.rows, PARTIALS_TEMPLATE, page_size=2000)
+    marks = {(size, window, partition) for size, window, _, partition in counts} | set(metrics)
+    execute_values(cur, MARK_REBUILT, [(size, _ts(window), partition, version)
+                                       for size, window, partition in sorted(marks)])
     cur.execute(RECOUNT_5M, params)
     cur.execute(COUNTED, params)
     report.brought_in += int(cur.fetchone()[0]) - before

@@ -27,7 +27,7 @@ from devtools.services import libpq_dsn, query  # noqa: F401  # query: the tests
 from devtools.stack import REPO_ROOT, Stack
 from models.events import STATUSES, FailedMessage
 from pipeline.batches import SinkBatch
-from pipeline.config import ActiveConfig
+from pipeline.config import COMPLIANCE_KEY, ActiveConfig, ConfigVersion, compile_config
 from pipeline.parse import ParseResult
 from simulator.generator import PaymentGenerator, SimEvent, load_scenario
 from storage.config_sources import compile_files
@@ -135,6 +135,28 @@ def execute(url: str, sql: str) -> None:
 def shipped_config() -> ActiveConfig:
     """The shipped configuration, compiled the way a worker does (files, cross-checks)."""
     return compile_files()
+
+
+def changed_compliance_rules() -> ActiveConfig:
+    """The compliance rules after a push: stricter velocity, looser structuring, a lower
+    large-amount limit, one more high-risk country."""
+    shipped = shipped_config()
+    document = {**shipped.versions[COMPLIANCE_KEY].document}
+    rules = []
+    for rule in document["rules"]:
+        rule = dict(rule)
+        if rule["rule"] == "velocity":
+            rule.update(max_payments=3, within_seconds=300)
+        elif rule["rule"] == "structuring":
+            rule.update(min_payments=2, lower_fraction=0.8)
+        elif rule["rule"] == "large_amount":
+            rule["thresholds_minor"] = {**rule["thresholds_minor"], "EUR": 1_500_000}
+        elif rule["rule"] == "high_risk_country":
+            rule["countries"] = [*rule["countries"], "DE"]
+        rules.append(rule)
+    document["rules"] = rules
+    return compile_config({**shipped.versions,
+                           COMPLIANCE_KEY: ConfigVersion(COMPLIANCE_KEY, document, 2, "topic")})
 
 
 def parse(raw: bytes | None, received_at: float | datetime | None = None) -> ParseResult:

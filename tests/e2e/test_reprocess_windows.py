@@ -28,11 +28,11 @@ from simulator.generator import PaymentGenerator, SimEvent, load_scenario
 from storage.postgres import create_db_engine
 from storage.reprocess import reprocess
 from storage.window_rebuild import WindowPlan
-from tests.helpers import expected_windows, read_topic, split_late
-from tests.integration.test_reprocess import NEW, query
+from tests.helpers import changed_compliance_rules, expected_windows, query, read_topic, split_late
 
 START = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 SINCE, UNTIL = START, START + timedelta(hours=2)
+NEW = changed_compliance_rules()
 PLAN = WindowPlan((300, 3600), 7200)  # the workers' WINDOW_SIZES and WINDOW_RETENTION_S
 
 IN_RANGE = "window_start >= %s AND window_start < %s"

@@ -21,39 +21,20 @@ import yaml
 from devtools.services import libpq_dsn
 from devtools.stack import FAUST, run_migrations
 from pipeline.batches import SinkBatch
-from pipeline.config import COMPLIANCE_KEY, ActiveConfig, ConfigVersion, compile_config
+from pipeline.config import ActiveConfig
+from pipeline.histogram import Histogram
+from pipeline.windows import HistogramPartials, WindowCounts, WindowMetrics, WindowRow
 from storage.postgres import PostgresSink, create_db_engine
 from storage.reprocess import ReprocessError, reprocess
 from storage.window_rebuild import WindowPlan
 from tests.helpers import CUSTOMER_START as START
+from tests.helpers import changed_compliance_rules, parse, query, shipped_config
 from tests.helpers import customer_traffic as traffic
-from tests.helpers import parse, shipped_config
 
 OLD = shipped_config()
 
 
-def changed_rules() -> ActiveConfig:
-    """The compliance rules after a push: stricter velocity, looser structuring, a lower
-    large-amount limit, one more high-risk country."""
-    document = {**OLD.versions[COMPLIANCE_KEY].document}
-    rules = []
-    for rule in document["rules"]:
-        rule = dict(rule)
-        if rule["rule"] == "velocity":
-            rule.update(max_payments=3, within_seconds=300)
-        elif rule["rule"] == "structuring":
-            rule.update(min_payments=2, lower_fraction=0.8)
-        elif rule["rule"] == "large_amount":
-            rule["thresholds_minor"] = {**rule["thresholds_minor"], "EUR": 1_500_000}
-        elif rule["rule"] == "high_risk_country":
-            rule["countries"] = [*rule["countries"], "DE"]
-        rules.append(rule)
-    document["rules"] = rules
-    return compile_config({**OLD.versions,
-                           COMPLIANCE_KEY: ConfigVersion(COMPLIANCE_KEY, document, 2, "topic")})
-
-
-NEW = changed_rules()
+NEW = changed_compliance_rules()
 
 
 def docs_for(seed: int) -> list[dict]:
@@ -84,12 +65,6 @@ def store(url: str, docs: list[dict], active: ActiveConfig, seed: int) -> None:
 
 def _raw(d: dict) -> bytes:
     return json.dumps(d).encode()
-
-
-def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    with psycopg2.connect(libpq_dsn(url)) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchall()
 
 
 def flags(url: str) -> set[tuple[str, str]]:
@@ -273,3 +248,42 @@ def test_windows_that_have_not_settled_are_left_to_the_workers(database_url):
     assert query(database_url, "SELECT sum(tx_count), min(window_start), max(window_start) "
                                "FROM payment_metrics_5m") == [
         (in_nine, START, START + timedelta(minutes=55))]
+
+    # a worker still holding a rebuilt window (a late payment before its expiry, a replay)
+    # writes its old absolute values: only its late_events row is taken
+    nine = int(START.timestamp())
+    rows = query(database_url, "SELECT channel, source_partition, tx_count, last_offset FROM "
+                               "payment_window_partials WHERE window_seconds = 3600 "
+                               "ORDER BY 1, 2 LIMIT 1")
+    channel, part, count, last = rows[0]
+    stale = WindowCounts(count - 1, 0, {"approved": count - 1}, last + 100)
+    sink.write([SinkBatch("payments", part, [], {}, [], [WindowRow(3600, nine, channel, part,
+                                                                   stale)], time.time())])
+    old = WindowMetrics({"amount_minor|currency=EUR": Histogram(OLD.engine.bounds(
+        "amount_minor")), "late_events|": Histogram(())}, last + 100)
+    old.hists["late_events|"].observe(1)
+    partials = HistogramPartials()
+    partials.add(3600, nine, part, old)
+    sink.write_windows(partials)
+    assert query(database_url, "SELECT tx_count FROM payment_window_partials WHERE "
+                               "window_seconds = 3600 AND channel = %s AND source_partition "
+                               "= %s", (channel, part)) == [(count,)]
+    assert query(database_url, "SELECT metric_type, count FROM histogram_partials WHERE "
+                               "window_seconds = 3600 AND source_partition = %s AND "
+                               "(metric_type, dimension) IN (('amount_minor', 'currency=EUR'), "
+                               "('late_events', '')) ORDER BY 1", (part,)) == [
+        ("amount_minor", sum(1 for d in docs if d["currency"] == "EUR" and d["event_time"]
+                             .startswith("2026-11-22T09") and _partition_of(database_url, d)
+                             == part)),
+        ("late_events", 1)]
+    assert query(database_url, "SELECT count FROM aggregate_histograms WHERE metric_type = "
+                               "'late_events' AND window_seconds = 3600") == [(1,)]
+    assert query(database_url, "SELECT count(*), min(config_version) FROM rebuilt_windows") \
+        == [(len(set(query(database_url, "SELECT window_seconds, window_start, "
+                                         "source_partition FROM payment_window_partials"))),
+             OLD.version)]
+
+
+def _partition_of(url: str, doc: dict) -> int:
+    return query(url, "SELECT source_partition FROM normalized_transactions WHERE "
+                      "transaction_id = %s", (doc["transaction_id"],))[0][0]

@@ -47,7 +47,7 @@ def test_each_table_keeps_its_own_period(database_url):
                           "failed": [10, 181]})
     deleted = purge_database(create_db_engine(database_url), Settings(), now=NOW)
     assert deleted == {"failed_items": 1, "normalized_transactions": 2, "dynamic_metrics": 0,
-                       "aggregate_histograms": 1, "histogram_partials": 1}
+                       "aggregate_histograms": 1, "histogram_partials": 1, "rebuilt_windows": 0}
     # a transaction's metrics go with it (ON DELETE CASCADE) ...
     assert query(database_url, "SELECT transaction_id FROM dynamic_metrics "
                                "ORDER BY 1") == [("tx0",), ("tx1",)]
