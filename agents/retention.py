@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
 from app.faust_app import PaymentApp, trim_malloc
 from app.settings import Settings
 from app.topics import PAYMENTS
+from storage.compaction import compact
 from storage.parquet import RawEventWriter
 from storage.retention import purge_claims, purge_database, purge_lake
 from tables.context import placeholder_message
@@ -43,9 +45,21 @@ def register_retention(app: PaymentApp, engine: Engine, seen: SeenIds, lake: Raw
         except Exception:  # the next run tries again; the worker keeps consuming
             log.exception("database retention run failed")
         try:
-            await asyncio.to_thread(purge_lake, lake.fs, lake.root, settings.lake_retention_days)
+            await asyncio.to_thread(purge_lake, lake.table, settings.lake_retention_days)
         except Exception:
             log.exception("lake retention run failed")
+
+    @app.timer(interval=settings.lake_optimize_interval_s, on_leader=True)
+    async def lake_optimize() -> None:
+        before = datetime.now(UTC) - timedelta(hours=2)
+        try:
+            report = await asyncio.to_thread(compact, lake.table, before=before,
+                                             target_mb=settings.lake_optimize_target_mb)
+        except Exception:  # the next run tries again; the worker keeps consuming
+            log.exception("lake compaction failed")
+            return
+        if report["removed"]:
+            log.info("lake compaction: %d files into %d", report["removed"], report["added"])
 
     @app.timer(interval=TRIM_INTERVAL_S)
     async def trim_memory() -> None:

@@ -106,12 +106,11 @@ def register_commands(app: PaymentApp, settings: Settings, engine: Engine,
 
 def register_raw_commands(app: PaymentApp, settings: Settings) -> None:
     @app.command(
-        argument("action", type=click.Choice(["query", "compact"])),
+        argument("action", type=click.Choice(["query", "compact", "migrate"])),
         option("--from", "start", default=None,
-               help="query: start (inclusive): ISO 8601 time, a date, or 30m / 24h / 7d ago; "
-               "compact: only hour folders from this time on"),
+               help="query: start (inclusive): ISO 8601 time, a date, or 30m / 24h / 7d ago"),
         option("--before", default="2h",
-               help="compact: only hour folders that ended before this (default 2h ago)"),
+               help="compact: only the dates up to this time's (default 2h ago)"),
         option("--to", "end", default=None, help="end (exclusive); default now"),
         option("--merchant", help="merchant_id"),
         option("--status", type=click.Choice(STATUSES), help="payment status"),
@@ -126,11 +125,15 @@ def register_raw_commands(app: PaymentApp, settings: Settings) -> None:
                   end: str | None, merchant: str | None, status: str | None,
                   channel: str | None, accepted_only: bool, fmt: str,
                   output: str | None) -> None:
-        """Query the raw-event lake (RAW_EVENTS_URL) by time range, merchant, status,
-        channel; or compact its small files (one per partition and hour)."""
+        """Query the raw-event lake (RAW_EVENTS_URL, a Delta table) by time range,
+        merchant, status, channel; compact its small files (Delta optimize); or migrate a
+        lake of the old Parquet layout into the table, in place."""
 
         if action == "compact":
-            _compact(settings, start, before)
+            _compact(settings, before)
+            return
+        if action == "migrate":
+            _migrate(settings)
             return
         if start is None:
             fail("query needs --from")
@@ -187,26 +190,47 @@ def _write_events(lake: RawEventLake, query: LakeQuery, fmt: str,
     return written
 
 
-def _compact(settings: Settings, since: str | None, before: str) -> None:
-    import fsspec
-
+def _compact(settings: Settings, before: str) -> None:
     from storage.compaction import compact
+    from storage.delta import RawTable
 
     try:
         until = parse_time(before)
-        start = parse_time(since) if since else None
     except FilterError as exc:
         fail(str(exc))
-    fs, root = fsspec.core.url_to_fs(settings.raw_events_url, **settings.lake_storage_options)
+    table = RawTable(settings.raw_events_url, settings.lake_storage_options)
     try:
-        report = compact(fs, root.rstrip("/"), before=until, since=start,
-                         progress=lambda line: click.echo(line, err=True))
+        report = compact(table, before=until, target_mb=settings.lake_optimize_target_mb)
     except OSError as exc:
         fail(f"cannot compact the lake: {exc}")
-    click.echo(f"{report.folders} hour folders: {report.merged_files} files merged into "
-               f"{report.written} ({report.rows:,} rows); {report.removed_leftovers} "
-               f"leftovers of an interrupted run removed; {report.skipped_uncommitted} "
-               f"files not yet committed left as they are")
+    click.echo(f"optimized the hours up to {until:%Y-%m-%d}: {report['removed']} files "
+               f"compacted into {report['added']}")
+
+
+def _migrate(settings: Settings) -> None:
+    import fsspec
+
+    from storage.compaction import migrate
+    from storage.delta import RawTable
+
+    fs, root = fsspec.core.url_to_fs(settings.raw_events_url, **settings.lake_storage_options)
+    table = RawTable(settings.raw_events_url, settings.lake_storage_options)
+    with tqdm(unit=" hours", desc="migrate", disable=None,
+              file=click.get_text_stream("stderr")) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            if bar.disable:
+                click.echo(f"migrate: {done}/{total} hour folders", err=True)
+
+        try:
+            report = migrate(fs, root.rstrip("/"), table, progress)
+        except OSError as exc:
+            fail(f"cannot migrate the lake: {exc}")
+    click.echo(f"{report.folders} hour folders converted ({report.files} files, "
+               f"{report.rows:,} rows); {report.skipped} converted before; "
+               f"{report.incomplete} files of incomplete flushes and {report.superseded} "
+               f"superseded files left out")
 
 
 async def _run(action: str, ids: tuple[int, ...], flt: FailedFilter, store: FailedItems,

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         600, gt=0, description="how often expired ids are deleted from the seen-ids table")
     failed_retention_days: int = Field(180, ge=1, description="days failed_items rows are kept")
     lake_retention_days: int = Field(90, ge=1, description="days of raw events kept in the lake")
+    lake_optimize_interval_s: float = Field(
+        3600, gt=0, description="how often the leader compacts the lake's small files (Delta "
+        "optimize of the dates up to two hours ago)")
+    lake_optimize_target_mb: int = Field(
+        128, ge=1, le=1024, description="the size of the files the lake's compaction writes")
     transactions_retention_days: int = Field(
         365, ge=1, description="days normalized_transactions rows are kept (event time)")
     metrics_retention_days: int = Field(365, ge=1, description="days dynamic_metrics rows are kept")

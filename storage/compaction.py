@@ -1,22 +1,23 @@
-"""Compaction of the raw-event lake: many small files of an hour become one per partition.
+"""Compaction of the raw-event lake, and the migration of a lake written before it was a
+Delta table.
 
-A partition's flushes each leave one file per hour folder they touch
-(``<topic>-<partition>-<first>-<last>.parquet``, :mod:`storage.parquet`), so a busy hour
-holds many small files. Compaction merges the files of one topic-partition in one hour
-folder into ``<topic>-<partition>-<min first>-<max last>.parquet``, rows in offset order,
-then deletes the inputs. The name follows from the inputs, so running it again, or
-after a crash, writes the same name.
+**Compaction** is Delta's ``optimize``: the small files of each hour partition (a worker
+appends one commit per partition every ``PARQUET_FLUSH_SECONDS``) become files of about
+``LAKE_OPTIMIZE_TARGET_MB``, in one commit; readers see the small files or the big ones,
+never both. The leader runs it every ``LAKE_OPTIMIZE_INTERVAL_S`` on the hours that
+ended two hours before; ``faust -A app raw compact`` runs it by hand.
 
-Exactly once, also across a crash between writing the merged file and deleting its
-inputs: an input's offset range lies inside the merged file's, and readers
-(:func:`live_files`, used by :class:`storage.lake.RawEventLake`) skip a file whose range
-lies inside another file's of the same partition in the same folder; the next run
-deletes such files first.
-
-Only committed data is compacted: a file is left alone unless its last offset is below
-every flush the writer's in-flight record (``_inflight/<topic>-<partition>.json``) still
-lists, because a replay may rewrite exactly those offsets under other names. And only
-hour folders older than ``before`` (default: two hours ago) are visited.
+**Migration** (``faust -A app raw migrate``) converts, in place, the Parquet layout of
+ADR 0003 (``date=/hour=/<topic>-<partition>-<first>-<last>.parquet``, with its
+``_inflight/`` records) into the Delta table at the same root. Per hour folder, oldest
+first, one commit appends the folder's live files (a file an interrupted compaction
+superseded is left out; so is every file of a flush that is missing one of its files,
+which a replay writes again) and carries two kinds of application transaction:
+``migrate:<date>/<hour>`` (the folder is done: a second run skips its append) and, per
+source partition, ``<topic>-<partition>`` at the highest offset the table now holds (a
+worker replaying those offsets drops them). The folder's old files are deleted after
+the commit, and ``_inflight/`` at the end: a run that stops anywhere is finished by the
+next one.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from deltalake import CommitProperties, Transaction, write_deltalake
 from fsspec import AbstractFileSystem
 
-from storage.parquet import RAW_SCHEMA, write_parquet_atomic
+from storage.delta import PARTITION_BY, TABLE_CONFIGURATION, RawTable
+from storage.parquet import RAW_SCHEMA, TABLE_SCHEMA
 
 NAME = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 FOLDER = re.compile(r"date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})$")
@@ -80,40 +84,28 @@ def live_files(paths: Iterable[str]) -> list[str]:
     return sorted(f.path for f in files if f.path not in gone)
 
 
+def compact(table: RawTable, *, before: datetime, target_mb: int = 128,
+            ) -> dict[str, int]:
+    """Optimize the hour partitions of the dates up to ``before``'s: returns the files
+    removed and added."""
+    metrics = table.optimize(target_mb * 1024 * 1024, older_than=before)
+    return {"removed": int(metrics.get("numFilesRemoved", 0)),
+            "added": int(metrics.get("numFilesAdded", 0))}
+
+
 @dataclass
-class CompactionReport:
-    folders: int = 0
-    merged_files: int = 0  # inputs merged
-    written: int = 0  # merged files written
-    removed_leftovers: int = 0  # inputs of an interrupted run, deleted now
+class MigrationReport:
+    folders: int = 0  # hour folders converted now
+    skipped: int = 0  # converted by an earlier run (old files deleted now)
+    files: int = 0  # old files read
     rows: int = 0
-    skipped_uncommitted: int = 0
-    errors: list[str] = field(default_factory=list)
+    incomplete: int = 0  # files of flushes missing a file (a replay writes them again)
+    superseded: int = 0  # inputs of an interrupted compaction
 
 
-def safe_offsets(fs: AbstractFileSystem, root: str) -> dict[tuple[str, int], int]:
-    """Per topic-partition, the first offset a replay might still rewrite."""
-    out: dict[tuple[str, int], int] = {}
-    folder = f"{root}/_inflight"
-    try:
-        names = fs.ls(folder, detail=False)
-    except FileNotFoundError:
-        return out
-    for name in names:
-        base = name.rsplit("/", 1)[-1]
-        match = re.match(r"^(?P<topic>.+)-(?P<partition>\d+)\.json$", base)
-        if match is None:
-            continue
-        with fs.open(name, "rb") as fh:
-            flushes = json.loads(fh.read()).get("flushes", [])
-        if flushes:
-            out[(match["topic"], int(match["partition"]))] = min(
-                int(f["first_offset"]) for f in flushes)
-    return out
-
-
-def hour_folders(fs: AbstractFileSystem, root: str) -> list[tuple[datetime, str]]:
-    out: list[tuple[datetime, str]] = []
+def legacy_folders(fs: AbstractFileSystem, root: str) -> list[tuple[str, str, str]]:
+    """``(date, hour, path)`` of every hour folder holding files of the old layout."""
+    out: list[tuple[str, str, str]] = []
     try:
         days = fs.ls(root, detail=False)
     except FileNotFoundError:
@@ -123,63 +115,83 @@ def hour_folders(fs: AbstractFileSystem, root: str) -> list[tuple[datetime, str]
             continue
         for hour in fs.ls(day, detail=False):
             match = FOLDER.search(hour.rstrip("/"))
-            if match:
-                start = datetime.strptime(f"{match['date']} {match['hour']}",
-                                          "%Y-%m-%d %H").replace(tzinfo=UTC)
-                out.append((start, hour.rstrip("/")))
+            if match and any(NAME.match(n.rsplit("/", 1)[-1])
+                             for n in fs.ls(hour, detail=False)):
+                out.append((match["date"], match["hour"], hour.rstrip("/")))
     return sorted(out)
 
 
-def compact(fs: AbstractFileSystem, root: str, *, before: datetime, since: datetime | None = None,
-            progress: Callable[[str], None] | None = None) -> CompactionReport:
-    """Compact every hour folder that ends by ``before`` (and starts at ``since`` or later)."""
-    report = CompactionReport()
-    safe = safe_offsets(fs, root)
-    for start, folder in hour_folders(fs, root):
-        if start.timestamp() + 3600 > before.timestamp():
+def incomplete_flushes(fs: AbstractFileSystem, root: str) -> set[str]:
+    """Names of the files of every flush an ``_inflight`` record lists with a file
+    missing: a crash between its files; the offsets are replayed whole."""
+    out: set[str] = set()
+    try:
+        names = fs.ls(f"{root}/_inflight", detail=False)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if not name.endswith(".json"):
             continue
-        if since is not None and start < since:
-            continue
-        report.folders += 1
-        _compact_folder(fs, folder, safe, report)
+        with fs.open(name, "rb") as fh:
+            flushes = json.loads(fh.read()).get("flushes", [])
+        for flush in flushes:
+            files = [str(f) for f in flush.get("files", [])]
+            if not all(fs.exists(f) for f in files):
+                out.update(f.rsplit("/", 1)[-1] for f in files)
+    return out
+
+
+def migrate(fs: AbstractFileSystem, root: str, table: RawTable,
+            progress: Callable[[int, int], None] | None = None) -> MigrationReport:
+    """Convert the old layout under ``root`` into the Delta table (see the module)."""
+    report = MigrationReport()
+    folders = legacy_folders(fs, root)
+    broken = incomplete_flushes(fs, root)
+    done: dict[str, int] = {}  # app id -> highest offset held, across folders
+    for i, (day, hour, folder) in enumerate(folders):
+        names = [n for n in fs.ls(folder, detail=False) if NAME.match(n.rsplit("/", 1)[-1])]
+        current = table.open()
+        marker = f"migrate:{day}/{hour}"
+        if current is not None and current.transaction_version(marker) is not None:
+            report.skipped += 1
+        else:
+            live = set(live_files(names))
+            report.superseded += len(names) - len(live)
+            keep = sorted(n for n in live if n.rsplit("/", 1)[-1] not in broken)
+            report.incomplete += len(live) - len(keep)
+            parts = [_with_hour(conformed(pq.read_table(n, filesystem=fs)), day, hour)
+                     for n in keep]
+            rows = pa.concat_tables(parts) if parts else TABLE_SCHEMA.empty_table()
+            for topic, partition in {(t, p) for f in keep
+                                     if (lf := LakeFile.parse(f)) is not None
+                                     for t, p in [(lf.topic, lf.partition)]}:
+                mask = pc.and_(pc.equal(rows["topic"], topic),
+                               pc.equal(rows["partition"], partition))
+                top = pc.max(rows.filter(mask)["offset"]).as_py()
+                app_id = f"{topic}-{partition}"
+                held = current.transaction_version(app_id) if current is not None else None
+                done[app_id] = max(top, done.get(app_id, -1), -1 if held is None else held)
+            txns = [Transaction(marker, 1)] + [Transaction(a, v) for a, v in sorted(done.items())]
+            write_deltalake(current if current is not None else table.uri, rows, mode="append",
+                            partition_by=PARTITION_BY, storage_options=table.options or None,
+                            configuration=TABLE_CONFIGURATION if current is None else None,
+                            commit_properties=CommitProperties(app_transactions=txns))
+            report.folders += 1
+            report.files += len(keep)
+            report.rows += rows.num_rows
+        for n in names:  # converted (now or before): the old files go
+            fs.rm(n)
         if progress is not None:
-            progress(f"{folder}: {report.written} merged files so far")
+            progress(i + 1, len(folders))
+    if fs.exists(f"{root}/_inflight"):
+        fs.rm(f"{root}/_inflight", recursive=True)
     return report
 
 
-def _compact_folder(fs: AbstractFileSystem, folder: str, safe: dict[tuple[str, int], int],
-                    report: CompactionReport) -> None:
-    names = [n for n in fs.ls(folder, detail=False)
-             if not n.rsplit("/", 1)[-1].startswith((".", "_"))]
-    files = [f for n in names if (f := LakeFile.parse(n)) is not None]
-    leftovers = superseded(files)
-    for path in sorted(leftovers):  # inputs of a merge that was written: finish it
-        fs.rm(path)
-        report.removed_leftovers += 1
-    by_tp: dict[tuple[str, int], list[LakeFile]] = defaultdict(list)
-    for f in files:
-        if f.path not in leftovers:
-            by_tp[(f.topic, f.partition)].append(f)
-    for (topic, partition), group in sorted(by_tp.items()):
-        limit = safe.get((topic, partition))
-        ready = sorted(f for f in group if limit is None or f.last < limit)
-        report.skipped_uncommitted += len(group) - len(ready)
-        if len(ready) < 2:
-            continue
-        first, last = ready[0].first, max(f.last for f in ready)
-        if any(f.first <= last and f.last >= first for f in group if f not in ready):
-            continue  # an uncommitted file overlaps the range: leave it all for later
-        table = pa.concat_tables([conformed(pq.read_table(f.path, filesystem=fs))
-                                  for f in ready])
-        table = table.sort_by([("offset", "ascending")])
-        target = f"{folder}/{topic}-{partition}-{first}-{last}.parquet"
-        write_parquet_atomic(fs, table, target)
-        for f in ready:
-            if f.path != target:
-                fs.rm(f.path)
-        report.merged_files += len(ready)
-        report.written += 1
-        report.rows += table.num_rows
+def _with_hour(table: pa.Table, day: str, hour: str) -> pa.Table:
+    n = table.num_rows
+    return table.append_column("date", pa.array([day] * n, pa.string())).append_column(
+        "hour", pa.array([hour] * n, pa.string()))
 
 
 def conformed(table: pa.Table) -> pa.Table:

@@ -1,12 +1,12 @@
-"""Queries over the raw-event lake (layout in :mod:`storage.parquet`).
+"""Queries over the raw-event lake, the Delta table of :mod:`storage.delta`.
 
 A query names a time range and optional filters on merchant, status and
-channel. It reads through ``pyarrow.dataset`` over the hive layout
-``date=YYYY-MM-DD/hour=HH``, so:
+channel. It reads the files the table's transaction log lists (never one a compaction
+replaced or a write that did not commit) through ``pyarrow.dataset``, so:
 
-- **partition pruning**: only the ``date``/``hour`` folders that overlap the range
-  are listed and opened (one folder per hour of event time for accepted events,
-  of arrival time for failed ones);
+- **partition pruning**: only the ``date``/``hour`` partitions that overlap the range
+  are opened (one per hour of event time for accepted events, of arrival time for
+  failed ones);
 - **predicate push-down**: the time and column filters go to the Parquet reader,
   which skips row groups by their statistics;
 - **streaming**: results come as record batches, so memory stays flat whatever
@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from models.errors import PaymentMonitorError
-from storage.compaction import live_files
+from storage.delta import RawTable
 from storage.parquet import RAW_SCHEMA
 
 FILTER_COLUMNS = ("merchant_id", "status", "channel")
@@ -65,6 +64,11 @@ class LakeQuery:
         return out
 
     def expression(self) -> ds.Expression:
+        hours = ds.field("date").isin(sorted({d for d, _ in self.hours()})) & (
+            ds.field("hour").isin(sorted({h for _, h in self.hours()})))
+        return hours & self.row_filter()
+
+    def row_filter(self) -> ds.Expression:
         start = pa.scalar(self.start.astimezone(UTC), pa.timestamp("ms", tz="UTC"))
         end = pa.scalar(self.end.astimezone(UTC), pa.timestamp("ms", tz="UTC"))
         arrival_start = pa.scalar(self.start.astimezone(UTC), pa.timestamp("us", tz="UTC"))
@@ -86,36 +90,27 @@ class RawEventLake:
     """Reads the lake at ``url`` (a directory or ``abfs://container/prefix``)."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = self.root.rstrip("/")
-
-    def _files(self, query: LakeQuery) -> list[str]:
-        files: list[str] = []
-        for day, hour in query.hours():
-            folder = f"{self.root}/date={day}/hour={hour}"
-            try:
-                names = self.fs.ls(folder, detail=False)
-            except FileNotFoundError:
-                continue
-            # live_files: inputs of a compaction interrupted before it deleted them
-            # are inside the merged file's range and are not read twice
-            files += live_files(n for n in names if n.endswith(".parquet")
-                                and not n.rsplit("/", 1)[-1].startswith((".", "_")))
-        return sorted(files)
+        self.table = RawTable(url, storage_options)
 
     def scan(self, query: LakeQuery, columns: Sequence[str] | None = None,
              batch_rows: int = 64 * 1024) -> Iterator[pa.RecordBatch]:
-        """Record batches of the events matching ``query``, in file order."""
+        """Record batches of the events matching ``query``."""
         unknown = [c for c in columns or () if c not in RAW_SCHEMA.names]
         if unknown:
             raise LakeQueryError(f"unknown column {unknown[0]!r} (known: "
                                  f"{', '.join(RAW_SCHEMA.names)})")
-        files = self._files(query)
-        if not files:
+        dataset = self.table.dataset()
+        if dataset is None:
             return
-        dataset = ds.dataset(files, schema=RAW_SCHEMA, format="parquet", filesystem=self.fs)
-        yield from dataset.to_batches(columns=list(columns) if columns else None,
+        yield from dataset.to_batches(columns=list(columns) if columns else RAW_SCHEMA.names,
                                       filter=query.expression(), batch_size=batch_rows)
+
+    def files(self, query: LakeQuery) -> list[str]:
+        """The data files a scan of ``query`` opens: those of its hours only."""
+        dataset = self.table.dataset()
+        if dataset is None:
+            return []
+        return sorted(f.path for f in dataset.get_fragments(filter=query.expression()))
 
     def count(self, query: LakeQuery) -> int:
         return sum(b.num_rows for b in self.scan(query, columns=["offset"]))

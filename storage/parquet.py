@@ -1,25 +1,15 @@
-"""The raw-event lake: every consumed message, as Parquet, on fsspec.
+"""The raw-event lake's writer: every consumed message, buffered per topic-partition and
+appended to the lake's Delta Lake table (:mod:`storage.delta`) by size or age.
 
-Layout: ``<root>/date=YYYY-MM-DD/hour=HH/<topic>-<partition>-<first>-<last>.parquet``
-(event time for accepted messages, arrival time for failed ones). One flush of
-one topic-partition covers the offsets ``first..last`` and writes one file per
-date/hour it touches, all with that same name.
-
-Replays rewrite, never add. Before a flush writes its files it records them in
-``<root>/_inflight/<topic>-<partition>.json``, together with every earlier
-flush whose commit is not yet confirmed; the offsets are committed right
-after. A worker that starts a partition from its committed offset ``C`` finds
-there the files of the flushes that were never committed (first offset at
-least ``C``), deletes them, and writes its own. Within one assignment, an
-offset already buffered is never buffered again (a seek back to the committed
-offset re-delivers what is in flight). Local files are written under
-a dot-name and renamed; a blob upload is only visible once committed. Readers
-(pyarrow.dataset) ignore names starting with ``.`` or ``_``.
+One flush of one topic-partition covers the offsets ``first..last`` and is one Delta
+commit carrying the application transaction ``(<topic>-<partition>, last)``: a replay
+after a crash or a takeover drops what the table already holds, so each offset is in the
+table once, with no bookkeeping file of our own. Rows are partitioned by ``date`` and
+``hour`` (event time for accepted messages, arrival time for failed ones).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,6 +22,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from pipeline.batches import SinkBatch
+from storage.delta import RawTable
 
 RAW_SCHEMA_VERSION = "2"
 RAW_SCHEMA = pa.schema(
@@ -56,6 +47,9 @@ RAW_SCHEMA = pa.schema(
     ],
     metadata={"raw_events_schema_version": RAW_SCHEMA_VERSION},
 )
+# the table's columns: the raw schema and its partition columns (the hour of the row)
+TABLE_SCHEMA = pa.schema([*RAW_SCHEMA, pa.field("date", pa.string()),
+                          pa.field("hour", pa.string())])
 ROW_GROUP_ROWS = 128 * 1024
 
 
@@ -78,14 +72,14 @@ class _Buffer:
 
 @dataclass(frozen=True)
 class Flushed:
-    """What one flush made durable: the files, how many rows they hold, and the newest
-    message among them."""
+    """What one flush made durable: its offsets, how many rows it covers and how many the
+    table did not hold yet (a replay writes fewer), and the newest message among them."""
 
     topic: str
     partition: int
     first_offset: int
     last_offset: int
-    paths: list[str]
+    written: int
     rows: int
     last_message: Any
 
@@ -103,13 +97,11 @@ class RawEventWriter:
     ) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.root = self.root.rstrip("/")
+        self.table = RawTable(url, storage_options)
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self._buffers: dict[tuple[str, int], _Buffer] = {}
-        self._checked: set[tuple[str, int]] = set()
         self._next: dict[tuple[str, int], int] = {}  # next offset to buffer, per partition
-        self._uncommitted: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-        self._local = is_local(self.fs)
 
     # -- buffering --------------------------------------------------------------
 
@@ -183,19 +175,13 @@ class RawEventWriter:
     def forget(self, topic: str, partition: int) -> None:
         """Drop a revoked partition's buffer; its new owner replays it."""
         self._buffers.pop((topic, partition), None)
-        self._checked.discard((topic, partition))
         self._next.pop((topic, partition), None)
-        self._uncommitted.pop((topic, partition), None)
-
-    def committed(self, topic: str, partition: int, next_offset: int) -> None:
-        """The group committed ``next_offset``: earlier flushes are final."""
-        pending = self._uncommitted[(topic, partition)]
-        pending[:] = [e for e in pending if e["last_offset"] >= next_offset]
 
     # -- flushing ---------------------------------------------------------------
 
     def flush(self, topic: str, partition: int) -> Flushed | None:
-        """Write the buffered rows of one topic-partition; blocking (call in a thread)."""
+        """Append the buffered rows of one topic-partition to the table in one commit;
+        blocking (call in a thread)."""
         buf = self._buffers.pop((topic, partition), None)
         if buf is None or not buf.rows:
             return None
@@ -209,64 +195,12 @@ class RawEventWriter:
         for f in RAW_SCHEMA:
             if f.name not in arrays:
                 arrays[f.name] = pa.array(cols[f.name], f.type)
-        table = pa.Table.from_pydict(arrays, schema=RAW_SCHEMA)
-
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, hour in enumerate(buf.hours):
-            groups[hour].append(i)
-        name = f"{topic}-{partition}-{first}-{last}.parquet"
-        paths = [f"{self._hour_dir(hour)}/{name}" for hour in sorted(groups)]
-
-        self._clean_uncommitted(topic, partition, first)
-        pending = self._uncommitted[(topic, partition)]
-        pending.append({"first_offset": first, "last_offset": last, "files": paths})
-        self._write_intent(topic, partition, pending)
-        for hour, path in zip(sorted(groups), paths, strict=True):
-            rows = groups[hour]
-            part = table if len(rows) == n else table.take(pa.array(rows, pa.int64()))
-            self._write_atomic(part, path)
-        return Flushed(topic, partition, first, last, paths, n, buf.last_message)
-
-    def _hour_dir(self, hour: int) -> str:
-        t = datetime.fromtimestamp(hour * 3600, UTC)
-        return f"{self.root}/date={t:%Y-%m-%d}/hour={t:%H}"
-
-    def _intent_path(self, topic: str, partition: int) -> str:
-        return f"{self.root}/_inflight/{topic}-{partition}.json"
-
-    def _clean_uncommitted(self, topic: str, partition: int, first: int) -> None:
-        """Once per assignment: delete the files of a flush that was never committed."""
-        key = (topic, partition)
-        if key in self._checked:
-            return
-        self._checked.add(key)
-        path = self._intent_path(topic, partition)
-        if not self.fs.exists(path):
-            return
-        with self.fs.open(path, "rb") as fh:
-            intent = json.loads(fh.read())
-        for entry in intent["flushes"]:
-            if entry["first_offset"] >= first:
-                for stale in entry["files"]:
-                    if self.fs.exists(stale):
-                        self.fs.rm(stale)
-
-    def _write_intent(self, topic: str, partition: int, flushes: list[dict[str, Any]]) -> None:
-        path = self._intent_path(topic, partition)
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        body = json.dumps({"flushes": flushes})
-        self._put_atomic(path, body.encode())
-
-    def _write_atomic(self, table: pa.Table, path: str) -> None:
-        write_parquet_atomic(self.fs, table, path)
-
-    def _put_atomic(self, path: str, data: bytes) -> None:
-        directory, name = path.rsplit("/", 1)
-        target = f"{directory}/.{name}.tmp" if self._local else path
-        with self.fs.open(target, "wb") as fh:
-            fh.write(data)
-        if self._local:
-            self.fs.mv(target, path)
+        labels = {hour: datetime.fromtimestamp(hour * 3600, UTC) for hour in set(buf.hours)}
+        arrays["date"] = pa.array([f"{labels[h]:%Y-%m-%d}" for h in buf.hours], pa.string())
+        arrays["hour"] = pa.array([f"{labels[h]:%H}" for h in buf.hours], pa.string())
+        table = pa.Table.from_pydict(arrays, schema=TABLE_SCHEMA)
+        written = self.table.append(table, f"{topic}-{partition}", last)
+        return Flushed(topic, partition, first, last, written, n, buf.last_message)
 
 
 def is_local(fs: AbstractFileSystem) -> bool:

@@ -12,8 +12,9 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from fsspec import AbstractFileSystem
 from sqlalchemy import Engine, text
+
+from storage.delta import RawTable
 
 log = logging.getLogger(__name__)
 
@@ -91,30 +92,16 @@ def purge_claims(engine: Engine, settings: RetentionDays, *,
                        now=now)
 
 
-def purge_lake(fs: AbstractFileSystem, root: str, days: int, *,
-               now: datetime | None = None) -> list[str]:
-    """Delete the lake's ``date=`` folders wholly older than ``days`` days; returns them.
+def purge_lake(table: RawTable, days: int, *, now: datetime | None = None) -> tuple[int, int]:
+    """Delete the lake's rows of the dates wholly older than ``days`` days, then vacuum the
+    files no table version of the last day needs; returns (rows deleted, files removed).
 
-    A folder is deleted when its date is before today minus ``days`` (UTC), so
-    the newest deleted day ended at least ``days`` days ago.
+    A date is deleted when it is before today minus ``days`` (UTC), so the newest deleted
+    day ended at least ``days`` days ago. The delete is a Delta commit: a reader sees the
+    rows before or after it, never half of it.
     """
-    cutoff = ((now or datetime.now(UTC)) - timedelta(days=days)).date()
-    root = root.rstrip("/")
-    if not fs.exists(root):
-        return []
-    removed = []
-    for path in sorted(fs.ls(root, detail=False)):
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        if not name.startswith("date="):
-            continue
-        try:
-            day = datetime.strptime(name[len("date="):], "%Y-%m-%d").date()
-        except ValueError:
-            log.warning("lake retention: skipping %s (not a date)", path)
-            continue
-        if day < cutoff:
-            fs.rm(path, recursive=True)
-            removed.append(path)
-    if removed:
-        log.info("lake retention: deleted %d day folders older than %d days", len(removed), days)
-    return removed
+    deleted, removed = table.purge(days, now=now)
+    if deleted or removed:
+        log.info("lake retention: deleted %d rows older than %d days, vacuumed %d files",
+                 deleted, days, removed)
+    return deleted, removed

@@ -120,8 +120,11 @@ def test_the_lake_policy_is_the_committed_one():
     assert policy["dynamic"][0]["rule"]["for_each"] == "${local.lifecycle_rules}"
     rules = json.loads((REPO_ROOT / "deploy" / "azure" / "lake-lifecycle-policy.json")
                        .read_text())["rules"]
-    assert rules[0]["definition"]["actions"]["baseBlob"]["delete"][
-        "daysAfterModificationGreaterThan"] == 90
+    base = rules[0]["definition"]["actions"]["baseBlob"]
+    assert "delete" not in base and base["tierToCool"]["daysAfterModificationGreaterThan"] == 30
+    text = (REPO_ROOT / "deploy" / "azure" / "terraform" / "storage.tf").read_text()
+    assert "delete_after_days_since_modification" not in text, \
+        "the app's retention deletes lake files, through the Delta log"
 
 
 def test_postgres_is_private_and_its_password_stays_out_of_the_state():

@@ -1,28 +1,35 @@
-"""Lake compaction: small files merge into one per partition and hour, names stay
-idempotent, an interrupted run is read exactly once and finished by the next, and
-uncommitted offsets are left alone."""
+"""Lake compaction (Delta optimize) and the migration of a lake of the old Parquet layout
+into the Delta table, in place: every row once, before and after, read by polars."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from simulator.generator import PaymentGenerator, load_scenario
-from storage.compaction import compact, live_files
-from storage.lake import RawEventLake
-from storage.parquet import RawEventWriter
-from tests.helpers import batch_of
+from storage.compaction import compact, conformed, migrate
+from storage.delta import RawTable
+from storage.parquet import RawEventWriter, write_parquet_atomic
+from tests.helpers import batch_of, read_lake
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 LATER = START + timedelta(days=1)
 
 
-def write_lake(root, batches: int = 12, per_batch: int = 300, commit_all: bool = True):
-    """Two partitions, each flushed every batch (many small files across two hours)."""
+def write_lake(root, batches: int = 12, per_batch: int = 300) -> list:
+    """Two partitions, each flushed every batch: many small files across two hours."""
     scenario = load_scenario()
     scenario["events_per_second"] = 1
     scenario["late_event_ratio"] = 0.0
@@ -35,126 +42,157 @@ def write_lake(root, batches: int = 12, per_batch: int = 300, commit_all: bool =
         for b in range(batches):
             first = b * per_batch
             writer.append(batch_of(mine[first:first + per_batch], partition, first, arrival))
-            flushed = writer.flush("payments", partition)
-            if commit_all or b < batches - 2:
-                writer.committed("payments", partition, flushed.last_offset + 1)
+            writer.flush("payments", partition)
     return events
 
 
-def read_all(root) -> Counter:
-    lake = RawEventLake(str(root))
-    batches = lake.get_events_by_time_range(START - timedelta(days=1), LATER + timedelta(days=1))
-    return Counter((p, o) for b in batches
-                   for p, o in zip(b.column("partition").to_pylist(),
-                                   b.column("offset").to_pylist(), strict=True))
+def coordinates(root) -> Counter:
+    t = read_lake(root)
+    return Counter(zip(t["partition"].to_pylist(), t["offset"].to_pylist(), strict=True))
 
 
-def parquet_files(root) -> list:
-    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+def faust(*args: str, root: Path) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).with_name("faust"))
+    env = {**os.environ, "RAW_EVENTS_URL": str(root), "BROKER_URL": "kafka://127.0.0.1:1",
+           "STORE_URL": "memory://", "APP_DATADIR": str(root.parent / f"{root.name}-faust")}
+    return subprocess.run([exe, "-A", "app", *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
 
 
-def test_compaction_merges_each_partition_and_hour_into_one_file(tmp_path):
+def test_compaction_is_delta_optimize_and_every_row_stays_once(tmp_path):
     events = write_lake(tmp_path)
-    before = read_all(tmp_path)
-    assert len(before) == len(events) and set(before.values()) == {1}
-    n_before = len(parquet_files(tmp_path))
-    fs = fsspec.filesystem("file")
-    report = compact(fs, str(tmp_path), before=LATER)
-    after_files = parquet_files(tmp_path)
-    # the last flush of each partition stays listed in the writer's in-flight record
-    # until its next flush, so it is left as it is (conservative)
-    last = [p for p in after_files if p.stem.split("-")[2] == "3300"]
-    merged = [p for p in after_files if p not in last]
-    slots = Counter((p.parent, p.stem.split("-")[1]) for p in merged)
-    assert set(slots.values()) == {1} and len(after_files) < n_before / 3
-    assert report.written == len(merged)
-    assert report.merged_files + len(last) == n_before
-    assert read_all(tmp_path) == before  # every event once, nothing lost
-    for path in after_files:
-        offsets = pq.read_table(path, columns=["offset"])["offset"].to_pylist()
-        assert offsets == sorted(offsets)
-        topic, partition, first, last = path.stem.rsplit("-", 3)
-        assert int(first) <= offsets[0] and offsets[-1] <= int(last)
-
-    again = compact(fs, str(tmp_path), before=LATER)  # idempotent: nothing left to merge
-    assert again.written == 0 and parquet_files(tmp_path) == after_files
+    before = coordinates(tmp_path)
+    assert sum(before.values()) == len(events) and max(before.values()) == 1
+    files = len(DeltaTable(str(tmp_path)).file_uris())
+    report = compact(RawTable(str(tmp_path)), before=LATER)
+    table = DeltaTable(str(tmp_path))
+    assert report["removed"] == files and report["added"] < files
+    assert len(table.file_uris()) == report["added"]
+    assert coordinates(tmp_path) == before, "polars reads the new files only"
+    assert table.transaction_version("payments-1") == len(events) // 2 - 1
+    again = compact(RawTable(str(tmp_path)), before=LATER)
+    assert again == {"removed": 0, "added": 0}
 
 
-def test_an_interrupted_compaction_is_read_once_and_finished_next_time(tmp_path, monkeypatch):
+def test_recent_dates_are_left_alone(tmp_path):
     write_lake(tmp_path)
-    before = read_all(tmp_path)
+    report = compact(RawTable(str(tmp_path)), before=START - timedelta(days=1))
+    assert report == {"removed": 0, "added": 0}
+
+
+def test_the_cli_compacts_and_reports(tmp_path):
+    write_lake(tmp_path)
+    before = coordinates(tmp_path)
+    done = faust("raw", "compact", "--before", LATER.isoformat(), root=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "optimized the hours up to 2026-03-02:" in done.stdout
+    assert coordinates(tmp_path) == before
+    bad = faust("raw", "compact", "--before", "yesterday-ish", root=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+# -- the old layout ----------------------------------------------------------------------
+
+
+def legacy_lake(root: Path, flushes: int = 6) -> tuple[int, list]:
+    """The Parquet layout of ADR 0003, as its writer left it: one file per flush and hour
+    (``payments-<p>-<first>-<last>.parquet``); partition 0's first two flushes (schema
+    version 1: no ``customer_id``) merged by a compaction that died before deleting them;
+    partition 1's last flush listed in ``_inflight`` with a second file that was never
+    written (the worker died between its files). Returns the rows a reader of that
+    layout counted (each coordinate once, the incomplete flush left out: a replay writes
+    it), and the events."""
+    source = root.parent / f"{root.name}-source"
+    events = write_lake(source, batches=flushes)
+    rows = DeltaTable(str(source)).to_pyarrow_table()
+    fs = fsspec.filesystem("file")
+    counted = 0
+    paths: dict[tuple[int, int], str] = {}
+    for partition in (0, 1):
+        for b in range(flushes):
+            first, last = b * 300, b * 300 + 299
+            batch = rows.filter(pc.and_(pc.equal(rows["partition"], partition), pc.and_(
+                pc.greater_equal(rows["offset"], first), pc.less_equal(rows["offset"], last))))
+            hours = sorted(set(zip(batch["date"].to_pylist(), batch["hour"].to_pylist(),
+                                   strict=True)))
+            assert hours == [("2026-03-01", "09")]  # one file per flush
+            part = batch.drop_columns(["date", "hour"])
+            if partition == 0 and b < 2:
+                part = part.drop_columns(["customer_id"])
+            path = f"{root}/date=2026-03-01/hour=09/payments-{partition}-{first}-{last}.parquet"
+            write_parquet_atomic(fs, part, path)
+            paths[(partition, b)] = path
+            counted += part.num_rows
+    merged = pa.concat_tables([conformed(pq.read_table(paths[(0, b)])) for b in (0, 1)])
+    write_parquet_atomic(fs, merged, f"{root}/date=2026-03-01/hour=09/payments-0-0-599.parquet")
+    lost = {"first_offset": (flushes - 1) * 300, "last_offset": flushes * 300 - 1,
+            "files": [paths[(1, flushes - 1)],
+                      paths[(1, flushes - 1)].replace("hour=09", "hour=10")]}
+    counted -= pq.read_table(paths[(1, flushes - 1)]).num_rows
+    (root / "_inflight").mkdir()
+    (root / "_inflight" / "payments-1.json").write_text(json.dumps({"flushes": [lost]}))
+    return counted, events
+
+
+def test_migrate_converts_the_old_layout_in_place_exactly_once(tmp_path):
+    root = tmp_path / "lake"
+    expected, events = legacy_lake(root)
+    fs = fsspec.filesystem("file")
+    steps: list[tuple[int, int]] = []
+    report = migrate(fs, str(root), RawTable(str(root)),
+                     lambda done, total: steps.append((done, total)))
+    assert (report.rows, report.folders, report.superseded, report.incomplete) == (
+        expected, 1, 2, 1)
+    got = coordinates(root)
+    assert sum(got.values()) == expected and max(got.values()) == 1
+    assert not list(root.rglob("payments-*.parquet")) and not (root / "_inflight").exists()
+    assert steps == [(1, 1)]
+    lake = read_lake(root)
+    old = lake.filter(pc.and_(pc.equal(lake["partition"], 0), pc.less(lake["offset"], 600)))
+    assert old.num_rows and all(c is None for c in old["customer_id"].to_pylist())
+    table = DeltaTable(str(root))
+    assert table.transaction_version("payments-0") == 6 * 300 - 1
+    # the incomplete flush is not held: the replay from the committed offset writes it
+    assert table.transaction_version("payments-1") == 5 * 300 - 1
+    writer = RawEventWriter(str(root))
+    writer.append(batch_of(events[1::2][1200:1800], 1, 1200, START.timestamp() + 600))
+    assert writer.flush("payments", 1).written == 300  # 1200..1499 are held already
+    got = coordinates(root)
+    assert sum(got.values()) == len(events) and max(got.values()) == 1
+
+    again = migrate(fs, str(root), RawTable(str(root)))
+    assert (again.folders, again.rows) == (0, 0) and coordinates(root) == got
+
+
+def test_an_interrupted_migration_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    root = tmp_path / "lake"
+    expected, _ = legacy_lake(root)
     fs = fsspec.filesystem("file")
     real_rm = fs.rm
     calls = {"n": 0}
 
-    def crash_on_delete(path, *args, **kwargs):
+    def dying_rm(path, *args, **kwargs):
         calls["n"] += 1
-        raise RuntimeError("killed between writing the merged file and deleting inputs")
+        if calls["n"] == 3:  # the folder's commit is done, some old files are deleted
+            raise OSError("the process died here")
+        return real_rm(path, *args, **kwargs)
 
-    monkeypatch.setattr(fs, "rm", crash_on_delete)
-    with pytest.raises(RuntimeError):
-        compact(fs, str(tmp_path), before=LATER)
+    monkeypatch.setattr(fs, "rm", dying_rm)
+    with pytest.raises(OSError, match="died"):
+        migrate(fs, str(root), RawTable(str(root)))
     monkeypatch.setattr(fs, "rm", real_rm)
-    # the merged file and all its inputs are on disk; readers still see each event once
-    files = [str(p) for p in parquet_files(tmp_path)]
-    assert len(live_files(files)) < len(files)
-    assert read_all(tmp_path) == before
-    report = compact(fs, str(tmp_path), before=LATER)
-    assert report.removed_leftovers > 0
-    assert read_all(tmp_path) == before
+    report = migrate(fs, str(root), RawTable(str(root)))
+    assert (report.skipped, report.rows) == (1, 0), "the committed folder is not appended again"
+    got = coordinates(root)
+    assert sum(got.values()) == expected and max(got.values()) == 1
+    assert not list(root.rglob("payments-*.parquet"))
 
 
-def test_uncommitted_files_and_recent_hours_are_left_alone(tmp_path):
-    write_lake(tmp_path, commit_all=False)  # the last two flushes of each partition pending
-    fs = fsspec.filesystem("file")
-    files_before = parquet_files(tmp_path)
-    report = compact(fs, str(tmp_path), before=LATER)
-    assert report.skipped_uncommitted > 0
-    pending = {p.name for p in files_before if int(p.stem.split("-")[2]) >= 3000}
-    assert pending and pending <= {p.name for p in parquet_files(tmp_path)}
-    # hours that end after `before` are not touched at all
-    fresh = tmp_path / "fresh"
-    write_lake(fresh)
-    n = len(parquet_files(fresh))
-    assert compact(fs, str(fresh), before=START + timedelta(minutes=30)).written == 0
-    assert len(parquet_files(fresh)) == n
-
-
-def test_the_cli_compacts_and_reports(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    write_lake(tmp_path)
-    before = read_all(tmp_path)
-    faust = str(Path(sys.executable).with_name("faust"))
-    env = {**os.environ, "RAW_EVENTS_URL": str(tmp_path), "BROKER_URL": "kafka://127.0.0.1:1",
-           "STORE_URL": "memory://", "APP_DATADIR": str(tmp_path / "_faust")}
-    done = subprocess.run([faust, "-A", "app", "raw", "compact", "--before",
-                           LATER.isoformat()], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+def test_the_cli_migrates_with_progress(tmp_path):
+    root = tmp_path / "lake"
+    expected, _ = legacy_lake(root)
+    done = faust("raw", "migrate", root=root)
     assert done.returncode == 0, done.stderr
-    assert "2 hour folders:" in done.stdout and "files merged into 4" in done.stdout
-    assert read_all(tmp_path) == before
-    bad = subprocess.run([faust, "-A", "app", "raw", "compact", "--before", "yesterday-ish"],
-                         env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
-
-
-def test_files_from_before_the_customer_column_merge_with_newer_ones(tmp_path):
-    """Schema version 1 had no ``customer_id``: a compaction across the upgrade keeps
-    every row, the old ones with a null customer."""
-    events = write_lake(tmp_path)
-    old = parquet_files(tmp_path)[:3]
-    for path in old:  # as a version-1 writer left them
-        pq.write_table(pq.read_table(path).drop_columns(["customer_id"]), path)
-    before = read_all(tmp_path)
-    compact(fsspec.filesystem("file"), str(tmp_path), before=LATER)
-    assert read_all(tmp_path) == before and len(before) == len(events)
-    merged = [pq.read_table(p) for p in parquet_files(tmp_path)]
-    customers = [c for t in merged for c in t["customer_id"].to_pylist()]
-    accepted = [a for t in merged for a in t["accepted"].to_pylist()]
-    assert any(c is None and a for c, a in zip(customers, accepted, strict=True))  # the old
-    assert any(c is not None for c in customers)  # and the new
-
+    assert f"1 hour folders converted (10 files, {expected:,} rows)" in done.stdout
+    assert "migrate: 1/1 hour folders" in done.stderr
+    assert sum(coordinates(root).values()) == expected

@@ -1,39 +1,41 @@
-"""The raw-event lake writer on the local filesystem."""
+"""The raw-event lake writer: a Delta table on the local filesystem."""
 
 from __future__ import annotations
 
 import time
 
-import pyarrow.dataset as ds
+from deltalake import DeltaTable
 
 from storage.parquet import RAW_SCHEMA, RawEventWriter
-from tests.helpers import make_batch
+from tests.helpers import make_batch, read_lake
 
 
-def read(root) -> ds.Dataset:
-    return ds.dataset(root, format="parquet", partitioning="hive")
+def offsets(root) -> list[int]:
+    return sorted(read_lake(root)["offset"].to_pylist())
 
 
-def test_flush_writes_hive_layout_with_the_declared_schema(tmp_path):
+def test_flush_appends_one_commit_partitioned_by_hour_with_the_declared_schema(tmp_path):
     w = RawEventWriter(str(tmp_path), flush_rows=10_000, flush_seconds=60)
     batch = make_batch(0, 1000)
     w.append(batch)
     flushed = w.flush("payments", 0)
     assert flushed is not None and (flushed.first_offset, flushed.last_offset) == (0, 999)
-    names = {p.split("/")[-1] for p in flushed.paths}
-    assert names == {"payments-0-0-999.parquet"}
+    assert (flushed.rows, flushed.written) == (1000, 1000)
+    table = DeltaTable(str(tmp_path))
+    assert table.version() == 0 and table.transaction_version("payments-0") == 999
+    assert table.metadata().partition_columns == ["date", "hour"]
     # 09:59:58 + 1000 events at 200/s of event time (5 s) crosses into 10:00
-    assert any("/date=2026-03-01/hour=09/" in p for p in flushed.paths)
-    assert any("/date=2026-03-01/hour=10/" in p for p in flushed.paths)
-    table = read(tmp_path).to_table()
-    assert table.num_rows == 1000
-    assert sorted(table["offset"].to_pylist()) == list(range(1000))
-    assert [table.schema.field(name) for name in RAW_SCHEMA.names] == list(RAW_SCHEMA)
-    rows = {r["offset"]: r for r in table.to_pylist()}
+    files = table.file_uris()
+    assert any("/date=2026-03-01/hour=09/" in f for f in files)
+    assert any("/date=2026-03-01/hour=10/" in f for f in files)
+    rows = table.to_pyarrow_table()
+    assert rows.num_rows == 1000 and sorted(rows["offset"].to_pylist()) == list(range(1000))
+    assert [rows.schema.field(name).name for name in RAW_SCHEMA.names] == RAW_SCHEMA.names
+    by_offset = {r["offset"]: r for r in rows.to_pylist()}
     for m in batch.messages:
-        assert rows[m.offset]["value"] == m.value  # raw bytes, byte for byte
-        assert rows[m.offset]["accepted"] == (m.offset in batch.payments)
-    assert not list(tmp_path.rglob(".*.tmp"))
+        assert by_offset[m.offset]["value"] == m.value  # raw bytes, byte for byte
+        assert by_offset[m.offset]["accepted"] == (m.offset in batch.payments)
+    assert offsets(tmp_path) == list(range(1000)), "polars reads it too"
 
 
 def test_due_by_size_and_by_age(tmp_path):
@@ -46,30 +48,45 @@ def test_due_by_size_and_by_age(tmp_path):
     assert w.due() == [("payments", 0)]
 
 
-def test_replay_after_a_crash_rewrites_instead_of_adding(tmp_path):
-    """A flush whose offsets were never committed is replaced by the replay's files."""
+def test_a_replay_after_a_crash_writes_only_what_the_table_lacks(tmp_path):
+    """A flush whose offsets were never committed to Kafka is replayed with other batch
+    boundaries: the table's transaction for the partition drops what it holds."""
     crashed = RawEventWriter(str(tmp_path))
     crashed.append(make_batch(0, 300))
-    crashed.flush("payments", 0)  # files written, then the worker died before committing
-    assert read(tmp_path).count_rows() == 300
+    crashed.flush("payments", 0)  # committed to the table, then the worker died
 
-    replay = RawEventWriter(str(tmp_path))  # restarts at committed offset 0
+    replay = RawEventWriter(str(tmp_path))  # restarts at the committed offset 0
     replay.append(make_batch(0, 500))  # different batch boundary this time
-    replay.flush("payments", 0)
-    table = read(tmp_path).to_table()
-    assert table.num_rows == 500
-    assert sorted(table["offset"].to_pylist()) == list(range(500))
+    flushed = replay.flush("payments", 0)
+    assert flushed is not None and (flushed.rows, flushed.written) == (500, 200)
+    assert offsets(tmp_path) == list(range(500))
+    again = RawEventWriter(str(tmp_path))
+    again.append(make_batch(100, 200))  # wholly written: no commit at all
+    assert again.flush("payments", 0).written == 0
+    assert DeltaTable(str(tmp_path)).version() == 1
 
 
-def test_committed_files_survive_a_restart(tmp_path):
-    first = RawEventWriter(str(tmp_path))
-    first.append(make_batch(0, 200))
-    first.flush("payments", 0)  # committed: the next run starts at 200
+def test_two_owners_of_one_partition_never_both_write_an_offset(tmp_path, monkeypatch):
+    """A takeover: the old owner flushes while the new one replays, both from one table
+    version. delta-rs refuses the second commit; its writer reloads and drops the rows."""
+    old, new = RawEventWriter(str(tmp_path)), RawEventWriter(str(tmp_path))
+    old.append(make_batch(0, 100))
+    old.flush("payments", 0)
+    stale = DeltaTable(str(tmp_path))  # what the new owner read: version 0
+    reopen = new.table.open
+    calls = []
 
-    second = RawEventWriter(str(tmp_path))
-    second.append(make_batch(200, 100))
-    second.flush("payments", 0)
-    assert sorted(read(tmp_path).to_table()["offset"].to_pylist()) == list(range(300))
+    def first_stale():
+        calls.append(1)
+        return stale if len(calls) == 1 else reopen()
+
+    monkeypatch.setattr(new.table, "open", first_stale)
+    old.append(make_batch(100, 100))
+    new.append(make_batch(100, 150))
+    assert old.flush("payments", 0).written == 100
+    assert new.flush("payments", 0).written == 50  # refused once, reloaded, 200..249 only
+    assert new.table.retried == 1
+    assert offsets(tmp_path) == list(range(250))
 
 
 def test_partitions_are_independent_and_forget_drops_a_buffer(tmp_path):
@@ -79,7 +96,7 @@ def test_partitions_are_independent_and_forget_drops_a_buffer(tmp_path):
     w.forget("payments", 0)
     assert w.buffered() == [("payments", 1)]
     w.flush("payments", 1)
-    t = read(tmp_path).to_table()
+    t = read_lake(tmp_path)
     assert set(t["partition"].to_pylist()) == {1} and t.num_rows == 70
 
 
@@ -91,20 +108,4 @@ def test_redelivered_offsets_are_buffered_once(tmp_path):
     w.flush("payments", 0)
     w.append(make_batch(120, 80))  # 120..149 were flushed already
     w.flush("payments", 0)
-    assert sorted(read(tmp_path).to_table()["offset"].to_pylist()) == list(range(200))
-
-
-def test_every_unconfirmed_flush_is_cleaned_on_replay(tmp_path):
-    crashed = RawEventWriter(str(tmp_path))
-    crashed.append(make_batch(0, 100))
-    crashed.flush("payments", 0)
-    crashed.committed("payments", 0, 100)
-    crashed.append(make_batch(100, 100))
-    crashed.flush("payments", 0)  # its commit failed ...
-    crashed.append(make_batch(200, 100))
-    crashed.flush("payments", 0)  # ... and so did this one, then the worker died
-
-    replay = RawEventWriter(str(tmp_path))  # resumes at the committed offset 100
-    replay.append(make_batch(100, 250))
-    replay.flush("payments", 0)
-    assert sorted(read(tmp_path).to_table()["offset"].to_pylist()) == list(range(350))
+    assert offsets(tmp_path) == list(range(200))

@@ -38,11 +38,8 @@ class FakeLake:
         self.log("lake.flush", partition)
         msgs = [m for b in self.batches if b.partition == partition for m in b.messages]
         self.batches = [b for b in self.batches if b.partition != partition]
-        return Flushed(topic, partition, msgs[0].offset, msgs[-1].offset, ["f"], len(msgs),
+        return Flushed(topic, partition, msgs[0].offset, msgs[-1].offset, len(msgs), len(msgs),
                        msgs[-1])
-
-    def committed(self, topic, partition, next_offset):
-        self.log("lake.committed", partition, next_offset)
 
     def due(self):
         return []
@@ -116,7 +113,7 @@ def test_everything_is_durable_before_the_commit():
     run(sinks, batch(3, 10, 2))
     names = [e[0] for e in log]
     assert names == ["db.write", "lake.append", "lake.flush", "windows.flush", "seen.flush",
-                     "producer.flush", "commit", "lake.committed"]
+                     "producer.flush", "commit"]
     assert ("commit", 3, 12) in log  # the next offset to read: one past the flush
     assert ("windows.flush", 3, 11) in log  # in the context of the flush's last message
     assert sinks.committed_offsets == {3: 12} and sinks.commits == 1
@@ -137,7 +134,7 @@ def test_a_failed_window_write_commits_nothing():
     sinks.windows.partials.rows.append(("row",))  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="went away"):
         run(sinks, batch(3, 0, 4))
-    assert not [e for e in log if e[0] in ("commit", "lake.committed")]
+    assert not [e for e in log if e[0] == "commit"]
     assert sinks.committed_offsets == {}
 
 
@@ -174,7 +171,7 @@ def test_a_kafka_step_that_never_finishes_ends_the_process_not_the_partition(stu
     what = "the offset commit" if stuck == "commit" else "the producer's flush"
     assert len(exits) == 1 and exits[0].startswith(f"{what}") and "payments[3]" in exits[0]
     assert "COMMIT_TIMEOUT_S" in exits[0]
-    assert "lake.committed" not in [e[0] for e in log] and sinks.commits == 0
+    assert sinks.commits == 0 and sinks.committed_offsets == {}
 
 
 def test_a_batch_made_before_its_partition_was_revoked_is_dropped_not_queued():

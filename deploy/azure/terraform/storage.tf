@@ -75,8 +75,9 @@ resource "azurerm_storage_management_policy" "lake" {
       }
       actions {
         base_blob {
+          # no delete: the Delta table's log decides which files live; the app's
+          # retention deletes and vacuums them (docs/storage.md)
           tier_to_cool_after_days_since_modification_greater_than = rule.value.definition.actions.baseBlob.tierToCool.daysAfterModificationGreaterThan
-          delete_after_days_since_modification_greater_than       = rule.value.definition.actions.baseBlob.delete.daysAfterModificationGreaterThan
         }
         snapshot {
           delete_after_days_since_creation_greater_than = rule.value.definition.actions.snapshot.delete.daysAfterCreationGreaterThan
