@@ -203,8 +203,8 @@ def _compact(settings: Settings, before: str) -> None:
         report = compact(table, before=until, target_mb=settings.lake_optimize_target_mb)
     except OSError as exc:
         fail(f"cannot compact the lake: {exc}")
-    click.echo(f"optimized the hours up to {until:%Y-%m-%d}: {report['removed']} files "
-               f"compacted into {report['added']}")
+    click.echo(f"optimized the hours that ended by {until:%Y-%m-%d %H:%M}: "
+               f"{report['removed']} files compacted into {report['added']}")
 
 
 def _migrate(settings: Settings) -> None:

@@ -1,9 +1,9 @@
 """One-hour queries over a generated lake: ``python -m benchmarks.lake_query``.
 
-Writes a synthetic lake in the worker's layout and schema (``date=/hour=`` folders,
-one file per partition and hour, zstd, realistic ~300-byte payloads), ``--hours``
-hours at ``--per-hour`` events each, then times, with a cold Python process cache
-(files re-opened each time):
+Writes a synthetic lake as the worker's Delta table (its schema, ``date``/``hour``
+partitions, one append and one file per source partition and hour, as a compaction
+leaves it, realistic ~300-byte payloads), ``--hours`` hours at ``--per-hour`` events
+each, then times, with a cold Python process cache (files re-opened each time):
 
 - a one-hour range, every column (the CLI's export);
 - a one-hour range for one merchant (filter pushed down);
@@ -22,24 +22,21 @@ import random
 import shutil
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from devtools.stack import REPO_ROOT
+from storage.delta import RawTable
 from storage.lake import LakeQuery, RawEventLake
-from storage.parquet import RAW_SCHEMA, ROW_GROUP_ROWS
+from storage.parquet import TABLE_SCHEMA
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 PARTITIONS = 4
 
 
-def write_hour(root: Path, hour: int, n: int, rng: random.Random) -> None:
+def write_hour(table: RawTable, hour: int, n: int, rng: random.Random) -> None:
     t0 = START + timedelta(hours=hour)
-    folder = root / f"date={t0:%Y-%m-%d}" / f"hour={t0:%H}"
-    folder.mkdir(parents=True, exist_ok=True)
     per = n // PARTITIONS
     for p in range(PARTITIONS):
         first = hour * per
@@ -53,7 +50,7 @@ def write_hour(root: Path, hour: int, n: int, rng: random.Random) -> None:
                                 "status": "approved", "country": "DE",
                                 "processing_ms": rng.randrange(50, 900)})
                   for i in range(per)]
-        table = pa.table({
+        rows = pa.table({
             "topic": ["payments"] * per, "partition": [p] * per,
             "offset": list(range(first, first + per)),
             "key": [m.encode() for m in merchants], "value": values,
@@ -63,9 +60,11 @@ def write_hour(root: Path, hour: int, n: int, rng: random.Random) -> None:
             "event_time": times, "merchant_id": merchants,
             "amount_minor": [rng.randrange(100, 100000) for _ in range(per)],
             "currency": ["EUR"] * per, "channel": ["pos"] * per,
-            "status": ["approved"] * per}, schema=RAW_SCHEMA)
-        pq.write_table(table, folder / f"payments-{p}-{first}-{first + per - 1}.parquet",
-                       compression="zstd", row_group_size=ROW_GROUP_ROWS)
+            "status": ["approved"] * per,
+            "customer_id": [f"c{rng.randrange(50000):06d}" for _ in range(per)],
+            "date": [f"{t0:%Y-%m-%d}"] * per, "hour": [f"{t0:%H}"] * per},
+            schema=TABLE_SCHEMA)
+        table.append(rows, f"payments-{p}", first + per - 1)
 
 
 def timed(lake: RawEventLake, query: LakeQuery, columns=None) -> tuple[float, int]:
@@ -91,7 +90,7 @@ def main() -> None:
     try:
         for size in sorted(args.hours):
             while written < size:
-                write_hour(root, written, args.per_hour, rng)
+                write_hour(lake.table, written, args.per_hour, rng)
                 written += 1
                 print(f"  wrote hour {written} of {max(args.hours)}", flush=True)
             disk = sum(f.stat().st_size for f in root.rglob("*.parquet"))

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, Transaction, write_deltalake
 from fsspec import AbstractFileSystem
 
-from storage.delta import PARTITION_BY, TABLE_CONFIGURATION, RawTable
+from storage.delta import PARTITION_BY, TABLE_CONFIGURATION, WRITER, RawTable
 from storage.parquet import RAW_SCHEMA, TABLE_SCHEMA
 
 NAME = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
@@ -86,11 +86,9 @@ def live_files(paths: Iterable[str]) -> list[str]:
 
 def compact(table: RawTable, *, before: datetime, target_mb: int = 128,
             ) -> dict[str, int]:
-    """Optimize the hour partitions of the dates up to ``before``'s: returns the files
-    removed and added."""
-    metrics = table.optimize(target_mb * 1024 * 1024, older_than=before)
-    return {"removed": int(metrics.get("numFilesRemoved", 0)),
-            "added": int(metrics.get("numFilesAdded", 0))}
+    """Optimize the hour partitions that ended by ``before``: returns the files removed
+    and added."""
+    return table.optimize(target_mb * 1024 * 1024, older_than=before)
 
 
 @dataclass
@@ -175,6 +173,7 @@ def migrate(fs: AbstractFileSystem, root: str, table: RawTable,
             write_deltalake(current if current is not None else table.uri, rows, mode="append",
                             partition_by=PARTITION_BY, storage_options=table.options or None,
                             configuration=TABLE_CONFIGURATION if current is None else None,
+                            writer_properties=WRITER,
                             commit_properties=CommitProperties(app_transactions=txns))
             report.folders += 1
             report.files += len(keep)

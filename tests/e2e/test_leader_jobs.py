@@ -23,3 +23,33 @@ def test_the_leader_runs_the_retention_job(stack):
     while query(stack.database_url, "SELECT source_offset FROM failed_items") != [(1,)]:
         assert time.monotonic() < deadline, "the leader's retention job did not run"
         time.sleep(0.5)
+
+
+def test_the_leader_compacts_the_lake(stack):
+    """The lake's small appends (one per flush) are compacted by the leader's timer, and
+    every event is still read once."""
+    from datetime import UTC, datetime, timedelta
+
+    from deltalake import DeltaTable
+
+    from simulator.generator import PaymentGenerator, load_scenario
+    from tests.helpers import read_lake
+
+    events = list(PaymentGenerator(load_scenario(), seed=3, invalid_ratio=0.02,
+                                   start=datetime.now(UTC) - timedelta(days=2)).events(3000))
+    worker = stack.start_worker("w1", PARQUET_FLUSH_SECONDS="0.2")
+    for i in range(0, len(events), 500):  # several flushes per partition
+        stack.send(events[i:i + 500])
+        stack.wait_until_committed(i + 500)
+    worker.stop()
+    files = len(DeltaTable(str(stack.raw_dir)).file_uris())
+    stack.start_worker("w2", LAKE_OPTIMIZE_INTERVAL_S="1")
+    deadline = time.monotonic() + 60
+    while not any(h.get("operation") == "OPTIMIZE"
+                  for h in DeltaTable(str(stack.raw_dir)).history()):
+        assert time.monotonic() < deadline, "the leader's lake compaction did not run"
+        time.sleep(0.5)
+    assert len(DeltaTable(str(stack.raw_dir)).file_uris()) < files
+    lake = read_lake(stack.raw_dir)
+    assert lake.num_rows == len(events) == len(set(zip(
+        lake["partition"].to_pylist(), lake["offset"].to_pylist(), strict=True)))

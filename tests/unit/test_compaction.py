@@ -85,7 +85,7 @@ def test_the_cli_compacts_and_reports(tmp_path):
     before = coordinates(tmp_path)
     done = faust("raw", "compact", "--before", LATER.isoformat(), root=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "optimized the hours up to 2026-03-02:" in done.stdout
+    assert "optimized the hours that ended by 2026-03-02 09:00: " in done.stdout
     assert coordinates(tmp_path) == before
     bad = faust("raw", "compact", "--before", "yesterday-ish", root=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
