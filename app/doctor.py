@@ -7,7 +7,8 @@ The checks, in order:
                      topics match ``faust -A app topics plan``: on Event Hubs every one must
                      exist, on Kafka a missing one is created by the worker when it starts;
 * ``database``       PostgreSQL answers and its schema is at the head this release ships;
-* ``lake``           a file can be written to and removed from ``RAW_EVENTS_URL``;
+* ``lake``           a file can be written to and removed from ``RAW_EVENTS_URL``, and
+                     no hour folder of the old Parquet layout is left to migrate;
 * ``appconfig``      Azure App Configuration answers with the keys, when
                      ``CONFIG_SOURCE=azure``;
 * ``configuration``  the configuration the workers would run (the config topic's latest
@@ -95,22 +96,30 @@ def _without_query(url: str) -> str:
     return urlunsplit(parts._replace(query="", fragment="")) if parts.query else url
 
 
-def _probe_lake(url: str, options: dict) -> None:
+def _probe_lake(url: str, options: dict) -> int:
+    """Write and remove a probe file; returns the hour folders of the old Parquet layout
+    still there (``raw migrate`` converts them)."""
+    from storage.compaction import legacy_folders
+
     fs, root = fsspec.core.url_to_fs(url, **options)
     fs.makedirs(root, exist_ok=True)
     probe = f"{root.rstrip('/')}/.doctor-{uuid.uuid4().hex}"
     fs.pipe_file(probe, b"payment-monitor doctor: safe to delete\n")
     fs.rm(probe)
+    return len(legacy_folders(fs, root.rstrip("/")))
 
 
 async def check_lake(settings: Settings) -> str:
     url = _without_query(settings.raw_events_url)
     try:
-        await asyncio.to_thread(_probe_lake, settings.raw_events_url,
-                                settings.lake_storage_options)
+        legacy = await asyncio.to_thread(_probe_lake, settings.raw_events_url,
+                                         settings.lake_storage_options)
     except Exception as exc:  # noqa: BLE001 - any storage error: one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise Failed(f"cannot write to {url}: {type(exc).__name__}: {reason}") from None
+    if legacy:
+        raise Failed(f"{url} holds {legacy} hour folders of the old Parquet layout: run "
+                     "`faust -A app raw migrate` before the workers start")
     return f"{url} is writable"
 
 

@@ -25,6 +25,7 @@ from devtools.services import ServiceError, ensure_postgres, libpq_dsn
 from devtools.stack import REPO_ROOT, Stack
 from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic, produce
+from storage.delta import RawTable
 
 TABLES = ("normalized_transactions", "failed_items", "payment_metrics_5m",
           "payment_window_partials", "dynamic_metrics", "aggregate_histograms",
@@ -111,7 +112,6 @@ class _Steps:
 
 
 def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
-    import pyarrow.dataset as ds
 
     conn = psycopg2.connect(libpq_dsn(stack.database_url))
     try:
@@ -167,10 +167,9 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
     finally:
         conn.close()
 
-    files = list(stack.raw_dir.rglob("*.parquet")) if stack.raw_dir.exists() else []
-    files = [f for f in files if not f.name.startswith(".")]
-    lake_rows = (ds.dataset(stack.raw_dir, format="parquet", partitioning="hive").count_rows()
-                 if files else 0)
+    lake = RawTable(str(stack.raw_dir)).open()
+    files = lake.file_uris() if lake is not None else []
+    lake_rows = lake.to_pyarrow_dataset().count_rows() if lake is not None else 0
     ingest = stats["ingest"]
     accepted, failed = rows["normalized_transactions"], rows["failed_items"]
     verdict = "OK" if accepted + failed == produced and lake_rows == produced else "MISMATCH"
@@ -187,8 +186,9 @@ def _summary(stack: Stack, produced: int, stats: dict, web_url: str) -> str:
            f"(first to last batch)",
            "", "rows per PostgreSQL table:"]
     out += [f"  {t:<26}{n:>12,}" for t, n in rows.items()]
-    out += ["", f"Parquet lake ({stack.raw_dir}):",
-            f"  files {len(files):,}, rows {lake_rows:,}"]
+    out += ["", f"Delta lake ({stack.raw_dir}):",
+            f"  version {lake.version() if lake is not None else '-'}, "
+            f"files {len(files):,}, rows {lake_rows:,}"]
     for title, data in (("current 5-minute window", five), ("current hourly window", hour)):
         if not data:
             continue

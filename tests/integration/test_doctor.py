@@ -89,6 +89,17 @@ def test_a_lake_that_cannot_be_written_fails_the_lake_check(working, tmp_path):
     assert checks["lake"]["detail"].startswith(f"cannot write to {blocker / 'raw'}")
 
 
+def test_a_lake_of_the_old_layout_fails_the_lake_check_until_migrated(working, tmp_path):
+    lake = tmp_path / "old"
+    folder = lake / "date=2026-11-01" / "hour=10"
+    folder.mkdir(parents=True)
+    (folder / "payments-0-0-9.parquet").write_bytes(b"PAR1")
+    code, checks, _ = run_doctor(tmp_path, **{**working, "RAW_EVENTS_URL": str(lake)})
+    assert code == 2 and checks["lake"]["status"] == "fail"
+    assert "1 hour folders of the old Parquet layout" in checks["lake"]["detail"]
+    assert "faust -A app raw migrate" in checks["lake"]["detail"]
+
+
 def test_a_configuration_that_does_not_compile_fails_the_configuration_check(working,
                                                                              tmp_path):
     broken = tmp_path / "metrics.yaml"
