@@ -99,10 +99,12 @@ class RawTable:
         self.retried = 0  # commits refused for a concurrent one and tried again
 
     def open(self) -> DeltaTable | None:
-        """The table at its newest version, or None when none was written yet. Opened
-        again each time: delta-rs reads the log from its last checkpoint (at most
-        ``delta.checkpointInterval`` commits); ``update_incremental`` of a kept table
-        failed the next append on Azure Blob Storage ("Invalid table version")."""
+        """The table at its newest version, or None when none was written yet. Kept
+        between calls and brought up to date with the commits since (``update_incremental``
+        reads only those), so a flush does not load the whole log again."""
+        if self._table is not None:
+            self._table.update_incremental()
+            return self._table
         try:
             self._table = DeltaTable(self.uri, storage_options=self.options or None)
         except TableNotFoundError:
