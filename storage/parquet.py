@@ -16,15 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
-from fsspec import AbstractFileSystem
 
 from pipeline.batches import SinkBatch
 from storage.delta import RawTable
 
-RAW_SCHEMA_VERSION = "2"
 RAW_SCHEMA = pa.schema(
     [
         ("topic", pa.string()),
@@ -45,12 +41,10 @@ RAW_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("customer_id", pa.string()),  # added in schema version 2; null in older files
     ],
-    metadata={"raw_events_schema_version": RAW_SCHEMA_VERSION},
 )
 # the table's columns: the raw schema and its partition columns (the hour of the row)
 TABLE_SCHEMA = pa.schema([*RAW_SCHEMA, pa.field("date", pa.string()),
                           pa.field("hour", pa.string())])
-ROW_GROUP_ROWS = 128 * 1024
 
 
 @dataclass
@@ -95,8 +89,6 @@ class RawEventWriter:
         flush_seconds: float = 5.0,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = self.root.rstrip("/")
         self.table = RawTable(url, storage_options)
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
@@ -201,23 +193,6 @@ class RawEventWriter:
         table = pa.Table.from_pydict(arrays, schema=TABLE_SCHEMA)
         written = self.table.append(table, f"{topic}-{partition}", last)
         return Flushed(topic, partition, first, last, written, n, buf.last_message)
-
-
-def is_local(fs: AbstractFileSystem) -> bool:
-    return fs.protocol in ("file", "local") or "file" in fs.protocol
-
-
-def write_parquet_atomic(fs: AbstractFileSystem, table: pa.Table, path: str) -> None:
-    """Write ``table`` to ``path`` so no reader sees half a file: on disk under a hidden
-    temporary name then renamed; a blob is visible only once its upload is committed."""
-    directory, name = path.rsplit("/", 1)
-    fs.makedirs(directory, exist_ok=True)
-    local = is_local(fs)
-    target = f"{directory}/.{name}.tmp" if local else path
-    with fs.open(target, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    if local:
-        fs.mv(target, path)
 
 
 def _broker_time(timestamp: float | None) -> datetime | None:

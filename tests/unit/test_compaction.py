@@ -21,7 +21,7 @@ from deltalake import DeltaTable
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.compaction import compact, conformed, migrate
 from storage.delta import RawTable
-from storage.parquet import RawEventWriter, write_parquet_atomic
+from storage.parquet import RawEventWriter
 from tests.helpers import batch_of, read_lake
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -94,6 +94,12 @@ def test_the_cli_compacts_and_reports(tmp_path):
 # -- the old layout ----------------------------------------------------------------------
 
 
+def write_old(table: pa.Table, path: str) -> None:
+    """One file as the old writer left it (zstd Parquet in its hour folder)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd")
+
+
 def legacy_lake(root: Path, flushes: int = 6) -> tuple[int, list]:
     """The Parquet layout of ADR 0003, as its writer left it: one file per flush and hour
     (``payments-<p>-<first>-<last>.parquet``); partition 0's first two flushes (schema
@@ -105,7 +111,6 @@ def legacy_lake(root: Path, flushes: int = 6) -> tuple[int, list]:
     source = root.parent / f"{root.name}-source"
     events = write_lake(source, batches=flushes)
     rows = DeltaTable(str(source)).to_pyarrow_table()
-    fs = fsspec.filesystem("file")
     counted = 0
     paths: dict[tuple[int, int], str] = {}
     for partition in (0, 1):
@@ -120,11 +125,11 @@ def legacy_lake(root: Path, flushes: int = 6) -> tuple[int, list]:
             if partition == 0 and b < 2:
                 part = part.drop_columns(["customer_id"])
             path = f"{root}/date=2026-03-01/hour=09/payments-{partition}-{first}-{last}.parquet"
-            write_parquet_atomic(fs, part, path)
+            write_old(part, path)
             paths[(partition, b)] = path
             counted += part.num_rows
     merged = pa.concat_tables([conformed(pq.read_table(paths[(0, b)])) for b in (0, 1)])
-    write_parquet_atomic(fs, merged, f"{root}/date=2026-03-01/hour=09/payments-0-0-599.parquet")
+    write_old(merged, f"{root}/date=2026-03-01/hour=09/payments-0-0-599.parquet")
     lost = {"first_offset": (flushes - 1) * 300, "last_offset": flushes * 300 - 1,
             "files": [paths[(1, flushes - 1)],
                       paths[(1, flushes - 1)].replace("hour=09", "hour=10")]}
