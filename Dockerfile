@@ -16,6 +16,7 @@ COPY pyproject.toml README.md requirements.lock ./
 # The dependencies exactly as locked, each file checked against its hash
 RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock
 COPY app/ app/
+COPY runtime/ runtime/
 COPY agents/ agents/
 COPY config/ config/
 COPY devtools/ devtools/

@@ -25,8 +25,6 @@ from typing import Any
 
 from mode import Service
 
-from app.faust_app import PaymentApp
-from app.settings import Settings
 from pipeline.config import (
     KEYS,
     ConfigError,
@@ -35,6 +33,8 @@ from pipeline.config import (
     ConfigVersion,
     plan_push,
 )
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings
 from storage.config_sources import user
 from storage.config_topic import ConfigTopic
 

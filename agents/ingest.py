@@ -1,7 +1,7 @@
 """The ingest batch handler: parse, validate, de-duplicate, count, dead-letter, hand on.
 
 Runs for every fetched batch of one ``payments`` partition (see
-:mod:`app.batching`), inside the consumer's fetch loop, so the next fetch
+:mod:`runtime.batching`), inside the consumer's fetch loop, so the next fetch
 waits for it: that is the back-pressure. Per batch, in offset order:
 
 1. parse, validate and de-duplicate (:func:`_classify`);
@@ -35,8 +35,6 @@ from faust.types import TP, Message, TopicT
 
 from agents.config import ConfigSync
 from agents.sinks import SinkService
-from app.faust_app import PaymentApp
-from app.telemetry import Telemetry
 from models.events import (
     REPLAY_OF_HEADER,
     RETRY_COUNT_HEADER,
@@ -51,6 +49,8 @@ from pipeline.config import ConfigManager
 from pipeline.metrics import ExtractionResult, History
 from pipeline.parse import Validator
 from pipeline.records import INT4_MAX, INT8_MAX, bounded_int, dead_letter_value, record_time
+from runtime.faust_app import PaymentApp
+from runtime.telemetry import Telemetry
 from tables.context import partition_context
 from tables.payments import WindowState
 from tables.seen import SeenIds

@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from app.faust_app import PaymentApp, trim_malloc
-from app.settings import Settings
-from app.topics import PAYMENTS
+from runtime.faust_app import PaymentApp, trim_malloc
+from runtime.settings import Settings
+from runtime.topics import PAYMENTS
 from storage.compaction import compact
 from storage.parquet import RawEventWriter
 from storage.retention import purge_claims, purge_database, purge_lake

@@ -36,12 +36,12 @@ from typing import Any, Protocol, TypeVar, cast
 
 from mode import Service
 
-from app.batching import BatchConsumer
-from app.faust_app import PaymentApp
-from app.kafka_state import client_state
-from app.telemetry import Telemetry
 from pipeline.batches import SinkBatch
 from pipeline.windows import HistogramPartials
+from runtime.batching import BatchConsumer
+from runtime.faust_app import PaymentApp
+from runtime.kafka_state import client_state
+from runtime.telemetry import Telemetry
 from storage.parquet import RawEventWriter
 from storage.postgres import PostgresSink
 from tables.cache import TableCache
@@ -172,7 +172,7 @@ class SinkService(Service):
         await self._bounded(self.app.producer.flush(),
                             "the producer's flush (changelog and DLQ records)", topic, partition)
         # The batch path hands this partition's records over contiguously from its
-        # committed offset (app.batching.Positions), and they are flushed in order:
+        # committed offset (runtime.batching.Positions), and they are flushed in order:
         # everything before the flush's end is durable.
         tp = flushed.last_message.tp
         consumer = cast(BatchConsumer, self.app.consumer)

@@ -7,8 +7,8 @@ from logging.config import fileConfig
 from sqlalchemy import create_engine, pool
 
 from alembic import context
-from app.settings import Settings
 from models.db import Base
+from runtime.settings import Settings
 
 config = context.config
 if config.config_file_name is not None:

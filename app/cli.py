@@ -15,8 +15,8 @@ from typing import IO, Any, NoReturn
 import click
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.settings import Settings
 from pipeline.config import ActiveConfig, ConfigManager, compile_config
+from runtime.settings import Settings
 from storage.config_topic import ConfigTopic
 
 

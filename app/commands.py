@@ -36,12 +36,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
 from app.cli import active_config, fail, finish_output, output_target, printable, written_output
-from app.faust_app import PaymentApp
-from app.settings import Settings
-from app.topics import PAYMENTS
 from models.events import CHANNELS, REPLAY_OF_HEADER, RETRY_COUNT_HEADER, STATUSES
 from pipeline.config import ConfigError, ConfigManager
 from pipeline.parse import Mode, Validator
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings
+from runtime.topics import PAYMENTS
 from storage.broker import BrokerError, describe_failure
 from storage.failed import FailedFilter, FailedItems, FailedRow, FilterError, parse_time
 from storage.lake import LakeQuery, LakeQueryError, RawEventLake

@@ -25,9 +25,6 @@ import yaml
 from faust.cli import AppCommand, argument, option
 
 from app.cli import fail
-from app.faust_app import PaymentApp
-from app.settings import Settings
-from app.topics import PAYMENTS
 from pipeline.config import (
     KEYS,
     TRANSACTION_KEY,
@@ -38,6 +35,9 @@ from pipeline.config import (
     compile_config,
     plan_push,
 )
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings
+from runtime.topics import PAYMENTS
 from storage.broker import BrokerError, describe_failure
 from storage.config_sources import FileSource, user
 from storage.config_topic import ConfigTopic

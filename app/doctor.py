@@ -38,11 +38,11 @@ from faust.cli import AppCommand, option
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.cli import active_config
-from app.faust_app import PaymentApp
-from app.settings import Settings, VaultSettings
 from app.vault import fetch, key_vault_getter, parse_mapping
 from models.errors import PaymentMonitorError
 from pipeline.config import ConfigError, ConfigManager
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings, VaultSettings
 from storage import migrations
 from storage.broker import describe_failure, existing_partitions
 

@@ -30,10 +30,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from tqdm import tqdm
 
 from app.cli import database_errors, fail, printable, written_output
-from app.faust_app import PaymentApp
 from app.investigate_commands import echo_payment, payment_report
-from app.settings import Settings
 from models.db import FLAG_STATUSES
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings
 from storage.failed import FilterError, parse_time
 from storage.flags import (
     REVIEW_STATUSES,

@@ -35,12 +35,12 @@ from typing import Any
 
 from agents.config import ConfigSync
 from agents.sinks import SinkService
-from app.faust_app import PaymentApp
-from app.kafka_state import client_state
-from app.settings import Settings
-from app.telemetry import Telemetry
-from app.topics import PAYMENTS
 from pipeline.config import ConfigManager
+from runtime.faust_app import PaymentApp
+from runtime.kafka_state import client_state
+from runtime.settings import Settings
+from runtime.telemetry import Telemetry
+from runtime.topics import PAYMENTS
 from storage.broker import EndOffsets
 from tables.payments import CLOCK_TABLE, WindowState
 

@@ -23,9 +23,9 @@ from faust.cli import AppCommand, argument, option
 from sqlalchemy import Engine
 
 from app.cli import active_config, database_errors, fail, printable
-from app.faust_app import PaymentApp
-from app.settings import Settings
 from pipeline.config import ConfigError, ConfigManager
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings
 from storage.broker import BrokerError
 from storage.failed import FilterError, parse_time
 from storage.flags import ComplianceFlags, FlagFilter, to_json

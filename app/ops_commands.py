@@ -1,7 +1,7 @@
 """The operator's commands: which build runs, and the schema it needs.
 
 ``faust -A app version [--json]``: this build's version and git revision (from the tag,
-:mod:`app.version`), with Faust's and Python's.
+:mod:`runtime.version`), with Faust's and Python's.
 
 ``faust -A app db upgrade|current [--json]``: the schema, from the installed package.
 
@@ -25,9 +25,9 @@ import faust
 from faust.cli import AppCommand, argument
 
 from app.cli import database_errors, fail
-from app.faust_app import PaymentApp
-from app.settings import Settings
-from app.version import REVISION, VERSION
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings
+from runtime.version import REVISION, VERSION
 from storage import migrations
 
 

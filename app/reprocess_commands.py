@@ -23,9 +23,9 @@ from sqlalchemy import Engine
 from tqdm import tqdm
 
 from app.cli import active_config_and_bounds, database_errors, fail
-from app.faust_app import PaymentApp
-from app.settings import Settings
 from pipeline.config import ConfigError, ConfigManager
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings
 from storage import reprocess as rework
 from storage.broker import BrokerError
 from storage.failed import FilterError, parse_time

@@ -15,8 +15,8 @@ import click
 from faust.cli import AppCommand, argument, option
 
 from app.cli import fail
-from app.faust_app import PaymentApp
-from app.settings import Settings
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings
 from storage.broker import BrokerError, check_topics
 
 # Event hubs per namespace by tier (docs/eventhubs.md); Basic has no Kafka endpoint.

@@ -18,8 +18,8 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-from app.settings import VaultSettings
 from models.errors import PaymentMonitorError
+from runtime.settings import VaultSettings
 
 SecretGetter = Callable[[str], str]
 

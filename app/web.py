@@ -38,15 +38,15 @@ from yarl import URL
 
 from agents.ingest import IngestStats
 from agents.sinks import SinkService
-from app.faust_app import PaymentApp
 from app.health import Health
-from app.settings import Settings
-from app.telemetry import Telemetry
 from models.db import FLAG_STATUSES
 from models.errors import PaymentMonitorError
 from models.events import CHANNELS, STATUSES, approval_rate, authorization_rate
 from pipeline.config import ConfigManager
 from pipeline.windows import FAILED_EVENTS, LATE_EVENTS, WindowCounts, WindowMetrics
+from runtime.faust_app import PaymentApp
+from runtime.settings import Settings
+from runtime.telemetry import Telemetry
 from storage.flags import MAX_PAGE, ComplianceFlags, FlagError, FlagFilter, FlagNotFound, to_json
 from tables.payments import (
     CLOCK_TABLE,

@@ -3,8 +3,8 @@
 Each piece lives in its own module; this one only connects them, in the order a
 payment flows (docs/architecture.md follows the same path):
 
-1. the app and its batch path (:mod:`app.faust_app`, :mod:`app.batching`) and the
-   topics (:mod:`app.topics`);
+1. the app and its batch path (:mod:`runtime.faust_app`, :mod:`runtime.batching`) and the
+   topics (:mod:`runtime.topics`);
 2. the configuration (:mod:`pipeline.config`, read from the config topic by
    :mod:`agents.config`);
 3. the state: window tables (:mod:`tables.payments`) and seen ids
@@ -28,18 +28,18 @@ from app.cli import fail
 from app.commands import register_commands, register_raw_commands
 from app.config_commands import register_config_commands
 from app.doctor import register_doctor_command
-from app.faust_app import PaymentApp, create_app
 from app.flag_commands import register_flag_commands
 from app.health import END_OFFSETS_TIMEOUT_S, Health
 from app.investigate_commands import register_investigate_commands
 from app.ops_commands import register_ops_commands
 from app.reprocess_commands import register_reprocess_command
-from app.settings import Settings, config_source
-from app.telemetry import Telemetry
 from app.topic_commands import register_topic_commands
-from app.topics import PAYMENTS, declare_topics
 from app.web import register_views
 from pipeline.config import ConfigManager
+from runtime.faust_app import PaymentApp, create_app
+from runtime.settings import Settings, config_source
+from runtime.telemetry import Telemetry
+from runtime.topics import PAYMENTS, declare_topics
 from storage.broker import EndOffsets
 from storage.flags import ComplianceFlags
 from storage.parquet import RawEventWriter

@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import orjson
 
-from app.settings import Settings
 from pipeline.windows import observe
+from runtime.settings import Settings
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import compile_files
 
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1000, help="payments per aggregation batch")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args()
-    gc.set_threshold(*Settings().gc_thresholds)  # as the worker does (app/faust_app.py)
+    gc.set_threshold(*Settings().gc_thresholds)  # as the worker does (runtime/faust_app.py)
     validator = compile_files().validator
     payments = []
     for e in PaymentGenerator(load_scenario(), seed=1).events(args.events):

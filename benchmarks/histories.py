@@ -32,12 +32,12 @@ from types import SimpleNamespace
 
 from faust.types import TableT
 
-from app.faust_app import PaymentApp, create_app
-from app.settings import Settings
 from models.events import ParsedTransaction
 from pipeline.config import ConfigManager
 from pipeline.metrics import SortedHistory
 from pipeline.parse import Validator
+from runtime.faust_app import PaymentApp, create_app
+from runtime.settings import Settings
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import FileSource
 from tables.context import partition_context, placeholder_message

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 
 import psycopg2
 
-from app.settings import Settings
 from devtools.services import ensure_postgres, libpq_dsn
 from devtools.stack import REPO_ROOT, run_migrations
+from runtime.settings import Settings
 from storage.postgres import create_db_engine
 from storage.retention import RETENTION, purge_table
 

@@ -15,7 +15,7 @@ import logging
 import sys
 from datetime import datetime
 
-from app.settings import Settings
+from runtime.settings import Settings
 from simulator.generator import DEFAULT_SCENARIO, PaymentGenerator, ScenarioError, load_scenario
 from simulator.producer import BrokerUnreachable, ensure_topic, produce
 

@@ -57,7 +57,7 @@ class LakeTableError(PaymentMonitorError, RuntimeError):
 
 def delta_storage_options(url: str, fsspec_options: Mapping[str, Any]) -> dict[str, str]:
     """delta-rs (object_store) options for ``url`` from the fsspec options the settings
-    give (:attr:`app.settings.Settings.lake_storage_options`): nothing for a path; for
+    give (:attr:`runtime.settings.Settings.lake_storage_options`): nothing for a path; for
     ``abfs://`` the account and key, from a connection string too (Azurite's included),
     or the account alone, to use the workload identity or managed identity of the
     environment (``AZURE_CLIENT_ID``, ``AZURE_TENANT_ID``, ``AZURE_FEDERATED_TOKEN_FILE``)."""

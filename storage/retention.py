@@ -63,7 +63,7 @@ def purge_failed_items(engine: Engine, days: int, *, now: datetime | None = None
 
 
 class RetentionDays(Protocol):
-    """The retention periods (``app.settings.Settings`` has them)."""
+    """The retention periods (``runtime.settings.Settings`` has them)."""
 
     @property
     def failed_retention_days(self) -> int: ...

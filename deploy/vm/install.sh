@@ -62,7 +62,7 @@ if ! { "$python" -m venv "$opt/venv" &&
        "$opt/venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
          -r "$lock" &&
        "$opt/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$wheel" &&
-       "$opt/venv/bin/python" -c 'import app.vault, app.settings'; }; then
+       "$opt/venv/bin/python" -c 'import app.vault, runtime.settings'; }; then
   restore
   echo "the venv could not be built; the previous one is back in place" >&2
   exit 1

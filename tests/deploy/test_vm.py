@@ -44,7 +44,7 @@ def test_the_installed_settings_load(installed):
             name, _, value = line.partition("=")
             env[name] = value
     out = subprocess.run([str(venv / "bin" / "python"), "-c",
-                          "from app.settings import Settings; s = Settings(); print("
+                          "from runtime.settings import Settings; s = Settings(); print("
                           "s.broker.bootstrap, s.broker.sasl_mechanism, s.safe_database_url)"],
                          env=env, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr

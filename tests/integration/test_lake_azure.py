@@ -10,7 +10,7 @@ import adlfs
 import pytest
 from deltalake import DeltaTable
 
-from app.settings import Settings
+from runtime.settings import Settings
 from storage.compaction import compact
 from storage.delta import RawTable, delta_storage_options
 from storage.lake import RawEventLake

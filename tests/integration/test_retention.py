@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
-from app.settings import Settings
 from devtools.services import libpq_dsn
+from runtime.settings import Settings
 from storage.postgres import create_db_engine
 from storage.retention import RETENTION, purge_database
 from tests.helpers import query

@@ -1,7 +1,7 @@
 """aiokafka on uvloop: a write to a connection whose transport is closed (the broker
 restarted) must surface as KafkaConnectionError, which aiokafka retries, not as the
 RuntimeError uvloop raises, which killed the client's metadata task and hung every
-later commit (app.aiokafka_fixes, docs/adr/0012)."""
+later commit (runtime.aiokafka_fixes, docs/adr/0012)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from aiokafka.conn import AIOKafkaConnection
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
 
-from app import aiokafka_fixes
+from runtime import aiokafka_fixes
 
 
 async def send_on_a_closed_transport() -> tuple[BaseException, bool]:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
-from app.batching import BatchConsumer, Positions
+from runtime.batching import BatchConsumer, Positions
 
 TP3 = TP("payments", 3)
 
@@ -227,7 +227,7 @@ def test_records_the_client_handed_over_but_no_batch_took_are_read_again(monkeyp
     past records that never became a batch, and no later record arrived to show the gap.
     Compared between fetches, the partition is sought back; the same gap seen again (the
     broker has no record in between) is left alone."""
-    monkeypatch.setattr("app.batching.REALIGN_INTERVAL_S", 0)
+    monkeypatch.setattr("runtime.batching.REALIGN_INTERVAL_S", 0)
     client = {TP3: 5143}
 
     def fetch_after_the_seek():
@@ -245,7 +245,7 @@ def test_records_the_client_handed_over_but_no_batch_took_are_read_again(monkeyp
 
 
 def test_a_gap_the_broker_has_no_record_for_is_sought_back_once(monkeypatch):
-    monkeypatch.setattr("app.batching.REALIGN_INTERVAL_S", 0)
+    monkeypatch.setattr("runtime.batching.REALIGN_INTERVAL_S", 0)
     c, handled, seeks = consumer([{}, {}, {}])
     c._client_positions = lambda tps: dict.fromkeys(tps, 101)  # a marker at 100, at the end
     c.positions.start(TP3, 100)

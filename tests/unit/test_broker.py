@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from app.faust_app import broker_credentials, broker_options
-from app.settings import Settings
+from runtime.faust_app import broker_credentials, broker_options
+from runtime.settings import Settings
 from storage.broker import (
     AzureTokenProvider,
     BrokerConnection,

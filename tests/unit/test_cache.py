@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from faust.streams import current_event
 
-from app.faust_app import create_app
-from app.settings import Settings
+from runtime.faust_app import create_app
+from runtime.settings import Settings
 from tables.cache import WriteBackCache
 from tables.context import placeholder_message
 

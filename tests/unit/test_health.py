@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from faust.types import TP
 
 from app.health import Health
-from app.topics import PAYMENTS
+from runtime.topics import PAYMENTS
 
 P0, P1 = TP(PAYMENTS, 0), TP(PAYMENTS, 1)
 

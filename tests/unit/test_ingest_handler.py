@@ -15,11 +15,11 @@ from faust.types.tuples import Message
 from agents import ingest
 from agents.config import ConfigSync
 from agents.ingest import register_ingest
-from app.faust_app import create_app
-from app.settings import Settings
-from app.telemetry import Telemetry
-from app.topics import declare_topics
 from pipeline.config import METRICS_KEY, ConfigManager, ConfigVersion
+from runtime.faust_app import create_app
+from runtime.settings import Settings
+from runtime.telemetry import Telemetry
+from runtime.topics import declare_topics
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import FileSource
 from tables.context import partition_context

@@ -1,4 +1,4 @@
-"""The Kafka clients' state the worker logs when it gives up on them (app.kafka_state)."""
+"""The Kafka clients' state the worker logs when it gives up on them (runtime.kafka_state)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from aiokafka import AIOKafkaProducer
 
-from app.kafka_state import client_state
+from runtime.kafka_state import client_state
 
 
 def test_a_real_producer_and_every_task_and_thread_are_described():

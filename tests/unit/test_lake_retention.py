@@ -9,7 +9,7 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 
-from app.settings import Settings
+from runtime.settings import Settings
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.delta import RawTable
 from storage.parquet import RawEventWriter

@@ -9,7 +9,7 @@ import logging
 import pytest
 from pythonjsonlogger.json import JsonFormatter
 
-from app.logs import JSON_FIELDS, RENAMED, logging_config, redact_secrets
+from runtime.logs import JSON_FIELDS, RENAMED, logging_config, redact_secrets
 
 
 @pytest.fixture

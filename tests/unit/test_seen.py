@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from app.faust_app import create_app
-from app.settings import Settings
+from runtime.faust_app import create_app
+from runtime.settings import Settings
 from tables.context import placeholder_message
 from tables.histories import CustomerHistories, RecentTimes
 from tables.seen import CHUNK_IDS, CustomerHistory, SeenIds, declare_seen_table

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.settings import Settings, mask_url
+from runtime.settings import Settings, mask_url
 
 
 def test_settings_read_the_environment(monkeypatch):

@@ -7,8 +7,8 @@ from bisect import bisect_left
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.telemetry import LATENCY_BUCKETS, Telemetry
 from models.events import ErrorCategory
+from runtime.telemetry import LATENCY_BUCKETS, Telemetry
 
 
 def samples(t: Telemetry) -> dict:
@@ -59,7 +59,7 @@ def test_lag_series_of_a_revoked_partition_go_away():
 
 
 def test_the_build_the_process_and_the_collector_are_exported():
-    from app.version import REVISION, VERSION
+    from runtime.version import REVISION, VERSION
 
     got = samples(Telemetry())
     assert got[("payment_monitor_build_info",

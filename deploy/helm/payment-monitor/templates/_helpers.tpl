@@ -49,7 +49,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       secretProviderClass: {{ include "pm.fullname" . }}
 {{- end -}}
 
-{{/* The settings both the worker and the migration job read (app/settings.py). */}}
+{{/* The settings both the worker and the migration job read (runtime/settings.py). */}}
 {{- define "pm.commonEnv" -}}
 - name: ENVIRONMENT
   value: {{ .Values.environment | quote }}

@@ -31,9 +31,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from app.version import REVISION, VERSION
 from models.events import ErrorCategory
 from pipeline.histogram import Histogram as MergeableHistogram
+from runtime.version import REVISION, VERSION
 
 PREFIX = "payment_monitor"
 SINKS = ("postgres", "parquet", "windows", "commit")

@@ -1,4 +1,4 @@
-"""Build the Faust application from :class:`~app.settings.Settings`."""
+"""Build the Faust application from :class:`~runtime.settings.Settings`."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from faust.auth import Credentials
 from faust.types import TP, TopicT, TransportT
 from mode import Service, ServiceT
 
-from app.aiokafka_fixes import catch_closed_transport
-from app.batching import BatchHandler, BatchTransport
-from app.logs import logging_config, redact_secrets
-from app.settings import Settings
-from app.version import REVISION, VERSION
+from runtime.aiokafka_fixes import catch_closed_transport
+from runtime.batching import BatchHandler, BatchTransport
+from runtime.logs import logging_config, redact_secrets
+from runtime.settings import Settings
+from runtime.version import REVISION, VERSION
 from storage.broker import (
     EVENTHUBS_CONNECTIONS_MAX_IDLE_MS,
     EVENTHUBS_METADATA_MAX_AGE_MS,
@@ -127,7 +127,7 @@ class PaymentApp(faust.App):
     """A Faust app with a batch path for high-volume topics.
 
     ``@app.batch_handler(topic)`` registers a coroutine that receives each
-    fetched batch of one topic-partition (see :mod:`app.batching`).
+    fetched batch of one topic-partition (see :mod:`runtime.batching`).
     """
 
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:

@@ -8,7 +8,7 @@ that true.
 
 from __future__ import annotations
 
-from app.faust_app import PaymentApp
+from runtime.faust_app import PaymentApp
 
 PAYMENTS = "payments"
 PAYMENTS_DLQ = "payments-dlq"
