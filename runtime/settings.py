@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     lake_retention_days: int = Field(90, ge=1, description="days of raw events kept in the lake")
     lake_optimize_interval_s: float = Field(
         3600, gt=0, description="how often the leader compacts the lake's small files (Delta "
-        "optimize of the dates up to two hours ago)")
+        "optimize of the hours that ended two hours ago or more)")
     lake_optimize_target_mb: int = Field(
         128, ge=1, le=1024, description="the size of the files the lake's compaction writes")
     transactions_retention_days: int = Field(
