@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,7 +95,6 @@ class RawTable:
         self.uri = table_uri(url)
         self.options = delta_storage_options(url, storage_options or {})
         self._table: DeltaTable | None = None
-        self.commits = 0
         self.retried = 0  # commits refused for a concurrent one and tried again
 
     def open(self) -> DeltaTable | None:
@@ -110,9 +109,6 @@ class RawTable:
         except TableNotFoundError:
             self._table = None
         return self._table
-
-    def exists(self) -> bool:
-        return self.open() is not None
 
     def append(self, rows: pa.Table, app_id: str, last_offset: int) -> int:
         """Append one source partition's ``rows`` in one commit carrying the application
@@ -145,15 +141,9 @@ class RawTable:
                     self._table = None  # another writer created it first
                     continue
                 raise
-            self.commits += 1
             return todo.num_rows
         raise LakeTableError(f"the lake's Delta table at {self.uri} refused {COMMIT_ATTEMPTS} "
                              "commits in a row (concurrent writers)")
-
-    def version_of(self, app_id: str) -> int | None:
-        """The last offset the table holds of one source partition (``<topic>-<n>``)."""
-        table = self.open()
-        return None if table is None else table.transaction_version(app_id)
 
     def dataset(self) -> ds.Dataset | None:
         table = self.open()
@@ -175,18 +165,11 @@ class RawTable:
             scopes = [[("date", "<", day)], [("date", "=", day), ("hour", "<=", hour)]]
         done = {"removed": 0, "added": 0}
         for scope in scopes:
-            for _ in range(COMMIT_ATTEMPTS):
-                table = self._reload()
-                try:
-                    metrics = table.optimize.compact(partition_filters=scope,
-                                                     target_size=target_bytes,
-                                                     writer_properties=WRITER)
-                    break
-                except CommitFailedError:
-                    self.retried += 1
-            else:
-                raise LakeTableError(f"optimize of {self.uri} lost {COMMIT_ATTEMPTS} races "
-                                     "in a row")
+            def compact(table: DeltaTable, scope: Any = scope) -> dict[str, Any]:
+                return table.optimize.compact(partition_filters=scope, target_size=target_bytes,
+                                              writer_properties=WRITER)
+
+            metrics = self._retried("optimize", compact)
             done["removed"] += int(metrics.get("numFilesRemoved", 0))
             done["added"] += int(metrics.get("numFilesAdded", 0))
         return done
@@ -196,24 +179,29 @@ class RawTable:
         """Delete the rows of the dates older than ``days`` days, then vacuum the files no
         version newer than ``vacuum_hours`` needs; returns (rows deleted, files
         removed)."""
-        table = self.open()
-        if table is None:
+        if self.open() is None:
             return 0, 0
         cutoff = ((now or datetime.now(UTC)) - timedelta(days=days)).strftime("%Y-%m-%d")
-        deleted = 0
-        for _ in range(COMMIT_ATTEMPTS):
-            try:
-                metrics = table.delete(f"date < '{cutoff}'")
-                deleted = int(metrics.get("num_deleted_rows", 0) or 0)
-                break
-            except CommitFailedError:
-                self.retried += 1
-                table = self._reload()
-        else:
-            raise LakeTableError(f"retention delete on {self.uri} lost {COMMIT_ATTEMPTS} races")
+        metrics = self._retried("retention delete", lambda table: table.delete(
+            f"date < '{cutoff}'"))
+        deleted = int(metrics.get("num_deleted_rows", 0) or 0)
+        table = self._reload()
         removed = table.vacuum(retention_hours=int(vacuum_hours), dry_run=False,
                                enforce_retention_duration=False)
         return deleted, len(removed)
+
+    def _retried(self, what: str, operation: Callable[[DeltaTable], dict[str, Any]],
+                 ) -> dict[str, Any]:
+        """``operation`` on the table at its newest version, again on a newer one while a
+        concurrent commit wins the race."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return operation(self._reload())
+            except CommitFailedError:
+                self.retried += 1
+                time.sleep(min(0.05 * 2 ** attempt, 1.0))
+        raise LakeTableError(f"{what} on {self.uri} lost {COMMIT_ATTEMPTS} races with other "
+                             "commits in a row")
 
     def _reload(self) -> DeltaTable:
         self._table = None

@@ -187,9 +187,12 @@ class RawEventWriter:
         for f in RAW_SCHEMA:
             if f.name not in arrays:
                 arrays[f.name] = pa.array(cols[f.name], f.type)
-        labels = {hour: datetime.fromtimestamp(hour * 3600, UTC) for hour in set(buf.hours)}
-        arrays["date"] = pa.array([f"{labels[h]:%Y-%m-%d}" for h in buf.hours], pa.string())
-        arrays["hour"] = pa.array([f"{labels[h]:%H}" for h in buf.hours], pa.string())
+        # the partition columns, formatted once per hour the flush touches
+        starts = {hour: datetime.fromtimestamp(hour * 3600, UTC) for hour in set(buf.hours)}
+        dates = {hour: f"{t:%Y-%m-%d}" for hour, t in starts.items()}
+        hours = {hour: f"{t:%H}" for hour, t in starts.items()}
+        arrays["date"] = pa.array([dates[h] for h in buf.hours], pa.string())
+        arrays["hour"] = pa.array([hours[h] for h in buf.hours], pa.string())
         table = pa.Table.from_pydict(arrays, schema=TABLE_SCHEMA)
         written = self.table.append(table, f"{topic}-{partition}", last)
         return Flushed(topic, partition, first, last, written, n, buf.last_message)

@@ -530,21 +530,30 @@ class PostgresSink:
                            PARTIALS_TEMPLATE, page_size=2000)
             cur.execute(SELECT_HISTOGRAM_PARTIALS, ([k[0] for k in keys], [k[1] for k in keys],
                                                     [k[2] for k in keys], [k[3] for k in keys]))
-            merged: dict[tuple, Histogram] = {}
-            for ws, start, metric, dim, counts, count, total, lo, hi in cur.fetchall():
-                # every metric selected is one of the partials' own: their bounds apply
-                part = Histogram.from_list(hp.bounds[metric], [counts, count, total, lo, hi])
-                key = (ws, start, metric, dim)
-                if key in merged:
-                    merged[key].merge(part)
-                else:
-                    merged[key] = part
-            rows = [(metric, dim, start, ws, orjson.dumps(h.bucket_dict()).decode(), h.count,
-                     h.sum, h.min, h.max, h.quantile(0.5), h.quantile(0.95), h.quantile(0.99))
-                    for (ws, start, metric, dim), h in sorted(merged.items())]
-            execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE,
-                           page_size=2000)
-        return {"histogram_partials": len(partials), "aggregate_histograms": len(rows)}
+            # every metric selected is one of the partials' own: their bounds apply
+            merged = merge_aggregates(cur, cur.fetchall(), hp.bounds.__getitem__)
+        return {"histogram_partials": len(partials), "aggregate_histograms": merged}
+
+
+def merge_aggregates(cur: Any, partials: Iterable[Sequence[Any]],
+                     bounds: Callable[[str], Sequence[float]]) -> int:
+    """Upsert the ``aggregate_histograms`` rows merged from ``partials``: rows of
+    ``(window_seconds, window_start, metric, dimension, buckets, count, sum, min, max)``
+    in a fixed order (by window, metric, dimension and partition, so float sums add the
+    same way every time). Returns the rows written."""
+    merged: dict[tuple, Histogram] = {}
+    for ws, start, metric, dim, counts, count, total, lo, hi in partials:
+        part = Histogram.from_list(bounds(metric), [counts, count, total, lo, hi])
+        key = (ws, start, metric, dim)
+        if key in merged:
+            merged[key].merge(part)
+        else:
+            merged[key] = part
+    rows = [(metric, dim, start, ws, orjson.dumps(h.bucket_dict()).decode(), h.count,
+             h.sum, h.min, h.max, h.quantile(0.5), h.quantile(0.95), h.quantile(0.99))
+            for (ws, start, metric, dim), h in sorted(merged.items())]
+    execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE, page_size=2000)
+    return len(rows)
 
 
 def _flag_rows(flags: Sequence[tuple[ParsedTransaction, SinkBatch, dict[str, Any]]],

@@ -31,11 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from psycopg2.extras import execute_values
 
 from models.events import STATUSES, ParsedTransaction, TransactionStatus
-from pipeline.histogram import Histogram
 from pipeline.metrics import MetricEngine, no_history
 from pipeline.rules import EventTimeSkewRule
 from pipeline.windows import (
@@ -46,12 +44,7 @@ from pipeline.windows import (
     observe,
     window_start,
 )
-from storage.postgres import (
-    AGGREGATE_TEMPLATE,
-    METRICS_LOCK_ID,
-    PARTIALS_TEMPLATE,
-    UPSERT_AGGREGATE_HISTOGRAMS,
-)
+from storage.postgres import METRICS_LOCK_ID, PARTIALS_TEMPLATE, merge_aggregates
 
 # payments read from the server-side cursor at a time (their metrics are observed in bulk)
 CHUNK = 20_000
@@ -332,18 +325,7 @@ def _merge_aggregates(cur: Cursor, bounds: Bounds, params: dict[str, Any]) -> No
     """Recompute the hour's ``aggregate_histograms`` from every partition's rows."""
     cur.execute(DELETE_AGGREGATES, params)
     cur.execute(SELECT_PARTIALS, params)
-    merged: dict[tuple, Histogram] = {}
-    for ws, start, metric, dim, counts, count, total, lo, hi in cur.fetchall():
-        part = Histogram.from_list(bounds(metric), [counts, count, total, lo, hi])
-        key = (ws, start, metric, dim)
-        if key in merged:
-            merged[key].merge(part)
-        else:
-            merged[key] = part
-    rows = [(metric, dim, start, ws, orjson.dumps(h.bucket_dict()).decode(), h.count, h.sum,
-             h.min, h.max, h.quantile(0.5), h.quantile(0.95), h.quantile(0.99))
-            for (ws, start, metric, dim), h in sorted(merged.items())]
-    execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE, page_size=2000)
+    merge_aggregates(cur, cur.fetchall(), bounds)
 
 
 def _count_row(key: tuple[int, int, str, int], c: _Counts) -> tuple[Any, ...]:

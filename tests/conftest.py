@@ -58,14 +58,25 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     b.stop()
 
 
-@pytest.fixture
-def database_url(pg: Postgres) -> Iterator[str]:
-    """A fresh, migrated database, dropped afterwards."""
+def _migrated_database(pg: Postgres) -> Iterator[str]:
     name = f"pm_test_{uuid.uuid4().hex[:10]}"
     url = pg.create_database(name)
     run_migrations(url)
     yield url
     pg.drop_database(name)
+
+
+@pytest.fixture
+def database_url(pg: Postgres) -> Iterator[str]:
+    """A fresh, migrated database, dropped afterwards."""
+    yield from _migrated_database(pg)
+
+
+@pytest.fixture
+def fresh_database_url(pg: Postgres) -> Iterator[str]:
+    """A second one, for a test that compares two runs (a fresh run against a
+    recomputed one)."""
+    yield from _migrated_database(pg)
 
 
 @pytest.fixture

@@ -18,10 +18,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import pytest
 import yaml
 
-from devtools.stack import Stack, run_migrations
+from devtools.stack import Stack
 from models.events import STATUSES
 from pipeline.config import COMPLIANCE_KEY
 from simulator.generator import PaymentGenerator, SimEvent, load_scenario
@@ -88,23 +87,15 @@ def _hashable(value: object) -> object:
     return value
 
 
-@pytest.fixture
-def fresh_url(pg):
-    name = f"pm_fresh_{uuid.uuid4().hex[:8]}"
-    url = pg.create_database(name)
-    run_migrations(url)
-    yield url
-    pg.drop_database(name)
-
-
 def test_reprocess_gives_a_fresh_runs_windows_and_brings_late_payments_in(
-        stack, fresh_url, tmp_path):
+        stack, fresh_database_url, tmp_path):
     events = traffic()
     stack.send(events)
     records_valid = [e for e in events if e.kind == "valid"]
     changed = tmp_path / "compliance-new.yaml"
     changed.write_text(yaml.safe_dump(NEW.versions[COMPLIANCE_KEY].document))
-    fresh = Stack(tmp_path / "fresh", stack.broker, stack.pg, fresh_url, stack.partitions,
+    fresh = Stack(tmp_path / "fresh", stack.broker, stack.pg, fresh_database_url,
+                  stack.partitions,
                   app_id=f"pm-fresh-{uuid.uuid4().hex[:6]}")
     stack.start_worker("a")
     fresh.start_worker("b", RAW_EVENTS_URL=str(tmp_path / "fresh-raw"),
@@ -121,9 +112,9 @@ def test_reprocess_gives_a_fresh_runs_windows_and_brings_late_payments_in(
     counted, late = split_late(records, records_valid)
     assert not late, "the traffic has no late payment: a fresh run counts every one"
     before = rows(url)
-    assert before["histogram_partials"] != rows(fresh_url)["histogram_partials"], \
+    assert before["histogram_partials"] != rows(fresh_database_url)["histogram_partials"], \
         "the rules' rates in the windows differ before reprocess"
-    assert query(url, RANGE_FLAGS, (SINCE, UNTIL)) != query(fresh_url, RANGE_FLAGS,
+    assert query(url, RANGE_FLAGS, (SINCE, UNTIL)) != query(fresh_database_url, RANGE_FLAGS,
                                                              (SINCE, UNTIL))
 
     engine = create_db_engine(url)
@@ -135,9 +126,9 @@ def test_reprocess_gives_a_fresh_runs_windows_and_brings_late_payments_in(
     assert report.windows.unsettled == [] and report.windows.brought_in == 0
     after = rows(url)
     for table, got in after.items():
-        assert got == rows(fresh_url)[table], f"{table} differs from the fresh run's"
+        assert got == rows(fresh_database_url)[table], f"{table} differs from the fresh run's"
     assert Counter(query(url, RANGE_FLAGS, (SINCE, UNTIL))) == Counter(
-        query(fresh_url, RANGE_FLAGS, (SINCE, UNTIL)))
+        query(fresh_database_url, RANGE_FLAGS, (SINCE, UNTIL)))
     again = reprocess(engine, NEW, SINCE, UNTIL, windows=PLAN)
     assert rows(url) == after and again.windows.brought_in == 0, "idempotent"
 

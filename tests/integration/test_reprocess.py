@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from devtools.services import libpq_dsn
-from devtools.stack import FAUST, run_migrations
+from devtools.stack import FAUST
 from pipeline.batches import SinkBatch
 from pipeline.config import ActiveConfig
 from pipeline.histogram import Histogram
@@ -74,15 +74,6 @@ def flags(url: str) -> set[tuple[str, str]]:
 def compliance_rows(url: str) -> dict[str, dict]:
     return dict(query(url, "SELECT transaction_id, metric_data FROM dynamic_metrics "
                            "WHERE metric_type = 'compliance'"))
-
-
-@pytest.fixture
-def fresh_database_url(pg):
-    name = f"pm_test_{uuid.uuid4().hex[:10]}"
-    url = pg.create_database(name)
-    run_migrations(url)
-    yield url
-    pg.drop_database(name)
 
 
 @pytest.mark.parametrize("seed", [4, 5])
