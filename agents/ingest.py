@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import numpy as np
 from faust.types import TP, Message, TopicT
 
 from agents.config import ConfigSync
@@ -45,8 +46,9 @@ from models.events import (
     ValidationError,
 )
 from pipeline.batches import SinkBatch
+from pipeline.columns import PaymentColumns
 from pipeline.config import ConfigManager
-from pipeline.metrics import ExtractionResult, History
+from pipeline.metrics import BatchMetrics, History
 from pipeline.parse import Validator
 from pipeline.records import INT4_MAX, INT8_MAX, bounded_int, dead_letter_value, record_time
 from runtime.faust_app import PaymentApp
@@ -154,11 +156,12 @@ def register_ingest(
         with partition_context(app, messages[-1]):
             payments_by_offset, failed, received = _classify(parsed, seen, partition,
                                                              claimed, arrival)
-            metrics = {offset: engine.extract(tx, offset, _history(seen, partition))
-                       for offset, tx in payments_by_offset.items()}
-            window_rows, late = windows.count(partition, messages[0].offset,
-                                              sinks.committed_offsets.get(partition, 0),
-                                              payments_by_offset, metrics, failed, received)
+            cols = PaymentColumns(payments_by_offset, payments_by_offset.values())
+            metrics = engine.extract_batch(cols, _history(seen, partition))
+            window_rows, late = windows.count(
+                partition, messages[0].offset, sinks.committed_offsets.get(partition, 0),
+                cols, metrics, failed,
+                np.fromiter(received.values(), np.float64, count=len(received)))
         done = time.time()
 
         for item in failed:
@@ -298,16 +301,14 @@ def _headers(message: Message) -> dict[str, bytes]:
     return dict(headers.items() if isinstance(headers, dict) else headers)
 
 
-def _record_extractor_errors(stats: IngestStats, metrics: dict[int, ExtractionResult],
+def _record_extractor_errors(stats: IngestStats, metrics: BatchMetrics,
                              context: dict[str, Any]) -> None:
-    for result in metrics.values():
-        if result.errors:
-            for error in result.errors:
-                if not stats.extractor_errors[error.extractor]:
-                    log.warning("metric extractor %s failed (the payment and its other "
-                                "metrics are kept): %s", error.extractor, error.error,
-                                extra=context)
-                stats.extractor_errors[error.extractor] += 1
+    for _, error in metrics.errors:
+        if not stats.extractor_errors[error.extractor]:
+            log.warning("metric extractor %s failed (the payment and its other "
+                        "metrics are kept): %s", error.extractor, error.error,
+                        extra=context)
+        stats.extractor_errors[error.extractor] += 1
 
 
 def _record(stats: IngestStats, parsed: Parsed, failed: list[FailedMessage],

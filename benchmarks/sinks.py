@@ -30,6 +30,7 @@ from pathlib import Path
 from devtools.services import ensure_postgres
 from devtools.stack import REPO_ROOT, run_migrations
 from pipeline.batches import SinkBatch
+from pipeline.columns import PaymentColumns
 from pipeline.windows import HistogramPartials, WindowMetrics, observe
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import compile_files
@@ -45,19 +46,21 @@ def batches(n: int, size: int, seed: int, with_metrics: bool,
             with_rules: bool = False) -> list[SinkBatch]:
     validator, engine = compile_files().validator, compile_files().engine
     rules = engine.customer_rules if with_rules else ()
-    out, payments, metrics = [], {}, {}
+    out, payments = [], {}
     for offset, e in enumerate(PaymentGenerator(load_scenario(), seed=seed).events(n)):
         tx = validator.parse(e.value).transaction
         if tx is None:
             continue
         payments[offset] = tx
-        if with_metrics:
-            metrics[offset] = engine.extract(tx, offset)
         if len(payments) == size:
+            metrics = engine.extract_batch(PaymentColumns(payments, payments.values())) \
+                if with_metrics else None
             out.append(SinkBatch("payments", 0, [Msg(o) for o in payments], payments, [], [],
                                  time.time(), metrics, engine.version, customer_rules=rules))
-            payments, metrics = {}, {}
+            payments = {}
     if payments:
+        metrics = engine.extract_batch(PaymentColumns(payments, payments.values())) \
+            if with_metrics else None
         out.append(SinkBatch("payments", 0, [Msg(o) for o in payments], payments, [], [],
                              time.time(), metrics, engine.version, customer_rules=rules))
     return out

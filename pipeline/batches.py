@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from models.events import FailedMessage, ParsedTransaction
-from pipeline.metrics import ExtractionResult
+from pipeline.metrics import BatchMetrics
 from pipeline.windows import WindowRow
 
 
@@ -25,7 +25,8 @@ class SinkBatch:
     failed: list[FailedMessage]
     window_rows: list[WindowRow]
     arrival: float
-    metrics: dict[int, ExtractionResult] = field(default_factory=dict)  # by offset
+    # the accepted payments' metrics, a column each (None: not extracted, e.g. in tests)
+    metrics: BatchMetrics | None = None
     config_version: str = ""  # ActiveConfig.version the batch was processed under
     epoch: int = 0  # SinkService.epoch(partition) when the handler began: stale if revoked
     # the rules over a customer's payments the batch's configuration holds, judged by the

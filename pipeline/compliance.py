@@ -14,15 +14,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
+
 from pipeline.metrics import (
     MetricDef,
     MetricExtractor,
     MetricsConfigError,
     MetricType,
     _param,
+    flag,
+    member,
     register,
 )
 
+NO_LIMIT = 2 ** 62  # LargeAmount's threshold where a currency has none
 EVIDENCE_PAYMENTS = 50  # at most this many payments counted and listed in a flag's evidence
 
 
@@ -80,6 +85,16 @@ class LargeAmount(Rule):
         limit = self.thresholds.get(tx.currency)
         return ((self.metric, 1 if limit is not None and tx.amount_minor >= limit else 0),)
 
+    def extract_columns(self, cols):
+        codes, currencies = cols.codes("currency")
+        # no threshold: a limit no amount reaches (the schema bounds amounts far below)
+        limits = [self.thresholds.get(c, NO_LIMIT) for c in currencies]
+        if any(limit > NO_LIMIT for limit in limits):
+            return None  # beyond int64: the per-payment comparison decides
+        reached = cols.amount_minor >= np.array(limits, np.int64)[codes] if limits else \
+            np.zeros(0, np.bool_)
+        return [(self.metric, flag(reached), None)]
+
     def evidence(self, tx, offset, history):
         return {"amount_minor": tx.amount_minor, "currency": tx.currency,
                 "threshold_minor": self.thresholds[tx.currency]}
@@ -98,6 +113,9 @@ class HighRiskCountry(Rule):
 
     def extract(self, tx, offset, history):
         return ((self.metric, 1 if tx.country in self.countries else 0),)
+
+    def extract_columns(self, cols):
+        return [(self.metric, flag(member(cols, "country", self.countries)), None)]
 
     def evidence(self, tx, offset, history):
         return {"country": tx.country}
@@ -120,6 +138,9 @@ class HighRiskScore(Rule):
     def extract(self, tx, offset, history):
         score = tx.risk_score
         return ((self.metric, 1 if score is not None and score >= self.threshold else 0),)
+
+    def extract_columns(self, cols):
+        return [(self.metric, flag(cols.has_risk & (cols.risk_score >= self.threshold)), None)]
 
     def evidence(self, tx, offset, history):
         return {"risk_score": tx.risk_score, "threshold": self.threshold}

@@ -33,6 +33,15 @@ class Histogram:
         self.min: float | None = None
         self.max: float | None = None
 
+    @classmethod
+    def of(cls, bounds: tuple[float, ...], counts: list[int], count: int, total: float,
+           lo: float, hi: float) -> Histogram:
+        """A histogram with these values (``bounds`` already a tuple): the columnar
+        path's constructor, which makes a few hundred per batch."""
+        h = cls.__new__(cls)
+        h.bounds, h.counts, h.count, h.sum, h.min, h.max = bounds, counts, count, total, lo, hi
+        return h
+
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.count += 1

@@ -33,6 +33,7 @@ import bisect
 import logging
 import math
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,9 +41,11 @@ from operator import itemgetter
 from typing import Any, ClassVar, Protocol, cast
 
 import msgspec
+import numpy as np
 
 from models.errors import PaymentMonitorError
 from models.events import STATUSES, ParsedTransaction
+from pipeline.columns import STATUS_CODES, PaymentColumns
 from pipeline.histogram import check_bounds
 
 log = logging.getLogger(__name__)
@@ -162,11 +165,105 @@ class ExtractionResult:
                 for i in info.windowed]
 
 
+class BatchMetrics:
+    """The metrics of a batch's accepted payments, a column per metric: what
+    :meth:`MetricEngine.extract_batch` gives, and what :meth:`MetricEngine.extract` gives
+    payment by payment (:meth:`result` spells one payment's out the same way).
+
+    Attributes:
+        cols: the payments, as columns.
+        infos: the engine's metrics; ``values[info.index]`` is that metric of every
+            payment (int64 or float64; an object array where an extractor had no kernel)
+            and ``present[info.index]`` which payments have it (None: all; no values: none).
+        windowed: per windowed dimension (an index into the engine's dimensions): each
+            payment's code into a list of its dimension strings.
+        errors: ``(position, error)`` of the extractors that raised on a payment.
+        evidence: position -> rule kind -> why the rule flagged that payment.
+    """
+
+    __slots__ = ("cols", "infos", "values", "present", "windowed", "errors", "evidence",
+                 "shapes")
+
+    def __init__(self, cols: PaymentColumns, infos: Sequence[MetricInfo],
+                 shapes: dict[Any, Any] | None = None) -> None:
+        self.cols = cols
+        self.infos = list(infos)
+        # what a writer made of a row shape once, kept by the engine for its later
+        # batches (storage.metric_rows); the same metrics make the same shapes
+        self.shapes: dict[Any, Any] = {} if shapes is None else shapes
+        self.values: list[np.ndarray | None] = [None] * len(self.infos)
+        self.present: list[np.ndarray | None] = [None] * len(self.infos)
+        self.windowed: dict[int, tuple[np.ndarray, list[str]]] = {}
+        self.errors: list[tuple[int, ExtractorError]] = []
+        self.evidence: dict[int, dict[str, dict[str, Any]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.cols)
+
+    def has(self, info: MetricInfo) -> np.ndarray:
+        """Which payments have ``info`` (a boolean mask)."""
+        present = self.present[info.index]
+        if self.values[info.index] is None:
+            return np.zeros(len(self.cols), np.bool_)
+        return np.ones(len(self.cols), np.bool_) if present is None else present
+
+    def result(self, i: int, dimensions: Sequence[str] = ()) -> ExtractionResult:
+        """Payment ``i``'s metrics as :meth:`MetricEngine.extract` gives them (tests and
+        diagnostics; the hot path reads the columns)."""
+        emitted = []
+        for info in self.infos:
+            values, present = self.values[info.index], self.present[info.index]
+            if values is not None and (present is None or present[i]):
+                emitted.append((info, values[i].item() if values.dtype != object
+                                else values[i]))
+        return ExtractionResult(list(dimensions), emitted,
+                                [e for at, e in self.errors if at == i],
+                                evidence=self.evidence.get(i))
+
+    def flagged(self, positions: np.ndarray) -> Counter[str]:
+        """How many of the payments at ``positions`` each per-event rule flagged."""
+        out: Counter[str] = Counter()
+        for info in self.infos:
+            values = self.values[info.index]
+            if info.rule and values is not None:
+                hits = (values[positions] == 1) & self.has(info)[positions]
+                if hits.any():
+                    out[info.name] = int(hits.sum())
+        return out
+
+
 class MetricsConfigError(PaymentMonitorError, ValueError):
     """A metrics or compliance configuration that cannot be used; names the entry."""
 
 
 Entry = tuple[float, int, int, str]  # (event ts, offset, amount_minor, currency)
+
+Column = tuple[str, np.ndarray, "np.ndarray | None"]
+"""A metric of every payment of a batch: (name, values, present mask or None for all)."""
+
+MAX_SHAPES = 10_000  # row shapes a MetricEngine keeps for its batches' writers
+EXACT_FLOAT_INT = 2 ** 53  # integers up to this convert to float64 and back unchanged
+
+
+def ones(n: int) -> np.ndarray:
+    return np.ones(n, np.int64)
+
+
+def flag(mask: np.ndarray) -> np.ndarray:
+    """A boolean column as the 0/1 ints :meth:`MetricExtractor.extract` gives."""
+    return mask.astype(np.int64)
+
+
+def status_is(cols: PaymentColumns, *statuses: str) -> np.ndarray:
+    return np.isin(cols.status, [STATUS_CODES[s] for s in statuses])
+
+
+def member(cols: PaymentColumns, field: str, allowed: Iterable[Any]) -> np.ndarray:
+    """Which payments' ``field`` is in ``allowed`` (per distinct value, then gathered)."""
+    codes, values = cols.codes(field)
+    allowed = set(allowed)
+    return np.array([v in allowed for v in values], np.bool_)[codes] if values else \
+        np.zeros(len(cols), np.bool_)
 
 
 class PaymentHistory(Protocol):
@@ -287,6 +384,14 @@ class MetricExtractor(ABC):
                 history: History) -> Sequence[tuple[str, float]]:
         """The payment's ``(metric name, value)`` pairs: a tuple or list, not a generator."""
 
+    def extract_columns(self, cols: PaymentColumns) -> list[Column] | None:
+        """The kernel: what :meth:`extract` gives, for every payment of a batch at once,
+        as ``(metric name, values, present)`` columns (``present`` None: every payment
+        has the metric). Values are int64 where :meth:`extract` gives ints, float64
+        where it gives floats. None (the default): no kernel, the engine calls
+        :meth:`extract` per payment."""
+        return None
+
 
 EXTRACTORS: dict[str, type[MetricExtractor]] = {}
 
@@ -331,6 +436,12 @@ class StatusExtractor(MetricExtractor):
     def extract(self, tx, offset, history):
         return (("transactions", 1), (f"transactions_{tx.status.value}", 1))
 
+    def extract_columns(self, cols):
+        n = len(cols)
+        return [("transactions", ones(n), None)] + [
+            (f"transactions_{s}", ones(n), cols.status == code)
+            for s, code in STATUS_CODES.items()]
+
 
 @register
 class AmountExtractor(MetricExtractor):
@@ -355,6 +466,20 @@ class AmountExtractor(MetricExtractor):
         divisor = self.divisors.get(tx.currency, 10 ** self.default_exponent)
         return (("amount_minor", tx.amount_minor), ("amount_major", tx.amount_minor / divisor))
 
+    def extract_columns(self, cols):
+        codes, currencies = cols.codes("currency")
+        default = 10 ** self.default_exponent
+        divisors = [self.divisors.get(c, default) for c in currencies]
+        amounts = cols.amount_minor
+        # int / int is the correctly rounded quotient; so is float64 / float64 when both
+        # convert exactly (the schema bounds amounts far below 2**53)
+        if any(d > EXACT_FLOAT_INT for d in divisors) or (
+                len(amounts) and int(np.abs(amounts).max()) > EXACT_FLOAT_INT):
+            return None
+        major = amounts / np.array(divisors, np.float64)[codes] if divisors else \
+            np.zeros(0, np.float64)
+        return [("amount_minor", amounts, None), ("amount_major", major, None)]
+
 
 @register
 class ChannelFailureExtractor(MetricExtractor):
@@ -377,6 +502,9 @@ class ChannelFailureExtractor(MetricExtractor):
 
     def extract(self, tx, offset, history):
         return (("failure", 1 if tx.status.value in self.failures else 0),)
+
+    def extract_columns(self, cols):
+        return [("failure", flag(status_is(cols, *self.failures)), None)]
 
 
 @register
@@ -401,6 +529,12 @@ class DeclineCodeExtractor(MetricExtractor):
         soft = tx.decline_code in self.soft
         return (("decline_soft", 1 if soft else 0), ("decline_hard", 0 if soft else 1))
 
+    def extract_columns(self, cols):
+        declined = status_is(cols, "declined")
+        soft = declined & member(cols, "decline_code", self.soft)
+        return [("decline_soft", flag(soft), None),
+                ("decline_hard", flag(declined & ~soft), None)]
+
 
 @register
 class LatencyExtractor(MetricExtractor):
@@ -417,6 +551,9 @@ class LatencyExtractor(MetricExtractor):
 
     def extract(self, tx, offset, history):
         return (("processing_ms", tx.processing_ms),)
+
+    def extract_columns(self, cols):
+        return [("processing_ms", cols.processing_ms, None)]
 
 
 @register
@@ -438,6 +575,11 @@ class ApprovalExtractor(MetricExtractor):
             return (("approval", 0), ("authorization", 0))
         return (("approval", 0),)
 
+    def extract_columns(self, cols):
+        approved = status_is(cols, "approved")
+        return [("approval", flag(approved), None),
+                ("authorization", flag(approved), approved | status_is(cols, "declined"))]
+
 
 @register
 class RiskScoreExtractor(MetricExtractor):
@@ -454,6 +596,9 @@ class RiskScoreExtractor(MetricExtractor):
 
     def extract(self, tx, offset, history):
         return (("risk_score", tx.risk_score),) if tx.risk_score is not None else ()
+
+    def extract_columns(self, cols):
+        return [("risk_score", cols.risk_score, cols.has_risk)]
 
 
 # -- the engine ---------------------------------------------------------------------------
@@ -549,6 +694,7 @@ class MetricEngine:
         self._signature: Callable[[list[str]], Any] = (
             itemgetter(*window_dims) if window_dims else (lambda dims: ()))
         self._plans: dict[tuple[str, ...], WindowPlan] = {}
+        self._shapes: dict[Any, Any] = {}  # BatchMetrics.shapes of every batch
 
     def _plan(self, dims: list[str]) -> WindowPlan:
         signature = self._signature(dims)
@@ -592,6 +738,96 @@ class MetricEngine:
                 errors.append(ExtractorError(kind, f"{type(exc).__name__}: {exc}"))
         dims = self._dimensions(tx)
         return ExtractionResult(dims, emitted, errors or [], self._plan(dims), evidence)
+
+
+    def extract_batch(self, cols: PaymentColumns, history: History = no_history,
+                      ) -> BatchMetrics:
+        """Every metric of every payment of a batch (:class:`BatchMetrics`): the same
+        values, errors and evidence as :meth:`extract` per payment, from each
+        extractor's kernel (:meth:`MetricExtractor.extract_columns`); an extractor with
+        none, or whose kernel raises, is called per payment."""
+        out = BatchMetrics(cols, self._infos, self._shapes)
+        if len(self._shapes) > MAX_SHAPES:
+            self._shapes.clear()
+        offsets = cols.offsets.tolist()
+        for c in self._compiled:
+            if _customer_scope(c.extractor):
+                continue
+            try:
+                columns = c.extractor.extract_columns(cols)
+            except Exception:  # noqa: BLE001 - the per-payment calls say which payment
+                columns = None
+            if columns is None:
+                self._extract_each(c, out, offsets, history)
+                continue
+            for name, values, present in columns:
+                info = c.emits[name]
+                out.values[info.index], out.present[info.index] = values, present
+            if c.extractor.is_rule:
+                self._explain(c, out, offsets, history)
+        for index in sorted({i for info in self._infos for i in info.windowed}):
+            out.windowed[index] = self._dimension_codes(cols, self.dimensions[index])
+        return out
+
+    def _extract_each(self, c: _Compiled, out: BatchMetrics, offsets: list[int],
+                      history: History) -> None:
+        """An extractor without a kernel: :meth:`extract`'s loop over its payments."""
+        n = len(offsets)
+        values = {info.index: np.empty(n, object) for info in c.emits.values()}
+        present = {info.index: np.zeros(n, np.bool_) for info in c.emits.values()}
+        explain = getattr(c.extractor, "evidence", None) if c.extractor.is_rule else None
+        for i, (tx, offset) in enumerate(zip(out.cols.payments, offsets, strict=True)):
+            try:
+                pairs = c.extractor.extract(tx, offset, history)
+                found = [(c.emits[name].index, value) for name, value in pairs]
+                for index, value in found:
+                    values[index][i], present[index][i] = value, True
+                if explain is not None and len(found) == 1 and found[0][1] == 1:
+                    out.evidence.setdefault(i, {})[c.name] = explain(tx, offset, history)
+            except Exception as exc:  # noqa: BLE001 - as in extract
+                out.errors.append((i, ExtractorError(c.name, f"{type(exc).__name__}: {exc}")))
+        for index in values:
+            out.values[index], out.present[index] = values[index], present[index]
+
+    def _explain(self, c: _Compiled, out: BatchMetrics, offsets: list[int],
+                 history: History) -> None:
+        """The evidence of the payments a rule's kernel flagged (a rule emits one metric)."""
+        explain = getattr(c.extractor, "evidence", None)
+        if explain is None or len(c.emits) != 1:
+            return
+        info = next(iter(c.emits.values()))
+        values = out.values[info.index]
+        assert values is not None  # noqa: S101 - the kernel just set it
+        for i in np.flatnonzero((values == 1) & out.has(info)).tolist():
+            tx = out.cols.payments[i]
+            try:
+                out.evidence.setdefault(i, {})[c.name] = explain(tx, offsets[i], history)
+            except Exception as exc:  # noqa: BLE001 - as in extract: the metric stays
+                out.errors.append((i, ExtractorError(c.name, f"{type(exc).__name__}: {exc}")))
+
+    @staticmethod
+    def _dimension_codes(cols: PaymentColumns, fields: Dimension,
+                         ) -> tuple[np.ndarray, list[str]]:
+        """Each payment's code into the distinct dimension strings of ``fields``."""
+        n = len(cols)
+        if not fields:
+            return np.zeros(n, np.int64), [""]
+        code = np.zeros(n, np.int64)
+        parts = []
+        for name in fields:
+            codes, values = cols.codes(name)
+            code = code * max(len(values), 1) + codes
+            parts.append(values)
+        uniq, inverse = np.unique(code, return_inverse=True)
+        labels = []
+        for value in uniq.tolist():
+            names = []
+            for values in reversed(parts):
+                value, at = divmod(value, max(len(values), 1))
+                names.append(values[at])
+            labels.append(",".join(f"{n}={v}" for n, v in
+                                   zip(fields, reversed(names), strict=True)))
+        return inverse.reshape(n), labels
 
 
 # -- configuration ------------------------------------------------------------------------

@@ -11,15 +11,18 @@ is redelivered.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
-from models.events import ParsedTransaction
+from models.events import STATUSES, ParsedTransaction
+from pipeline.columns import PaymentColumns
 from pipeline.histogram import Histogram
+from pipeline.metrics import EXACT_FLOAT_INT, BatchMetrics, MetricInfo
 
 Bounds = Callable[[str], tuple[float, ...]]  # a windowed metric's bucket bounds, by name
 
@@ -359,3 +362,229 @@ class HistogramPartials:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+# -- the columnar path: a whole batch at once ---------------------------------------------
+
+
+def window_starts(ts: np.ndarray, size: int) -> np.ndarray:
+    """:func:`window_start` of every value of ``ts`` (float64 seconds), as int64."""
+    return (np.floor_divide(ts, size) * size).astype(np.int64)
+
+
+def late_mask(clock: StreamClock, cols: PaymentColumns, finest: int, grace: float,
+              received: np.ndarray | None = None) -> np.ndarray:
+    """:func:`split_late` for a whole batch: which payments are late, the clock advanced
+    past the batch. The stream time before each payment is the running maximum of the
+    earlier payments' event times (each capped at its record time, ``received``) that
+    the clock had not counted; a payment is late when its window closed before it."""
+    ts = cols.event_ts
+    new = cols.offsets > clock.last_offset
+    capped = ts if received is None else np.minimum(ts, received)
+    moves = np.where(new, capped, -np.inf)
+    running = np.maximum.accumulate(np.concatenate(([clock.stream_time], moves)))
+    late = window_starts(ts, finest) + finest + grace <= running[:-1]
+    if new.any():
+        clock.last_offset = int(cols.offsets[new][-1])
+        clock.stream_time = float(running[-1])
+    return late
+
+
+def count_groups(cols: PaymentColumns, mask: np.ndarray, size: int,
+                 ) -> list[tuple[int, str, np.ndarray]]:
+    """``(window start, channel, positions)`` of the payments in ``mask``, grouped by
+    ``size`` window and channel as :func:`group_by_window` does (positions ascending)."""
+    positions = np.flatnonzero(mask)
+    if not len(positions):
+        return []
+    codes, channels = cols.codes("channel")
+    starts = window_starts(cols.event_ts[positions], size)
+    order = np.lexsort((codes[positions], starts))  # stable: offsets ascend in a group
+    starts, chans, positions = starts[order], codes[positions][order], positions[order]
+    cut = np.flatnonzero((np.diff(starts) != 0) | (np.diff(chans) != 0)) + 1
+    bounds = [0, *cut.tolist(), len(positions)]
+    groups = [(int(starts[a]), channels[chans[a]], positions[a:b])
+              for a, b in zip(bounds, bounds[1:], strict=False)]
+    # group_by_window's order: by first appearance in the batch
+    groups.sort(key=lambda g: g[2][0])
+    return groups
+
+
+def apply_columns(current: WindowCounts, cols: PaymentColumns, positions: np.ndarray) -> int:
+    """:func:`apply_entries` for the payments at ``positions`` (ascending offsets): the
+    ones above the watermark are counted; returns how many."""
+    offsets = cols.offsets[positions]
+    positions = positions[offsets > current.last_offset]
+    if not len(positions):
+        return 0
+    current.tx_count += len(positions)
+    current.amount_minor_sum += sum(cols.amount_minor[positions].tolist())
+    statuses = cols.status[positions]
+    codes, first, counts = np.unique(statuses, return_index=True, return_counts=True)
+    by_status = current.by_status
+    for i in np.argsort(first, kind="stable").tolist():  # new statuses in order of arrival
+        status = STATUSES[codes[i]]
+        by_status[status] = by_status.get(status, 0) + int(counts[i])
+    current.last_offset = int(cols.offsets[positions[-1]])
+    return len(positions)
+
+
+FailedEntry = tuple[int, int, str]  # (offset, finest window start, category)
+_INTS, _FLOATS, _OBJECTS = range(3)  # how a metric's group values are added up
+_ZEROS = np.zeros(0, np.int64)  # "none": replaced by zeros of the right length
+
+
+class WindowedBatch:
+    """A batch's windowed metrics, grouped by finest window: what :func:`observe` makes
+    of the batch's entries, computed per metric over whole columns.
+
+    ``late`` marks the payments counted only in ``late_events``; ``failed`` are the
+    failed messages (each counted in ``failed|category=``). Each window's delta has
+    its keys in the order :func:`observe` gives them (by the first entry holding each).
+    """
+
+    def __init__(self, metrics: BatchMetrics, finest: int, late: np.ndarray,
+                 failed: Sequence[FailedEntry], bounds: Bounds) -> None:
+        self.metrics = metrics
+        self.cols = metrics.cols
+        self.starts = window_starts(self.cols.event_ts, finest)
+        self.late = late
+        self.failed = list(failed)
+        self.bounds = bounds
+        offsets = self.cols.offsets
+        self.first: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        for start, offset in [*zip(self.starts.tolist(), offsets.tolist(), strict=True),
+                              *((s, o) for o, s, _ in self.failed)]:
+            if start not in self.first or offset < self.first[start]:
+                self.first[start] = offset
+            if start not in self.last or offset > self.last[start]:
+                self.last[start] = offset
+
+    def deltas(self) -> dict[int, Delta]:
+        """Per finest window: its histograms by key, and the last offset in them."""
+        everything = np.ones(len(self.cols), np.bool_)
+        found = self._compute(everything, self.failed)
+        return {start: (found.get(start, {}), self.last[start]) for start in self.first}
+
+    def delta(self, start: int, after: int) -> Delta:
+        """One window's delta of the entries above ``after`` (a replay's unseen part)."""
+        mask = (self.starts == start) & (self.cols.offsets > after)
+        failed = [f for f in self.failed if f[1] == start and f[0] > after]
+        newest = [int(o) for o in self.cols.offsets[mask][-1:]] + [f[0] for f in failed]
+        return self._compute(mask, failed).get(start, {}), max([after, *newest])
+
+    def _compute(self, mask: np.ndarray, failed: Sequence[FailedEntry],
+                 ) -> dict[int, dict[str, Histogram]]:
+        cols, m = self.cols, self.metrics
+        on_time = mask & ~self.late
+        # every (metric, windowed dimension) at once: one row per payment that has it
+        parts: list[tuple[MetricInfo, np.ndarray]] = []  # (metric, positions)
+        for info in m.infos:
+            if m.values[info.index] is None or not info.windowed:
+                continue
+            present = m.present[info.index]
+            rows = np.flatnonzero(on_time if present is None else on_time & present)
+            if len(rows):
+                parts.append((info, rows))
+        late = np.flatnonzero(mask & self.late)
+        found: list[tuple[int, int, int, int, str, Histogram]] = []
+        if parts:
+            found += self._histograms(parts)
+        if len(late):  # late payments count once each, in late_events
+            h = Histogram(self.bounds(LATE_EVENTS))
+            for start in np.unique(self.starts[late]).tolist():
+                in_window = late[self.starts[late] == start]
+                part = h.copy()
+                part.observe_many([1] * len(in_window))
+                found.append((start, int(cols.offsets[in_window[0]]), -1, 0, LATE.key, part))
+        by_key: dict[tuple[int, str], list[int]] = {}
+        for offset, start, category in failed:
+            by_key.setdefault((start, failed_event(category).key), []).append(offset)
+        for (start, key), offsets in by_key.items():
+            h = Histogram(self.bounds(FAILED_EVENTS))
+            h.observe_many([1] * len(offsets))
+            found.append((start, min(offsets), -1, 0, key, h))
+        found.sort(key=lambda f: f[:4])
+        out: dict[int, dict[str, Histogram]] = {}
+        for start, _, _, _, key, h in found:
+            out.setdefault(start, {})[key] = h
+        return out
+
+    def _histograms(self, parts: list[tuple[MetricInfo, np.ndarray]],
+                    ) -> list[tuple[int, int, int, int, str, Histogram]]:
+        """``(window start, first offset, metric index, slot, key, histogram)`` of every
+        (metric, windowed dimension, window, dimension value) group of ``parts``: what
+        :meth:`Histogram.observe_many` makes of each group's values in offset order."""
+        m, starts, offsets = self.metrics, self.starts, self.cols.offsets
+        # one entry per (metric, slot): its rows, labels, and (int metrics) values and
+        # (bucketed metrics) bucket indexes, gathered once per metric
+        meta = []  # per (metric, slot): (index, slot, key prefix, labels, bounds, kept, kind)
+        rows_l, label_l, int_l, bucket_l = [], [], [], []
+        for info, rows in parts:
+            values = m.values[info.index]
+            assert values is not None  # noqa: S101 - parts hold metrics with values
+            gathered = values[rows]
+            bounds = tuple(self.bounds(info.name))
+            if gathered.dtype == object or (gathered.dtype == np.int64 and int(
+                    np.abs(gathered).max()) > EXACT_FLOAT_INT):
+                kind, ints, buckets = _OBJECTS, _ZEROS, _ZEROS  # observe_many decides
+            else:
+                kind = _INTS if gathered.dtype == np.int64 else _FLOATS
+                ints = gathered if kind == _INTS else _ZEROS
+                buckets = (np.searchsorted(np.asarray(bounds, np.float64), gathered,
+                                           side="left") if bounds else _ZEROS)
+            for slot, dim in enumerate(info.windowed):
+                codes, names = m.windowed[dim]
+                meta.append((info.index, slot, f"{info.name}|", names, bounds,
+                             len(bounds) + 1, kind))
+                rows_l.append(rows)
+                label_l.append(codes[rows])
+                int_l.append(ints if ints is not _ZEROS else np.zeros(len(rows), np.int64))
+                bucket_l.append(buckets if buckets is not _ZEROS
+                                else np.zeros(len(rows), np.int64))
+        rows = np.concatenate(rows_l)
+        part = np.repeat(np.arange(len(meta)), [len(r) for r in rows_l])
+        labels = np.concatenate(label_l)
+        # group by part, window and label; stable, so offsets ascend within a group
+        order = np.lexsort((labels, starts[rows], part))
+        rows, part, labels = rows[order], part[order], labels[order]
+        ints, buckets = np.concatenate(int_l)[order], np.concatenate(bucket_l)[order]
+        win = starts[rows]
+        cut = np.flatnonzero((np.diff(part) != 0) | (np.diff(win) != 0)
+                             | (np.diff(labels) != 0)) + 1
+        edges = np.concatenate(([0], cut, [len(rows)]))
+        firsts = edges[:-1]
+        seg_part = part[firsts].tolist()
+        width = max(entry[5] for entry in meta)
+        segment = np.repeat(np.arange(len(firsts)), np.diff(edges))
+        counts = np.bincount(segment * width + buckets,
+                             minlength=len(firsts) * width).reshape(-1, width).tolist()
+        # integer sums, minima and maxima in bulk (exact: no int64 sum overflows here)
+        sums = np.add.reduceat(ints, firsts).tolist()
+        mins = np.minimum.reduceat(ints, firsts).tolist()
+        maxs = np.maximum.reduceat(ints, firsts).tolist()
+        win_first, label_first = win[firsts].tolist(), labels[firsts].tolist()
+        offset_first = offsets[rows[firsts]].tolist()
+        edge = edges.tolist()
+        of = Histogram.of
+        out = []
+        for g, k in enumerate(seg_part):
+            index, slot, prefix, names, bounds, kept, kind = meta[k]
+            n = edge[g + 1] - edge[g]
+            if kind == _INTS:
+                h = of(bounds, counts[g][:kept] if bounds else [n], n, sums[g], mins[g],
+                       maxs[g])
+            else:
+                values = m.values[index]
+                assert values is not None  # noqa: S101
+                group = values[rows[edge[g]:edge[g + 1]]].tolist()
+                if kind == _FLOATS:  # Python's sum, so they add up in the same order
+                    h = of(bounds, counts[g][:kept] if bounds else [n], n, sum(group),
+                           min(group), max(group))
+                else:
+                    h = Histogram(bounds)
+                    h.observe_many(group)
+            out.append((win_first[g], offset_first[g], index, slot,
+                        prefix + names[label_first[g]], h))
+        return out

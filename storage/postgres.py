@@ -21,6 +21,8 @@ crash converges to the same rows:
 from __future__ import annotations
 
 import contextlib
+import io
+import itertools
 import logging
 import threading
 import time
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 import psycopg2
 import sqlalchemy as sa
@@ -40,9 +43,11 @@ from models.errors import PaymentMonitorError
 from models.events import STATUSES, FailedMessage, ParsedTransaction
 from pipeline.batches import SinkBatch
 from pipeline.histogram import Histogram
+from pipeline.metrics import BatchMetrics
 from pipeline.records import clean_json, clean_text
 from pipeline.windows import HistogramPartials
 from storage import customer_rules
+from storage.metric_rows import metric_rows, select
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -415,7 +420,8 @@ class PostgresSink:
 
     def _write_once(self, batches: Sequence[SinkBatch]) -> dict[str, int]:
         tx_rows: list[str] = []
-        results: dict[str, Any] = {}
+        # per batch with metrics: its metric columns, payments' ids and COPY rows' version
+        metric_sets: list[tuple[BatchMetrics, list[str], SinkBatch]] = []
         failed_rows: list[tuple[Any, ...]] = []
         partials: dict[tuple[int, int, str, int], tuple[Any, ...]] = {}
         flags: dict[str, tuple[ParsedTransaction, SinkBatch, dict[str, Any]]] = {}
@@ -427,13 +433,14 @@ class PostgresSink:
             if batch.customer_rules and batch.payments:
                 judged.setdefault((batch.config_version, batch.customer_rules), []).extend(
                     batch.payments.values())
-            for offset, p in batch.payments.items():
-                tx_rows.append(_transaction_row(p, topic, batch.partition, offset))
-                result = batch.metrics.get(offset)
-                if result is not None:
-                    results[p.transaction_id] = (result, version)
-                    if result.evidence:
-                        flags[p.transaction_id] = (p, batch, result.evidence)
+            tx_rows += [_transaction_row(p, topic, batch.partition, offset)
+                        for offset, p in batch.payments.items()]
+            metrics = batch.metrics
+            if metrics is not None and len(metrics):
+                payments = metrics.cols.payments
+                metric_sets.append((metrics, [p.transaction_id for p in payments], batch))
+                for i, evidence in metrics.evidence.items():
+                    flags[payments[i].transaction_id] = (payments[i], batch, evidence)
             for f in batch.failed:
                 failed_rows.append(_failed_row(f))
             for row in batch.window_rows:
@@ -455,10 +462,10 @@ class PostgresSink:
                     cur.execute(customer_rules.LOCK_CUSTOMERS)
                 cur.execute(INSERT_TRANSACTIONS)
                 inserted = [r[0] for r in cur.fetchall()]
-                rows = self._metric_rows(inserted, results, flagged)
+                rows = _metric_rows(inserted, metric_sets, flagged)
                 if rows:
-                    cur.copy_expert(COPY_METRICS, CopyRows(rows), size=COPY_CHUNK)
-                metric_rows = len(rows)
+                    cur.copy_expert(COPY_METRICS, io.BytesIO(rows), size=COPY_CHUNK)
+                metric_rows = rows.count(b"\n")
                 new = set(inserted)
                 flag_rows = _flag_rows([flags[tx_id] for tx_id in inserted if tx_id in flags])
                 for (version, rules), stored in judged.items():
@@ -492,25 +499,6 @@ class PostgresSink:
             "failed_items": len(failed_rows),
             "payment_window_partials": len(partials),
         }
-
-    def _metric_rows(self, tx_ids: list[str], results: dict[str, Any],
-                     flagged: Counter[str]) -> list[str]:
-        """``dynamic_metrics`` rows in COPY text format for each newly inserted transaction
-        (:meth:`ExtractionResult.rows`; COPY: a third of the CPU of a multi-row INSERT);
-        counts the compliance flags into ``flagged`` (rule metric -> payments)."""
-        rows = []
-        for tx_id in tx_ids:
-            found = results.get(tx_id)
-            if found is None:
-                continue
-            result, version = found
-            key = _copy_text(tx_id)
-            for kind, data in result.rows():
-                if kind == "compliance":
-                    flagged.update(rule for rule, value in data.items() if value == 1)
-                rows.append(f"{key}\t{kind}\t{_copy_text(orjson.dumps(data).decode())}"
-                            f"\t{version}\n")
-        return rows
 
     def write_windows(self, partials: HistogramPartials) -> dict[str, int]:
         """Upsert histogram partials and recompute the merged ``aggregate_histograms`` rows
@@ -554,6 +542,33 @@ def merge_aggregates(cur: Any, partials: Iterable[Sequence[Any]],
             for (ws, start, metric, dim), h in sorted(merged.items())]
     execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE, page_size=2000)
     return len(rows)
+
+
+def _metric_rows(inserted: Sequence[str],
+                 sets: Sequence[tuple[BatchMetrics, list[str], SinkBatch]],
+                 flagged: Counter[str]) -> bytes:
+    """The ``dynamic_metrics`` COPY input of the newly inserted payments, in the order
+    inserted (:func:`storage.metric_rows.metric_rows`); counts the per-event rules'
+    flags of those payments into ``flagged`` (rule metric -> payments)."""
+    if not sets:
+        return b""
+    where: dict[str, tuple[int, int]] = {}  # id -> (set, position); a later set wins
+    for k, (_, ids, _) in enumerate(sets):
+        where.update(zip(ids, zip(itertools.repeat(k, len(ids)), range(len(ids)),
+                                  strict=True), strict=True))
+    found = [w for w in map(where.get, inserted) if w is not None]
+    if not found:
+        return b""
+    at = np.array(found, np.int64).reshape(-1, 2)
+    for k, (metrics, _, _) in enumerate(sets):
+        positions = at[:, 1][at[:, 0] == k]
+        if len(positions):
+            flagged.update(metrics.flagged(positions))
+    rows = [row for metrics, ids, batch in sets
+            for row in [metric_rows(metrics, ids, batch.config_version)]]
+    first = np.cumsum([0] + [len(ids) for _, ids, _ in sets[:-1]])
+    flat = rows[0] if len(rows) == 1 else [r for part in rows for r in part]
+    return select(flat, (first[at[:, 0]] + at[:, 1]).tolist())
 
 
 def _flag_rows(flags: Sequence[tuple[ParsedTransaction, SinkBatch, dict[str, Any]]],

@@ -24,29 +24,27 @@ event for every update, expires windows on wall-clock time, and hands
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from faust.types import AppT, Message, TableT
 
-from models.events import FailedMessage, ParsedTransaction
-from pipeline.metrics import ExtractionResult
+from models.events import FailedMessage
+from pipeline.columns import PaymentColumns
+from pipeline.metrics import BatchMetrics
 from pipeline.windows import (
-    LATE,
     Bounds,
     HistogramPartials,
-    MetricEntry,
     StreamClock,
     WindowCounts,
+    WindowedBatch,
     WindowMetrics,
     WindowRow,
-    apply_entries,
-    failed_event,
-    group_by_window,
-    merge_unseen,
-    observe,
-    split_late,
+    apply_columns,
+    count_groups,
+    late_mask,
     window_start,
 )
 from tables.cache import WriteBackCache
@@ -132,10 +130,6 @@ def key_order(key: str) -> tuple[int, str, int]:
         int(parts[0]), "", int(parts[1]))
 
 
-def _offset(entry: MetricEntry) -> int:
-    return entry[0]
-
-
 def expired_keys(keys: Iterable[str], size: int, stream_time: float,
                  retention: float) -> list[str]:
     """Keys of windows that ended ``retention`` seconds or more before ``stream_time``."""
@@ -173,68 +167,64 @@ class WindowState:
     # -- the ingest handler ----------------------------------------------------------
 
     def count(self, partition: int, first_offset: int, committed: int,
-              payments: dict[int, ParsedTransaction],
-              metrics: dict[int, ExtractionResult],
+              cols: PaymentColumns, metrics: BatchMetrics,
               failed: Sequence[FailedMessage] = (),
-              received: Mapping[int, float] | None = None) -> tuple[list[WindowRow], int]:
+              received: np.ndarray | None = None) -> tuple[list[WindowRow], int]:
         """Count a batch whose first message has ``first_offset``, given the partition's
         committed offset (call in the partition's context); returns the count rows and
-        how many payments were too late. Failed messages count in ``failed|category=``
-        in the window of their broker timestamp. ``received`` (offset -> record time)
-        caps how far each payment moves the stream clock (:func:`split_late`)."""
+        how many payments were too late. ``cols`` are the accepted payments and
+        ``metrics`` theirs (:meth:`~pipeline.metrics.MetricEngine.extract_batch`).
+        Failed messages count in ``failed|category=`` in the window of their broker
+        timestamp. ``received`` (each payment's record time) caps how far a payment
+        moves the stream clock (:func:`~pipeline.windows.late_mask`)."""
         cache = self.cache
         clock: StreamClock = cache.get(partition, CLOCK_TABLE, str(partition))
         clock.begin_batch(first_offset, committed)
         cache.put(partition, CLOCK_TABLE, str(partition), clock)
-        if not payments and not failed:
+        if not len(cols) and not failed:
             return [], 0
-        on_time, late = split_late(clock, payments, self.finest, self.grace, received)
-        rows = self._count_payments(partition, on_time)
-        # windowed metrics, grouped by finest window; late ones only count as late
-        entries: dict[int, list[MetricEntry]] = {}
-        for offset, tx in payments.items():
-            start = window_start(tx.event_ts, self.finest)
-            entries.setdefault(start, []).append((offset, LATE if offset in late
-                                                  else metrics[offset]))
-        if failed:
-            touched = set()
-            for item in failed:
-                start = window_start(item.first_seen.timestamp(), self.finest)
-                entries.setdefault(start, []).append((item.offset,
-                                                      failed_event(item.category.value)))
-                touched.add(start)
-            for start in touched:  # the watermark needs each group in offset order
-                entries[start].sort(key=_offset)
-        self._count_metrics(partition, entries)
-        return rows, len(late)
+        late = late_mask(clock, cols, self.finest, self.grace, received)
+        rows = self._count_payments(partition, cols, ~late)
+        entries = [(f.offset, window_start(f.first_seen.timestamp(), self.finest),
+                    f.category.value) for f in failed]
+        self._count_metrics(partition, WindowedBatch(metrics, self.finest, late, entries,
+                                                     self.bounds))
+        return rows, int(late.sum())
 
-    def _count_payments(self, partition: int,
-                        on_time: list[tuple[int, ParsedTransaction]]) -> list[WindowRow]:
+    def _count_payments(self, partition: int, cols: PaymentColumns,
+                        on_time: np.ndarray) -> list[WindowRow]:
         rows: list[WindowRow] = []
         for size in self.sizes:
             table = counts_table(size)
-            for (start, channel), group in group_by_window(on_time, size).items():
+            for start, channel, positions in count_groups(cols, on_time, size):
                 key = table_key(start, channel, partition)
                 counts = self.cache.get(partition, table, key)
-                apply_entries(counts, group)
+                apply_columns(counts, cols, positions)
                 # Marked dirty even when a replay added nothing: the changelog then
                 # converges even if the crashed run's record never reached it.
                 self.cache.put(partition, table, key, counts)
                 rows.append(WindowRow(size, start, channel, partition, counts.copy()))
         return rows
 
-    def _count_metrics(self, partition: int, entries: dict[int, list[MetricEntry]]) -> None:
+    def _count_metrics(self, partition: int, batch: WindowedBatch) -> None:
         # one delta per finest window, shared by every window size that holds it
-        deltas = {start: observe(group, self.bounds) for start, group in entries.items()}
+        deltas = batch.deltas()
         for size in self.sizes:
             table = metrics_table(size)
             targets: dict[int, list[int]] = {}
-            for start in entries:
+            for start in deltas:
                 targets.setdefault(window_start(start, size), []).append(start)
             for target, starts in targets.items():
                 key = metrics_key(target, partition)
                 value: WindowMetrics = self.cache.get(partition, table, key)
-                merge_unseen(value, ((entries[s], deltas[s]) for s in starts), self.bounds)
+                last = value.last_offset
+                for start in starts:
+                    # a window whose first entry is at or below the watermark is a
+                    # replay: only its unseen entries count (merge_unseen's rule)
+                    delta, newest = (deltas[start] if batch.first[start] > last
+                                     else batch.delta(start, last))
+                    value.merge(delta)
+                    value.last_offset = max(value.last_offset, newest)
                 self.cache.put(partition, table, key, value)
 
     # -- the sinks (a TableCache) --------------------------------------------------------

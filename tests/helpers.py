@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pyarrow as pa
@@ -588,3 +589,11 @@ def customer_traffic(seed: int, n: int = 400) -> list[dict]:
                         currency=rng.choice(["EUR", "EUR", "USD"]),
                         merchant=f"m{rng.randrange(12):02d}"))
     return docs
+
+
+def batch_metrics(engine: Any, payments: dict[int, Any]) -> Any:
+    """The metric columns of ``payments`` (offset -> payment), as the ingest handler
+    extracts them (:meth:`pipeline.metrics.MetricEngine.extract_batch`)."""
+    from pipeline.columns import PaymentColumns
+
+    return engine.extract_batch(PaymentColumns(payments, payments.values()))

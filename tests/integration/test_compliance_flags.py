@@ -18,7 +18,7 @@ from devtools.stack import FAUST
 from pipeline.batches import SinkBatch
 from storage.flags import ComplianceFlags, FlagError, FlagFilter, FlagNotFound
 from storage.postgres import PostgresSink, create_db_engine
-from tests.helpers import VALID_PAYMENT, Msg, parse, query, shipped_config
+from tests.helpers import VALID_PAYMENT, Msg, batch_metrics, parse, query, shipped_config
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -43,18 +43,14 @@ WANT = {("tx-flag-5", "velocity"), ("tx-flag-6", "velocity"), ("tx-flag-7", "lar
 
 def flagged_batch(partition: int = 2) -> SinkBatch:
     engine = shipped_config().engine
-    msgs, payments, metrics = [], {}, {}
-    earlier: dict[str, list] = {}
+    msgs, payments = [], {}
     for offset, doc in enumerate(DOCS):
         raw = json.dumps(doc).encode()
         msgs.append(Msg("payments", partition, offset, doc["merchant_id"].encode(), raw, 0.0))
         tx = parse(raw).transaction
         assert tx is not None, doc
         payments[offset] = tx
-        past = list(earlier.get(tx.customer_id, []))
-        metrics[offset] = engine.extract(tx, offset, lambda customer, past=past: past)
-        earlier.setdefault(tx.customer_id, []).append(
-            (tx.event_ts, offset, tx.amount_minor, tx.currency))
+    metrics = batch_metrics(engine, payments)
     return SinkBatch("payments", partition, msgs, payments, [], [], time.time(), metrics,
                      "schema=v1;metrics=v1;compliance=v1", customer_rules=engine.customer_rules)
 

@@ -21,7 +21,7 @@ from storage.postgres import (
     create_db_engine,
     with_retries,
 )
-from tests.helpers import parse, query, shipped_config
+from tests.helpers import batch_metrics, parse, query, shipped_config
 
 
 @dataclass
@@ -105,10 +105,10 @@ def test_retries_stop_at_once_on_a_non_transient_error(database_url):
 def test_dynamic_metrics_once_per_payment_even_when_replayed(database_url):
     engine = shipped_config().engine
     b = batch(0, 0, 20, [])
-    b.metrics = {o: engine.extract(tx, o) for o, tx in b.payments.items()}
+    b.metrics = batch_metrics(engine, b.payments)
     b.config_version = "v-test"
     flagged = {tx.transaction_id for o, tx in b.payments.items()
-               if any(r[0] == "compliance" for r in b.metrics[o].rows())}
+               if any(r[0] == "compliance" for r in engine.extract(tx, o).rows())}
     sink = PostgresSink(create_db_engine(database_url))
     assert sink.write([b])["dynamic_metrics"] == 20 + len(flagged)
     assert sink.write([b])["dynamic_metrics"] == 0  # the replay inserts no transaction

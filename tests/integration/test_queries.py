@@ -14,7 +14,7 @@ from pipeline.batches import SinkBatch
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.postgres import PostgresSink, StorageError, create_db_engine
 from storage.queries import PaymentQueries, QueryError, TxFilter
-from tests.helpers import execute, parse, query, shipped_config
+from tests.helpers import batch_metrics, execute, parse, query, shipped_config
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -30,7 +30,7 @@ def loaded(database_url):
     engine = shipped_config().engine
     gen = PaymentGenerator(load_scenario(), seed=3, start=START)
     payments = {i: parse(e.value).transaction for i, e in enumerate(gen.events(1500))}
-    metrics = {o: engine.extract(tx, o) for o, tx in payments.items()}
+    metrics = batch_metrics(engine, payments)
     PostgresSink(create_db_engine(database_url)).write([SinkBatch(
         "payments", 0, [Msg(o) for o in payments], payments, [], [], time.time(), metrics,
         "test-version")])

@@ -28,7 +28,7 @@ from storage.postgres import PostgresSink, create_db_engine
 from storage.reprocess import ReprocessError, reprocess
 from storage.window_rebuild import WindowPlan
 from tests.helpers import CUSTOMER_START as START
-from tests.helpers import changed_compliance_rules, parse, query, shipped_config
+from tests.helpers import batch_metrics, changed_compliance_rules, parse, query, shipped_config
 from tests.helpers import customer_traffic as traffic
 
 OLD = shipped_config()
@@ -57,7 +57,7 @@ def store(url: str, docs: list[dict], active: ActiveConfig, seed: int) -> None:
         part, order = order[:size], order[size:]
         p = rng.randrange(4)
         payments = {offsets[p] + i: parse(_raw(d)).transaction for i, d in enumerate(part)}
-        metrics = {o: active.engine.extract(tx, o) for o, tx in payments.items()}
+        metrics = batch_metrics(active.engine, payments)
         sink.write([SinkBatch("payments", p, [], payments, [], [], time.time(), metrics,
                               active.version, customer_rules=active.engine.customer_rules)])
         offsets[p] += size
@@ -230,7 +230,7 @@ def test_windows_that_have_not_settled_are_left_to_the_workers(database_url):
                "event_time": "2026-11-22T12:00:00.000Z"}
         tx = parse(_raw(doc)).transaction
         sink.write([SinkBatch("payments", p, [], {10_000: tx}, [], [], time.time(),
-                              {10_000: OLD.engine.extract(tx, 10_000)}, OLD.version)])
+                              batch_metrics(OLD.engine, {10_000: tx}), OLD.version)])
     report = reprocess(engine, OLD, since, until, windows=plan)
     assert report.windows.unsettled == hours[1:] and report.windows.rebuilt == {300: 12,
                                                                                 3600: 1}

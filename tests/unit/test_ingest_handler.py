@@ -15,6 +15,7 @@ from faust.types.tuples import Message
 from agents import ingest
 from agents.config import ConfigSync
 from agents.ingest import register_ingest
+from pipeline.columns import PaymentColumns
 from pipeline.config import METRICS_KEY, ConfigManager, ConfigVersion
 from runtime.faust_app import create_app
 from runtime.settings import Settings
@@ -235,8 +236,9 @@ def test_windows_of_a_dropped_metric_decode_after_a_restart(handler_setup):
         with partition_context(app, batch[-1]):
             payments = {50 + i: restarted.active.validator.parse(e.value, time.time()).transaction
                         for i, e in enumerate(later)}
-            metrics = {o: engine.extract(tx, o) for o, tx in payments.items() if tx}
-            after.count(0, 50, 0, {o: tx for o, tx in payments.items() if tx}, metrics)
+            accepted = {o: tx for o, tx in payments.items() if tx}
+            cols = PaymentColumns(accepted, accepted.values())
+            after.count(0, 50, 0, cols, engine.extract_batch(cols))
         after.flush(0, batch[-1])
 
     asyncio.run(count_more())
