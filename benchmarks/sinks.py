@@ -27,11 +27,13 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from devtools.services import ensure_postgres
 from devtools.stack import REPO_ROOT, run_migrations
 from pipeline.batches import SinkBatch
 from pipeline.columns import PaymentColumns
-from pipeline.windows import HistogramPartials, WindowMetrics, observe
+from pipeline.windows import HistogramPartials, WindowedBatch, WindowMetrics
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import compile_files
 from storage.postgres import PostgresSink, create_db_engine
@@ -105,9 +107,12 @@ def main() -> None:
         work = batches(args.payments, args.batch, 3, True)
         values = []
         for partition, b in enumerate(work):
-            delta, last = observe(list(b.metrics.items()), engine.bounds)
-            w = WindowMetrics(last_offset=last)
-            w.merge(delta)
+            assert b.metrics is not None
+            late = np.zeros(len(b.metrics), np.bool_)
+            deltas = WindowedBatch(b.metrics, 300, late, [], engine.bounds).deltas()
+            w = WindowMetrics(last_offset=max(last for _, last in deltas.values()))
+            for hists, _ in deltas.values():
+                w.merge(hists)
             partials = HistogramPartials()
             partials.add(300, 1_790_000_000, partition % 8, w)
             values.append(partials)
