@@ -382,7 +382,9 @@ class MetricExtractor(ABC):
     @abstractmethod
     def extract(self, tx: ParsedTransaction, offset: int,
                 history: History) -> Sequence[tuple[str, float]]:
-        """The payment's ``(metric name, value)`` pairs: a tuple or list, not a generator."""
+        """The payment's ``(metric name, value)`` pairs: a tuple or list, not a generator,
+        in the order of :meth:`definitions` (the columnar path orders a batch's metrics
+        that way, so the window values' keys come out in the same order)."""
 
     def extract_columns(self, cols: PaymentColumns) -> list[Column] | None:
         """The kernel: what :meth:`extract` gives, for every payment of a batch at once,
