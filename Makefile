@@ -42,6 +42,7 @@ lock: ## resolve pyproject.toml again into requirements.lock (the wheel's) and r
 	.tools/pip-tools/bin/pip install --quiet pip-tools==$(PIP_TOOLS_VERSION)
 	.tools/pip-tools/bin/pip-compile $(LOCK_FLAGS) --upgrade -o requirements.lock pyproject.toml
 	.tools/pip-tools/bin/pip-compile $(LOCK_FLAGS) --upgrade --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
+	cd benchmarks/quix && ../../.tools/pip-tools/bin/pip-compile $(LOCK_FLAGS) --upgrade -o requirements.lock requirements.in
 
 # Azurite (the Azure Blob Storage emulator) for the tests of the abfs:// lake path.
 $(NODE_STAMP): package.json package-lock.json
@@ -124,8 +125,17 @@ lint: $(STAMP) ## ruff, mypy and the import contracts (.importlinter: layers, no
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-bench: $(STAMP) $(KAFKA_STAMP) ## throughput and latency against a raw aiokafka consumer (prints figures)
-	$(PY) -m benchmarks.pipeline
+# The Quix Streams peer of the benchmark, in a venv of its own (quixstreams pins pydantic
+# below the dev lock's): benchmarks/quix/requirements.lock, hashed like the others.
+QUIX_STAMP := .venv-quix/.installed
+$(QUIX_STAMP): benchmarks/quix/requirements.lock
+	$(PYTHON) -m venv .venv-quix
+	.venv-quix/bin/pip install --quiet --require-hashes -r benchmarks/quix/requirements.lock
+	touch $@
+
+BENCH_ARGS ?= --peer quix
+bench: $(STAMP) $(KAFKA_STAMP) $(QUIX_STAMP) ## throughput, latency and CPU per event against a raw aiokafka consumer and a Quix Streams peer (prints figures)
+	$(PY) -m benchmarks.pipeline $(BENCH_ARGS)
 
 SOAK_RATE ?= 8000
 SOAK_MINUTES ?= 30
@@ -143,4 +153,4 @@ worker: $(STAMP) ## run a worker on BROKER_URL / DATABASE_URL (web UI on 6066)
 	$(VENV)/bin/faust -A app worker -l info --web-port 6066
 
 clean: ## remove the venv and local run data
-	rm -rf $(VENV) node_modules .kafka .tools .run data
+	rm -rf $(VENV) .venv-quix node_modules .kafka .tools .run data

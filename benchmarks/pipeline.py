@@ -90,6 +90,39 @@ def run_stock_agent(stack: Stack, events: int) -> float:
         log.close()
 
 
+QUIX_PYTHON = REPO_ROOT / ".venv-quix" / "bin" / "python"
+
+
+def run_quix_peer(stack: Stack, events: int) -> dict[str, float]:
+    """Run ``benchmarks/quix/app.py`` (Quix Streams, in ``.venv-quix``) over the same
+    events with its own consumer group; its events/s and CPU us per event."""
+    from devtools.services import stop_process
+
+    if not QUIX_PYTHON.exists():
+        raise RuntimeError(f"{QUIX_PYTHON} is missing: `make .venv-quix/.installed` "
+                           "installs the Quix Streams peer")
+    result = stack.workdir / "quix.json"
+    env = {**os.environ, "BOOTSTRAP": stack.broker.bootstrap, "EVENTS": str(events),
+           "RESULT": str(result), "STATE_DIR": str(stack.workdir / "quix-state"),
+           "SCHEMA": str(REPO_ROOT / "config" / "schemas" / "transaction-v1.json")}
+    log = open(stack.workdir / "quix.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen([str(QUIX_PYTHON), str(REPO_ROOT / "benchmarks" / "quix" / "app.py")],
+                            cwd=stack.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 900
+        while not result.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Quix peer did not finish; see {log.name}")
+            time.sleep(0.5)
+        time.sleep(0.2)  # written whole before the next read
+        data = json.loads(result.read_text())
+        return {"events_per_s": data["events"] / data["seconds"],
+                "cpu_us_per_event": data["cpu_seconds"] / data["events"] * 1e6}
+    finally:
+        stop_process(proc)
+        log.close()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (its threads included), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -249,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=str(REPO_ROOT / ".run" / "bench"))
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--stock", action="store_true", help="also time a stock Faust agent")
+    p.add_argument("--peer", choices=["quix"], action="append", default=[],
+                   help="also run a peer over the same events: quix = a Quix Streams app "
+                        "that parses, validates and counts the same windows "
+                        "(benchmarks/quix/app.py)")
     p.add_argument("--profile", metavar="FILE", help="sample the worker with py-spy during "
                    "the throughput phase; collapsed stacks to FILE, top frames printed")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -278,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.stock:
             stock_rate = run_stock_agent(stack, args.events)
             print(f"stock Faust agent (parse only): {stock_rate:,.0f}/s", flush=True)
+        quix = run_quix_peer(stack, args.events) if "quix" in args.peer else None
+        if quix is not None:
+            print(f"Quix Streams peer: {quix['events_per_s']:,.0f}/s, "
+                  f"{quix['cpu_us_per_event']:.1f} us CPU/event", flush=True)
 
         started = time.monotonic()
         admin_token = uuid.uuid4().hex  # the stats reset between the phases needs it
@@ -333,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_events_per_s": round(pipe_rate),
             "pipeline_to_raw_ratio": round(pipe_rate / raw_rate, 3),
             "stock_faust_agent_parse_only_per_s": round(stock_rate) if stock_rate else None,
+            "quix_peer_events_per_s": round(quix["events_per_s"]) if quix else None,
+            "quix_peer_cpu_us_per_event": round(quix["cpu_us_per_event"], 1) if quix else None,
             "all_committed_s": round(committed_after, 1),
             "worker_cpu_us_per_event": round(cpu_us, 1),
             "worker_cpu_us_per_event_at_offered_rate": round(cpu_latency, 1),
