@@ -159,7 +159,7 @@ class Validator:
     def _apply_rules(self, raw: bytes, tx: ParsedTransaction, ctx: RuleContext) -> ParseResult:
         errors: list[ValidationError] = []
         for rule in self.rules:
-            if rule.applies(tx):
+            if not rule.when or rule.applies(tx):
                 error = rule.check(tx, ctx)
                 if error is not None:
                     errors.append(error)

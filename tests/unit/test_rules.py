@@ -69,3 +69,24 @@ def test_the_shipped_config_loads():
     validator = shipped_config().validator
     assert [r.name for r in validator.rules] == ["required", "event_time_skew"]
     assert validator.fast is not None
+
+
+@pytest.mark.parametrize("max_past", [None, 0, 30, 3600])
+@pytest.mark.parametrize("ahead", [-3601, -3600, -30.5, -30, 0, 0.25, 60, 119.999, 120, 121])
+def test_the_typed_payments_event_time_verdict_is_the_dicts(max_past, ahead):
+    """The typed payment's skew check reads its precomputed ``event_ts``; it gives the
+    verdict and the message the decoded object gets, at and around every bound."""
+    from models.events import ParsedTransaction, TransactionStatus
+
+    when = datetime.fromtimestamp(CTX.received_ts + ahead, UTC)
+    tx = ParsedTransaction(transaction_id="t", event_time=when, merchant_id="m",
+                           customer_id="c", amount_minor=1, currency="EUR", channel="pos",
+                           payment_method="card", status=TransactionStatus.APPROVED,
+                           decline_code=None, country="DE", processing_ms=1)
+    spec = {"rule": "event_time_skew", "max_future_seconds": 120}
+    if max_past is not None:
+        spec["max_past_seconds"] = max_past
+    (rule,) = build_rules([spec])
+    typed, decoded = rule.check(tx, CTX), rule.check({"event_time": when.isoformat()}, CTX)
+    assert (typed is None) == (decoded is None)
+    assert typed is None or typed.message == decoded.message
