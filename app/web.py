@@ -413,7 +413,8 @@ def register_views(app: PaymentApp, settings: Settings, stats: IngestStats, sink
     class StatsView(Checked):
         async def get(self, request: Request) -> Response:
             self.checked(request)
-            assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
+            assigned = sorted(f"{tp.topic}[{tp.partition}]"
+                              for tp in app.assigned_partitions())
             return self.json({
                 "assigned": assigned,
                 "ingest": stats.snapshot(),

@@ -16,6 +16,7 @@ import pyarrow
 import uvloop
 from faust.app.base import BootStrategy
 from faust.auth import Credentials
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, TopicT, TransportT
 from mode import Service, ServiceT
 
@@ -149,7 +150,15 @@ class PaymentApp(faust.App):
         Faust's own election needs a topic of its own (``<id>-__assignor-__leader``);
         an Event Hubs namespace has room for few (docs/eventhubs.md), so it is off.
         """
-        return self.leader_tp in self.consumer.assignment()
+        return self.leader_tp in self.assigned_partitions()
+
+    def assigned_partitions(self) -> set[TP]:
+        """The consumer's assignment: empty until its thread has started. The web server
+        answers before that, and a stats or probe request then must not fail."""
+        try:
+            return set(self.consumer.assignment())
+        except ConsumerNotStarted:
+            return set()
 
     @property
     def leader_tp(self) -> TP:

@@ -75,3 +75,26 @@ def test_a_broker_that_does_not_answer_is_logged_once_per_outage(caplog):
         lag(h)
     assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
     assert "TimeoutError" in caplog.records[0].getMessage()
+
+
+def test_the_assignment_is_empty_before_the_consumer_thread_starts():
+    """The web server answers before the consumer's thread has started: the stats view
+    and the leader check then see no partitions instead of failing with a 500."""
+    from types import SimpleNamespace
+
+    from faust.exceptions import ConsumerNotStarted
+    from faust.types import TP
+
+    from runtime.faust_app import PaymentApp
+
+    class NotStarted:
+        def assignment(self) -> set:
+            raise ConsumerNotStarted("Consumer thread not yet started")
+
+    class Started:
+        def assignment(self) -> set:
+            return {TP("payments", 0)}
+
+    assert PaymentApp.assigned_partitions(SimpleNamespace(consumer=NotStarted())) == set()
+    assert PaymentApp.assigned_partitions(SimpleNamespace(consumer=Started())) == {
+        TP("payments", 0)}
