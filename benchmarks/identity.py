@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         after.stop()
         before.stop(drop_database=True)
         pg.drop_database(name)
+        pg.stop()
         subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO_ROOT,
                        check=False, capture_output=True)
 
