@@ -65,29 +65,38 @@ async def raw_consume(bootstrap: str, topic: str, total: int) -> tuple[int, floa
         await consumer.stop()
 
 
+def run_until_result(cmd: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
+                     result: Path, what: str, timeout: float) -> dict:
+    """Run ``cmd`` until it writes ``result`` (JSON, written whole by a rename); its data."""
+    from devtools.services import stop_process
+
+    log = open(log_path, "ab")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not result.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not finish; see {log_path}")
+            time.sleep(0.5)
+        return json.loads(result.read_text())
+    finally:
+        stop_process(proc)
+        log.close()
+
+
 def run_stock_agent(stack: Stack, events: int) -> float:
     """Time ``benchmarks.stock_app`` (its own consumer group) over the same events."""
-    from devtools.services import free_port, stop_process
+    from devtools.services import free_port
     from devtools.stack import FAUST
 
     result = stack.workdir / "stock.json"
     (stack.workdir / "stock").mkdir(exist_ok=True)
     env = stack.worker_env("stock", APP_ID="stock-bench", BENCH_EVENTS=str(events),
                            BENCH_RESULT=str(result), WEB_PORT=str(free_port()))
-    log = open(stack.workdir / "stock.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([FAUST, "-A", "benchmarks.stock_app", "worker", "-l", "warn"],
-                            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 600
-        while not result.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"stock agent did not finish; see {log.name}")
-            time.sleep(0.5)
-        data = json.loads(result.read_text())
-        return data["events"] / data["seconds"]
-    finally:
-        stop_process(proc)
-        log.close()
+    data = run_until_result([FAUST, "-A", "benchmarks.stock_app", "worker", "-l", "warn"],
+                            cwd=REPO_ROOT, env=env, log_path=stack.workdir / "stock.log",
+                            result=result, what="the stock agent", timeout=600)
+    return data["events"] / data["seconds"]
 
 
 QUIX_PYTHON = REPO_ROOT / ".venv-quix" / "bin" / "python"
@@ -96,8 +105,6 @@ QUIX_PYTHON = REPO_ROOT / ".venv-quix" / "bin" / "python"
 def run_quix_peer(stack: Stack, events: int) -> dict[str, float]:
     """Run ``benchmarks/quix/app.py`` (Quix Streams, in ``.venv-quix``) over the same
     events with its own consumer group; its events/s and CPU us per event."""
-    from devtools.services import stop_process
-
     if not QUIX_PYTHON.exists():
         raise RuntimeError(f"{QUIX_PYTHON} is missing: `make .venv-quix/.installed` "
                            "installs the Quix Streams peer")
@@ -105,22 +112,11 @@ def run_quix_peer(stack: Stack, events: int) -> dict[str, float]:
     env = {**os.environ, "BOOTSTRAP": stack.broker.bootstrap, "EVENTS": str(events),
            "RESULT": str(result), "STATE_DIR": str(stack.workdir / "quix-state"),
            "SCHEMA": str(REPO_ROOT / "config" / "schemas" / "transaction-v1.json")}
-    log = open(stack.workdir / "quix.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([str(QUIX_PYTHON), str(REPO_ROOT / "benchmarks" / "quix" / "app.py")],
-                            cwd=stack.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 900
-        while not result.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Quix peer did not finish; see {log.name}")
-            time.sleep(0.5)
-        time.sleep(0.2)  # written whole before the next read
-        data = json.loads(result.read_text())
-        return {"events_per_s": data["events"] / data["seconds"],
-                "cpu_us_per_event": data["cpu_seconds"] / data["events"] * 1e6}
-    finally:
-        stop_process(proc)
-        log.close()
+    data = run_until_result([str(QUIX_PYTHON), str(REPO_ROOT / "benchmarks" / "quix" / "app.py")],
+                            cwd=stack.workdir, env=env, log_path=stack.workdir / "quix.log",
+                            result=result, what="the Quix peer", timeout=900)
+    return {"events_per_s": data["events"] / data["seconds"],
+            "cpu_us_per_event": data["cpu_seconds"] / data["events"] * 1e6}
 
 
 def cpu_seconds(pid: int) -> float:

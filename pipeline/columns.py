@@ -72,16 +72,6 @@ class PaymentColumns:
             found = self._codes[field] = factorize(list(map(attrgetter(field), self.payments)))
         return found
 
-    def take(self, positions: np.ndarray) -> PaymentColumns:
-        """The payments at ``positions`` (ascending), as columns of their own."""
-        out = PaymentColumns.__new__(PaymentColumns)
-        out.payments = [self.payments[i] for i in positions.tolist()]
-        for name in ("offsets", "event_ts", "amount_minor", "processing_ms", "risk_score",
-                     "has_risk", "status"):
-            setattr(out, name, getattr(self, name)[positions])
-        out._codes = {}
-        return out
-
 
 _EVENT_TS = attrgetter("event_ts")
 _AMOUNT = attrgetter("amount_minor")

@@ -451,15 +451,17 @@ class WindowedBatch:
         self.late = late
         self.failed = list(failed)
         self.bounds = bounds
-        offsets = self.cols.offsets
-        self.first: dict[int, int] = {}
-        self.last: dict[int, int] = {}
-        for start, offset in [*zip(self.starts.tolist(), offsets.tolist(), strict=True),
-                              *((s, o) for o, s, _ in self.failed)]:
-            if start not in self.first or offset < self.first[start]:
-                self.first[start] = offset
-            if start not in self.last or offset > self.last[start]:
-                self.last[start] = offset
+        # each window's first and last entry (payments ascend in offset; failed ones join)
+        starts, offsets = self.starts, self.cols.offsets
+        windows, first = np.unique(starts, return_index=True)
+        last = len(starts) - 1 - np.unique(starts[::-1], return_index=True)[1]
+        self.first: dict[int, int] = dict(zip(windows.tolist(), offsets[first].tolist(),
+                                              strict=True))
+        self.last: dict[int, int] = dict(zip(windows.tolist(), offsets[last].tolist(),
+                                             strict=True))
+        for offset, start, _ in self.failed:
+            self.first[start] = min(self.first.get(start, offset), offset)
+            self.last[start] = max(self.last.get(start, offset), offset)
 
     def deltas(self) -> dict[int, Delta]:
         """Per finest window: its histograms by key, and the last offset in them."""

@@ -47,7 +47,7 @@ from pipeline.metrics import BatchMetrics
 from pipeline.records import clean_json, clean_text
 from pipeline.windows import HistogramPartials
 from storage import customer_rules
-from storage.metric_rows import metric_rows, select
+from storage.metric_rows import copy_text, metric_rows, select
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -404,7 +404,7 @@ class PostgresSink:
 
     def _claim_once(self, topic: str, partition: int,
                     entries: Sequence[tuple[str, int]]) -> dict[str, tuple[str, int, int]]:
-        rows = (f"{_copy_text(tx_id)}\t{offset}\n" for tx_id, offset in entries)
+        rows = (f"{copy_text(tx_id)}\t{offset}\n" for tx_id, offset in entries)
         params = {"topic": topic, "partition": partition}
         with _transaction(self.engine) as cur:
             cur.execute(STAGE_CLAIMS)
@@ -428,8 +428,8 @@ class PostgresSink:
         # the payments each set of customer-scope rules judges (one set per config version)
         judged: dict[tuple[str, tuple[Any, ...]], list[ParsedTransaction]] = {}
         for batch in batches:
-            topic = _copy_text(batch.topic)
-            version = _copy_text(batch.config_version)
+            topic = copy_text(batch.topic)
+            version = copy_text(batch.config_version)
             if batch.customer_rules and batch.payments:
                 judged.setdefault((batch.config_version, batch.customer_rules), []).extend(
                     batch.payments.values())
@@ -564,10 +564,9 @@ def _metric_rows(inserted: Sequence[str],
         positions = at[:, 1][at[:, 0] == k]
         if len(positions):
             flagged.update(metrics.flagged(positions))
-    rows = [row for metrics, ids, batch in sets
-            for row in [metric_rows(metrics, ids, batch.config_version)]]
+    parts = [metric_rows(metrics, ids, batch.config_version) for metrics, ids, batch in sets]
     first = np.cumsum([0] + [len(ids) for _, ids, _ in sets[:-1]])
-    flat = rows[0] if len(rows) == 1 else [r for part in rows for r in part]
+    flat = parts[0] if len(parts) == 1 else [row for part in parts for row in part]
     return select(flat, (first[at[:, 0]] + at[:, 1]).tolist())
 
 
@@ -596,23 +595,17 @@ NULL = "\\N"  # COPY text format's NULL
 
 def _transaction_row(p: ParsedTransaction, topic: str, partition: int, offset: int) -> str:
     """One ``stage_transactions`` row in COPY text format."""
-    metadata = NULL if p.metadata is None else _copy_text(orjson.dumps(p.metadata).decode())
-    return (f"{_copy_text(p.transaction_id)}\t{p.event_ts!r}\t{_copy_text(p.merchant_id)}\t"
-            f"{_copy_text(p.customer_id)}\t{p.amount_minor}\t{_copy_text(p.currency)}\t"
-            f"{_copy_text(p.channel)}\t{_copy_text(p.payment_method)}\t{p.status.value}\t"
-            f"{_optional(p.decline_code)}\t{_copy_text(p.country)}\t{p.processing_ms}\t"
+    metadata = NULL if p.metadata is None else copy_text(orjson.dumps(p.metadata).decode())
+    return (f"{copy_text(p.transaction_id)}\t{p.event_ts!r}\t{copy_text(p.merchant_id)}\t"
+            f"{copy_text(p.customer_id)}\t{p.amount_minor}\t{copy_text(p.currency)}\t"
+            f"{copy_text(p.channel)}\t{copy_text(p.payment_method)}\t{p.status.value}\t"
+            f"{_optional(p.decline_code)}\t{copy_text(p.country)}\t{p.processing_ms}\t"
             f"{_optional(p.card_bin)}\t"
             f"{NULL if p.risk_score is None else repr(p.risk_score)}\t{metadata}\t"
             f"{topic}\t{partition}\t{offset}\n")
 
 
 def _optional(value: str | None) -> str:
-    return NULL if value is None else _copy_text(value)
+    return NULL if value is None else copy_text(value)
 
 
-def _copy_text(value: str) -> str:
-    """``value`` escaped for COPY's text format (backslash, tab, newline, carriage return)."""
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        value = (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-                 .replace("\r", "\\r"))
-    return value

@@ -98,8 +98,10 @@ def main() -> None:
         if seen["n"] >= total:
             result = {"events": seen["n"], "seconds": time.perf_counter() - seen["first"],
                       "cpu_seconds": cpu_seconds() - seen["cpu"]}
-            with open(os.environ["RESULT"], "w", encoding="utf-8") as out:
+            done = os.environ["RESULT"]
+            with open(done + ".tmp", "w", encoding="utf-8") as out:
                 json.dump(result, out)
+            os.replace(done + ".tmp", done)  # the bench reads it only once whole
             app.stop()
 
     sdf = app.dataframe(topic)

@@ -14,10 +14,10 @@ from pipeline.batches import SinkBatch
 from pipeline.histogram import Histogram
 from pipeline.windows import HistogramPartials, WindowCounts, WindowMetrics, WindowRow
 from simulator.generator import PaymentGenerator, load_scenario
+from storage.metric_rows import copy_text
 from storage.postgres import (
     PostgresSink,
     StorageError,
-    _copy_text,
     create_db_engine,
     with_retries,
 )
@@ -129,9 +129,9 @@ def test_dynamic_metrics_once_per_payment_even_when_replayed(database_url):
 
 
 def test_copy_text_escapes_what_copy_would_read_as_structure():
-    assert _copy_text('{"a\\tb": "x\\\\y"}') == '{"a\\\\tb": "x\\\\\\\\y"}'
-    assert _copy_text("line\nbreak\r") == "line\\nbreak\\r"
-    assert _copy_text("plain") == "plain"
+    assert copy_text('{"a\\tb": "x\\\\y"}') == '{"a\\\\tb": "x\\\\\\\\y"}'
+    assert copy_text("line\nbreak\r") == "line\\nbreak\\r"
+    assert copy_text("plain") == "plain"
 
 
 def test_window_partials_merge_into_aggregate_histograms(database_url):
