@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from devtools.stack import run_migrations
-from storage.postgres import PostgresSink, create_db_engine
+from storage.postgres import CLAIM_SELECT, PostgresSink, create_db_engine
 from tests.helpers import execute, query
 
 
@@ -70,3 +70,31 @@ def test_migration_backfills_claims_of_stored_transactions(database_url):
     run_migrations(database_url)
     sink = PostgresSink(create_db_engine(database_url))
     assert sink.claim("payments", 0, [("old", 1)]) == {"old": ("payments", 2, 5)}
+
+
+def test_one_fetch_claims_several_partitions_at_once(database_url):
+    """An id in the batches of two partitions of one fetch goes to the lower partition;
+    the same call again (a redelivery) finds the same answer."""
+    sink = PostgresSink(create_db_engine(database_url))
+    assert sink.claim("payments", 1, [("old", 4)]) == {}
+    batches = {3: [("x", 7), ("y", 8)], 2: [("x", 5), ("old", 6)], 0: []}
+    expected = {3: {"x": ("payments", 2, 5)}, 2: {"old": ("payments", 1, 4)}}
+    assert sink.claim_many("payments", batches) == expected
+    assert sink.claim_many("payments", batches) == expected
+    assert sink.claim_many("payments", {0: []}) == {}
+
+
+def test_the_claim_looks_each_id_up_by_its_key_whatever_the_statistics(database_url):
+    """A join with the whole claims table was the planner's choice for a large batch (a
+    hash join over every claim: milliseconds per batch, growing with the table)."""
+    execute(database_url, """
+        INSERT INTO transaction_claims
+        SELECT 'tx' || g, 'payments', g % 4, g FROM generate_series(1, 50000) g""")
+    ids = [f"tx{i}" for i in range(5000)]
+    plan = "\n".join(r[0] for r in query(
+        database_url, f"EXPLAIN {CLAIM_SELECT}",
+        {"topic": "payments", "ids": ids, "partitions": [0] * len(ids),
+         "offsets": list(range(len(ids)))}))
+    assert "Index Cond: (transaction_id = s.transaction_id)" in plan
+    assert "Seq Scan on transaction_claims" not in plan
+    assert "Hash Join" not in plan and "Merge Join" not in plan
