@@ -68,7 +68,8 @@ EVIDENCE_ROW = """jsonb_build_object(
 # let the planner scan and sort all of it for each write.
 _NEW = """
     SELECT s.customer_id, s.currency, s.amount_minor, to_timestamp(s.event_ts) AS event_time
-    FROM stage_transactions s WHERE s.transaction_id = ANY(%(ids)s::text[])
+    FROM stage_transactions s
+    WHERE s.transaction_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
 """
 _REACHED = """
     CROSS JOIN LATERAL (
@@ -103,7 +104,7 @@ SELECT f.transaction_id, f.customer_id, f.merchant_id, f.event_time, f.amount_mi
                 AND event_time > f.event_time - make_interval(secs => %(within)s)
                 AND event_time <= f.event_time
               ORDER BY event_time, transaction_id
-              LIMIT %(cap)s) q) AS payments
+              LIMIT %(cap)s) q)::text AS payments
 FROM counted f
 WHERE f.n > %(max_payments)s
 ORDER BY f.transaction_id
@@ -129,7 +130,7 @@ STRUCTURING_JUDGED = f"""in_band AS (  -- the in-band payments of each one's win
         LIMIT %(cap)s) q
 )
 SELECT a.transaction_id, a.customer_id, a.merchant_id, a.event_time, a.amount_minor,
-       a.currency, w.n, w.payments
+       a.currency, w.n, w.payments::text
 FROM affected a
 JOIN (SELECT q.flagged, count(*) AS n,
              jsonb_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id) AS payments
@@ -161,7 +162,8 @@ def judge(cur: Any, rules: Sequence[Any], payments: Sequence[ParsedTransaction],
     """``compliance_flags`` rows (evidence as JSON text) of the payments that
     ``payments``, stored in this transaction (and still in its ``stage_transactions``),
     make flagged under ``rules``."""
-    new = {"ids": [p.transaction_id for p in payments]}
+    # one JSON text: psycopg2 quotes a list parameter's every item holding the GIL
+    new = {"ids": orjson.dumps([p.transaction_id for p in payments]).decode()}
     rows: list[tuple[Any, ...]] = []
     for rule in rules:
         sql, params, cap = rule_query(rule)
@@ -194,13 +196,15 @@ def rule_query(rule: Any) -> tuple[dict[str, Any], dict[str, Any], int]:
 def flag_rows(fetched: Sequence[tuple[Any, ...]], rule: Any, params: dict[str, Any],
               cap: int, config_version: str) -> list[tuple[Any, ...]]:
     """``compliance_flags`` rows from the rows a judging query returned: ``(id, customer,
-    merchant, event time, amount, currency, counted, listed payments)``."""
+    merchant, event time, amount, currency, counted, listed payments as JSON text)``.
+    The listed payments' text goes into the evidence as it came, never parsed."""
     rows = []
     for tx_id, customer, merchant, when, amount, currency, n, listed in fetched:
         evidence = dict(params)
         if rule.kind == "structuring":
             evidence["threshold_minor"] = rule.thresholds[currency]
-        evidence.update(counted=int(n), complete=int(n) < cap, payments=listed)
+        evidence.update(counted=int(n), complete=int(n) < cap)
+        text = f'{orjson.dumps(evidence).decode()[:-1]},"payments":{listed or "null"}}}'
         rows.append((tx_id, rule.kind, customer, merchant, when, amount, currency,
-                     config_version, orjson.dumps(evidence).decode()))
+                     config_version, text))
     return rows

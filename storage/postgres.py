@@ -249,15 +249,34 @@ COPY_METRICS = ("COPY dynamic_metrics (transaction_id, metric_type, metric_data,
 
 # One row per flagged payment and rule, for the payments this transaction stored first
 # (so a replay adds none); DO NOTHING keeps a review whatever happens.
+# The rows come as one JSON text (orjson; psycopg2's execute_values formatted each value
+# of each row holding the GIL), in key order.
 INSERT_FLAGS = """
 INSERT INTO compliance_flags (
     transaction_id, rule, customer_id, merchant_id, event_time, amount_minor, currency,
     config_version, evidence
-) VALUES %s
+)
+SELECT e->>0, e->>1, e->>2, e->>3, (e->>4)::timestamptz, (e->>5)::bigint, e->>6, e->>7,
+       (e->>8)::jsonb
+FROM jsonb_array_elements(%s::jsonb) AS e
+ORDER BY e->>0, e->>1
 ON CONFLICT (transaction_id, rule) DO NOTHING
 RETURNING rule
 """
-FLAGS_TEMPLATE = "(%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb)"
+FLAGS_PER_STATEMENT = 5000
+
+
+def insert_flags(cur: Any, rows: Sequence[tuple[Any, ...]]) -> list[str]:
+    """Insert ``compliance_flags`` rows ``(transaction_id, rule, customer_id, merchant_id,
+    event_time (aware), amount_minor, currency, config_version, evidence as JSON text)``
+    but those already flagged; returns the rule of each row inserted."""
+    inserted: list[str] = []
+    for at in range(0, len(rows), FLAGS_PER_STATEMENT):
+        chunk = orjson.dumps(rows[at:at + FLAGS_PER_STATEMENT], option=orjson.OPT_NAIVE_UTC)
+        cur.execute(INSERT_FLAGS, (chunk.decode(),))
+        inserted += [r[0] for r in cur.fetchall()]
+    return inserted
+
 
 # A window ``reprocess`` rebuilt (``rebuilt_windows``) keeps its rows: a worker still
 # holding it (a late payment before its expiry, a replay) writes only its late_events and
@@ -490,11 +509,10 @@ class PostgresSink:
                     if mine:
                         flag_rows += customer_rules.judge(cur, rules, mine, version)
                 if flag_rows:
-                    done = execute_values(cur, INSERT_FLAGS, flag_rows,
-                                           template=FLAGS_TEMPLATE, page_size=1000, fetch=True)
+                    done = insert_flags(cur, flag_rows)
                     # the per-event rules' flags are counted with their metric rows
                     kinds = {rule.kind for _, rules in judged for rule in rules}
-                    flagged.update(f"compliance_{r[0]}" for r in done if r[0] in kinds)
+                    flagged.update(f"compliance_{rule}" for rule in done if rule in kinds)
             if failed_rows:
                 execute_values(cur, INSERT_FAILED, failed_rows, page_size=1000)
             if partials:

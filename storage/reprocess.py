@@ -44,7 +44,7 @@ from models.errors import PaymentMonitorError
 from pipeline.config import ActiveConfig
 from pipeline.metrics import no_history
 from storage import customer_rules
-from storage.postgres import FLAGS_TEMPLATE, INSERT_FLAGS, _transaction
+from storage.postgres import _transaction, insert_flags
 from storage.window_rebuild import WindowPlan, WindowReport, payment_from_row, rebuild_windows
 
 # at most about this many payments per transaction (more only when that many share one
@@ -264,8 +264,7 @@ def _slice(cur: Any, active: ActiveConfig, since: datetime, until: datetime,
     if removed:
         execute_values(cur, DELETE_FLAGS, sorted(removed), page_size=1000)
     if added:
-        execute_values(cur, INSERT_FLAGS, sorted(added), template=FLAGS_TEMPLATE,
-                       page_size=1000)
+        insert_flags(cur, sorted(added))
     changed = [(tx, rule, want[(tx, rule)][8], version) for tx, rule in sorted(kept)
                if have[(tx, rule)][1] != version]
     if changed:
