@@ -11,11 +11,12 @@ table once, with no bookkeeping file of our own. Rows are partitioned by ``date`
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.batches import SinkBatch
@@ -52,16 +53,16 @@ class _Buffer:
     topic: str
     partition: int
     started: float
-    columns: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
-    hours: list[int] = field(default_factory=list)
+    # one Arrow batch of the RAW_SCHEMA columns but topic and partition per sink batch,
+    # made when it is appended (columns of numbers and times made whole, with no Python
+    # object per row), and each row's hour since the epoch
+    chunks: list[pa.RecordBatch] = field(default_factory=list)
+    hours: list[np.ndarray] = field(default_factory=list)
+    rows: int = 0
     # the newest message only: it names the partition when its table values are flushed,
     # and holding every buffered message (~300 bytes each beyond the columns) was a few
     # seconds of traffic in memory for nothing
     last_message: Any = None
-
-    @property
-    def rows(self) -> int:
-        return len(self.hours)
 
 
 @dataclass(frozen=True)
@@ -114,37 +115,10 @@ class RawEventWriter:
         buf = self._buffers.get(key)
         if buf is None:
             buf = self._buffers[key] = _Buffer(batch.topic, batch.partition, time.monotonic())
-        cols = buf.columns
-        arrival = datetime.fromtimestamp(batch.arrival, UTC)
-        arrival_hour = int(batch.arrival // 3600)
-        failed = {f.offset: f for f in batch.failed}
-        for m in messages:
-            cols["offset"].append(m.offset)
-            cols["key"].append(m.key)
-            cols["value"].append(m.value)
-            cols["broker_timestamp"].append(_broker_time(m.timestamp))
-            cols["arrival_time"].append(arrival)
-            p = batch.payments.get(m.offset)
-            if p is not None:
-                cols["accepted"].append(True)
-                cols["error_category"].append(None)
-                cols["transaction_id"].append(p.transaction_id)
-                cols["event_time"].append(p.event_time)
-                cols["merchant_id"].append(p.merchant_id)
-                cols["amount_minor"].append(p.amount_minor)
-                cols["currency"].append(p.currency)
-                cols["channel"].append(p.channel)
-                cols["status"].append(p.status)
-                cols["customer_id"].append(p.customer_id)
-                buf.hours.append(int(p.event_time.timestamp() // 3600))
-            else:
-                f = failed.get(m.offset)
-                cols["accepted"].append(False)
-                cols["error_category"].append(str(f.category) if f else "unknown")
-                for name in ("transaction_id", "event_time", "merchant_id", "amount_minor",
-                             "currency", "channel", "status", "customer_id"):
-                    cols[name].append(None)
-                buf.hours.append(arrival_hour)
+        chunk, hours = _rows(batch, messages)
+        buf.chunks.append(chunk)
+        buf.hours.append(hours)
+        buf.rows += len(messages)
         buf.last_message = messages[-1]
 
     def due(self, now: float | None = None) -> list[tuple[str, int]]:
@@ -177,25 +151,99 @@ class RawEventWriter:
         buf = self._buffers.pop((topic, partition), None)
         if buf is None or not buf.rows:
             return None
-        cols = buf.columns
-        first, last = cols["offset"][0], cols["offset"][-1]
+        rows = pa.Table.from_batches(buf.chunks, schema=_CHUNK_SCHEMA)
+        offsets = rows["offset"]
+        first, last = offsets[0].as_py(), offsets[-1].as_py()
         n = buf.rows
         arrays = {
             "topic": pa.array([topic] * n, pa.string()),
             "partition": pa.array([partition] * n, pa.int32()),
         }
-        for f in RAW_SCHEMA:
-            if f.name not in arrays:
-                arrays[f.name] = pa.array(cols[f.name], f.type)
+        for f in _CHUNK_SCHEMA:
+            arrays[f.name] = rows[f.name]
         # the partition columns, formatted once per hour the flush touches
-        starts = {hour: datetime.fromtimestamp(hour * 3600, UTC) for hour in set(buf.hours)}
-        dates = {hour: f"{t:%Y-%m-%d}" for hour, t in starts.items()}
-        hours = {hour: f"{t:%H}" for hour, t in starts.items()}
-        arrays["date"] = pa.array([dates[h] for h in buf.hours], pa.string())
-        arrays["hour"] = pa.array([hours[h] for h in buf.hours], pa.string())
+        all_hours = np.concatenate(buf.hours)
+        touched, index = np.unique(all_hours, return_inverse=True)
+        starts = [datetime.fromtimestamp(int(hour) * 3600, UTC) for hour in touched]
+        arrays["date"] = pa.array([f"{t:%Y-%m-%d}" for t in starts], pa.string()).take(index)
+        arrays["hour"] = pa.array([f"{t:%H}" for t in starts], pa.string()).take(index)
         table = pa.Table.from_pydict(arrays, schema=TABLE_SCHEMA)
         written = self.table.append(table, f"{topic}-{partition}", last)
         return Flushed(topic, partition, first, last, written, n, buf.last_message)
+
+
+# the columns a buffered chunk holds: the raw schema but the topic-partition's own two
+_CHUNK_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name not in ("topic", "partition")])
+# Times within 2**31 s of the epoch (1901-2038) are a float's seconds to better than half
+# a microsecond, so the whole microseconds a datetime held come back exactly; the others
+# (a producer may set any time) go through datetime, as they always did.
+_EXACT_SECONDS = 2.0 ** 31
+
+
+def _rows(batch: SinkBatch, messages: Sequence[Any]) -> tuple[pa.RecordBatch, np.ndarray]:
+    """The lake's rows of ``messages`` (a batch's, maybe without its first ones): every
+    message, with its payment's fields where it was accepted; and each row's hour since
+    the epoch (its event time's when accepted, its arrival's when not)."""
+    n = len(messages)
+    payments = batch.payments
+    mine = [payments.get(m.offset) for m in messages]
+    ps = [p for p in mine if p is not None]
+    accepted = np.fromiter((p is not None for p in mine), np.bool_, n)
+    every = len(ps) == n
+
+    def spread(values: pa.Array) -> pa.Array:
+        """The accepted rows' values in their rows, nulls in the others."""
+        if every:
+            return values
+        at = np.cumsum(accepted) - 1
+        return values.take(pa.array(np.where(accepted, at, 0), mask=~accepted))
+
+    failed = {f.offset: f for f in batch.failed}
+    errors = [None if p is not None else str(failed[m.offset].category)
+              if m.offset in failed else "unknown" for m, p in zip(messages, mine, strict=True)]
+    arrival = datetime.fromtimestamp(batch.arrival, UTC)
+    event_ts = np.fromiter((p.event_ts for p in ps), np.float64, len(ps))
+    hours = np.full(n, int(batch.arrival // 3600), np.int64)
+    hours[accepted] = np.floor_divide(event_ts, 3600).astype(np.int64)
+    columns = {
+        "offset": pa.array(np.fromiter((m.offset for m in messages), np.int64, n)),
+        "key": pa.array([m.key for m in messages], pa.binary()),
+        "value": pa.array([m.value for m in messages], pa.binary()),
+        "broker_timestamp": _broker_times([m.timestamp for m in messages]),
+        "arrival_time": pa.repeat(pa.scalar(arrival, pa.timestamp("us", tz="UTC")), n),
+        "accepted": pa.array(accepted),
+        "error_category": pa.array(errors, pa.string()),
+        "transaction_id": spread(pa.array([p.transaction_id for p in ps], pa.string())),
+        "event_time": spread(_millis(event_ts) if _exact(event_ts) else pa.array(
+            [p.event_time for p in ps], pa.timestamp("ms", tz="UTC"))),
+        "merchant_id": spread(pa.array([p.merchant_id for p in ps], pa.string())),
+        "amount_minor": spread(pa.array([p.amount_minor for p in ps], pa.int64())),
+        "currency": spread(pa.array([p.currency for p in ps], pa.string())),
+        "channel": spread(pa.array([p.channel for p in ps], pa.string())),
+        "status": spread(pa.array([p.status for p in ps], pa.string())),
+        "customer_id": spread(pa.array([p.customer_id for p in ps], pa.string())),
+    }
+    return pa.RecordBatch.from_pydict(columns, schema=_CHUNK_SCHEMA), hours
+
+
+def _exact(seconds: np.ndarray) -> bool:
+    return bool(np.all(np.abs(seconds) < _EXACT_SECONDS))
+
+
+def _millis(seconds: np.ndarray) -> pa.Array:
+    """Times in seconds since the epoch (each a whole microsecond, as a datetime's
+    ``timestamp()`` gives it, within :data:`_EXACT_SECONDS`) as millisecond timestamps,
+    floored as Arrow floors a datetime's microseconds."""
+    micros = np.rint(seconds * 1e6).astype(np.int64)
+    return pa.array(np.floor_divide(micros, 1000), pa.timestamp("ms", tz="UTC"))
+
+
+def _broker_times(timestamps: Sequence[float | None]) -> pa.Array:
+    """:func:`_broker_time` of each record timestamp, as one millisecond column."""
+    seconds = np.array([t or np.nan for t in timestamps], np.float64)
+    if _exact(seconds):  # no NaN (no timestamp) either
+        return _millis(seconds)
+    return pa.array([_broker_time(t) for t in timestamps], pa.timestamp("ms", tz="UTC"))
 
 
 def _broker_time(timestamp: float | None) -> datetime | None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
+import msgspec
+import pyarrow as pa
 from deltalake import DeltaTable
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from storage.parquet import RAW_SCHEMA, RawEventWriter
+from storage.parquet import _CHUNK_SCHEMA, RAW_SCHEMA, RawEventWriter, _broker_time, _rows
 from tests.helpers import make_batch, read_lake
 
 
@@ -109,3 +114,52 @@ def test_redelivered_offsets_are_buffered_once(tmp_path):
     w.append(make_batch(120, 80))  # 120..149 were flushed already
     w.flush("payments", 0)
     assert offsets(tmp_path) == list(range(200))
+
+
+def reference_rows(batch) -> tuple[dict, list[int]]:
+    """The lake's rows as the writer made them a row at a time (the reference for the
+    columns made whole): each value through datetime and pa.array."""
+    columns: dict[str, list] = {f.name: [] for f in _CHUNK_SCHEMA}
+    hours = []
+    arrival = datetime.fromtimestamp(batch.arrival, UTC)
+    failed = {f.offset: f for f in batch.failed}
+    for m in batch.messages:
+        p = batch.payments.get(m.offset)
+        f = failed.get(m.offset)
+        row = {"offset": m.offset, "key": m.key, "value": m.value,
+               "broker_timestamp": _broker_time(m.timestamp), "arrival_time": arrival,
+               "accepted": p is not None,
+               "error_category": None if p is not None else str(f.category) if f else "unknown"}
+        for name in ("transaction_id", "event_time", "merchant_id", "amount_minor",
+                     "currency", "channel", "status", "customer_id"):
+            row[name] = None if p is None else getattr(p, name)
+        for name, value in row.items():
+            columns[name].append(value)
+        hours.append(int(p.event_time.timestamp() // 3600) if p is not None
+                     else int(batch.arrival // 3600))
+    return {f.name: pa.array(columns[f.name], f.type) for f in _CHUNK_SCHEMA}, hours
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_the_rows_made_whole_are_the_rows_made_one_at_a_time(data):
+    """Record timestamps and event times anywhere a producer may set them (none, zero,
+    before 1970, past 2038 and 9999, whole milliseconds as Kafka has them), failed
+    messages among the payments."""
+    n = data.draw(st.integers(1, 40))
+    batch = make_batch(0, n, invalid=data.draw(st.sampled_from([0.0, 0.3, 1.0])))
+    millis = st.one_of(st.none(), st.just(0), st.integers(-10**13, 4 * 10**14))
+    for m in batch.messages:
+        ms = data.draw(millis)
+        m.timestamp = None if ms is None else ms / 1000.0
+    for p in batch.payments.values():
+        if data.draw(st.booleans()):
+            when = datetime(1, 1, 1, tzinfo=UTC) + timedelta(microseconds=data.draw(
+                st.integers(0, 315537897599999999)))
+            msgspec.structs.force_setattr(p, "event_time", when)
+            msgspec.structs.force_setattr(p, "event_ts", when.timestamp())
+    chunk, hours = _rows(batch, batch.messages)
+    expected, expected_hours = reference_rows(batch)
+    for name, column in expected.items():
+        assert chunk.column(name).equals(column), name
+    assert hours.tolist() == expected_hours
