@@ -205,10 +205,12 @@ def pct(values: list[float]) -> dict[str, float]:
 
 
 def start_profiler(pid: int, path: str) -> subprocess.Popen:
-    """py-spy (sampling, 200 Hz, every thread, native frames off) on the worker."""
+    """py-spy (sampling, 200 Hz, native frames off) on the worker: the thread holding the
+    GIL in each sample, so a sample is Python at work (a thread waiting on PostgreSQL or
+    the network with the GIL released is not one: with it, waits looked like work)."""
     spy = str(Path(sys.executable).with_name("py-spy"))
     return subprocess.Popen([spy, "record", "-p", str(pid), "-r", "200", "-f", "raw",
-                             "-o", path, "--nonblocking"],
+                             "-o", path, "--nonblocking", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
