@@ -147,10 +147,18 @@ class SinkService(Service):
 
     async def _store(self, batches: list[SinkBatch]) -> None:
         with self.telemetry.sink_seconds.labels("postgres").time():
-            counts = await asyncio.to_thread(self.db.write, batches)
+            counts = await asyncio.to_thread(self._store_blocking, batches)
         self.rows_written.update(counts)
+
+    def _store_blocking(self, batches: list[SinkBatch]) -> dict[str, int]:
+        """Write ``batches`` to PostgreSQL, then add them to the lake's buffers (their
+        Arrow columns are made there: in this thread, not on the event loop, where the
+        batches a slow write let gather held the fetch loop up for tens of ms). The lake
+        buffers are touched only under the sink's lock, one step at a time."""
+        counts = self.db.write(batches)
         for batch in batches:
             self.lake.append(batch)
+        return counts
 
     async def _flush(self, topic: str, partition: int) -> None:
         with self.telemetry.sink_seconds.labels("parquet").time():

@@ -125,18 +125,19 @@ class RawEventWriter:
         """Topic-partitions whose buffer is full or old enough to flush."""
         now = time.monotonic() if now is None else now
         return [
-            key for key, buf in self._buffers.items()
+            key for key, buf in tuple(self._buffers.items())
             if buf.rows and (buf.rows >= self.flush_rows or now - buf.started >= self.flush_seconds)
         ]
 
     def seconds_until_due(self, now: float | None = None) -> float | None:
         """Seconds until the oldest buffer is due, or None when nothing is buffered."""
         now = time.monotonic() if now is None else now
-        ages = [buf.started for buf in self._buffers.values() if buf.rows]
+        # a copy, made at once: a sink thread may add or flush a buffer meanwhile
+        ages = [buf.started for buf in tuple(self._buffers.values()) if buf.rows]
         return max(0.0, min(ages) + self.flush_seconds - now) if ages else None
 
     def buffered(self) -> list[tuple[str, int]]:
-        return [key for key, buf in self._buffers.items() if buf.rows]
+        return [key for key, buf in tuple(self._buffers.items()) if buf.rows]
 
     def forget(self, topic: str, partition: int) -> None:
         """Drop a revoked partition's buffer; its new owner replays it."""
