@@ -407,6 +407,10 @@ class PostgresSink:
         self.claiming_since: float | None = None  # time.monotonic() a claim call began
         self._flagged: Counter[str] = Counter()  # compliance flags of stored payments
         self._flag_lock = threading.Lock()  # written by the sink thread, read by scrapes
+        # the duplicate check's own connection, held and in autocommit: a claim is one
+        # round trip (no pool checkout with its ping, no BEGIN, no COMMIT of its own)
+        self._claimer: Any = None
+        self._claimer_lock = threading.Lock()
 
     def compliance_flags(self) -> dict[str, int]:
         """Payments each compliance rule flagged, counted when first stored (a replay
@@ -443,10 +447,24 @@ class PostgresSink:
         params = {"topic": topic, "batches": orjson.dumps(
             {str(p): entries for p, entries in batches.items()}).decode()}
         out: dict[int, dict[str, tuple[str, int, int]]] = {}
-        with _transaction(self.engine) as cur:
-            cur.execute(CLAIM, params)
-            for mine, tx_id, t, p, o in cur.fetchall():
-                out.setdefault(mine, {})[tx_id] = (t, int(p), int(o))
+        with self._claimer_lock:
+            if self._claimer is None:
+                raw = self.engine.raw_connection()
+                driver: Any = raw.driver_connection
+                driver.rollback()  # the pool's ping may have begun a transaction
+                driver.autocommit = True
+                self._claimer = raw
+            try:
+                # both statements in one message: PostgreSQL runs them as one transaction
+                cur = self._claimer.cursor()
+                cur.execute(CLAIM, params)
+                rows = cur.fetchall()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                self._claimer.invalidate()  # lost: the next try connects afresh
+                self._claimer = None
+                raise
+        for mine, tx_id, t, p, o in rows:
+            out.setdefault(mine, {})[tx_id] = (t, int(p), int(o))
         return out
 
     def write(self, batches: Sequence[SinkBatch]) -> dict[str, int]:

@@ -98,3 +98,16 @@ def test_the_claim_looks_each_id_up_by_its_key_whatever_the_statistics(database_
     assert "Index Cond: (transaction_id = " in plan
     assert "Seq Scan on transaction_claims" not in plan
     assert "Hash Join" not in plan and "Merge Join" not in plan
+
+
+def test_the_claims_connection_lost_is_replaced_and_the_claim_retried(database_url):
+    """The duplicate check holds its own connection: when PostgreSQL ends it (a restart,
+    a failover), the next claim connects again and nothing is lost or claimed twice."""
+    sink = PostgresSink(create_db_engine(database_url), give_up_after=30)
+    assert sink.claim("payments", 0, [("a", 1)]) == {}
+    execute(database_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert sink.claim("payments", 1, [("a", 7), ("b", 8)]) == {"a": ("payments", 0, 1)}
+    assert sink.claim("payments", 1, [("b", 8)]) == {}
+    assert sorted(query(database_url, "SELECT transaction_id, source_partition "
+                                      "FROM transaction_claims")) == [("a", 0), ("b", 1)]
