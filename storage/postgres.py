@@ -285,14 +285,24 @@ _NOT_REBUILT = """NOT EXISTS (
     SELECT 1 FROM rebuilt_windows r WHERE r.window_seconds = v.window_seconds
     AND r.window_start = v.window_start AND r.source_partition = v.source_partition)"""
 
+# The windows' rows reach PostgreSQL by COPY into a staging table, formatted by one
+# f-string a row (floats by repr, which PostgreSQL reads back to the same double, inf and
+# nan included); execute_values adapted every value of every row holding the GIL.
+_PARTIAL_COLUMNS = ("window_seconds, window_start, metric_type, dimension, source_partition, "
+                    "buckets, count, sum, min, max, last_offset")
+STAGE_HISTOGRAM_PARTIALS = """
+CREATE TEMP TABLE IF NOT EXISTS stage_histogram_partials (
+    window_seconds int, window_start timestamptz, metric_type text, dimension text,
+    source_partition int, buckets jsonb, count bigint, sum float8, min float8, max float8,
+    last_offset bigint
+) ON COMMIT DELETE ROWS
+"""
+COPY_HISTOGRAM_PARTIALS = "COPY stage_histogram_partials FROM STDIN"
 UPSERT_HISTOGRAM_PARTIALS = f"""
-INSERT INTO histogram_partials (
-    window_seconds, window_start, metric_type, dimension, source_partition,
-    buckets, count, sum, min, max, last_offset
-)
-SELECT * FROM (VALUES %s) AS v(window_seconds, window_start, metric_type, dimension,
-                                source_partition, buckets, count, sum, min, max, last_offset)
+INSERT INTO histogram_partials ({_PARTIAL_COLUMNS})
+SELECT {_PARTIAL_COLUMNS} FROM stage_histogram_partials v
 WHERE v.metric_type IN ('late_events', 'failed') OR {_NOT_REBUILT}
+ORDER BY v.window_seconds, v.window_start, v.metric_type, v.dimension, v.source_partition
 ON CONFLICT (window_seconds, window_start, metric_type, dimension, source_partition)
 DO UPDATE SET
     buckets = EXCLUDED.buckets, count = EXCLUDED.count, sum = EXCLUDED.sum,
@@ -313,17 +323,25 @@ JOIN unnest(%s::int[], %s::timestamptz[], %s::text[], %s::text[]) AS k(ws, st, m
 ORDER BY p.window_seconds, p.window_start, p.metric_type, p.dimension, p.source_partition
 """
 
-UPSERT_AGGREGATE_HISTOGRAMS = """
-INSERT INTO aggregate_histograms (
-    metric_type, dimension, time_window, window_seconds, buckets, count, sum, min, max,
-    p50, p95, p99
-) VALUES %s
+_AGGREGATE_COLUMNS = ("metric_type, dimension, time_window, window_seconds, buckets, count, "
+                      "sum, min, max, p50, p95, p99")
+STAGE_AGGREGATE_HISTOGRAMS = """
+CREATE TEMP TABLE IF NOT EXISTS stage_aggregate_histograms (
+    metric_type text, dimension text, time_window timestamptz, window_seconds int,
+    buckets jsonb, count bigint, sum float8, min float8, max float8, p50 float8,
+    p95 float8, p99 float8
+) ON COMMIT DELETE ROWS
+"""
+COPY_AGGREGATE_HISTOGRAMS = "COPY stage_aggregate_histograms FROM STDIN"
+UPSERT_AGGREGATE_HISTOGRAMS = f"""
+INSERT INTO aggregate_histograms ({_AGGREGATE_COLUMNS})
+SELECT {_AGGREGATE_COLUMNS} FROM stage_aggregate_histograms
+ORDER BY metric_type, dimension, time_window, window_seconds
 ON CONFLICT (metric_type, dimension, time_window, window_seconds) DO UPDATE SET
     buckets = EXCLUDED.buckets, count = EXCLUDED.count, sum = EXCLUDED.sum,
     min = EXCLUDED.min, max = EXCLUDED.max, p50 = EXCLUDED.p50, p95 = EXCLUDED.p95,
     p99 = EXCLUDED.p99, updated_at = now()
 """
-AGGREGATE_TEMPLATE = "(%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)"
 
 INSERT_FAILED = """
 INSERT INTO failed_items (
@@ -567,8 +585,10 @@ class PostgresSink:
         keys = sorted({(r[0], r[1], r[2], r[3]) for r in partials})
         with _transaction(self.engine) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
-            execute_values(cur, UPSERT_HISTOGRAM_PARTIALS, sorted(partials, key=lambda r: r[:5]),
-                           PARTIALS_TEMPLATE, page_size=2000)
+            cur.execute(STAGE_HISTOGRAM_PARTIALS)
+            cur.copy_expert(COPY_HISTOGRAM_PARTIALS, CopyRows(map(_copy_row, partials)),
+                            size=COPY_CHUNK)
+            cur.execute(UPSERT_HISTOGRAM_PARTIALS)
             cur.execute(SELECT_HISTOGRAM_PARTIALS, ([k[0] for k in keys], [k[1] for k in keys],
                                                     [k[2] for k in keys], [k[3] for k in keys]))
             # every metric selected is one of the partials' own: their bounds apply
@@ -593,8 +613,26 @@ def merge_aggregates(cur: Any, partials: Iterable[Sequence[Any]],
     rows = [(metric, dim, start, ws, orjson.dumps(h.bucket_dict()).decode(), h.count,
              h.sum, h.min, h.max, h.quantile(0.5), h.quantile(0.95), h.quantile(0.99))
             for (ws, start, metric, dim), h in sorted(merged.items())]
-    execute_values(cur, UPSERT_AGGREGATE_HISTOGRAMS, rows, AGGREGATE_TEMPLATE, page_size=2000)
+    cur.execute(STAGE_AGGREGATE_HISTOGRAMS)
+    cur.copy_expert(COPY_AGGREGATE_HISTOGRAMS, CopyRows(map(_copy_row, rows)), size=COPY_CHUNK)
+    cur.execute(UPSERT_AGGREGATE_HISTOGRAMS)
     return len(rows)
+
+
+def _copy_row(values: Sequence[Any]) -> str:
+    """One row in COPY text format: numbers by ``repr`` (exact), times in ISO 8601 with
+    their offset, None as NULL, text escaped."""
+    return "\t".join(map(_copy_value, values)) + "\n"
+
+
+def _copy_value(value: Any) -> str:
+    if value is None:
+        return NULL
+    if type(value) is str:
+        return copy_text(value)
+    if type(value) is datetime:
+        return value.isoformat()
+    return repr(value)
 
 
 def _metric_rows(inserted: Sequence[str],

@@ -159,3 +159,23 @@ def _hist(values):
     h = Histogram((10.0, 100.0))
     h.observe_many(values)
     return h
+
+
+@pytest.mark.parametrize("total", [0.1 + 0.2, 2 ** 70, 1e308 * 10, -(1e308 * 10), 5e-324])
+def test_window_rows_keep_every_number_as_it_was(database_url, total):
+    """The window rows go by COPY, numbers as their repr: PostgreSQL reads back the same
+    double (an int sum beyond 2**53, an overflowing sum of hostile values, the smallest
+    subnormal), and the merged row and its quantiles are the same as the partial's."""
+    sink = PostgresSink(create_db_engine(database_url))
+    start = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    metric, dim = "odd\\metric", "channel=we\tb"  # text COPY must escape
+    rows = [(300, start, metric, dim, 0, "[1, 2]", 3, total, -1.5, None, 9)]
+    assert sink.write_windows(HistogramPartials(rows, {metric: (1.0,)})) == {
+        "histogram_partials": 1, "aggregate_histograms": 1}
+    [(stored_sum, low, high, at)] = query(
+        database_url, "SELECT sum, min, max, window_start FROM histogram_partials")
+    assert (stored_sum, low, high, at) == (float(total), -1.5, None, start)
+    [(name, where, merged, p50)] = query(
+        database_url, "SELECT metric_type, dimension, sum, p50 FROM aggregate_histograms")
+    h = Histogram.from_list((1.0,), [[1, 2], 3, total, -1.5, None])
+    assert (name, where, merged, p50) == (metric, dim, float(total), h.quantile(0.5))
