@@ -290,14 +290,19 @@ _NOT_REBUILT = """NOT EXISTS (
 # nan included); execute_values adapted every value of every row holding the GIL.
 _PARTIAL_COLUMNS = ("window_seconds, window_start, metric_type, dimension, source_partition, "
                     "buckets, count, sum, min, max, last_offset")
-STAGE_HISTOGRAM_PARTIALS = """
-CREATE TEMP TABLE IF NOT EXISTS stage_histogram_partials (
-    window_seconds int, window_start timestamptz, metric_type text, dimension text,
-    source_partition int, buckets jsonb, count bigint, sum float8, min float8, max float8,
-    last_offset bigint
-) ON COMMIT DELETE ROWS
-"""
-COPY_HISTOGRAM_PARTIALS = "COPY stage_histogram_partials FROM STDIN"
+
+
+def _staging(table: str, columns: str) -> tuple[str, str]:
+    """A staging table's CREATE (temporary, emptied at each commit) and its COPY."""
+    return (f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS",
+            f"COPY {table} FROM STDIN")
+
+
+STAGE_HISTOGRAM_PARTIALS, COPY_HISTOGRAM_PARTIALS = _staging(
+    "stage_histogram_partials",
+    "window_seconds int, window_start timestamptz, metric_type text, dimension text, "
+    "source_partition int, buckets jsonb, count bigint, sum float8, min float8, max float8, "
+    "last_offset bigint")
 UPSERT_HISTOGRAM_PARTIALS = f"""
 INSERT INTO histogram_partials ({_PARTIAL_COLUMNS})
 SELECT {_PARTIAL_COLUMNS} FROM stage_histogram_partials v
@@ -325,14 +330,11 @@ ORDER BY p.window_seconds, p.window_start, p.metric_type, p.dimension, p.source_
 
 _AGGREGATE_COLUMNS = ("metric_type, dimension, time_window, window_seconds, buckets, count, "
                       "sum, min, max, p50, p95, p99")
-STAGE_AGGREGATE_HISTOGRAMS = """
-CREATE TEMP TABLE IF NOT EXISTS stage_aggregate_histograms (
-    metric_type text, dimension text, time_window timestamptz, window_seconds int,
-    buckets jsonb, count bigint, sum float8, min float8, max float8, p50 float8,
-    p95 float8, p99 float8
-) ON COMMIT DELETE ROWS
-"""
-COPY_AGGREGATE_HISTOGRAMS = "COPY stage_aggregate_histograms FROM STDIN"
+STAGE_AGGREGATE_HISTOGRAMS, COPY_AGGREGATE_HISTOGRAMS = _staging(
+    "stage_aggregate_histograms",
+    "metric_type text, dimension text, time_window timestamptz, window_seconds int, "
+    "buckets jsonb, count bigint, sum float8, min float8, max float8, p50 float8, "
+    "p95 float8, p99 float8")
 UPSERT_AGGREGATE_HISTOGRAMS = f"""
 INSERT INTO aggregate_histograms ({_AGGREGATE_COLUMNS})
 SELECT {_AGGREGATE_COLUMNS} FROM stage_aggregate_histograms
@@ -585,10 +587,8 @@ class PostgresSink:
         keys = sorted({(r[0], r[1], r[2], r[3]) for r in partials})
         with _transaction(self.engine) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
-            cur.execute(STAGE_HISTOGRAM_PARTIALS)
-            cur.copy_expert(COPY_HISTOGRAM_PARTIALS, CopyRows(map(_copy_row, partials)),
-                            size=COPY_CHUNK)
-            cur.execute(UPSERT_HISTOGRAM_PARTIALS)
+            _upsert_staged(cur, STAGE_HISTOGRAM_PARTIALS, COPY_HISTOGRAM_PARTIALS,
+                           UPSERT_HISTOGRAM_PARTIALS, partials)
             cur.execute(SELECT_HISTOGRAM_PARTIALS, ([k[0] for k in keys], [k[1] for k in keys],
                                                     [k[2] for k in keys], [k[3] for k in keys]))
             # every metric selected is one of the partials' own: their bounds apply
@@ -613,10 +613,17 @@ def merge_aggregates(cur: Any, partials: Iterable[Sequence[Any]],
     rows = [(metric, dim, start, ws, orjson.dumps(h.bucket_dict()).decode(), h.count,
              h.sum, h.min, h.max, h.quantile(0.5), h.quantile(0.95), h.quantile(0.99))
             for (ws, start, metric, dim), h in sorted(merged.items())]
-    cur.execute(STAGE_AGGREGATE_HISTOGRAMS)
-    cur.copy_expert(COPY_AGGREGATE_HISTOGRAMS, CopyRows(map(_copy_row, rows)), size=COPY_CHUNK)
-    cur.execute(UPSERT_AGGREGATE_HISTOGRAMS)
+    _upsert_staged(cur, STAGE_AGGREGATE_HISTOGRAMS, COPY_AGGREGATE_HISTOGRAMS,
+                   UPSERT_AGGREGATE_HISTOGRAMS, rows)
     return len(rows)
+
+
+def _upsert_staged(cur: Any, stage: str, copy: str, upsert: str,
+                   rows: Iterable[Sequence[Any]]) -> None:
+    """COPY ``rows`` into their staging table, then move them on with ``upsert``."""
+    cur.execute(stage)
+    cur.copy_expert(copy, CopyRows(map(_copy_row, rows)), size=COPY_CHUNK)
+    cur.execute(upsert)
 
 
 def _copy_row(values: Sequence[Any]) -> str:
