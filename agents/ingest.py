@@ -2,9 +2,11 @@
 
 Runs for every fetched batch of one ``payments`` partition (see
 :mod:`runtime.batching`), inside the consumer's fetch loop, so the next fetch
-waits for it: that is the back-pressure. Per batch, in offset order:
+waits for it: that is the back-pressure. A fetch's partition batches are first
+parsed and validated together, and their ids claimed in PostgreSQL in one round trip
+(``prepare``); then per batch, in offset order:
 
-1. parse, validate and de-duplicate (:func:`_classify`);
+1. de-duplicate (:func:`_classify`);
 2. decide which accepted payments are too late for the windows: a payment is
    late when its 5-minute window ended ``grace`` seconds or more before the
    partition's stream time (the newest event time so far); a late payment is
@@ -27,7 +29,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -47,7 +50,7 @@ from models.events import (
 )
 from pipeline.batches import SinkBatch
 from pipeline.columns import PaymentColumns
-from pipeline.config import ConfigManager
+from pipeline.config import ActiveConfig, ConfigManager
 from pipeline.metrics import BatchMetrics, History
 from pipeline.parse import Validator
 from pipeline.records import INT4_MAX, INT8_MAX, bounded_int, dead_letter_value, record_time
@@ -128,31 +131,74 @@ def register_ingest(
     """
     stats = IngestStats()
 
-    @app.batch_handler(payments)
-    async def ingest(tp: TP, messages: Sequence[Message]) -> bool:
+    # the batches of the fetch being handled, prepared together (parsed and claimed in
+    # one round trip by prepare below), by partition; each handler takes its own
+    prepared: dict[TP, Prepared] = {}
+
+    async def start(tp: TP, messages: Sequence[Message]) -> Prepared | None:
+        """Parse one partition's batch and claim its ids (None: revoked meanwhile)."""
         arrival = time.time()
         epoch = sinks.epoch(tp.partition)  # a revocation while this batch waits drops it
         if not config_sync.synced:  # the topic's version, never the source's, if one exists
             generation = app.consumer_generation_id
             await config_sync.first_sync()
             if app.consumer_generation_id != generation:
-                return False  # rebalanced meanwhile: fetched again, if still ours
+                return None  # rebalanced meanwhile: fetched again, if still ours
         active = config.active  # the whole batch runs under this one version
-        engine = active.engine
         partition = tp.partition
         # the first batch since the assignment loads the partition's state first
         if not seen.loaded(partition) and (not await seen.load(partition)
                                            or sinks.epoch(partition) != epoch):
-            return False  # revoked meanwhile: fetched again, if still ours
+            return None  # revoked meanwhile: fetched again, if still ours
         parsed = _parse(active.validator, messages, arrival)
         claimed = None
         if claims is not None:
             generation = app.consumer_generation_id
-            claimed = await asyncio.to_thread(claims.claim, tp.topic, partition,
-                                              _first_ids(parsed))
+            claimed = (await asyncio.to_thread(
+                claims.claim_many, tp.topic, {partition: _first_ids(parsed)})).get(partition, {})
             if (app.consumer_generation_id != generation
                     or sinks.epoch(tp.partition) != epoch):
-                return False  # rebalanced meanwhile: fetched again, if still ours
+                return None  # rebalanced meanwhile: fetched again, if still ours
+        return Prepared(messages, arrival, epoch, active, parsed, claimed)
+
+    @app.batch_preparer(payments)
+    async def prepare(batches: Sequence[tuple[TP, Sequence[Message]]]) -> None:
+        """Parse every partition's batch of one fetch and claim all their ids in one round
+        trip: a claim per partition batch, in turn, was half of the fetch loop's time at
+        5,000 events/s (3-5 ms each on a busy PostgreSQL)."""
+        prepared.clear()
+        if claims is None or not config_sync.synced:
+            return  # each handler starts its own batch (the first sync waits there)
+        arrival = time.time()
+        generation = app.consumer_generation_id
+        active = config.active
+        ready = [(tp, messages, sinks.epoch(tp.partition),
+                  _parse(active.validator, messages, arrival))
+                 for tp, messages in batches if seen.loaded(tp.partition)]
+        if not ready:
+            return
+        claimed = await asyncio.to_thread(
+            claims.claim_many, ready[0][0].topic,
+            {tp.partition: _first_ids(parsed) for tp, _, _, parsed in ready})
+        if app.consumer_generation_id != generation:
+            return  # rebalanced meanwhile: each handler that still runs starts afresh
+        for tp, messages, epoch, parsed in ready:
+            prepared[tp] = Prepared(messages, arrival, epoch, active, parsed,
+                                    claimed.get(tp.partition, {}))
+
+    @app.batch_handler(payments)
+    async def ingest(tp: TP, messages: Sequence[Message]) -> bool:
+        batch = prepared.pop(tp, None)
+        if batch is None or batch.messages is not messages:
+            batch = await start(tp, messages)
+            if batch is None:
+                return False
+        if batch.epoch != sinks.epoch(tp.partition):
+            return False  # revoked since it was prepared: fetched again, if still ours
+        arrival, epoch, active, parsed, claimed = (batch.arrival, batch.epoch, batch.active,
+                                                   batch.parsed, batch.claimed)
+        engine = active.engine
+        partition = tp.partition
         with partition_context(app, messages[-1]):
             payments_by_offset, failed, received = _classify(parsed, seen, partition,
                                                              claimed, arrival)
@@ -192,11 +238,23 @@ def register_ingest(
 Parsed = list[tuple[Message, ParseResult, float]]  # (message, verdict, record time)
 
 
+@dataclass(slots=True)
+class Prepared:
+    """One partition's batch, parsed and its ids claimed, ready to be counted."""
+
+    messages: Sequence[Message]  # the very list the handler is given
+    arrival: float  # time.time() the fetch was taken up
+    epoch: int  # the sinks' epoch of its partition then
+    active: ActiveConfig  # the configuration version it was parsed under
+    parsed: Parsed
+    claimed: dict[str, tuple[str, int, int]] | None  # the ids others claimed first
+
+
 class Claims(Protocol):
     """The duplicate check's final authority (:class:`storage.postgres.PostgresSink`)."""
 
-    def claim(self, topic: str, partition: int,
-              entries: Sequence[tuple[str, int]]) -> dict[str, tuple[str, int, int]]: ...
+    def claim_many(self, topic: str, batches: Mapping[int, Sequence[tuple[str, int]]],
+                   ) -> dict[int, dict[str, tuple[str, int, int]]]: ...
 
 
 def _parse(validator: Validator, messages: Sequence[Message], arrival: float) -> Parsed:

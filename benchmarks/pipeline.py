@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(benchmarks/quix/app.py)")
     p.add_argument("--profile", metavar="FILE", help="sample the worker with py-spy during "
                    "the throughput phase; collapsed stacks to FILE, top frames printed")
+    p.add_argument("--profile-latency", metavar="FILE", help="the same during the latency "
+                   "phase (small batches: what a batch costs whatever its size)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="worker setting for this run, e.g. --env PARQUET_FLUSH_SECONDS=60")
     args = p.parse_args(argv)
@@ -350,12 +352,17 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         start_offsets = asyncio.run(partition_ends(boot, stack.partitions))
         cpu_before = cpu_seconds(pid)
+        profiler = start_profiler(pid, args.profile_latency) if args.profile_latency else None
         with CommitWatcher(stack) as watcher:
             offered = asyncio.run(produce(steady, broker=boot, topic="payments", total=total,
                                           rate=args.rate, progress=False))
             stack.wait_until_committed(args.events + total, timeout=300)
             time.sleep(0.1)
         cpu_latency = (cpu_seconds(pid) - cpu_before) / total * 1e6
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
+            print(top_frames(Path(args.profile_latency), n=45), flush=True)
         metrics_scrape_ms = scrape_ms(worker.web_url)
         final = worker.stats()["ingest"]
         lat = final["latency_ms"]

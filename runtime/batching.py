@@ -7,7 +7,10 @@ machinery caps a worker at 5,500-6,000 events/s before any work is done (see
 :meth:`PaymentApp.batch_handler` this module replaces the last hop: the drain loop
 groups each fetch by topic-partition and awaits the handler once per partition
 batch, as soon as the fetch arrives (no waiting to fill a batch, so latency stays
-low at low rates and batches grow by themselves under load).
+low at low rates and batches grow by themselves under load). A topic may also have a
+preparer (:meth:`PaymentApp.batch_preparer`), awaited once per fetch with all its
+partition batches before the first handler: the ingest handler's duplicate claims go
+to PostgreSQL in one round trip a fetch there, not one a partition.
 
 The offsets are this module's, not Faust's acked list (``docs/adr/0010-commits.md``):
 :class:`Positions` holds, per partition, the offset the next batch must start at.
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 # fn(tp, messages) -> True when it took the batch (it will be made durable and
 # committed), False when it dropped it (the partition was revoked meanwhile)
 BatchHandler = Callable[[TP, Sequence[Message]], Awaitable[bool]]
+# fn([(tp, messages), ...]): called once per fetch with the batches of its topic that
+# the handler will be given next (the same message lists), before any of them
+BatchPreparer = Callable[[Sequence[tuple[TP, Sequence[Message]]]], Awaitable[None]]
 
 # How often the drain loop compares the Kafka client's positions with its own
 REALIGN_INTERVAL_S = 1.0
@@ -208,9 +214,8 @@ class BatchConsumer(aiokafka_driver.Consumer):
     async def _drain(self, fetcher: ServiceT) -> None:
         app = cast(Any, self.app)
         handlers: dict[str, BatchHandler] = app.batch_handlers
+        preparers: dict[str, BatchPreparer] = getattr(app, "batch_preparers", {})
         empty_pause: float = app.empty_fetch_pause
-        callback = self.callback
-        to_message = self._to_message
         positions = self.positions
         passed_over = self.passed_over
         consumer_should_stop = cast(Service, self)._stopped.is_set
@@ -244,46 +249,67 @@ class BatchConsumer(aiokafka_driver.Consumer):
                 await self.perform_seek()
                 continue
             generation = app.consumer_generation_id
-            for tp, batch in records.items():
+            ready = await self._admit(records, active, generation)
+            # one call per topic for the whole fetch (the duplicate claims of every
+            # partition in one round trip) before the partitions' handlers, in turn
+            for topic, preparer in preparers.items():
+                batches = [(tp, messages) for tp, _, _, messages in ready if tp.topic == topic]
+                if batches:
+                    await preparer(batches)
+            for tp, version, expected, messages in ready:
                 if not self.flow_active or app.consumer_generation_id != generation:
                     break  # a rebalance started: the rest is fetched again later
-                if active is not None and tp not in active and tp not in self._buffered_partitions:
-                    passed_over[f"{tp.partition}: not active"] += 1
-                    continue
-                app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                handler = handlers.get(tp.topic)
-                if handler is None:
-                    for record in batch:
-                        await callback(to_message(tp, record))
-                    continue
-                expected = positions.next(tp)
-                if expected is None:  # not sought since its assignment: fetched for nobody
-                    passed_over[f"{tp.partition}: no position"] += 1
-                    continue
-                if batch and batch[0].offset < expected:
-                    batch = [record for record in batch if record.offset >= expected]
-                if not batch:
-                    passed_over[f"{tp.partition}: below its position"] += 1
-                    continue
-                if batch[0].offset != expected and not positions.confirms_gap(
-                        tp, batch[0].offset):
-                    log.info("%s starts at %d, not at %d: reading it again from %d",
-                             tp, batch[0].offset, expected, expected)
-                    passed_over[f"{tp.partition}: past its position"] += 1
-                    await self.seek(tp, expected)
-                    continue
-                version = positions.version(tp)
-                taken = await handler(tp, [to_message(tp, record) for record in batch])
+                if positions.version(tp) != version:
+                    continue  # sought or revoked while the fetch was prepared
+                taken = await handlers[tp.topic](tp, messages)
                 app.last_batch_at = monotonic()
                 passed_over.clear()
                 if taken:
                     # False when sought or revoked while it waited: the new position
                     # is where the partition's next batch must start
-                    positions.advance(tp, version, batch[-1].offset + 1)
+                    positions.advance(tp, version, messages[-1].offset + 1)
                 elif positions.version(tp) == version:
                     await self.seek(tp, expected)  # dropped: read again from the position
-                if app.consumer_generation_id != generation:
-                    break  # a rebalance ran while the handler waited
+
+    async def _admit(self, records: Mapping[TP, list[Any]], active: set[TP] | None,
+                     generation: int) -> list[tuple[TP, int, int, list[Message]]]:
+        """The batches of a fetch that start at their partition's position, as
+        ``(tp, position version, position, messages)``; records of other topics go to
+        Faust's per-message callback, batches that do not fit are dropped or sought."""
+        app = cast(Any, self.app)
+        handlers: dict[str, BatchHandler] = app.batch_handlers
+        positions, passed_over = self.positions, self.passed_over
+        ready: list[tuple[TP, int, int, list[Message]]] = []
+        for tp, batch in records.items():
+            if not self.flow_active or app.consumer_generation_id != generation:
+                break  # a rebalance started: the rest is fetched again later
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                passed_over[f"{tp.partition}: not active"] += 1
+                continue
+            app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            if tp.topic not in handlers:
+                for record in batch:
+                    await self.callback(self._to_message(tp, record))
+                continue
+            expected = positions.next(tp)
+            if expected is None:  # not sought since its assignment: fetched for nobody
+                passed_over[f"{tp.partition}: no position"] += 1
+                continue
+            if batch and batch[0].offset < expected:
+                batch = [record for record in batch if record.offset >= expected]
+            if not batch:
+                passed_over[f"{tp.partition}: below its position"] += 1
+                continue
+            if batch[0].offset != expected and not positions.confirms_gap(
+                    tp, batch[0].offset):
+                log.info("%s starts at %d, not at %d: reading it again from %d",
+                         tp, batch[0].offset, expected, expected)
+                passed_over[f"{tp.partition}: past its position"] += 1
+                await self.seek(tp, expected)
+                continue
+            ready.append((tp, positions.version(tp), expected,
+                          [self._to_message(tp, record) for record in batch]))
+        return ready
 
     async def _next_records(self) -> tuple[Mapping[TP, list[Any]] | None, set[TP] | None]:
         """The next fetched records, and the partitions they may come from.

@@ -21,7 +21,7 @@ from faust.types import TP, TopicT, TransportT
 from mode import Service, ServiceT
 
 from runtime.aiokafka_fixes import catch_closed_transport
-from runtime.batching import BatchHandler, BatchTransport
+from runtime.batching import BatchHandler, BatchPreparer, BatchTransport
 from runtime.logs import logging_config, redact_secrets
 from runtime.settings import Settings
 from runtime.version import REVISION, VERSION
@@ -135,6 +135,7 @@ class PaymentApp(faust.App):
         super().__init__(*args, **kwargs)
         self.settings = settings
         self.batch_handlers: dict[str, BatchHandler] = {}
+        self.batch_preparers: dict[str, BatchPreparer] = {}
         self.batch_topics: list[TopicT] = []
         self.topic_declarer = DeclareBatchTopics(self)
         self.preflight = BrokerPreflight(self)
@@ -188,6 +189,18 @@ class PaymentApp(faust.App):
                 self.batch_handlers[name] = fn
             self.batch_topics.append(topic)
             self.topics.add(topic)
+            return fn
+
+        return register
+
+    def batch_preparer(self, topic: TopicT) -> Callable[[BatchPreparer], BatchPreparer]:
+        """Register ``fn([(tp, messages), ...])``, awaited once per fetch with the batches
+        of ``topic`` its batch handler is given next, before the first of them: work
+        that pays per fetch rather than per partition (one round trip for all)."""
+
+        def register(fn: BatchPreparer) -> BatchPreparer:
+            for name in topic.topics:
+                self.batch_preparers[name] = fn
             return fn
 
         return register

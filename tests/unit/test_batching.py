@@ -292,3 +292,32 @@ def test_a_cancel_ends_the_drain_loop_quietly_only_when_the_worker_stops(stoppin
         with pytest.raises(asyncio.CancelledError):
             asyncio.run(c._drain_messages(fetcher))
     assert handled == []
+
+
+def test_a_fetch_is_prepared_once_before_its_partitions_are_handled():
+    """The preparer sees every batch of the fetch (the lists the handler is then given),
+    once, before the first handler; a partition sought meanwhile is not handled."""
+    tp1, tp2 = TP("payments", 1), TP("payments", 2)
+    seen: list = []
+
+    async def handler(tp, messages):
+        seen.append(("handle", tp.partition, messages))
+        return True
+
+    c, _, _ = consumer([{tp1: records(0, 4), tp2: records(10, 12), TP3: records(7, 8)}],
+                       handler=handler)
+
+    async def prepare(batches):
+        seen.append(("prepare", [(tp.partition, m) for tp, m in batches]))
+        c.positions.start(TP3, 0)  # a seek while it waits: TP3's batch no longer fits
+
+    c.app.batch_preparers = {"payments": prepare}
+    for tp, first in ((tp1, 0), (tp2, 10), (TP3, 7)):
+        c.positions.start(tp, first)
+    drain(c)
+    (_, prepared), *handled = seen
+    assert [p for p, _ in prepared] == [1, 2, 3]
+    assert [(p, m) for _, p, m in handled] == prepared[:2]
+    assert all(m is n for (_, _, m), (_, n) in zip(handled, prepared, strict=False))
+    assert c.positions.next(tp1) == 5 and c.positions.next(tp2) == 13
+    assert c.positions.next(TP3) == 0  # not moved past a batch it never took

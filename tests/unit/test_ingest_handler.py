@@ -245,3 +245,93 @@ def test_windows_of_a_dropped_metric_decode_after_a_restart(handler_setup):
     partials = after.take_partials(0)
     assert any(row[2] == "risk_score" for row in partials.rows)
     assert partials.bounds["risk_score"] == risk[0].bounds
+
+
+class MemoryClaims:
+    """PostgreSQL's claims in a dict, as ``PostgresSink.claim_many`` answers: per
+    partition, the ids another record claimed first; the lower partition first."""
+
+    def __init__(self) -> None:
+        self.owner: dict[str, tuple[str, int, int]] = {}
+        self.calls: list[dict[int, list]] = []
+
+    def claim_many(self, topic, batches):
+        self.calls.append({p: list(e) for p, e in batches.items()})
+        out: dict[int, dict] = {}
+        for partition in sorted(batches):
+            for tx_id, offset in batches[partition]:
+                mine = (topic, partition, offset)
+                first = self.owner.setdefault(tx_id, mine)
+                if first != mine:
+                    out.setdefault(partition, {})[tx_id] = first
+        return out
+
+
+def claimed_setup(tmp_path, claims):
+    app = create_app(Settings(store_url="memory://", app_datadir=str(tmp_path),
+                              broker_url="kafka://127.0.0.1:1"))
+    payments, dlq = declare_topics(app)
+    dlq.send_soon = lambda **kw: None
+    config = ConfigManager(FileSource())
+    config.load_all_configuration()
+    state = WindowState(app, declare_tables(app, 8), config.bounds, grace=120,
+                        source_topic="payments")
+    seen = SeenIds(app, declare_seen_table(app, 8), expiry=3600)
+    sync = ConfigSync(config, {})
+    sync.synced = True  # no config topic here
+    sink = RecordingSink()
+    register_ingest(app, payments, dlq, state, seen, sink, config, sync, Telemetry(),
+                    claims=claims)
+    return app, sink, seen
+
+
+def outcome(sink) -> list:
+    """Per sink batch: partition, the accepted offsets, the failed ones with their error."""
+    return [(b.partition, sorted(b.payments),
+             [(f.offset, f.category.value, f.message) for f in b.failed]) for b in sink.batches]
+
+
+def test_a_fetch_is_claimed_in_one_round_trip_with_the_verdicts_of_one_claim_a_batch(
+        tmp_path):
+    """The preparer parses a fetch's partition batches and claims all their ids at once;
+    the handlers then count what it prepared: the same verdicts as when each batch claims
+    its own, an id re-sent on another partition in the same fetch included."""
+    events = list(PaymentGenerator(load_scenario(), seed=12).events(60))
+    fetch = [(TP("payments", 0), messages(events[:30], 0)),
+             (TP("payments", 1), messages(events[30:] + events[5:8], 1))]  # 3 re-sent ids
+
+    async def run(app, seen, prepare: bool) -> None:
+        for partition in (0, 1):  # the partitions' state is loaded, as after a first batch
+            await seen.load(partition)
+        if prepare:
+            await app.batch_preparers["payments"](fetch)
+        for tp, batch in fetch:
+            await app.batch_handlers["payments"](tp, batch)
+
+    together, alone = MemoryClaims(), MemoryClaims()
+    app, sink, seen = claimed_setup(tmp_path / "a", together)
+    asyncio.run(run(app, seen, prepare=True))
+    app2, sink2, seen2 = claimed_setup(tmp_path / "b", alone)
+    asyncio.run(run(app2, seen2, prepare=False))
+    assert len(together.calls) == 1 and sorted(together.calls[0]) == [0, 1]
+    assert len(alone.calls) == 2
+    assert outcome(sink) == outcome(sink2)
+    dupes = outcome(sink)[1][2]
+    assert [(o, c) for o, c, _ in dupes] == [(30, "duplicate"), (31, "duplicate"),
+                                             (32, "duplicate")]
+    assert "payments[0]@5" in dupes[0][2]
+
+
+def test_a_batch_other_than_the_one_prepared_claims_its_own(tmp_path):
+    events = list(PaymentGenerator(load_scenario(), seed=13).events(20))
+    claims = MemoryClaims()
+    app, sink, seen = claimed_setup(tmp_path, claims)
+    tp = TP("payments", 2)
+
+    async def run() -> None:
+        await seen.load(2)
+        await app.batch_preparers["payments"]([(tp, messages(events, 2))])
+        await app.batch_handlers["payments"](tp, messages(events, 2))  # another list
+
+    asyncio.run(run())
+    assert len(claims.calls) == 2 and outcome(sink) == [(2, list(range(20)), [])]
