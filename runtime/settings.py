@@ -103,8 +103,8 @@ class Settings(BaseSettings):
     producer_buffer_messages: int = Field(10_000, ge=100, description="producer buffer bound")
     sink_linger_s: float = Field(0.2, ge=0, description="gather batches this long per DB write")
     sink_queue_events: int = Field(
-        10_000, ge=1, description="events queued for the sinks (each holds its payment, its "
-                                   "metrics and its raw message)")
+        5_000, ge=1, description="events queued for the sinks (each holds its payment, its "
+                                  "metrics and its raw message)")
     gc_threshold: str = Field(
         "100000,50,100", description="Python gc thresholds (gen0,gen1,gen2) set at start-up")
 
