@@ -162,8 +162,7 @@ class SinkService(Service):
         batches a slow write let gather held the fetch loop up for tens of ms). The lake
         buffers are touched only under the sink's lock, one step at a time."""
         counts = self.db.write(batches)
-        for batch in batches:
-            self.lake.append(batch)
+        self.lake.append_many(batches)
         return counts
 
     async def _flush(self, topic: str, partition: int) -> None:

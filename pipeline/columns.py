@@ -65,6 +65,17 @@ class PaymentColumns:
     def __len__(self) -> int:
         return len(self.payments)
 
+    @classmethod
+    def concat(cls, parts: Sequence[PaymentColumns]) -> PaymentColumns:
+        """The payments of ``parts``, one after another."""
+        out = cls.__new__(cls)
+        out.payments = [p for part in parts for p in part.payments]
+        for name in ("offsets", "event_ts", "amount_minor", "processing_ms", "risk_score",
+                     "has_risk", "status"):
+            setattr(out, name, np.concatenate([getattr(part, name) for part in parts]))
+        out._codes = {}
+        return out
+
     def codes(self, field: str) -> Codes:
         """``field`` factorized (a text field of the payment, ``None`` included)."""
         found = self._codes.get(field)

@@ -200,6 +200,35 @@ class BatchMetrics:
     def __len__(self) -> int:
         return len(self.cols)
 
+    @classmethod
+    def concat(cls, parts: Sequence[BatchMetrics]) -> BatchMetrics | None:
+        """The metrics of several batches of one engine, one after another: their values,
+        presence, errors and evidence (what a writer reads; no windowed codes). None when
+        a metric's values differ in type from one batch to another."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        out = cls(PaymentColumns.concat([p.cols for p in parts]), first.infos, first.shapes)
+        starts = np.cumsum([0, *(len(p) for p in parts[:-1])]).tolist()
+        for info in first.infos:
+            k = info.index
+            values = [p.values[k] for p in parts]
+            kinds = {v.dtype for v in values if v is not None}
+            if not kinds:
+                continue
+            if len(kinds) > 1:
+                return None
+            dtype = kinds.pop()
+            out.values[k] = np.concatenate([np.zeros(len(p), dtype) if v is None else v
+                                            for p, v in zip(parts, values, strict=True)])
+            if any(v is None or p.present[k] is not None
+                   for p, v in zip(parts, values, strict=True)):
+                out.present[k] = np.concatenate([p.has(info) for p in parts])
+        for p, start in zip(parts, starts, strict=True):
+            out.errors += [(at + start, error) for at, error in p.errors]
+            out.evidence.update({at + start: why for at, why in p.evidence.items()})
+        return out
+
     def has(self, info: MetricInfo) -> np.ndarray:
         """Which payments have ``info`` (a boolean mask)."""
         present = self.present[info.index]

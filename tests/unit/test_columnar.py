@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from models.events import STATUSES, ParsedTransaction, TransactionStatus
 from pipeline.columns import PaymentColumns
-from pipeline.metrics import MetricDef, MetricEngine, MetricExtractor, MetricType
+from pipeline.metrics import BatchMetrics, MetricDef, MetricEngine, MetricExtractor, MetricType
 from pipeline.windows import (
     LATE,
     StreamClock,
@@ -218,6 +218,29 @@ def test_columnar_path_equals_the_per_event_reference(case):
             if kind == "compliance":
                 flagged.update(rule for rule, v in data.items() if v == 1)
     assert batch.flagged(np.arange(len(ids))) == flagged
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(batches(), min_size=1, max_size=4), st.sampled_from(ENGINES))
+def test_the_metrics_of_several_batches_write_as_each_batch_alone(cases, engine):
+    """A sink round writes the ``dynamic_metrics`` rows of its batches at once: the same
+    bytes as batch by batch, and each payment's metrics, errors and evidence the same."""
+    alone = [engine.extract_batch(PaymentColumns(c["payments"], c["payments"].values()))
+             for c in cases]
+    ids = [[tx.transaction_id for tx in c["payments"].values()] for c in cases]
+    merged = BatchMetrics.concat(alone)
+    assert merged is not None and len(merged) == sum(map(len, alone))
+    assert b"".join(metric_rows(merged, [i for part in ids for i in part], "v")) == \
+        b"".join(row for metrics, part in zip(alone, ids, strict=True)
+                 for row in metric_rows(metrics, part, "v"))
+    at = 0
+    for metrics in alone:
+        for i in range(len(metrics)):
+            got, want = merged.result(at + i), metrics.result(i)
+            assert same([(info.name, v) for info, v in got.emitted],
+                        [(info.name, v) for info, v in want.emitted])
+            assert got.errors == want.errors and got.evidence == want.evidence
+        at += len(metrics)
 
 
 def vars_of(clock: StreamClock) -> dict[str, Any]:

@@ -30,9 +30,10 @@ class FakeLake:
         self.log = log
         self.batches: list[SinkBatch] = []
 
-    def append(self, batch):
-        self.log("lake.append", batch.partition)
-        self.batches.append(batch)
+    def append_many(self, batches):
+        for batch in batches:
+            self.log("lake.append", batch.partition)
+            self.batches.append(batch)
 
     def flush(self, topic, partition):
         self.log("lake.flush", partition)
