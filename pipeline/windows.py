@@ -172,7 +172,8 @@ class StreamClock:
             if before:
                 self.stream_time, self.last_offset = before[-1], first_offset - 1
                 self.checkpoints = [c for c in self.checkpoints if c[0] < first_offset]
-        self.checkpoints = [c for c in self.checkpoints if c[0] >= committed]
+        if self.checkpoints and self.checkpoints[0][0] < committed:  # once a commit
+            self.checkpoints = [c for c in self.checkpoints if c[0] >= committed]
         self.checkpoints.append((first_offset, self.stream_time))
 
     def to_dict(self) -> dict[str, Any]:
