@@ -843,6 +843,9 @@ class MetricEngine:
         n = len(cols)
         if not fields:
             return np.zeros(n, np.int64), [""]
+        if len(fields) == 1:  # factorize's codes are already dense, in order of arrival
+            codes, values = cols.codes(fields[0])
+            return codes, [f"{fields[0]}={v}" for v in values]
         code = np.zeros(n, np.int64)
         parts = []
         for name in fields:

@@ -10,7 +10,7 @@ is redelivered.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -420,12 +420,13 @@ def apply_columns(current: WindowCounts, cols: PaymentColumns, positions: np.nda
         return 0
     current.tx_count += len(positions)
     current.amount_minor_sum += sum(cols.amount_minor[positions].tolist())
-    statuses = cols.status[positions]
-    codes, first, counts = np.unique(statuses, return_index=True, return_counts=True)
     by_status = current.by_status
-    for i in np.argsort(first, kind="stable").tolist():  # new statuses in order of arrival
-        status = STATUSES[codes[i]]
-        by_status[status] = by_status.get(status, 0) + int(counts[i])
+    # a Counter keeps its keys in order of first arrival, so new statuses join in that
+    # order; a group holds a few payments at 5,000/s, where np.unique's fixed cost was
+    # most of this function's
+    for code, count in Counter(cols.status[positions].tolist()).items():
+        status = STATUSES[code]
+        by_status[status] = by_status.get(status, 0) + count
     current.last_offset = int(cols.offsets[positions[-1]])
     return len(positions)
 
