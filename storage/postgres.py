@@ -527,6 +527,7 @@ class PostgresSink:
                 )
         flagged: Counter[str] = Counter()
         flag_rows: list[tuple[Any, ...]] = []
+        judged_flags: list[str] = []  # the rule of each customer-scope flag inserted
         with _transaction(self.engine) as cur:
             metric_rows = 0
             if tx_rows:
@@ -541,16 +542,15 @@ class PostgresSink:
                     cur.copy_expert(COPY_METRICS, io.BytesIO(rows), size=COPY_CHUNK)
                 metric_rows = rows.count(b"\n")
                 new = set(inserted)
-                flag_rows = _flag_rows([flags[tx_id] for tx_id in inserted if tx_id in flags])
                 for (version, rules), stored in judged.items():
                     mine = [p for p in stored if p.transaction_id in new]
-                    if mine:
-                        flag_rows += customer_rules.judge(cur, rules, mine, version)
+                    if mine:  # flagged in PostgreSQL, evidence and all
+                        judged_flags += customer_rules.judge(cur, rules, mine, version)
+                # the per-event rules' flags are counted with their metric rows
+                flagged.update(f"compliance_{rule}" for rule in judged_flags)
+                flag_rows = _flag_rows([flags[tx_id] for tx_id in inserted if tx_id in flags])
                 if flag_rows:
-                    done = insert_flags(cur, flag_rows)
-                    # the per-event rules' flags are counted with their metric rows
-                    kinds = {rule.kind for _, rules in judged for rule in rules}
-                    flagged.update(f"compliance_{rule}" for rule in done if rule in kinds)
+                    insert_flags(cur, flag_rows)
             if failed_rows:
                 execute_values(cur, INSERT_FAILED, failed_rows, page_size=1000)
             if partials:
@@ -568,7 +568,7 @@ class PostgresSink:
         return {
             "normalized_transactions": len(tx_rows),
             "dynamic_metrics": metric_rows,
-            "compliance_flags": len(flag_rows),
+            "compliance_flags": len(flag_rows) + len(judged_flags),
             "failed_items": len(failed_rows),
             "payment_window_partials": len(partials),
         }
