@@ -56,7 +56,9 @@ FROM (SELECT DISTINCT abs(hashtext(customer_id) % {LOCK_BUCKETS}) AS k
       FROM stage_transactions ORDER BY 1) s
 """
 
-EVIDENCE_ROW = """jsonb_build_object(
+# json, not jsonb: the list is text until the flag's evidence parses it once (building
+# jsonb here, then text, then jsonb again, was a sixth of the velocity judgement's time)
+EVIDENCE_ROW = """json_build_object(
     'transaction_id', q.transaction_id, 'merchant_id', q.merchant_id,
     'amount_minor', q.amount_minor,
     'event_time', to_char(q.event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))"""
@@ -86,7 +88,7 @@ _REACHED = """
 # The judgement of the payments of an ``affected`` CTE (transaction_id, customer_id,
 # merchant_id, event_time, amount_minor, currency): here those a write reaches, in
 # storage.reprocess those of a range. The evidence is built only for the payments flagged.
-VELOCITY_JUDGED = f"""counted AS (
+VELOCITY_JUDGED = f"""counted AS MATERIALIZED (  -- each count once, not again for the output
     SELECT a.*, (SELECT count(*) FROM (
                      SELECT 1 FROM normalized_transactions q
                      WHERE q.customer_id = a.customer_id
@@ -97,7 +99,7 @@ VELOCITY_JUDGED = f"""counted AS (
 )
 SELECT f.transaction_id, f.customer_id, f.merchant_id, f.event_time, f.amount_minor,
        f.currency, f.n,
-       (SELECT jsonb_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id)
+       (SELECT json_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id)
         FROM (SELECT transaction_id, merchant_id, amount_minor, event_time
               FROM normalized_transactions
               WHERE customer_id = f.customer_id
@@ -133,7 +135,7 @@ SELECT a.transaction_id, a.customer_id, a.merchant_id, a.event_time, a.amount_mi
        a.currency, w.n, w.payments::text
 FROM affected a
 JOIN (SELECT q.flagged, count(*) AS n,
-             jsonb_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id) AS payments
+             json_agg({EVIDENCE_ROW} ORDER BY q.event_time, q.transaction_id) AS payments
       FROM in_band q GROUP BY q.flagged) w ON w.flagged = a.transaction_id
 WHERE w.n >= %(min_payments)s
 ORDER BY a.transaction_id
