@@ -45,11 +45,14 @@ class Msg:
 
 
 def batches(n: int, size: int, seed: int, with_metrics: bool,
-            with_rules: bool = False) -> list[SinkBatch]:
+            with_rules: bool = False, customers: int | None = None) -> list[SinkBatch]:
     validator, engine = compile_files().validator, compile_files().engine
     rules = engine.customer_rules if with_rules else ()
+    scenario = load_scenario()
+    if customers:
+        scenario["customers"] = customers
     out, payments = [], {}
-    for offset, e in enumerate(PaymentGenerator(load_scenario(), seed=seed).events(n)):
+    for offset, e in enumerate(PaymentGenerator(scenario, seed=seed).events(n)):
         tx = validator.parse(e.value).transaction
         if tx is None:
             continue
@@ -81,6 +84,10 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sinks", description=__doc__)
     p.add_argument("--payments", type=int, default=50_000)
     p.add_argument("--batch", type=int, default=2_000, help="payments per transaction")
+    p.add_argument("--customers", type=int, default=None,
+                   help="customers the payments are spread over (default: the scenario's "
+                        "50,000); fewer make the velocity rule fire more often, as in "
+                        "make bench's latency phase")
     args = p.parse_args()
     workdir = REPO_ROOT / ".run" / "bench-sinks"
     pg = ensure_postgres(os.environ.get("DATABASE_URL"), Path(workdir) / "pg")
@@ -92,12 +99,13 @@ def main() -> None:
         db = create_db_engine(url)
         sink = PostgresSink(db)
         print(f"{args.payments:,} payments per run, {args.batch:,} per transaction, "
-              f"PostgreSQL on this machine")
+              f"{args.customers or 50_000:,} customers, PostgreSQL on this machine")
         for label, seed, with_metrics, with_rules in (
                 ("transactions + dynamic_metrics", 1, True, False),
                 ("the same + customer rules", 4, True, True),
                 ("transactions only", 2, False, False)):
-            work = batches(args.payments, args.batch, seed, with_metrics, with_rules)
+            work = batches(args.payments, args.batch, seed, with_metrics, with_rules,
+                           args.customers)
             n = sum(len(b.payments) for b in work)
             secs, rows = run(sink, work)
             per_table = ", ".join(f"{t} {r / secs:,.0f} rows/s" for t, r in rows.items() if r)
