@@ -135,8 +135,30 @@ def register_ingest(
     # one round trip by prepare below), by partition; each handler takes its own
     prepared: dict[TP, Prepared] = {}
 
+    async def claim(batches: Sequence[tuple[TP, Sequence[Message]]],
+                    arrival: float) -> dict[TP, Prepared]:
+        """Parse the batches of loaded partitions under the active configuration and claim
+        all their ids in one round trip; nothing when a rebalance ran meanwhile (each
+        handler that still runs starts afresh)."""
+        generation = app.consumer_generation_id
+        active = config.active  # each batch runs under this one version
+        ready = [(tp, messages, sinks.epoch(tp.partition),
+                  _parse(active.validator, messages, arrival)) for tp, messages in batches]
+        claimed = None
+        if claims is not None and ready:
+            claimed = await asyncio.to_thread(
+                claims.claim_many, ready[0][0].topic,
+                {tp.partition: _first_ids(parsed) for tp, _, _, parsed in ready})
+            if app.consumer_generation_id != generation:
+                return {}
+        return {tp: Prepared(messages, arrival, epoch, active, parsed,
+                             None if claimed is None else claimed.get(tp.partition, {}))
+                for tp, messages, epoch, parsed in ready}
+
     async def start(tp: TP, messages: Sequence[Message]) -> Prepared | None:
-        """Parse one partition's batch and claim its ids (None: revoked meanwhile)."""
+        """One partition's batch, when the fetch's were not prepared together: the first
+        sync of the configuration and the partition's first load wait here (None:
+        revoked meanwhile)."""
         arrival = time.time()
         epoch = sinks.epoch(tp.partition)  # a revocation while this batch waits drops it
         if not config_sync.synced:  # the topic's version, never the source's, if one exists
@@ -144,22 +166,12 @@ def register_ingest(
             await config_sync.first_sync()
             if app.consumer_generation_id != generation:
                 return None  # rebalanced meanwhile: fetched again, if still ours
-        active = config.active  # the whole batch runs under this one version
         partition = tp.partition
         # the first batch since the assignment loads the partition's state first
         if not seen.loaded(partition) and (not await seen.load(partition)
                                            or sinks.epoch(partition) != epoch):
             return None  # revoked meanwhile: fetched again, if still ours
-        parsed = _parse(active.validator, messages, arrival)
-        claimed = None
-        if claims is not None:
-            generation = app.consumer_generation_id
-            claimed = (await asyncio.to_thread(
-                claims.claim_many, tp.topic, {partition: _first_ids(parsed)})).get(partition, {})
-            if (app.consumer_generation_id != generation
-                    or sinks.epoch(tp.partition) != epoch):
-                return None  # rebalanced meanwhile: fetched again, if still ours
-        return Prepared(messages, arrival, epoch, active, parsed, claimed)
+        return (await claim([(tp, messages)], arrival)).get(tp)
 
     @app.batch_preparer(payments)
     async def prepare(batches: Sequence[tuple[TP, Sequence[Message]]]) -> None:
@@ -169,22 +181,9 @@ def register_ingest(
         prepared.clear()
         if claims is None or not config_sync.synced:
             return  # each handler starts its own batch (the first sync waits there)
-        arrival = time.time()
-        generation = app.consumer_generation_id
-        active = config.active
-        ready = [(tp, messages, sinks.epoch(tp.partition),
-                  _parse(active.validator, messages, arrival))
-                 for tp, messages in batches if seen.loaded(tp.partition)]
-        if not ready:
-            return
-        claimed = await asyncio.to_thread(
-            claims.claim_many, ready[0][0].topic,
-            {tp.partition: _first_ids(parsed) for tp, _, _, parsed in ready})
-        if app.consumer_generation_id != generation:
-            return  # rebalanced meanwhile: each handler that still runs starts afresh
-        for tp, messages, epoch, parsed in ready:
-            prepared[tp] = Prepared(messages, arrival, epoch, active, parsed,
-                                    claimed.get(tp.partition, {}))
+        prepared.update(await claim(
+            [(tp, messages) for tp, messages in batches if seen.loaded(tp.partition)],
+            time.time()))
 
     @app.batch_handler(payments)
     async def ingest(tp: TP, messages: Sequence[Message]) -> bool:
