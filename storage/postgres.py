@@ -261,21 +261,17 @@ SELECT e->>0, e->>1, e->>2, e->>3, (e->>4)::timestamptz, (e->>5)::bigint, e->>6,
 FROM jsonb_array_elements(%s::jsonb) AS e
 ORDER BY e->>0, e->>1
 ON CONFLICT (transaction_id, rule) DO NOTHING
-RETURNING rule
 """
 FLAGS_PER_STATEMENT = 5000
 
 
-def insert_flags(cur: Any, rows: Sequence[tuple[Any, ...]]) -> list[str]:
+def insert_flags(cur: Any, rows: Sequence[tuple[Any, ...]]) -> None:
     """Insert ``compliance_flags`` rows ``(transaction_id, rule, customer_id, merchant_id,
     event_time (aware), amount_minor, currency, config_version, evidence as JSON text)``
-    but those already flagged; returns the rule of each row inserted."""
-    inserted: list[str] = []
+    but those already flagged."""
     for at in range(0, len(rows), FLAGS_PER_STATEMENT):
         chunk = orjson.dumps(rows[at:at + FLAGS_PER_STATEMENT], option=orjson.OPT_NAIVE_UTC)
         cur.execute(INSERT_FLAGS, (chunk.decode(),))
-        inserted += [r[0] for r in cur.fetchall()]
-    return inserted
 
 
 # A window ``reprocess`` rebuilt (``rebuilt_windows``) keeps its rows: a worker still
