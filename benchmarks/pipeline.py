@@ -121,8 +121,14 @@ def run_quix_peer(stack: Stack, events: int) -> dict[str, float]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (its threads included), from /proc."""
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process (its threads included), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -326,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                                     **dict(kv.split("=", 1) for kv in args.env))
         assert worker.proc is not None
         pid = worker.proc.pid
-        cpu_before = cpu_seconds(pid)  # start-up (imports, recovery) is left out
+        cpu_before = cpu_times(pid)  # start-up (imports, recovery) is left out
         while worker.stats()["ingest"]["consumed"] == 0:
-            cpu_before = cpu_seconds(pid)
+            cpu_before = cpu_times(pid)
             time.sleep(0.02)
         profiler = start_profiler(pid, args.profile) if args.profile else None
         stack.wait_until_committed(args.events, timeout=900)
@@ -337,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             profiler.wait(60)
             print(top_frames(Path(args.profile)), flush=True)
         committed_after = time.monotonic() - started
-        cpu_throughput = cpu_seconds(pid) - cpu_before
+        user, system = (after - before for after, before in zip(cpu_times(pid), cpu_before))
+        cpu_throughput = user + system
         stats = worker.stats()["ingest"]
         pipe_rate = stats["events_per_second"]
         cpu_us = cpu_throughput / stats["consumed"] * 1e6
@@ -383,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             "quix_peer_cpu_us_per_event": round(quix["cpu_us_per_event"], 1) if quix else None,
             "all_committed_s": round(committed_after, 1),
             "worker_cpu_us_per_event": round(cpu_us, 1),
+            "worker_cpu_system_share": round(system / cpu_throughput, 3),
             "worker_cpu_us_per_event_at_offered_rate": round(cpu_latency, 1),
             "worker_peak_rss_mb": round(peak_rss_mb(pid)),
             "latency_offered_per_s": args.rate,
