@@ -131,6 +131,35 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def tree_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process and its live descendants (PostgreSQL's
+    backends, the broker's JVM), or None without a process."""
+    if pid is None:
+        return None
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        at = todo.pop()
+        try:
+            total += cpu_seconds(at)
+        except OSError:
+            continue
+        todo += children.get(at, [])
+    return total
+
+
+def per_event_us(before: float | None, after: float | None, events: int) -> float | None:
+    if before is None or after is None:
+        return None
+    return round((after - before) / events * 1e6, 1)
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -332,9 +361,13 @@ def main(argv: list[str] | None = None) -> int:
                                     **dict(kv.split("=", 1) for kv in args.env))
         assert worker.proc is not None
         pid = worker.proc.pid
-        cpu_before = cpu_times(pid)  # start-up (imports, recovery) is left out
+        # start-up (imports, recovery) is left out; the others share the two cores
+        others = {"postgres": pg.embedded_pid, "broker": stack.broker.proc.pid}
+        cpu_before = cpu_times(pid)
+        others_before = {name: tree_cpu_seconds(p) for name, p in others.items()}
         while worker.stats()["ingest"]["consumed"] == 0:
             cpu_before = cpu_times(pid)
+            others_before = {name: tree_cpu_seconds(p) for name, p in others.items()}
             time.sleep(0.02)
         profiler = start_profiler(pid, args.profile) if args.profile else None
         stack.wait_until_committed(args.events, timeout=900)
@@ -343,9 +376,12 @@ def main(argv: list[str] | None = None) -> int:
             profiler.wait(60)
             print(top_frames(Path(args.profile)), flush=True)
         committed_after = time.monotonic() - started
-        user, system = (after - before for after, before in zip(cpu_times(pid), cpu_before))
+        user, system = (after - before
+                        for after, before in zip(cpu_times(pid), cpu_before, strict=True))
         cpu_throughput = user + system
         stats = worker.stats()["ingest"]
+        others_us = {name: per_event_us(others_before[name], tree_cpu_seconds(p),
+                                        stats["consumed"]) for name, p in others.items()}
         pipe_rate = stats["events_per_second"]
         cpu_us = cpu_throughput / stats["consumed"] * 1e6
         print(f"pipeline: {stats['consumed']:,} events at {pipe_rate:,.0f}/s (first to last "
@@ -358,14 +394,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latency: offering {args.rate:,.0f} events/s for {args.seconds:.0f} s ...",
               flush=True)
         start_offsets = asyncio.run(partition_ends(boot, stack.partitions))
-        cpu_before = cpu_seconds(pid)
+        latency_cpu_before = cpu_seconds(pid)
         profiler = start_profiler(pid, args.profile_latency) if args.profile_latency else None
         with CommitWatcher(stack) as watcher:
             offered = asyncio.run(produce(steady, broker=boot, topic="payments", total=total,
                                           rate=args.rate, progress=False))
             stack.wait_until_committed(args.events + total, timeout=300)
             time.sleep(0.1)
-        cpu_latency = (cpu_seconds(pid) - cpu_before) / total * 1e6
+        cpu_latency = (cpu_seconds(pid) - latency_cpu_before) / total * 1e6
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
@@ -391,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             "all_committed_s": round(committed_after, 1),
             "worker_cpu_us_per_event": round(cpu_us, 1),
             "worker_cpu_system_share": round(system / cpu_throughput, 3),
+            "postgres_cpu_us_per_event": others_us["postgres"],
+            "broker_cpu_us_per_event": others_us["broker"],
             "worker_cpu_us_per_event_at_offered_rate": round(cpu_latency, 1),
             "worker_peak_rss_mb": round(peak_rss_mb(pid)),
             "latency_offered_per_s": args.rate,
