@@ -257,12 +257,11 @@ class Claims(Protocol):
 
 
 def _parse(validator: Validator, messages: Sequence[Message], arrival: float) -> Parsed:
-    """Parse and validate one partition's batch, in offset order."""
-    out = []
-    for message in messages:
-        received = record_time(message.timestamp, arrival)
-        out.append((message, validator.parse(message.value, received), received))
-    return out
+    """Parse and validate one partition's batch, in offset order (the rules over the
+    whole batch: :meth:`~pipeline.parse.Validator.parse_many`)."""
+    received = [record_time(message.timestamp, arrival) for message in messages]
+    results = validator.parse_many([message.value for message in messages], received)
+    return list(zip(messages, results, received, strict=True))
 
 
 def _first_ids(parsed: Parsed) -> list[tuple[str, int]]:

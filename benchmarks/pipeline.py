@@ -38,9 +38,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import psycopg2
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from devtools.services import ensure_postgres
+from devtools.services import Postgres, ensure_postgres, libpq_dsn
 from devtools.stack import REPO_ROOT, Stack
 from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic, produce
@@ -158,6 +159,56 @@ def per_event_us(before: float | None, after: float | None, events: int) -> floa
     if before is None or after is None:
         return None
     return round((after - before) / events * 1e6, 1)
+
+
+def admin(url: str, *statements: str, params: dict[str, object] | None = None) -> list[tuple]:
+    """Run ``statements`` (each with ``params``) outside a transaction (``ALTER SYSTEM``
+    needs that); the last one's rows."""
+    conn = psycopg2.connect(libpq_dsn(url))
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        for statement in statements:
+            cur.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def with_statement_stats(pg: Postgres, workdir: Path) -> Postgres:
+    """This bench's embedded server again, with ``pg_stat_statements`` loaded; the
+    setting is reset at once, so it holds for this start only."""
+    if pg.embedded_pid is None:
+        raise SystemExit("--pg-statements needs the embedded PostgreSQL (unset DATABASE_URL)")
+    admin(pg.server_url, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+          "ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+    pg.stop()
+    pg = ensure_postgres(None, workdir / "pg")
+    admin(pg.server_url, "ALTER SYSTEM RESET shared_preload_libraries",
+          "ALTER SYSTEM RESET pg_stat_statements.track",
+          "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    return pg
+
+
+def top_statements(pg: Postgres, database: str, n: int = 12) -> str:
+    """The statements of ``database`` that took PostgreSQL the longest since the last
+    reset, nested ones (the foreign key's checks) included on their own lines."""
+    statement = """
+        SELECT s.total_exec_time, s.calls, s.rows,
+               regexp_replace(left(s.query, 90), '\\s+', ' ', 'g')
+        FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+        WHERE d.datname = %(database)s AND s.toplevel = %(toplevel)s
+        ORDER BY s.total_exec_time DESC"""
+    rows = admin(pg.server_url, statement, params={"database": database, "toplevel": True})
+    nested = admin(pg.server_url, statement, params={"database": database, "toplevel": False})[:3]
+    total = sum(r[0] for r in rows) or 1.0
+    lines = [f"PostgreSQL statements by execution time ({total / 1000:.1f} s in all; "
+             "nested ones are part of their statement's):"]
+    lines += [f"  {100 * t / total:5.1f}%  {t / 1000:6.2f} s  {calls:>7,} calls  {nrows:>9,} rows"
+              f"  {q}" for t, calls, nrows, q in rows[:n]]
+    lines += [f"  nested {100 * t / total:5.1f}%  {calls:>7,} calls  {q}"
+              for t, calls, _, q in nested]
+    return "\n".join(lines)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -323,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                    "the throughput phase; collapsed stacks to FILE, top frames printed")
     p.add_argument("--profile-latency", metavar="FILE", help="the same during the latency "
                    "phase (small batches: what a batch costs whatever its size)")
+    p.add_argument("--pg-statements", action="store_true", help="load pg_stat_statements "
+                   "into the embedded PostgreSQL and print where its time went in the "
+                   "throughput phase")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="worker setting for this run, e.g. --env PARQUET_FLUSH_SECONDS=60")
     args = p.parse_args(argv)
@@ -331,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(args.workdir)
     pg = ensure_postgres(os.environ.get("DATABASE_URL"), workdir / "pg")
+    if args.pg_statements:
+        pg = with_statement_stats(pg, workdir)
     run_id = uuid.uuid4().hex[:6]
-    stack = Stack.start(workdir / run_id, pg, f"payment_monitor_bench_{run_id}")
+    database = f"payment_monitor_bench_{run_id}"
+    stack = Stack.start(workdir / run_id, pg, database)
     try:
         boot = stack.broker.bootstrap
         asyncio.run(ensure_topic(boot, "payments", stack.partitions))
@@ -369,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu_before = cpu_times(pid)
             others_before = {name: tree_cpu_seconds(p) for name, p in others.items()}
             time.sleep(0.02)
+        if args.pg_statements:
+            admin(pg.server_url, "SELECT pg_stat_statements_reset()")
         profiler = start_profiler(pid, args.profile) if args.profile else None
         stack.wait_until_committed(args.events, timeout=900)
         if profiler is not None:
@@ -382,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         stats = worker.stats()["ingest"]
         others_us = {name: per_event_us(others_before[name], tree_cpu_seconds(p),
                                         stats["consumed"]) for name, p in others.items()}
+        if args.pg_statements:
+            print(top_statements(pg, database), flush=True)
         pipe_rate = stats["events_per_second"]
         cpu_us = cpu_throughput / stats["consumed"] * 1e6
         print(f"pipeline: {stats['consumed']:,} events at {pipe_rate:,.0f}/s (first to last "
@@ -395,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         start_offsets = asyncio.run(partition_ends(boot, stack.partitions))
         latency_cpu_before = cpu_seconds(pid)
+        others_before = {name: tree_cpu_seconds(p) for name, p in others.items()}
         profiler = start_profiler(pid, args.profile_latency) if args.profile_latency else None
         with CommitWatcher(stack) as watcher:
             offered = asyncio.run(produce(steady, broker=boot, topic="payments", total=total,
@@ -402,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.wait_until_committed(args.events + total, timeout=300)
             time.sleep(0.1)
         cpu_latency = (cpu_seconds(pid) - latency_cpu_before) / total * 1e6
+        others_latency_us = {name: per_event_us(others_before[name], tree_cpu_seconds(p),
+                                                total) for name, p in others.items()}
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
@@ -430,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             "postgres_cpu_us_per_event": others_us["postgres"],
             "broker_cpu_us_per_event": others_us["broker"],
             "worker_cpu_us_per_event_at_offered_rate": round(cpu_latency, 1),
+            "postgres_cpu_us_per_event_at_offered_rate": others_latency_us["postgres"],
+            "broker_cpu_us_per_event_at_offered_rate": others_latency_us["broker"],
             "worker_peak_rss_mb": round(peak_rss_mb(pid)),
             "latency_offered_per_s": args.rate,
             "latency_achieved_offer_per_s": round(offered.rate),

@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import msgspec
+import numpy as np
 import orjson
 
 from models.errors import PaymentMonitorError
@@ -94,22 +95,62 @@ class Validator:
         elif isinstance(received_at, datetime):
             received_at = received_at.timestamp()
         ctx = RuleContext(received_at)
-        if self.fast is not None and len(raw) <= MAX_MESSAGE_BYTES:
-            try:
-                fast = self.fast.decode(raw)
-            except (msgspec.MsgspecError, ValueError, RecursionError):
-                pass  # the authoritative path decides and explains
-            else:
-                # A JSON object may repeat a key, and every decoder keeps the last value
-                # (amount_minor 1, then 999999999). Each key is followed by '":', so when
-                # that count equals the keys decoded there is no repeat; otherwise (a
-                # repeat, or only spacing or an escaped quote) the slow path decides.
-                if (b"\\u0000" not in raw and raw.count(b'":') == self._keys(fast)
-                        and self._match_patterns(fast)):
-                    tx = _from_struct(fast)
-                    if tx is not None:
-                        return self._apply_rules(raw, tx, ctx)
+        tx = self._fast_typed(raw)
+        if tx is not None:
+            return self._apply_rules(raw, tx, ctx)
         return self._parse_slow(raw, ctx)
+
+    def parse_many(self, raws: Sequence[bytes | None],
+                   received: Sequence[float]) -> list[ParseResult]:
+        """:meth:`parse` of each message, with ``received`` its record time (POSIX
+        seconds): the same results. The rules run over the batch's payments at once
+        (:meth:`~pipeline.rules.Rule.passes`), and one message at a time only for the
+        payments a kernel did not clear, or for every one when a rule has no kernel."""
+        if self.fast is None:
+            return [self.parse(raw, at) for raw, at in zip(raws, received, strict=True)]
+        out: list[ParseResult | None] = [None] * len(raws)
+        txs: list[ParsedTransaction] = []
+        where: list[int] = []  # each typed payment's position
+        for i, raw in enumerate(raws):
+            raw = b"" if raw is None else raw
+            tx = self._fast_typed(raw)
+            if tx is None:
+                out[i] = self._parse_slow(raw, RuleContext(received[i]))
+            else:
+                txs.append(tx)
+                where.append(i)
+        if txs:
+            at = np.fromiter((received[i] for i in where), np.float64, len(where))
+            cleared = np.ones(len(txs), np.bool_)
+            for rule in self.rules:
+                passes = rule.passes(txs, at)
+                if passes is None:
+                    cleared[:] = False
+                    break
+                cleared &= passes
+            for i, tx, ok in zip(where, txs, cleared.tolist(), strict=True):
+                raw = raws[i] or b""
+                out[i] = (ParseResult(raw, transaction=tx) if ok
+                          else self._apply_rules(raw, tx, RuleContext(received[i])))
+        return cast(list[ParseResult], out)
+
+    def _fast_typed(self, raw: bytes) -> ParsedTransaction | None:
+        """The typed payment when the fast path can decide that ``raw`` passes the schema,
+        else None (the authoritative path decides and explains)."""
+        if self.fast is None or len(raw) > MAX_MESSAGE_BYTES:
+            return None
+        try:
+            fast = self.fast.decode(raw)
+        except (msgspec.MsgspecError, ValueError, RecursionError):
+            return None
+        # A JSON object may repeat a key, and every decoder keeps the last value
+        # (amount_minor 1, then 999999999). Each key is followed by '":', so when that
+        # count equals the keys decoded there is no repeat; otherwise (a repeat, or only
+        # spacing or an escaped quote) the slow path decides. No backslash: no escaped NUL.
+        if ((b"\\" in raw and b"\\u0000" in raw) or raw.count(b'":') != self._keys(fast)
+                or not self._match_patterns(fast)):
+            return None
+        return _from_struct(fast)
 
     def _match_patterns(self, fast: Any) -> bool:
         for name, regex in self._patterns:
