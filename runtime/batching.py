@@ -109,11 +109,32 @@ class Positions:
         return False
 
 
+class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with the fetch's wait from the settings.
+
+    Faust fixes fetch.max.wait.ms at 1.5 s and leaves fetch.min.bytes at 1: the broker
+    answers each fetch as soon as it holds one byte for it, and at a steady 5,000 events/s
+    the worker handled a few records per fetch, each fetch's fixed costs in the worker,
+    the broker and PostgreSQL paid for so few (docs/performance.md, "The fetch's wait").
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        settings = cast(Any, self.app).settings
+        # read by AIOKafkaConsumer.start(), which hands them to its fetcher
+        consumer._fetch_min_bytes = settings.fetch_min_bytes
+        consumer._fetch_max_wait_ms = settings.fetch_max_wait_ms
+        return consumer
+
+
 class BatchConsumer(aiokafka_driver.Consumer):
     """aiokafka consumer whose drain loop delivers batches for batch topics and whose
     batch topics' commits follow what the sinks made durable."""
 
     positions: Positions
+
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -11,6 +11,8 @@ import pytest
 from faust.types import TP
 
 from runtime.batching import BatchConsumer, Positions
+from runtime.faust_app import create_app
+from runtime.settings import Settings
 
 TP3 = TP("payments", 3)
 
@@ -321,3 +323,17 @@ def test_a_fetch_is_prepared_once_before_its_partitions_are_handled():
     assert all(m is n for (_, _, m), (_, n) in zip(handled, prepared, strict=False))
     assert c.positions.next(tp1) == 5 and c.positions.next(tp2) == 13
     assert c.positions.next(TP3) == 0  # not moved past a batch it never took
+
+
+def test_the_worker_consumer_waits_for_a_fetch_as_the_settings_say(tmp_path):
+    """Faust fixes fetch.max.wait.ms at 1.5 s and leaves fetch.min.bytes at 1; the
+    consumer it hands the fetcher carries FETCH_MIN_BYTES and FETCH_MAX_WAIT_MS."""
+
+    async def created() -> tuple[int, int]:
+        app = create_app(Settings(store_url="memory://", app_datadir=str(tmp_path),
+                                  broker_url="kafka://127.0.0.1:1", fetch_min_bytes=1234,
+                                  fetch_max_wait_ms=77))
+        client = app.consumer._thread._create_worker_consumer(app.transport)
+        return client._fetch_min_bytes, client._fetch_max_wait_ms
+
+    assert asyncio.run(created()) == (1234, 77)
