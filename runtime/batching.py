@@ -112,10 +112,10 @@ class Positions:
 class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     """Faust's consumer thread, with the fetch's wait from the settings.
 
-    Faust fixes fetch.max.wait.ms at 1.5 s and leaves fetch.min.bytes at 1: the broker
-    answers each fetch as soon as it holds one byte for it, and at a steady 5,000 events/s
-    the worker handled a few records per fetch, each fetch's fixed costs in the worker,
-    the broker and PostgreSQL paid for so few (docs/performance.md, "The fetch's wait").
+    Faust fixes fetch.max.wait.ms at 1.5 s. aiokafka keeps one fetch in flight per broker,
+    and a fetch of partitions with nothing new (changelogs while the tables recover, a
+    partition at its end) is parked by the broker that long: the other partitions, read
+    meanwhile, waited for it (docs/performance.md, "The fetch's wait").
     """
 
     def _create_worker_consumer(self, transport: Any) -> Any:

@@ -99,11 +99,12 @@ class Settings(BaseSettings):
     # Hot path tuning (see docs/adr/0001-batch-path.md for the measurements).
     max_poll_records: int = Field(5000, ge=1, description="records per fetch")
     fetch_min_bytes: int = Field(
-        65_536, ge=1, le=52_428_800, description="the broker answers a fetch once it has this "
+        1, ge=1, le=52_428_800, description="the broker answers a fetch once it holds this "
         "many bytes for it ... (Kafka's fetch.min.bytes)")
     fetch_max_wait_ms: int = Field(
-        50, ge=0, le=30_000, description="... or once it has waited this long "
-        "(fetch.max.wait.ms): what a quiet topic adds to an event's latency at most")
+        200, ge=0, le=30_000, description="... or once it has waited this long "
+        "(fetch.max.wait.ms; Faust fixes 1,500): a fetch of partitions with nothing new "
+        "holds up the next fetch of the others this long at most")
     producer_linger_s: float = Field(0.05, ge=0, description="producer linger, seconds")
     empty_fetch_pause_s: float = Field(0.01, ge=0, description="pause after an empty fetch")
     producer_buffer_messages: int = Field(10_000, ge=100, description="producer buffer bound")
