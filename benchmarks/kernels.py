@@ -7,7 +7,9 @@ Simulator payments (parsed beforehand), the shipped configuration, batches of
 (``PaymentColumns``), metric extraction (``extract_batch`` against ``extract`` per
 payment), windowed metrics (``WindowedBatch.deltas`` against ``observe``), and the
 ``dynamic_metrics`` COPY rows (``metric_rows`` against ``ExtractionResult.rows`` and
-orjson per payment).
+orjson per payment), and the payments' own COPY input (``_transaction_copy``, Arrow's
+CSV writer, against ``_transaction_row`` per payment; the sink makes it once a round, for
+every batch the round gathered: hundreds to thousands of payments).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from pipeline.batches import SinkBatch
 from pipeline.columns import PaymentColumns
 from pipeline.windows import WindowedBatch, observe, window_start
 from runtime.settings import Settings
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import compile_files
 from storage.metric_rows import copy_text, metric_rows
+from storage.postgres import _transaction_copy, _transaction_row
 
 
 def best(fn: Callable[[Any], object], items: list, n: int, repeat: int) -> float:
@@ -78,6 +82,13 @@ def report(engine: Any, payments: list, size: int, repeat: int) -> None:
             "".join(f"{key}\t{kind}\t{copy_text(orjson.dumps(data).decode())}\tv\n"
                     for kind, data in result.rows())
 
+    sinks = [SinkBatch("payments", 0, [], dict(zip(*b, strict=True)), [], [], 0.0, None, "v")
+             for b in batches]
+
+    def copy_each(i: int) -> str:
+        return "".join([_transaction_row(p, "payments", 0, o)
+                        for o, p in sinks[i].payments.items()])
+
     k = list(range(len(batches)))
     stages = [
         ("columns", best(lambda i: PaymentColumns(*batches[i]), k, n, repeat), None),
@@ -90,6 +101,8 @@ def report(engine: Any, payments: list, size: int, repeat: int) -> None:
         ("dynamic_metrics rows", best(lambda i: metric_rows(
             metrics[i], [tx.transaction_id for tx in batches[i][1]], "v"), k, n, repeat),
          best(rows_each, k, n, repeat)),
+        ("payments' COPY input", best(lambda i: _transaction_copy([sinks[i]])[1].read(), k, n,
+                                      repeat), best(copy_each, k, n, repeat)),
     ]
     print(f"batches of {size:,} payments ({n:,} payments), µs per payment, best of "
           f"{repeat}:")
