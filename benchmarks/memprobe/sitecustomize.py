@@ -3,8 +3,10 @@
 Not part of the app: a soak or benchmark starts its worker with it to see where the
 resident memory is (docs/performance.md, "Where the memory is")::
 
+    # absolute paths: a worker runs in its own directory, where a relative one finds
+    # nothing (and the signals below would then end the worker)
     python -m benchmarks.soak --rate 8000 --minutes 3 \\
-        --env PYTHONPATH=benchmarks/memprobe:.
+        --env PYTHONPATH=$PWD/benchmarks/memprobe:$PWD
     kill -s RTMIN+3 <worker pid>   # Python's allocator: sys._debugmallocstats()
     kill -s RTMIN+4 <worker pid>   # objects the garbage collector tracks, by type
     kill -s RTMIN+5 <worker pid>   # a full collection, and what it freed
