@@ -38,10 +38,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import psycopg2
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from devtools.services import Postgres, ensure_postgres, libpq_dsn
+from devtools.services import Postgres, admin_cursor, ensure_postgres
 from devtools.stack import REPO_ROOT, Stack
 from simulator.generator import PaymentGenerator, load_scenario
 from simulator.producer import ensure_topic, produce
@@ -164,15 +163,10 @@ def per_event_us(before: float | None, after: float | None, events: int) -> floa
 def admin(url: str, *statements: str, params: dict[str, object] | None = None) -> list[tuple]:
     """Run ``statements`` (each with ``params``) outside a transaction (``ALTER SYSTEM``
     needs that); the last one's rows."""
-    conn = psycopg2.connect(libpq_dsn(url))
-    conn.autocommit = True
-    try:
-        cur = conn.cursor()
+    with admin_cursor(url) as cur:
         for statement in statements:
             cur.execute(statement, params)
         return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def with_statement_stats(pg: Postgres, workdir: Path) -> Postgres:

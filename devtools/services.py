@@ -259,7 +259,7 @@ class Postgres:
 
     def create_database(self, name: str, *, fresh: bool = True) -> str:
         """Create ``name`` (dropping an old one when ``fresh``); returns its URL."""
-        with _admin(self.server_url) as cur:
+        with admin_cursor(self.server_url) as cur:
             if fresh:
                 cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                     sql.Identifier(name)))
@@ -270,7 +270,7 @@ class Postgres:
         return self.url_for(name)
 
     def drop_database(self, name: str) -> None:
-        with _admin(self.server_url) as cur:
+        with admin_cursor(self.server_url) as cur:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
 
@@ -298,7 +298,8 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _admin(server_url: str):
+def admin_cursor(server_url: str):
+    """A cursor outside any transaction (CREATE DATABASE, ALTER SYSTEM need that)."""
     conn = psycopg2.connect(libpq_dsn(server_url), connect_timeout=5)
     conn.autocommit = True
     try:
@@ -338,7 +339,7 @@ def libpq_dsn(url: str) -> str:
 
 def server_answers(url: str) -> bool:
     try:
-        with _admin(url) as cur:
+        with admin_cursor(url) as cur:
             cur.execute("SELECT 1")
         return True
     except psycopg2.OperationalError:
