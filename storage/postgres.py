@@ -702,11 +702,28 @@ def _failed_row(f: FailedMessage) -> tuple[Any, ...]:
 NULL = "\\N"  # COPY text format's NULL
 
 
-_STRINGS = {name: operator.attrgetter(name) for name in (
-    "transaction_id", "merchant_id", "customer_id", "currency", "channel", "payment_method",
-    "decline_code", "country", "card_bin")}
-_NUMBERS = {name: operator.attrgetter(name) for name in (
-    "event_ts", "amount_minor", "processing_ms", "risk_score")}
+def _metadata_json(p: ParsedTransaction) -> str | None:
+    return None if p.metadata is None else orjson.dumps(p.metadata).decode()
+
+
+# stage_transactions' columns taken from the payment, in the table's order
+_STAGED: tuple[tuple[str, Callable[[ParsedTransaction], Any], pa.DataType], ...] = (
+    ("transaction_id", operator.attrgetter("transaction_id"), pa.string()),
+    ("event_ts", operator.attrgetter("event_ts"), pa.float64()),
+    ("merchant_id", operator.attrgetter("merchant_id"), pa.string()),
+    ("customer_id", operator.attrgetter("customer_id"), pa.string()),
+    ("amount_minor", operator.attrgetter("amount_minor"), pa.int64()),
+    ("currency", operator.attrgetter("currency"), pa.string()),
+    ("channel", operator.attrgetter("channel"), pa.string()),
+    ("payment_method", operator.attrgetter("payment_method"), pa.string()),
+    ("status", operator.attrgetter("status.value"), pa.string()),
+    ("decline_code", operator.attrgetter("decline_code"), pa.string()),
+    ("country", operator.attrgetter("country"), pa.string()),
+    ("processing_ms", operator.attrgetter("processing_ms"), pa.int64()),
+    ("card_bin", operator.attrgetter("card_bin"), pa.string()),
+    ("risk_score", operator.attrgetter("risk_score"), pa.float64()),
+    ("metadata", _metadata_json, pa.string()),
+)
 _CSV = pa_csv.WriteOptions(include_header=False, delimiter="\t", null_string=NULL,
                            quoting_style="all_valid")
 
@@ -714,53 +731,31 @@ _CSV = pa_csv.WriteOptions(include_header=False, delimiter="\t", null_string=NUL
 def _transaction_copy(batches: Sequence[SinkBatch]) -> tuple[str, Any]:
     """The COPY statement and input that stage the batches' payments, in order.
 
-    Made a column at a time by Arrow's CSV writer (which quotes every value but NULL, so
-    nothing needs escaping, and writes numbers in their shortest form that reads back
-    the same);
-    a row at a time by :func:`_transaction_row` only if a value does not fit its column's
-    Arrow type (an integer beyond 64 bits, which PostgreSQL would refuse as well)."""
+    Made a column at a time by Arrow's CSV writer, which quotes every value but NULL (so
+    nothing needs escaping) and writes numbers in their shortest form that reads back the
+    same; a row at a time by :func:`_transaction_row` only if a value does not fit its
+    column's Arrow type (an integer beyond 64 bits, which PostgreSQL refuses as well)."""
     mine = [b for b in batches if b.payments]
     ps = [p for b in mine for p in b.payments.values()]
     try:
-        strings = {name: pa.array(list(map(get, ps)), pa.string())
-                   for name, get in _STRINGS.items()}
-        numbers = {name: pa.array(list(map(get, ps)), kind) for (name, get), kind in zip(
-            _NUMBERS.items(), (pa.float64(), pa.int64(), pa.int64(), pa.float64()), strict=True)}
+        columns = {name: pa.array(list(map(get, ps)), kind) for name, get, kind in _STAGED}
     except (pa.ArrowInvalid, OverflowError):
         return COPY_TRANSACTIONS, CopyRows(
             _transaction_row(p, copy_text(b.topic), b.partition, offset)
             for b in mine for offset, p in b.payments.items())
-    sizes = [len(b.payments) for b in mine]
-    which = pa.array(np.repeat(np.arange(len(mine)), sizes))
-    table = pa.table({
-        "transaction_id": strings["transaction_id"],
-        "event_ts": numbers["event_ts"],
-        "merchant_id": strings["merchant_id"],
-        "customer_id": strings["customer_id"],
-        "amount_minor": numbers["amount_minor"],
-        "currency": strings["currency"],
-        "channel": strings["channel"],
-        "payment_method": strings["payment_method"],
-        "status": pa.array([p.status.value for p in ps], pa.string()),
-        "decline_code": strings["decline_code"],
-        "country": strings["country"],
-        "processing_ms": numbers["processing_ms"],
-        "card_bin": strings["card_bin"],
-        "risk_score": numbers["risk_score"],
-        "metadata": pa.array([None if p.metadata is None else orjson.dumps(p.metadata).decode()
-                              for p in ps], pa.string()),
-        "source_topic": pa.array([b.topic for b in mine], pa.string()).take(which),
-        "source_partition": pa.array([b.partition for b in mine], pa.int32()).take(which),
-        "source_offset": pa.array([o for b in mine for o in b.payments], pa.int64()),
-    })
+    which = pa.array(np.repeat(np.arange(len(mine)), [len(b.payments) for b in mine]))
+    columns["source_topic"] = pa.array([b.topic for b in mine], pa.string()).take(which)
+    columns["source_partition"] = pa.array([b.partition for b in mine], pa.int32()).take(which)
+    columns["source_offset"] = pa.array([o for b in mine for o in b.payments], pa.int64())
     out = pa.BufferOutputStream()
-    pa_csv.write_csv(table, out, _CSV)
+    pa_csv.write_csv(pa.table(columns), out, _CSV)
     return COPY_TRANSACTIONS_CSV, pa.BufferReader(out.getvalue())
 
 
 def _transaction_row(p: ParsedTransaction, topic: str, partition: int, offset: int) -> str:
     """One ``stage_transactions`` row in COPY text format."""
-    metadata = NULL if p.metadata is None else copy_text(orjson.dumps(p.metadata).decode())
+    metadata = _metadata_json(p)
+    metadata = NULL if metadata is None else copy_text(metadata)
     return (f"{copy_text(p.transaction_id)}\t{p.event_ts!r}\t{copy_text(p.merchant_id)}\t"
             f"{copy_text(p.customer_id)}\t{p.amount_minor}\t{copy_text(p.currency)}\t"
             f"{copy_text(p.channel)}\t{copy_text(p.payment_method)}\t{p.status.value}\t"
