@@ -35,7 +35,8 @@ from models.events import ParsedTransaction, ValidationError, short_repr
 from pipeline.regex import SlowPattern, linear
 
 MISSING: Any = object()
-_FIELDS = frozenset(ParsedTransaction.__struct_fields__)
+_FIELDS = frozenset(ParsedTransaction.__struct_fields__)  # what a kernel can read
+_EVENT_TS = operator.attrgetter("event_ts")
 
 
 class RuleConfigError(PaymentMonitorError, ValueError):
@@ -299,9 +300,6 @@ class EventTimeSkewRule(Rule):
                               f"received (at most {self.max_past:.0f} s allowed)",
                               value.isoformat())
         return None
-
-
-_EVENT_TS = operator.attrgetter("event_ts")
 
 
 def _bounded_seconds(name: str, value: Any, limit: float) -> float:

@@ -133,15 +133,15 @@ class BatchConsumer(aiokafka_driver.Consumer):
 
     positions: Positions
 
-    def _new_consumer_thread(self) -> BatchConsumerThread:
-        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.positions = Positions()
         # why fetched records were not handed over since the last batch that was (the
         # liveness probe shows it when the worker stalls)
         self.passed_over: Counter[str] = Counter()
+
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def fetch_state(self) -> dict[str, Any]:
         """The drain loop's state, for the liveness probe's answer when it stalls."""
