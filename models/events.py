@@ -70,11 +70,13 @@ def short_repr(value: Any, limit: int = VALUE_REPR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class ParsedTransaction(msgspec.Struct, frozen=True, kw_only=True):
+class ParsedTransaction(msgspec.Struct, frozen=True):
     """One accepted payment (``../shared/contracts/payment-event-v1.md``), typed.
 
     A msgspec Struct rather than a dataclass: built for every event on the hot
-    path, and a frozen dataclass's ``__init__`` costs several times more.
+    path, and a frozen dataclass's ``__init__`` costs several times more. The fast
+    parse builds it with positional arguments, in field order (a keyword call costs
+    more); everyone else names them.
     """
 
     transaction_id: str
@@ -95,10 +97,13 @@ class ParsedTransaction(msgspec.Struct, frozen=True, kw_only=True):
 
     # Event time as POSIX seconds, derived once here: windows, lateness and the rules
     # over time read it several times per payment, and datetime.timestamp() is not free.
+    # The fast parse passes it, computed for a whole batch; otherwise it is derived
+    # here (a given 0.0 too: it is the epoch's own value, so nothing changes).
     event_ts: float = 0.0
 
     def __post_init__(self) -> None:
-        msgspec.structs.force_setattr(self, "event_ts", self.event_time.timestamp())
+        if not self.event_ts:
+            msgspec.structs.force_setattr(self, "event_ts", self.event_time.timestamp())
 
     def to_dict(self) -> dict[str, Any]:
         return {

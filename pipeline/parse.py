@@ -103,22 +103,23 @@ class Validator:
     def parse_many(self, raws: Sequence[bytes | None],
                    received: Sequence[float]) -> list[ParseResult]:
         """:meth:`parse` of each message, with ``received`` its record time (POSIX
-        seconds): the same results. The rules run over the batch's payments at once
-        (:meth:`~pipeline.rules.Rule.passes`), and one message at a time only for the
+        seconds): the same results. The fast decode and its checks run in one loop
+        (:meth:`_decode_many`), the typed payments are made for the whole batch
+        (:func:`_from_structs`), and the rules run over the batch's payments at once
+        (:meth:`~pipeline.rules.Rule.passes`), one message at a time only for the
         payments a kernel did not clear, or for every one when a rule has no kernel."""
         if self.fast is None:
             return [self.parse(raw, at) for raw, at in zip(raws, received, strict=True)]
         out: list[ParseResult | None] = [None] * len(raws)
-        txs: list[ParsedTransaction] = []
-        where: list[int] = []  # each typed payment's position
-        for i, raw in enumerate(raws):
-            raw = b"" if raw is None else raw
-            tx = self._fast_typed(raw)
-            if tx is None:
-                out[i] = self._parse_slow(raw, RuleContext(received[i]))
-            else:
-                txs.append(tx)
-                where.append(i)
+        fasts, where, slow = self._decode_many(raws)
+        typed = _from_structs(fasts)
+        if None in typed:  # a date the pattern let through (the 30th of February)
+            slow += [i for i, tx in zip(where, typed, strict=True) if tx is None]
+            where = [i for i, tx in zip(where, typed, strict=True) if tx is not None]
+            typed = [tx for tx in typed if tx is not None]
+        txs = cast(list[ParsedTransaction], typed)
+        for i in slow:
+            out[i] = self._parse_slow(raws[i] or b"", RuleContext(received[i]))
         if txs:
             at = np.fromiter((received[i] for i in where), np.float64, len(where))
             cleared = np.ones(len(txs), np.bool_)
@@ -137,20 +138,43 @@ class Validator:
     def _fast_typed(self, raw: bytes) -> ParsedTransaction | None:
         """The typed payment when the fast path can decide that ``raw`` passes the schema,
         else None (the authoritative path decides and explains)."""
-        if self.fast is None or len(raw) > MAX_MESSAGE_BYTES:
-            return None
-        try:
-            fast = self.fast.decode(raw)
-        except (msgspec.MsgspecError, ValueError, RecursionError):
-            return None
-        # A JSON object may repeat a key, and every decoder keeps the last value
-        # (amount_minor 1, then 999999999). Each key is followed by '":', so when that
-        # count equals the keys decoded there is no repeat; otherwise (a repeat, or only
-        # spacing or an escaped quote) the slow path decides. No backslash: no escaped NUL.
-        if ((b"\\" in raw and b"\\u0000" in raw) or raw.count(b'":') != self._keys(fast)
-                or not self._match_patterns(fast)):
-            return None
-        return _from_struct(fast)
+        fasts, _, _ = self._decode_many((raw,))
+        return _from_structs(fasts)[0] if fasts else None
+
+    def _decode_many(self, raws: Sequence[bytes | None]) -> tuple[list[Any], list[int], list[int]]:
+        """The fast decode of each message that it can decide passes the schema, their
+        positions, and the positions of the others (the authoritative path decides and
+        explains those). One loop with nothing called but the decoder and the checks:
+        this runs for every message."""
+        if self.fast is None:
+            return [], [], list(range(len(raws)))
+        decode = self.fast.decode
+        keys = self._keys
+        patterns = self._patterns
+        fasts: list[Any] = []
+        where: list[int] = []
+        slow: list[int] = []
+        for i, raw in enumerate(raws):
+            if raw is None or len(raw) > MAX_MESSAGE_BYTES:
+                slow.append(i)
+                continue
+            try:
+                fast = decode(raw)
+            except (msgspec.MsgspecError, ValueError, RecursionError):
+                slow.append(i)
+                continue
+            # A JSON object may repeat a key, and every decoder keeps the last value
+            # (amount_minor 1, then 999999999). Each key is followed by '":', so when that
+            # count equals the keys decoded there is no repeat; otherwise (a repeat, or
+            # only spacing or an escaped quote) the slow path decides. No backslash: no
+            # escaped NUL.
+            if ((b"\\" in raw and b"\\u0000" in raw) or raw.count(b'":') != keys(fast)
+                    or (patterns and not self._match_patterns(fast))):
+                slow.append(i)
+                continue
+            fasts.append(fast)
+            where.append(i)
+        return fasts, where, slow
 
     def _match_patterns(self, fast: Any) -> bool:
         for name, regex in self._patterns:
@@ -272,41 +296,44 @@ def _extra_checks(obj: dict[str, Any], raw: bytes) -> ValidationError | None:
     return None
 
 
-def _from_struct(s: Any) -> ParsedTransaction | None:
-    """The typed transaction from a checked object: the fast path's Struct, or a
-    namespace over a decoded dict (absent optional fields are ``UNSET``)."""
+def _from_structs(structs: Sequence[Any]) -> list[ParsedTransaction | None]:
+    """The typed transaction of each checked object: the fast path's Structs, or
+    namespaces over decoded dicts (absent optional fields are ``UNSET``); None where the
+    event time is not a real date. The times are converted for the whole list, and each
+    payment is built with positional arguments (in :class:`ParsedTransaction`'s field
+    order) and its ``event_ts`` given."""
+    times = list(map(_EVENT_TIME, structs))
     try:
-        event_time = datetime.fromisoformat(s.event_time)
+        dates: list[datetime | None] = list(map(datetime.fromisoformat, times))
+        stamps = list(map(datetime.timestamp, dates))  # type: ignore[arg-type]  # no None
+    except ValueError:  # one is not a real date: each on its own
+        dates = list(map(_date_or_none, times))
+        stamps = [0.0 if d is None else d.timestamp() for d in dates]
+    unset = msgspec.UNSET
+    statuses = _STATUSES
+    return [None if when is None else ParsedTransaction(
+        s.transaction_id, when, s.merchant_id, s.customer_id, s.amount_minor, s.currency,
+        s.channel, s.payment_method, statuses[s.status],
+        None if s.decline_code is unset else s.decline_code, s.country, s.processing_ms,
+        None if s.card_bin is unset else s.card_bin,
+        None if s.risk_score is unset or s.risk_score is None else float(s.risk_score),
+        None if s.metadata is unset else s.metadata, ts)
+        for s, when, ts in zip(structs, dates, stamps, strict=True)]
+
+
+_EVENT_TIME = operator.attrgetter("event_time")
+
+
+def _date_or_none(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
     except ValueError:
         return None
-    return ParsedTransaction(
-        transaction_id=s.transaction_id,
-        event_time=event_time,
-        merchant_id=s.merchant_id,
-        customer_id=s.customer_id,
-        amount_minor=s.amount_minor,
-        currency=s.currency,
-        channel=s.channel,
-        payment_method=s.payment_method,
-        status=_STATUSES[s.status],
-        decline_code=None if s.decline_code is msgspec.UNSET else s.decline_code,
-        country=s.country,
-        processing_ms=s.processing_ms,
-        card_bin=None if s.card_bin is msgspec.UNSET else s.card_bin,
-        risk_score=_float_or_none(s.risk_score),
-        metadata=None if s.metadata is msgspec.UNSET else s.metadata,
-    )
-
-
-def _float_or_none(value: Any) -> float | None:
-    if value is msgspec.UNSET or value is None:
-        return None
-    return float(value)  # a JSON integer is a valid number
 
 
 def _typed(obj: dict[str, Any]) -> ParsedTransaction:
-    tx = _from_struct(SimpleNamespace(**{name: obj.get(name, msgspec.UNSET)
-                                         for name in _TRANSACTION_FIELDS}))
+    tx = _from_structs([SimpleNamespace(**{name: obj.get(name, msgspec.UNSET)
+                                           for name in _TRANSACTION_FIELDS})])[0]
     assert tx is not None, "event_time was checked before"  # noqa: S101
     return tx
 
