@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
-from faust.types import TP, Message, TopicT
+from faust.types import TP, TopicT
 
 from agents.config import ConfigSync
 from agents.sinks import SinkService
@@ -48,6 +48,7 @@ from models.events import (
     ParseResult,
     ValidationError,
 )
+from models.records import Record
 from pipeline.batches import SinkBatch
 from pipeline.columns import PaymentColumns
 from pipeline.config import ActiveConfig, ConfigManager
@@ -135,7 +136,7 @@ def register_ingest(
     # one round trip by prepare below), by partition; each handler takes its own
     prepared: dict[TP, Prepared] = {}
 
-    async def claim(batches: Sequence[tuple[TP, Sequence[Message]]],
+    async def claim(batches: Sequence[tuple[TP, Sequence[Record]]],
                     arrival: float) -> dict[TP, Prepared]:
         """Parse the batches of loaded partitions under the active configuration and claim
         all their ids in one round trip; nothing when a rebalance ran meanwhile (each
@@ -155,7 +156,7 @@ def register_ingest(
                              None if claimed is None else claimed.get(tp.partition, {}))
                 for tp, messages, epoch, parsed in ready}
 
-    async def start(tp: TP, messages: Sequence[Message]) -> Prepared | None:
+    async def start(tp: TP, messages: Sequence[Record]) -> Prepared | None:
         """One partition's batch, when the fetch's were not prepared together: the first
         sync of the configuration and the partition's first load wait here (None:
         revoked meanwhile)."""
@@ -174,7 +175,7 @@ def register_ingest(
         return (await claim([(tp, messages)], arrival)).get(tp)
 
     @app.batch_preparer(payments)
-    async def prepare(batches: Sequence[tuple[TP, Sequence[Message]]]) -> None:
+    async def prepare(batches: Sequence[tuple[TP, Sequence[Record]]]) -> None:
         """Parse every partition's batch of one fetch and claim all their ids in one round
         trip: a claim per partition batch, in turn, was half of the fetch loop's time at
         5,000 events/s (3-5 ms each on a busy PostgreSQL)."""
@@ -186,7 +187,7 @@ def register_ingest(
             time.time()))
 
     @app.batch_handler(payments)
-    async def ingest(tp: TP, messages: Sequence[Message]) -> bool:
+    async def ingest(tp: TP, messages: Sequence[Record]) -> bool:
         batch = prepared.pop(tp, None)
         if batch is None or batch.messages is not messages:
             batch = await start(tp, messages)
@@ -234,14 +235,14 @@ def register_ingest(
     return stats
 
 
-Parsed = list[tuple[Message, ParseResult, float]]  # (message, verdict, record time)
+Parsed = list[tuple[Record, ParseResult, float]]  # (message, verdict, record time)
 
 
 @dataclass(slots=True)
 class Prepared:
     """One partition's batch, parsed and its ids claimed, ready to be counted."""
 
-    messages: Sequence[Message]  # the very list the handler is given
+    messages: Sequence[Record]  # the very list the handler is given
     arrival: float  # time.time() the fetch was taken up
     epoch: int  # the sinks' epoch of its partition then
     active: ActiveConfig  # the configuration version it was parsed under
@@ -256,7 +257,7 @@ class Claims(Protocol):
                    ) -> dict[int, dict[str, tuple[str, int, int]]]: ...
 
 
-def _parse(validator: Validator, messages: Sequence[Message], arrival: float) -> Parsed:
+def _parse(validator: Validator, messages: Sequence[Record], arrival: float) -> Parsed:
     """Parse and validate one partition's batch, in offset order (the rules over the
     whole batch: :meth:`~pipeline.parse.Validator.parse_many`)."""
     received = [record_time(message.timestamp, arrival) for message in messages]
@@ -332,7 +333,7 @@ def _history(seen: SeenIds, partition: int) -> History:
     return lambda customer: seen.history(partition, customer)
 
 
-def _failed(message: Message, category: ErrorCategory,
+def _failed(message: Record, category: ErrorCategory,
             errors: tuple[ValidationError, ...], received: float,
             transaction_id: str | None = None) -> FailedMessage:
     headers = _headers(message)
@@ -352,7 +353,7 @@ def _failed(message: Message, category: ErrorCategory,
     )
 
 
-def _headers(message: Message) -> dict[str, bytes]:
+def _headers(message: Record) -> dict[str, bytes]:
     headers: Any = message.headers or {}
     return dict(headers.items() if isinstance(headers, dict) else headers)
 

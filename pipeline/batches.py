@@ -14,7 +14,7 @@ from pipeline.windows import WindowRow
 class SinkBatch:
     """One processed batch of one topic-partition, in offset order.
 
-    ``messages`` are Faust messages (acked once durable); ``payments`` maps
+    ``messages`` are the fetched records (:class:`~models.records.Record`); ``payments`` maps
     an offset to its accepted payment; every other offset is in ``failed``.
     """
 

@@ -36,17 +36,19 @@ from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import TP, Message
+from faust.types import TP
 from mode import Service, ServiceT
+
+from models.records import Record
 
 log = logging.getLogger(__name__)
 
-# fn(tp, messages) -> True when it took the batch (it will be made durable and
+# fn(tp, records) -> True when it took the batch (it will be made durable and
 # committed), False when it dropped it (the partition was revoked meanwhile)
-BatchHandler = Callable[[TP, Sequence[Message]], Awaitable[bool]]
-# fn([(tp, messages), ...]): called once per fetch with the batches of its topic that
-# the handler will be given next (the same message lists), before any of them
-BatchPreparer = Callable[[Sequence[tuple[TP, Sequence[Message]]]], Awaitable[None]]
+BatchHandler = Callable[[TP, Sequence[Record]], Awaitable[bool]]
+# fn([(tp, records), ...]): called once per fetch with the batches of its topic that
+# the handler will be given next (the same record lists), before any of them
+BatchPreparer = Callable[[Sequence[tuple[TP, Sequence[Record]]]], Awaitable[None]]
 
 # How often the drain loop compares the Kafka client's positions with its own
 REALIGN_INTERVAL_S = 1.0
@@ -293,14 +295,14 @@ class BatchConsumer(aiokafka_driver.Consumer):
                     await self.seek(tp, expected)  # dropped: read again from the position
 
     async def _admit(self, records: Mapping[TP, list[Any]], active: set[TP] | None,
-                     generation: int) -> list[tuple[TP, int, int, list[Message]]]:
+                     generation: int) -> list[tuple[TP, int, int, list[Record]]]:
         """The batches of a fetch that start at their partition's position, as
         ``(tp, position version, position, messages)``; records of other topics go to
         Faust's per-message callback, batches that do not fit are dropped or sought."""
         app = cast(Any, self.app)
         handlers: dict[str, BatchHandler] = app.batch_handlers
         positions, passed_over = self.positions, self.passed_over
-        ready: list[tuple[TP, int, int, list[Message]]] = []
+        ready: list[tuple[TP, int, int, list[Record]]] = []
         for tp, batch in records.items():
             if not self.flow_active or app.consumer_generation_id != generation:
                 break  # a rebalance started: the rest is fetched again later
@@ -328,8 +330,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
                 passed_over[f"{tp.partition}: past its position"] += 1
                 await self.seek(tp, expected)
                 continue
-            ready.append((tp, positions.version(tp), expected,
-                          [self._to_message(tp, record) for record in batch]))
+            ready.append((tp, positions.version(tp), expected, _records(tp, batch, generation)))
         return ready
 
     async def _next_records(self) -> tuple[Mapping[TP, list[Any]] | None, set[TP] | None]:
@@ -399,6 +400,15 @@ class BatchConsumer(aiokafka_driver.Consumer):
         if committed is not None and offset <= committed:
             return True
         return await self._commit_offsets({tp: offset})
+
+
+def _records(tp: TP, batch: Sequence[Any], generation: int) -> list[Record]:
+    """The Kafka client's records of one partition as the batch handler gets them (Faust's
+    ``_to_message`` gives the same values: a timestamp in seconds, the generation)."""
+    topic, partition = tp
+    return [Record(topic, partition, r.offset,
+                   None if (ts := r.timestamp) is None else ts / 1000.0, r.timestamp_type,
+                   r.headers, r.key, r.value, tp, generation) for r in batch]
 
 
 class BatchTransport(aiokafka_driver.Transport):

@@ -13,21 +13,24 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from faust.events import Event
 from faust.streams import _current_event
 from faust.types import AppT, Message
 
+from models.records import Record
+
 
 @contextmanager
-def partition_context(app: AppT, message: Message) -> Iterator[None]:
+def partition_context(app: AppT, message: Message | Record) -> Iterator[None]:
     """Run table operations as if ``message`` were the stream's current event.
 
     Faust tables find the partition of a key (for the changelog and the RocksDB
     column) from the current event. A batch handler sets it once per partition
     batch, to the batch's last message, instead of once per event.
     """
-    event = Event(app, message.key, message.value, message.headers, message)
+    event = Event(app, message.key, message.value, message.headers, cast(Message, message))
     token: contextvars.Token = _current_event.set(weakref.ref(event))
     try:
         yield

@@ -8,8 +8,11 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 
+from models.records import Record
 from runtime.batching import BatchConsumer, Positions
 from runtime.faust_app import create_app
 from runtime.settings import Settings
@@ -17,8 +20,11 @@ from runtime.settings import Settings
 TP3 = TP("payments", 3)
 
 
-def records(first: int, last: int) -> list:
-    return [SimpleNamespace(offset=o) for o in range(first, last + 1)]
+def records(first: int, last: int, tp: TP = TP3) -> list[ConsumerRecord]:
+    """The Kafka client's records of ``tp`` at offsets ``first`` to ``last``."""
+    return [ConsumerRecord(tp.topic, tp.partition, o, 1_733_390_000_000 + o, 0, b"k%d" % o,
+                           b"v%d" % o, None, 2, 2, [("h", b"%d" % o)])
+            for o in range(first, last + 1)]
 
 
 def consumer(fetches: list, *, handler=None) -> tuple[BatchConsumer, list, list]:
@@ -54,7 +60,6 @@ def consumer(fetches: list, *, handler=None) -> tuple[BatchConsumer, list, list]
     c.passed_over = Counter()
     c.diag = SimpleNamespace(set_flag=lambda flag: None)
     c.callback = None
-    c._to_message = lambda tp, record: record
     c._stopped = stopped
     c._crashed = asyncio.Event()
     c._buffered_partitions = set()
@@ -306,7 +311,7 @@ def test_a_fetch_is_prepared_once_before_its_partitions_are_handled():
         seen.append(("handle", tp.partition, messages))
         return True
 
-    c, _, _ = consumer([{tp1: records(0, 4), tp2: records(10, 12), TP3: records(7, 8)}],
+    c, _, _ = consumer([{tp1: records(0, 4, tp1), tp2: records(10, 12, tp2), TP3: records(7, 8)}],
                        handler=handler)
 
     async def prepare(batches):
@@ -337,3 +342,25 @@ def test_the_worker_consumer_waits_for_a_fetch_as_the_settings_say(tmp_path):
         return client._fetch_min_bytes, client._fetch_max_wait_ms
 
     assert asyncio.run(created()) == (1234, 77)
+
+
+def test_a_handler_gets_what_faust_would_make_of_each_record():
+    """A batch handler's records (made in C) hold what Faust's per-message ``Message``
+    holds under the same names, a record without a timestamp or key included: the
+    handlers and Faust's tables read those."""
+    got: list = []
+
+    async def handler(tp, messages):
+        got.extend(messages)
+        return True
+
+    fetched = [*records(5, 7), ConsumerRecord("payments", 3, 8, None, -1, None, None, None,
+                                              0, 0, [])]
+    c, _, _ = consumer([{TP3: fetched}], handler=handler)
+    c.positions.start(TP3, 5)
+    drain(c)
+    assert len(got) == len(fetched)
+    for record, message in zip(fetched, got, strict=True):
+        expected = FaustConsumer._to_message(SimpleNamespace(app=c.app), TP3, record)
+        for name in Record.__struct_fields__:
+            assert getattr(message, name) == getattr(expected, name), name
