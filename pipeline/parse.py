@@ -41,8 +41,9 @@ from models.events import (
     ValidationError,
     short_repr,
 )
+from pipeline.regex import SEPARATOR
 from pipeline.rules import Rule, RuleContext
-from pipeline.schema import SchemaChecker, compile_fast, untrusted_patterns
+from pipeline.schema import SchemaChecker, batch_patterns, compile_fast, untrusted_patterns
 
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, from the wire format contract
 _INTEGER_FIELDS = ("amount_minor", "processing_ms")
@@ -66,6 +67,9 @@ class Validator:
         self.checker = SchemaChecker(schema)
         self.fast = compile_fast(schema) if fast_path else None
         self._patterns = untrusted_patterns(schema)  # RE2, after the fast decode
+        # the contract's patterns, over the batch after the decode
+        self._batched = [(operator.attrgetter(name), whole, one)
+                         for name, whole, one in batch_patterns(schema)] if self.fast else []
         # the duplicate-key check's counts: required fields are always there; optional
         # ones (and object-valued fields' own keys) are counted per message
         properties = schema.get("properties") or {}
@@ -174,7 +178,33 @@ class Validator:
                 continue
             fasts.append(fast)
             where.append(i)
+        missed = self._batch_misses(fasts)
+        if missed:
+            slow += [where[k] for k in missed]
+            fasts = [fast for k, fast in enumerate(fasts) if k not in missed]
+            where = [i for k, i in enumerate(where) if k not in missed]
         return fasts, where, slow
+
+    def _batch_misses(self, fasts: Sequence[Any]) -> set[int]:
+        """The indexes of the decoded messages whose value a batched pattern does not
+        match: one match for all the field's values when they all match, each value on
+        its own otherwise (or when one holds the separator)."""
+        missed: set[int] = set()
+        for get, whole, one in self._batched:
+            values = list(map(get, fasts))
+            at: list[int] | None = None  # where each text is, when some value is not one
+            try:
+                joined = SEPARATOR.join(values)
+            except TypeError:  # an absent or null value: the pattern is not for those
+                at = [k for k, value in enumerate(values) if type(value) is str]
+                values = [values[k] for k in at]
+                joined = SEPARATOR.join(values)
+            if not values or (joined.count(SEPARATOR) == len(values) - 1
+                              and whole.match(joined + SEPARATOR)):
+                continue
+            missed.update(k if at is None else at[k]
+                          for k, value in enumerate(values) if not one.search(value))
+        return missed
 
     def _match_patterns(self, fast: Any) -> bool:
         for name, regex in self._patterns:

@@ -59,7 +59,7 @@ def message(draw) -> bytes | None:
     if kind == 1:
         body["amount_minor"] = draw(st.sampled_from([-1, 1.5, "1"]))  # the schema's
     if kind == 2:
-        body["transaction_id"] = draw(st.sampled_from(["tx\u0000", "tx\\", "t x"]))
+        body["transaction_id"] = draw(st.sampled_from(["tx\u0000", "tx\\", "t x", "tx\x1fb"]))
     text = json.dumps(body)
     if kind == 3:
         text = text.replace('"status"', '"status" ')  # spacing: the slow path decides
@@ -68,6 +68,13 @@ def message(draw) -> bytes | None:
     if kind == 5:  # fractions of a second, 1 to 3 digits
         text = text.replace(VALID_PAYMENT["event_time"], draw(st.sampled_from(
             ["2026-11-22T10:00:00.5Z", "2026-11-22T10:00:00.25Z", "1970-01-01T00:00:00Z"])))
+    if kind == 6:  # the contract's patterns, just missed (matched over the batch at once)
+        name, value = draw(st.sampled_from([
+            ("card_bin", "12345"), ("card_bin", "1234567"), ("card_bin", "\u0661" * 6),
+            ("event_time", "2026-11-22 10:00:00Z"), ("event_time", "2026-11-22T10:00:00.1234Z"),
+            ("transaction_id", "x" * 65), ("transaction_id", "")]))
+        body[name] = value
+        text = json.dumps(body)
     return text.encode()
 
 
