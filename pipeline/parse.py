@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -187,8 +188,9 @@ class Validator:
 
     def _batch_misses(self, fasts: Sequence[Any]) -> set[int]:
         """The indexes of the decoded messages whose value a batched pattern does not
-        match: one match for all the field's values when they all match, each value on
-        its own otherwise (or when one holds the separator)."""
+        match: one match for all of a field's values when they all match, one more for
+        each that does not (:func:`~pipeline.regex.batched`); each value on its own when
+        one holds the separator."""
         missed: set[int] = set()
         for get, whole, one in self._batched:
             values = list(map(get, fasts))
@@ -199,11 +201,14 @@ class Validator:
                 at = [k for k, value in enumerate(values) if type(value) is str]
                 values = [values[k] for k in at]
                 joined = SEPARATOR.join(values)
-            if not values or (joined.count(SEPARATOR) == len(values) - 1
-                              and whole.match(joined + SEPARATOR)):
+            if not values:
                 continue
-            missed.update(k if at is None else at[k]
-                          for k, value in enumerate(values) if not one.search(value))
+            joined += SEPARATOR
+            if joined.count(SEPARATOR) != len(values):
+                failed = [k for k, value in enumerate(values) if not one.search(value)]
+            else:
+                failed = _unmatched(whole, joined, values)
+            missed.update(failed if at is None else (at[k] for k in failed))
         return missed
 
     def _match_patterns(self, fast: Any) -> bool:
@@ -263,6 +268,21 @@ class Validator:
         if errors:
             return ParseResult(raw, category=ErrorCategory.RULE, errors=tuple(errors))
         return ParseResult(raw, transaction=tx)
+
+
+def _unmatched(whole: re.Pattern[str], joined: str, values: Sequence[str]) -> list[int]:
+    """The indexes of the ``values`` (``joined``, each followed by the separator) that
+    the batched pattern ``whole`` does not match."""
+    end = whole.match(joined).end()  # type: ignore[union-attr]  # matches zero values
+    if end == len(joined):
+        return []
+    starts = np.cumsum([0] + [len(v) + 1 for v in values])  # where each value starts
+    failed = []
+    while end < len(joined):
+        k = int(np.searchsorted(starts, end))  # the value starting there
+        failed.append(k)
+        end = whole.match(joined, int(starts[k + 1])).end()  # type: ignore[union-attr]
+    return failed
 
 
 def _fail(raw: bytes, category: ErrorCategory, message: str, rule: str,

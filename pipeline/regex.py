@@ -76,11 +76,12 @@ _SAFE_ESCAPES = frozenset(".-_:/+*?()[]{}|^$\\d")
 def batched(pattern: str) -> re.Pattern[str] | None:
     """``pattern`` (a JSON Schema pattern) over a whole batch at once, or None.
 
-    The result matches ``v1 + SEPARATOR + v2 + SEPARATOR + ...`` (every value followed by
-    the separator) exactly when each value matches ``pattern``, provided no value holds
+    Its ``match`` of ``v1 + SEPARATOR + v2 + SEPARATOR + ...`` (every value followed by
+    the separator) from a value's start ends where the first value from there that does
+    not match ``pattern`` starts (at the end: each one matched), provided no value holds
     the separator (the caller counts them). One match a batch costs a third of what a
     search a value costs, the call's overhead being most of it (``python -m
-    benchmarks.parse``).
+    benchmarks.parse``), and a value that does not match costs one more match.
 
     Only for patterns that cannot match the separator and whose every match is the whole
     value: anchored at both ends (``^...$``), no alternative outside a group, printable
@@ -97,7 +98,7 @@ def batched(pattern: str) -> re.Pattern[str] | None:
     except re.error:
         return None
     # possessive: a value matched is never matched again another way
-    return re.compile(f"(?:(?:{inner}){SEPARATOR})*+\\Z")
+    return re.compile(f"(?:(?:{inner}){SEPARATOR})*+")
 
 
 def _separator_safe(inner: str) -> bool:
