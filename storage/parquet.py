@@ -10,10 +10,12 @@ table once, with no bookkeeping file of our own. Rows are partitioned by ``date`
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -190,6 +192,9 @@ _CHUNK_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name not in ("topic", "par
 # a microsecond, so the whole microseconds a datetime held come back exactly; the others
 # (a producer may set any time) go through datetime, as they always did.
 _EXACT_SECONDS = 2.0 ** 31
+_OFFSET, _KEY, _VALUE, _TIMESTAMP = (operator.attrgetter(name)
+                                     for name in ("offset", "key", "value", "timestamp"))
+_EVENT_TS, _EVENT_TIME = operator.attrgetter("event_ts"), operator.attrgetter("event_time")
 
 
 def _rows(parts: Sequence[tuple[SinkBatch, Sequence[Any]]]) -> tuple[pa.RecordBatch, np.ndarray]:
@@ -197,11 +202,13 @@ def _rows(parts: Sequence[tuple[SinkBatch, Sequence[Any]]]) -> tuple[pa.RecordBa
     its first ones), one after another: every message, with its payment's fields where
     it was accepted; and each row's hour since the epoch (its event time's when accepted,
     its batch's arrival's when not)."""
-    messages = [m for _, msgs in parts for m in msgs]
+    messages = list(chain.from_iterable(msgs for _, msgs in parts))
     n = len(messages)
-    mine = [batch.payments.get(m.offset) for batch, msgs in parts for m in msgs]
+    offsets = list(map(_OFFSET, messages))
+    mine = list(chain.from_iterable(map(batch.payments.get, map(_OFFSET, msgs))
+                                    for batch, msgs in parts))
     ps = [p for p in mine if p is not None]
-    accepted = np.fromiter((p is not None for p in mine), np.bool_, n)
+    accepted = np.fromiter(map(operator.is_not, mine, repeat(None)), np.bool_, n)
     every = len(ps) == n
 
     def spread(values: pa.Array) -> pa.Array:
@@ -211,35 +218,41 @@ def _rows(parts: Sequence[tuple[SinkBatch, Sequence[Any]]]) -> tuple[pa.RecordBa
         at = np.cumsum(accepted) - 1
         return values.take(pa.array(np.where(accepted, at, 0), mask=~accepted))
 
-    errors: list[str | None] = []
-    for batch, msgs in parts:
-        failed = {f.offset: f for f in batch.failed}
-        errors += [None if offset in batch.payments else str(failed[offset].category)
-                   if offset in failed else "unknown" for offset in (m.offset for m in msgs)]
+    def column(name: str, kind: pa.DataType) -> pa.Array:
+        """A field of the accepted payments, in their rows."""
+        return spread(pa.array(list(map(operator.attrgetter(name), ps)), kind))
+
+    errors: list[str | None] = [None] * n
+    if not every:
+        errors = []
+        for batch, msgs in parts:
+            failed = {f.offset: f for f in batch.failed}
+            errors += [None if offset in batch.payments else str(failed[offset].category)
+                       if offset in failed else "unknown" for offset in map(_OFFSET, msgs)]
     # each row's batch: its arrival time and, for a row with no payment, its hour
     which = np.repeat(np.arange(len(parts)), [len(msgs) for _, msgs in parts])
     arrivals = pa.array([datetime.fromtimestamp(batch.arrival, UTC) for batch, _ in parts],
                         pa.timestamp("us", tz="UTC"))
-    event_ts = np.fromiter((p.event_ts for p in ps), np.float64, len(ps))
+    event_ts = np.fromiter(map(_EVENT_TS, ps), np.float64, len(ps))
     hours = np.array([int(batch.arrival // 3600) for batch, _ in parts], np.int64)[which]
     hours[accepted] = np.floor_divide(event_ts, 3600).astype(np.int64)
     columns = {
-        "offset": pa.array(np.fromiter((m.offset for m in messages), np.int64, n)),
-        "key": pa.array([m.key for m in messages], pa.binary()),
-        "value": pa.array([m.value for m in messages], pa.binary()),
-        "broker_timestamp": _broker_times([m.timestamp for m in messages]),
+        "offset": pa.array(np.array(offsets, np.int64)),
+        "key": pa.array(list(map(_KEY, messages)), pa.binary()),
+        "value": pa.array(list(map(_VALUE, messages)), pa.binary()),
+        "broker_timestamp": _broker_times(list(map(_TIMESTAMP, messages))),
         "arrival_time": arrivals.take(pa.array(which)),
         "accepted": pa.array(accepted),
         "error_category": pa.array(errors, pa.string()),
-        "transaction_id": spread(pa.array([p.transaction_id for p in ps], pa.string())),
+        "transaction_id": column("transaction_id", pa.string()),
         "event_time": spread(_millis(event_ts) if _exact(event_ts) else pa.array(
-            [p.event_time for p in ps], pa.timestamp("ms", tz="UTC"))),
-        "merchant_id": spread(pa.array([p.merchant_id for p in ps], pa.string())),
-        "amount_minor": spread(pa.array([p.amount_minor for p in ps], pa.int64())),
-        "currency": spread(pa.array([p.currency for p in ps], pa.string())),
-        "channel": spread(pa.array([p.channel for p in ps], pa.string())),
-        "status": spread(pa.array([p.status for p in ps], pa.string())),
-        "customer_id": spread(pa.array([p.customer_id for p in ps], pa.string())),
+            list(map(_EVENT_TIME, ps)), pa.timestamp("ms", tz="UTC"))),
+        "merchant_id": column("merchant_id", pa.string()),
+        "amount_minor": column("amount_minor", pa.int64()),
+        "currency": column("currency", pa.string()),
+        "channel": column("channel", pa.string()),
+        "status": column("status", pa.string()),
+        "customer_id": column("customer_id", pa.string()),
     }
     return pa.RecordBatch.from_pydict(columns, schema=_CHUNK_SCHEMA), hours
 

@@ -716,7 +716,7 @@ _STAGED: tuple[tuple[str, Callable[[ParsedTransaction], Any], pa.DataType], ...]
     ("currency", operator.attrgetter("currency"), pa.string()),
     ("channel", operator.attrgetter("channel"), pa.string()),
     ("payment_method", operator.attrgetter("payment_method"), pa.string()),
-    ("status", operator.attrgetter("status.value"), pa.string()),
+    ("status", operator.attrgetter("status"), pa.string()),  # a StrEnum: Arrow takes its value
     ("decline_code", operator.attrgetter("decline_code"), pa.string()),
     ("country", operator.attrgetter("country"), pa.string()),
     ("processing_ms", operator.attrgetter("processing_ms"), pa.int64()),
