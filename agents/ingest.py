@@ -291,6 +291,28 @@ def _classify(
     same offset again is a redelivery, not a duplicate. The in-memory ids expire on the
     worker's clock (``arrival``), never on a producer-set record time.
     """
+    if claimed is not None and not claimed and arrival is not None:
+        ok = [(m.offset, r.transaction, t) for m, r, t in parsed if r.transaction is not None]
+        ids = [tx.transaction_id for _, tx, _ in ok]
+        if len(set(ids)) == len(ids):  # nobody claimed one first, none is here twice
+            offsets = [offset for offset, _, _ in ok]
+            seen.add_many(partition, ids, offsets, arrival)
+            return ({offset: tx for offset, tx, _ in ok}, [
+                _failed(m, r.category or ErrorCategory.SCHEMA, r.errors, t)
+                for m, r, t in parsed if r.transaction is None],
+                {offset: t for offset, _, t in ok})
+    return _classify_each(parsed, seen, partition, claimed, arrival)
+
+
+def _classify_each(
+    parsed: Parsed,
+    seen: SeenIds,
+    partition: int,
+    claimed: dict[str, tuple[str, int, int]] | None = None,
+    arrival: float | None = None,
+) -> tuple[dict[int, ParsedTransaction], list[FailedMessage], dict[int, float]]:
+    """:func:`_classify` a message at a time (what it does when an id is claimed or
+    repeated, or without ``claimed``)."""
     accepted: dict[int, ParsedTransaction] = {}
     failed: list[FailedMessage] = []
     times: dict[int, float] = {}

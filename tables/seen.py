@@ -41,7 +41,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
 from pathlib import Path
 
 from faust.types import AppT, Message, TableT
@@ -130,6 +131,24 @@ class SeenIds:
         self._recent.setdefault(partition, {}).setdefault(customer, []).append(
             (event_ts, offset, amount, currency))
         self.recent_times.add(partition, customer, event_ts, offset)
+
+    def add_many(self, partition: int, tx_ids: Sequence[str], offsets: Sequence[int],
+                 now: float) -> None:
+        """:meth:`add` of each id at its offset (no payment), at once when none of the
+        offsets is already waiting for the flush."""
+        if not tx_ids:
+            return
+        if partition not in self._loaded:
+            self._load(partition)
+        waiting = self._pending_offsets.setdefault(partition, set())
+        if not waiting.isdisjoint(offsets):  # some delivered again before the flush
+            for tx_id, offset in zip(tx_ids, offsets, strict=True):
+                self.add(partition, tx_id, offset, now)
+            return
+        if self.ids_in_memory:
+            self._index[partition].update(zip(tx_ids, zip(offsets, repeat(now)), strict=False))
+        waiting.update(offsets)
+        self._pending.setdefault(partition, []).extend(zip(tx_ids, offsets, repeat(now)))
 
     def history(self, partition: int, customer: str) -> CustomerHistory:
         """The customer's payments accepted in ``partition`` within the dedupe window."""

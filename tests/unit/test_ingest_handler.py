@@ -11,10 +11,13 @@ from datetime import UTC, datetime
 import pytest
 from faust.types import TP
 from faust.types.tuples import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agents import ingest
 from agents.config import ConfigSync
 from agents.ingest import register_ingest
+from models.records import Record
 from pipeline.columns import PaymentColumns
 from pipeline.config import METRICS_KEY, ConfigManager, ConfigVersion
 from runtime.faust_app import create_app
@@ -335,3 +338,40 @@ def test_a_batch_other_than_the_one_prepared_claims_its_own(tmp_path):
 
     asyncio.run(run())
     assert len(claims.calls) == 2 and outcome(sink) == [(2, list(range(20)), [])]
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=st.lists(st.none() | st.sampled_from(["a", "b", "c", "d", "e", "f", "g"]),
+                    max_size=14),
+       waiting=st.sets(st.integers(0, 13), max_size=3),
+       claimed=st.sampled_from([None, {}, {"b": ("payments", 2, 40)}]))
+def test_a_batch_is_classified_at_once_as_it_is_one_at_a_time(tmp_path, ids, waiting,
+                                                               claimed):
+    """The common batch (no id claimed first, none twice) is classified at once; the
+    verdicts, record times and the ids kept for the dedupe window are what a message at
+    a time gives, redeliveries waiting for the flush included."""
+    app = create_app(Settings(store_url="memory://", app_datadir=str(tmp_path),
+                              broker_url="kafka://127.0.0.1:1"))
+    table = declare_seen_table(app, 8)
+    validator = ConfigManager(FileSource())
+    validator.load_all_configuration()
+    parse = validator.active.validator.parse
+    body = json.loads(next(iter(PaymentGenerator(load_scenario(), seed=3).events(1))).value)
+    at = datetime.fromisoformat(body["event_time"]).timestamp()  # received: the rules pass
+    parsed = []
+    for offset, tx_id in enumerate(ids):
+        raw = b"{" if tx_id is None else json.dumps({**body, "transaction_id": tx_id}).encode()
+        record = Record("payments", 0, offset, at + offset, 0, [], None, raw,
+                        TP("payments", 0), 1)
+        parsed.append((record, parse(raw, at + offset), at + offset))
+    assert all(r.ok for _, r, _ in parsed if r.raw != b"{")
+    outcomes = []
+    for classify in (ingest._classify, ingest._classify_each):
+        seen = SeenIds(app, table, expiry=3600)
+        for offset in waiting:  # accepted before, not yet flushed: delivered again now
+            seen.add(0, ids[offset] or "x", offset, 5.0) if offset < len(ids) else None
+        result = classify(parsed, seen, 0, None if claimed is None else dict(claimed), at + 99)
+        outcomes.append((result, seen._pending.get(0), seen._pending_offsets.get(0),
+                         seen._index.get(0)))
+    assert outcomes[0] == outcomes[1]
