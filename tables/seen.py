@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -373,7 +374,40 @@ def _stored(entries: list[tuple[str, int, float, Payment | None]]) -> Iterator[S
 def _chunked(entries: list[tuple]) -> list[list[tuple]]:
     """``entries`` cut into runs of at most :data:`CHUNK_IDS` entries and
     :data:`CHUNK_BYTES` bytes of JSON (an upper bound per entry, so no table value,
-    hence no changelog record, can outgrow the broker's limit)."""
+    hence no changelog record, can outgrow the broker's limit).
+
+    A run of :data:`CHUNK_IDS` entries whose bound, taken a field at a time for all of
+    them (:func:`_run_bound`), is within :data:`CHUNK_BYTES` is one chunk, as
+    :func:`_chunked_each` would make it; from the first run that is not, that does."""
+    chunks: list[list[tuple]] = []
+    for start in range(0, len(entries), CHUNK_IDS):
+        run = entries[start:start + CHUNK_IDS]
+        if _run_bound(run) > CHUNK_BYTES:
+            return chunks + _chunked_each(entries[start:])
+        chunks.append(run)
+    return chunks
+
+
+def _run_bound(run: list[tuple]) -> float:
+    """At least the sum of the entries' bounds in :func:`_chunked_each` (infinite when the
+    entries differ in shape): a field's texts joined are bounded as one text, which counts
+    each escape that one entry's text needs for all of them at most."""
+    if len(set(map(len, run))) != 1:
+        return math.inf
+    total = _ENTRY_OVERHEAD * len(run)
+    for column in zip(*run, strict=True):
+        kinds = set(map(type, column))
+        if kinds <= {int, float}:
+            total += _NUMBER_BYTES * len(column)
+        elif kinds == {str}:
+            total += _json_bound("".join(column)) - 2 + 2 * len(column)
+        else:
+            return math.inf
+    return total
+
+
+def _chunked_each(entries: list[tuple]) -> list[list[tuple]]:
+    """:func:`_chunked` an entry at a time."""
     chunks: list[list[tuple]] = []
     part: list[tuple] = []
     size = 0

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from runtime.faust_app import create_app
 from runtime.settings import Settings
+from tables import seen as seen_module
 from tables.context import placeholder_message
 from tables.histories import CustomerHistories, RecentTimes
 from tables.seen import CHUNK_IDS, CustomerHistory, SeenIds, declare_seen_table
@@ -279,3 +280,21 @@ def test_the_histories_report_their_native_memory(tmp_path):
     assert after["databases"] == before["databases"] == 1
     assert after["memtables"] > before["memtables"]
     assert after["table_readers"] == 0
+
+
+entry_texts = st.one_of(st.text(max_size=12), st.sampled_from(['a"b', "a\\b", "é", "tx-1"]))
+entry = st.one_of(
+    st.tuples(entry_texts, st.integers(0, 10**9), st.floats(0, 2e9)),
+    st.tuples(entry_texts, st.integers(0, 10**9), st.floats(0, 2e9), entry_texts,
+              st.floats(0, 2e9), st.integers(0, 10**12), st.sampled_from(["EUR", "USD"])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(entry, max_size=40), ids=st.integers(1, 9),
+       size=st.integers(60, 1500))
+def test_runs_bounded_at_once_are_the_chunks_an_entry_at_a_time_makes(ids, size, entries):
+    """Whatever the entries (quotes, non-ASCII, two shapes mixed) and the limits."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(seen_module, "CHUNK_IDS", ids)
+        patch.setattr(seen_module, "CHUNK_BYTES", size)
+        assert seen_module._chunked(entries) == seen_module._chunked_each(entries)
