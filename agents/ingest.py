@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
@@ -54,7 +55,7 @@ from pipeline.columns import PaymentColumns
 from pipeline.config import ActiveConfig, ConfigManager
 from pipeline.metrics import BatchMetrics, History
 from pipeline.parse import Validator
-from pipeline.records import INT4_MAX, INT8_MAX, bounded_int, dead_letter_value, record_time
+from pipeline.records import INT4_MAX, INT8_MAX, bounded_int, dead_letter_value, record_times
 from runtime.faust_app import PaymentApp
 from runtime.telemetry import Telemetry
 from tables.context import partition_context
@@ -236,6 +237,7 @@ def register_ingest(
 
 
 Parsed = list[tuple[Record, ParseResult, float]]  # (message, verdict, record time)
+_TIMESTAMP = operator.attrgetter("timestamp")
 
 
 @dataclass(slots=True)
@@ -260,7 +262,7 @@ class Claims(Protocol):
 def _parse(validator: Validator, messages: Sequence[Record], arrival: float) -> Parsed:
     """Parse and validate one partition's batch, in offset order (the rules over the
     whole batch: :meth:`~pipeline.parse.Validator.parse_many`)."""
-    received = [record_time(message.timestamp, arrival) for message in messages]
+    received = record_times(list(map(_TIMESTAMP, messages)), arrival)
     results = validator.parse_many([message.value for message in messages], received)
     return list(zip(messages, results, received, strict=True))
 

@@ -18,8 +18,10 @@ Any producer sets a record's CreateTime and headers, so neither is trusted as it
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 
 # A CreateTime this far ahead of the worker's clock is not believed (producer clock skew).
@@ -45,6 +47,17 @@ def record_time(timestamp: float | None, arrival: float) -> float:
             <= arrival + RECORD_TIME_MAX_AHEAD_S):
         return arrival
     return timestamp
+
+
+def record_times(timestamps: Sequence[float | None], arrival: float) -> list[float]:
+    """:func:`record_time` of each of a batch's timestamps (None and NaN alike)."""
+    try:
+        stamps = np.array(timestamps, np.float64).reshape(len(timestamps))  # None: NaN
+    except (TypeError, ValueError, OverflowError):  # not numbers: each on its own
+        return [record_time(t, arrival) for t in timestamps]
+    plausible = ((stamps >= arrival - RECORD_TIME_MAX_AGE_S)
+                 & (stamps <= arrival + RECORD_TIME_MAX_AHEAD_S))
+    return np.where(plausible, stamps, arrival).tolist()
 
 
 def bounded_int(value: bytes | str | None, low: int, high: int) -> int | None:

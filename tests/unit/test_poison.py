@@ -15,6 +15,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.cli import finish_output, output_target, printable
 from models.events import ErrorCategory, FailedMessage, ParsedTransaction, ValidationError
@@ -28,6 +30,7 @@ from pipeline.records import (
     clean_text,
     dead_letter_value,
     record_time,
+    record_times,
 )
 from pipeline.rules import EventTimeSkewRule, RuleConfigError, build_rules
 from pipeline.schema import load_schema
@@ -123,6 +126,17 @@ def test_an_implausible_record_time_is_replaced_by_the_arrival(stamp):
 @pytest.mark.parametrize("stamp", [NOW, NOW - 60, NOW + 30, NOW - 89 * 86400])
 def test_a_plausible_record_time_is_kept(stamp):
     assert record_time(stamp, NOW) == stamp
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.none() | st.floats() | st.sampled_from(
+    [NOW, NOW - 60, NOW + 60, NOW + 60.000001, NOW - 90 * 86400, NOW - 90 * 86400 - 1e-6]
+) | st.floats(NOW - 91 * 86400, NOW + 61), max_size=30))
+def test_a_batch_s_record_times_are_each_one_s(stamps):
+    """At once, as one at a time: NaN, None, infinities and the bounds included."""
+    assert record_times(stamps, NOW) == [record_time(t, NOW) for t in stamps]
+    # an integer no float holds: one at a time
+    assert record_times([*stamps, 10**400], NOW) == [*(record_time(t, NOW) for t in stamps), NOW]
 
 
 @pytest.mark.parametrize(("raw", "want"), [
