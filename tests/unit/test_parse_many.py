@@ -68,6 +68,12 @@ def message(draw) -> bytes | None:
     if kind == 5:  # fractions of a second, 1 to 3 digits
         text = text.replace(VALID_PAYMENT["event_time"], draw(st.sampled_from(
             ["2026-11-22T10:00:00.5Z", "2026-11-22T10:00:00.25Z", "1970-01-01T00:00:00Z"])))
+    if kind == 7:  # an escaped NUL where no pattern would refuse it
+        name, value = draw(st.sampled_from([
+            ("merchant_id", "m\u0000"), ("customer_id", "\u0000"),
+            ("metadata", {"note": "a\u0000"}), ("metadata", {"\u0000": "x"})]))
+        body[name] = value
+        text = json.dumps(body)
     if kind == 6:  # the contract's patterns, just missed (matched over the batch at once)
         name, value = draw(st.sampled_from([
             ("card_bin", "12345"), ("card_bin", "1234567"), ("card_bin", "\u0661" * 6),
