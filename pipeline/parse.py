@@ -26,7 +26,6 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from itertools import compress, repeat
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -77,10 +76,10 @@ class Validator:
         properties = schema.get("properties") or {}
         required = set(schema.get("required") or ())
         self._required = len(required & set(properties))
-        self._optional = [operator.attrgetter(name) for name in properties
-                          if name not in required]
-        self._maps = [operator.attrgetter(name) for name, spec in properties.items()
-                      if "object" in _types(spec)]
+        optional = [name for name in properties if name not in required]
+        self._optional = operator.attrgetter(*optional, "__class__") if optional else None
+        self._maps = tuple(name for name, spec in properties.items()
+                           if "object" in _types(spec))
 
     def with_mode(self, mode: Mode) -> Validator:
         clone = object.__new__(Validator)
@@ -155,6 +154,8 @@ class Validator:
         if self.fast is None:
             return [], [], list(range(len(raws)))
         decode = self.fast.decode
+        keys = self._keys
+        patterns = self._patterns
         fasts: list[Any] = []
         where: list[int] = []
         slow: list[int] = []
@@ -163,45 +164,27 @@ class Validator:
                 slow.append(i)
                 continue
             try:
-                fasts.append(decode(raw))
+                fast = decode(raw)
             except (msgspec.MsgspecError, ValueError, RecursionError):
                 slow.append(i)
                 continue
+            # A JSON object may repeat a key, and every decoder keeps the last value
+            # (amount_minor 1, then 999999999). Each key is followed by '":', so when that
+            # count equals the keys decoded there is no repeat; otherwise (a repeat, or
+            # only spacing or an escaped quote) the slow path decides. No backslash: no
+            # escaped NUL.
+            if ((b"\\" in raw and b"\\u0000" in raw) or raw.count(b'":') != keys(fast)
+                    or (patterns and not self._match_patterns(fast))):
+                slow.append(i)
+                continue
+            fasts.append(fast)
             where.append(i)
-        missed = self._check_misses(cast(list[bytes], [raws[i] for i in where]), fasts)
-        missed |= self._batch_misses(fasts)
+        missed = self._batch_misses(fasts)
         if missed:
             slow += [where[k] for k in missed]
             fasts = [fast for k, fast in enumerate(fasts) if k not in missed]
             where = [i for k, i in enumerate(where) if k not in missed]
         return fasts, where, slow
-
-    def _check_misses(self, raws: Sequence[bytes], fasts: Sequence[Any]) -> set[int]:
-        """The indexes of the decoded messages that fail the checks after the decode:
-        an escaped NUL, a repeated key, an untrusted pattern.
-
-        A JSON object may repeat a key, and every decoder keeps the last value
-        (amount_minor 1, then 999999999). Each key is followed by '":', so when that count
-        equals the keys decoded there is no repeat; otherwise (a repeat, or only spacing or
-        an escaped quote) the slow path decides. Counted for the whole batch at once."""
-        n = len(fasts)
-        if not n:
-            return set()
-        bad = np.fromiter(map(bytes.__contains__, raws, repeat(b"\\u0000")), np.bool_, n)
-        keys = np.full(n, self._required, np.int64)
-        for get in self._optional:
-            keys += np.fromiter(map(operator.is_not, map(get, fasts), repeat(msgspec.UNSET)),
-                                np.bool_, n)
-        for get in self._maps:  # an object's own keys
-            values = list(map(get, fasts))
-            objects = np.fromiter(map(isinstance, values, repeat(dict)), np.bool_, n)
-            if objects.any():
-                keys[objects] += np.fromiter(map(len, compress(values, objects)), np.int64)
-        bad |= np.fromiter(map(bytes.count, raws, repeat(b'":')), np.int64, n) != keys
-        missed = set(np.flatnonzero(bad).tolist())
-        if self._patterns:
-            missed.update(k for k, fast in enumerate(fasts) if not self._match_patterns(fast))
-        return missed
 
     def _batch_misses(self, fasts: Sequence[Any]) -> set[int]:
         """The indexes of the decoded messages whose value a batched pattern does not
@@ -234,6 +217,18 @@ class Validator:
             if type(value) is str and not regex.search(value):
                 return False
         return True
+
+    def _keys(self, fast: Any) -> int:
+        """How many keys the decoded message has, its objects' keys included."""
+        n = self._required
+        if self._optional is not None:
+            values = self._optional(fast)  # "__class__" last: always a tuple
+            n += len(values) - 1 - values.count(msgspec.UNSET)
+        for name in self._maps:
+            value = getattr(fast, name)
+            if type(value) is dict:
+                n += len(value)
+        return n
 
     def _parse_slow(self, raw: bytes, ctx: RuleContext) -> ParseResult:
         obj_or_failure = _decode(raw)
