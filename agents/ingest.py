@@ -283,6 +283,8 @@ def _classify(
     partition: int,
     claimed: dict[str, tuple[str, int, int]] | None = None,
     arrival: float | None = None,
+    *,
+    at_once: bool = True,
 ) -> tuple[dict[int, ParsedTransaction], list[FailedMessage], dict[int, float]]:
     """De-duplicate one partition's parsed batch, in offset order; also returns each
     accepted payment's record time (:func:`~pipeline.records.record_time`).
@@ -292,8 +294,11 @@ def _classify(
     long ago; without it, the partition's in-memory ids within the dedupe window. The
     same offset again is a redelivery, not a duplicate. The in-memory ids expire on the
     worker's clock (``arrival``), never on a producer-set record time.
+
+    A batch whose ids nobody claimed first and none of which repeats is classified at
+    once (``at_once``, the common case); any other a message at a time.
     """
-    if claimed is not None and not claimed and arrival is not None:
+    if at_once and claimed is not None and not claimed and arrival is not None:
         ok = [(m.offset, r.transaction, t) for m, r, t in parsed if r.transaction is not None]
         ids = [tx.transaction_id for _, tx, _ in ok]
         if len(set(ids)) == len(ids):  # nobody claimed one first, none is here twice
@@ -303,18 +308,6 @@ def _classify(
                 _failed(m, r.category or ErrorCategory.SCHEMA, r.errors, t)
                 for m, r, t in parsed if r.transaction is None],
                 {offset: t for offset, _, t in ok})
-    return _classify_each(parsed, seen, partition, claimed, arrival)
-
-
-def _classify_each(
-    parsed: Parsed,
-    seen: SeenIds,
-    partition: int,
-    claimed: dict[str, tuple[str, int, int]] | None = None,
-    arrival: float | None = None,
-) -> tuple[dict[int, ParsedTransaction], list[FailedMessage], dict[int, float]]:
-    """:func:`_classify` a message at a time (what it does when an id is claimed or
-    repeated, or without ``claimed``)."""
     accepted: dict[int, ParsedTransaction] = {}
     failed: list[FailedMessage] = []
     times: dict[int, float] = {}

@@ -23,9 +23,11 @@ import json
 import operator
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
+from itertools import accumulate
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -276,12 +278,12 @@ def _unmatched(whole: re.Pattern[str], joined: str, values: Sequence[str]) -> li
     end = whole.match(joined).end()  # type: ignore[union-attr]  # matches zero values
     if end == len(joined):
         return []
-    starts = np.cumsum([0] + [len(v) + 1 for v in values])  # where each value starts
+    starts = list(accumulate((len(v) + 1 for v in values), initial=0))  # each value's
     failed = []
     while end < len(joined):
-        k = int(np.searchsorted(starts, end))  # the value starting there
+        k = bisect_left(starts, end)  # the value starting there
         failed.append(k)
-        end = whole.match(joined, int(starts[k + 1])).end()  # type: ignore[union-attr]
+        end = whole.match(joined, starts[k + 1]).end()  # type: ignore[union-attr]
     return failed
 
 

@@ -110,7 +110,7 @@ def _type_for(name: str, spec: dict[str, Any]) -> Any:
         trusted = spec.get("pattern") in trusted_patterns()
         if not trusted and "pattern" in spec and "." in name:
             raise UnsupportedSchema(f"{name}: a nested pattern from outside the contract")
-        in_decoder = trusted and not _batches(name, spec)
+        in_decoder = trusted and _batched(name, spec) is None
         meta = _meta(spec, pattern="pattern" if in_decoder else "", min_length="minLength",
                      max_length="maxLength")
         annotation = Annotated[str, meta] if meta else str
@@ -135,22 +135,23 @@ def batch_patterns(schema: dict[str, Any]) -> list[tuple[str, re.Pattern[str], r
     (:func:`~pipeline.regex.batched`) rather than in the decoder one value at a time."""
     out = []
     for name, spec in (schema.get("properties") or {}).items():
-        if isinstance(spec, dict) and _batches(name, spec):
-            pattern = spec["pattern"]
-            whole = batched(pattern)
-            assert whole is not None  # noqa: S101 - _batches said so
-            out.append((name, whole, re.compile(_UNANCHORED_DOLLAR.sub(r"\\Z", pattern))))
+        whole = _batched(name, spec) if isinstance(spec, dict) else None
+        if whole is not None:
+            one = re.compile(_UNANCHORED_DOLLAR.sub(r"\\Z", spec["pattern"]))
+            out.append((name, whole, one))
     return out
 
 
-def _batches(name: str, spec: dict[str, Any]) -> bool:
-    """Whether the fast path matches ``spec``'s pattern over a batch after the decode: a
-    contract pattern of a top-level string field (not a code list, enum or constant,
-    which the decoder checks whole) that :func:`~pipeline.regex.batched` takes."""
+def _batched(name: str, spec: dict[str, Any]) -> re.Pattern[str] | None:
+    """``spec``'s pattern over a batch (:func:`~pipeline.regex.batched`) when the fast
+    path matches it after the decode: a contract pattern of a top-level string field (not
+    a code list, enum or constant, which the decoder checks whole) that ``batched``
+    takes; else None."""
     pattern = spec.get("pattern")
-    return (isinstance(pattern, str) and "." not in name
-            and not {"const", "enum", "format"} & spec.keys()
-            and pattern in trusted_patterns() and batched(pattern) is not None)
+    if (not isinstance(pattern, str) or "." in name
+            or {"const", "enum", "format"} & spec.keys() or pattern not in trusted_patterns()):
+        return None
+    return batched(pattern)
 
 
 def untrusted_patterns(schema: dict[str, Any]) -> list[tuple[str, Any]]:

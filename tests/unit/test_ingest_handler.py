@@ -367,11 +367,12 @@ def test_a_batch_is_classified_at_once_as_it_is_one_at_a_time(tmp_path, ids, wai
         parsed.append((record, parse(raw, at + offset), at + offset))
     assert all(r.ok for _, r, _ in parsed if r.raw != b"{")
     outcomes = []
-    for classify in (ingest._classify, ingest._classify_each):
+    for at_once in (True, False):
         seen = SeenIds(app, table, expiry=3600)
         for offset in waiting:  # accepted before, not yet flushed: delivered again now
             seen.add(0, ids[offset] or "x", offset, 5.0) if offset < len(ids) else None
-        result = classify(parsed, seen, 0, None if claimed is None else dict(claimed), at + 99)
+        result = ingest._classify(parsed, seen, 0, None if claimed is None else dict(claimed),
+                                  at + 99, at_once=at_once)
         outcomes.append((result, seen._pending.get(0), seen._pending_offsets.get(0),
                          seen._index.get(0)))
     assert outcomes[0] == outcomes[1]
