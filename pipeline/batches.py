@@ -32,6 +32,9 @@ class SinkBatch:
     # the rules over a customer's payments the batch's configuration holds, judged by the
     # sink when it stores the payments (storage.customer_rules)
     customer_rules: tuple[Any, ...] = ()
+    # the payments as Arrow columns, made once for all the sinks by the storage layer
+    # (storage.payment_arrays); None until then
+    arrow: Any = None
 
     @property
     def first_offset(self) -> int:

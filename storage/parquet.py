@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import chain, repeat
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,8 @@ import pyarrow as pa
 
 from pipeline.batches import SinkBatch
 from storage.delta import RawTable
+from storage.payment_arrays import SCHEMA as PAYMENT_SCHEMA
+from storage.payment_arrays import payment_arrays
 
 RAW_SCHEMA = pa.schema(
     [
@@ -194,22 +196,46 @@ _CHUNK_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name not in ("topic", "par
 _EXACT_SECONDS = 2.0 ** 31
 _OFFSET, _KEY, _VALUE, _TIMESTAMP = (operator.attrgetter(name)
                                      for name in ("offset", "key", "value", "timestamp"))
-_EVENT_TS, _EVENT_TIME = operator.attrgetter("event_ts"), operator.attrgetter("event_time")
+_EVENT_TIME = operator.attrgetter("event_time")
+# the payment's fields in the lake (besides its id and event time)
+_LAKE_FIELDS = ("merchant_id", "amount_minor", "currency", "channel", "status", "customer_id")
+_PAYMENT_FIELDS = [(name, PAYMENT_SCHEMA.field(name).type)
+                   for name in ("transaction_id", "event_ts", *_LAKE_FIELDS)]
 
 
 def _rows(parts: Sequence[tuple[SinkBatch, Sequence[Any]]]) -> tuple[pa.RecordBatch, np.ndarray]:
     """The lake's rows of each ``(batch, messages)`` (a batch's messages, maybe without
     its first ones), one after another: every message, with its payment's fields where
     it was accepted; and each row's hour since the epoch (its event time's when accepted,
-    its batch's arrival's when not)."""
+    its batch's arrival's when not).
+
+    The payments' fields come from the arrays the PostgreSQL sink staged them from
+    (:func:`~storage.payment_arrays.payment_arrays`): a batch's accepted messages among
+    the ones kept are its last payments, both being in offset order."""
     messages = list(chain.from_iterable(msgs for _, msgs in parts))
     n = len(messages)
     offsets = list(map(_OFFSET, messages))
-    mine = list(chain.from_iterable(map(batch.payments.get, map(_OFFSET, msgs))
-                                    for batch, msgs in parts))
-    ps = [p for p in mine if p is not None]
-    accepted = np.fromiter(map(operator.is_not, mine, repeat(None)), np.bool_, n)
-    every = len(ps) == n
+    accepted = np.fromiter(chain.from_iterable(map(batch.payments.__contains__, map(_OFFSET, msgs))
+                                               for batch, msgs in parts), np.bool_, n)
+    every = bool(accepted.all())
+    # each part's accepted rows (a part is never empty)
+    kept = np.add.reduceat(accepted, np.cumsum([0] + [len(m) for _, m in parts[:-1]]),
+                           dtype=np.int64).tolist() if n else []
+
+    def payments() -> list[Any]:
+        """The accepted payments themselves, in their rows' order (seldom needed)."""
+        return [p for (batch, _), k in zip(parts, kept, strict=True)
+                for p in list(batch.payments.values())[len(batch.payments) - k:]]
+
+    made = [m for m in payment_arrays([batch for batch, _ in parts]) if m is not None]
+    if len(made) < len(parts):  # a value beyond its column's type: each payment read
+        fields = {name: pa.array(list(map(operator.attrgetter(name), payments())), kind)
+                  for name, kind in _PAYMENT_FIELDS}
+    else:
+        table = pa.Table.from_batches(
+            [m.slice(m.num_rows - k, k) for m, k in zip(made, kept, strict=True)],
+            schema=PAYMENT_SCHEMA)
+        fields = {name: table.column(name).combine_chunks() for name, _ in _PAYMENT_FIELDS}
 
     def spread(values: pa.Array) -> pa.Array:
         """The accepted rows' values in their rows, nulls in the others."""
@@ -217,10 +243,6 @@ def _rows(parts: Sequence[tuple[SinkBatch, Sequence[Any]]]) -> tuple[pa.RecordBa
             return values
         at = np.cumsum(accepted) - 1
         return values.take(pa.array(np.where(accepted, at, 0), mask=~accepted))
-
-    def column(name: str, kind: pa.DataType) -> pa.Array:
-        """A field of the accepted payments, in their rows."""
-        return spread(pa.array(list(map(operator.attrgetter(name), ps)), kind))
 
     errors: list[str | None] = [None] * n
     if not every:
@@ -233,9 +255,13 @@ def _rows(parts: Sequence[tuple[SinkBatch, Sequence[Any]]]) -> tuple[pa.RecordBa
     which = np.repeat(np.arange(len(parts)), [len(msgs) for _, msgs in parts])
     arrivals = pa.array([datetime.fromtimestamp(batch.arrival, UTC) for batch, _ in parts],
                         pa.timestamp("us", tz="UTC"))
-    event_ts = np.fromiter(map(_EVENT_TS, ps), np.float64, len(ps))
+    event_ts = fields.pop("event_ts").to_numpy()
     hours = np.array([int(batch.arrival // 3600) for batch, _ in parts], np.int64)[which]
     hours[accepted] = np.floor_divide(event_ts, 3600).astype(np.int64)
+    if _exact(event_ts):
+        event_time = _millis(event_ts)
+    else:  # a producer's time beyond 1901-2038: through datetime, as it always was
+        event_time = pa.array(list(map(_EVENT_TIME, payments())), pa.timestamp("ms", tz="UTC"))
     columns = {
         "offset": pa.array(np.array(offsets, np.int64)),
         "key": pa.array(list(map(_KEY, messages)), pa.binary()),
@@ -244,15 +270,9 @@ def _rows(parts: Sequence[tuple[SinkBatch, Sequence[Any]]]) -> tuple[pa.RecordBa
         "arrival_time": arrivals.take(pa.array(which)),
         "accepted": pa.array(accepted),
         "error_category": pa.array(errors, pa.string()),
-        "transaction_id": column("transaction_id", pa.string()),
-        "event_time": spread(_millis(event_ts) if _exact(event_ts) else pa.array(
-            list(map(_EVENT_TIME, ps)), pa.timestamp("ms", tz="UTC"))),
-        "merchant_id": column("merchant_id", pa.string()),
-        "amount_minor": column("amount_minor", pa.int64()),
-        "currency": column("currency", pa.string()),
-        "channel": column("channel", pa.string()),
-        "status": column("status", pa.string()),
-        "customer_id": column("customer_id", pa.string()),
+        "transaction_id": spread(fields["transaction_id"]),
+        "event_time": spread(event_time),
+        **{name: spread(fields[name]) for name in _LAKE_FIELDS},
     }
     return pa.RecordBatch.from_pydict(columns, schema=_CHUNK_SCHEMA), hours
 

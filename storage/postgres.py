@@ -24,7 +24,6 @@ import contextlib
 import io
 import itertools
 import logging
-import operator
 import threading
 import time
 from collections import Counter
@@ -51,6 +50,8 @@ from pipeline.records import clean_json, clean_text
 from pipeline.windows import HistogramPartials
 from storage import customer_rules
 from storage.metric_rows import copy_text, metric_rows, select
+from storage.payment_arrays import SCHEMA as PAYMENT_SCHEMA
+from storage.payment_arrays import payment_arrays
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -702,28 +703,6 @@ def _failed_row(f: FailedMessage) -> tuple[Any, ...]:
 NULL = "\\N"  # COPY text format's NULL
 
 
-def _metadata_json(p: ParsedTransaction) -> str | None:
-    return None if p.metadata is None else orjson.dumps(p.metadata).decode()
-
-
-# stage_transactions' columns taken from the payment, in the table's order
-_STAGED: tuple[tuple[str, Callable[[ParsedTransaction], Any], pa.DataType], ...] = (
-    ("transaction_id", operator.attrgetter("transaction_id"), pa.string()),
-    ("event_ts", operator.attrgetter("event_ts"), pa.float64()),
-    ("merchant_id", operator.attrgetter("merchant_id"), pa.string()),
-    ("customer_id", operator.attrgetter("customer_id"), pa.string()),
-    ("amount_minor", operator.attrgetter("amount_minor"), pa.int64()),
-    ("currency", operator.attrgetter("currency"), pa.string()),
-    ("channel", operator.attrgetter("channel"), pa.string()),
-    ("payment_method", operator.attrgetter("payment_method"), pa.string()),
-    ("status", operator.attrgetter("status"), pa.string()),  # a StrEnum: Arrow takes its value
-    ("decline_code", operator.attrgetter("decline_code"), pa.string()),
-    ("country", operator.attrgetter("country"), pa.string()),
-    ("processing_ms", operator.attrgetter("processing_ms"), pa.int64()),
-    ("card_bin", operator.attrgetter("card_bin"), pa.string()),
-    ("risk_score", operator.attrgetter("risk_score"), pa.float64()),
-    ("metadata", _metadata_json, pa.string()),
-)
 _CSV = pa_csv.WriteOptions(include_header=False, delimiter="\t", null_string=NULL,
                            quoting_style="all_valid")
 
@@ -736,13 +715,13 @@ def _transaction_copy(batches: Sequence[SinkBatch]) -> tuple[str, Any]:
     same; a row at a time by :func:`_transaction_row` only if a value does not fit its
     column's Arrow type (an integer beyond 64 bits, which PostgreSQL refuses as well)."""
     mine = [b for b in batches if b.payments]
-    ps = [p for b in mine for p in b.payments.values()]
-    try:
-        columns = {name: pa.array(list(map(get, ps)), kind) for name, get, kind in _STAGED}
-    except (pa.ArrowInvalid, OverflowError):
+    made = payment_arrays(mine)  # the lake takes its fields from these too
+    if any(m is None for m in made):
         return COPY_TRANSACTIONS, CopyRows(
             _transaction_row(p, copy_text(b.topic), b.partition, offset)
             for b in mine for offset, p in b.payments.items())
+    payments = pa.Table.from_batches(made, schema=PAYMENT_SCHEMA).combine_chunks()
+    columns = {name: payments.column(name) for name in PAYMENT_SCHEMA.names}
     which = pa.array(np.repeat(np.arange(len(mine)), [len(b.payments) for b in mine]))
     columns["source_topic"] = pa.array([b.topic for b in mine], pa.string()).take(which)
     columns["source_partition"] = pa.array([b.partition for b in mine], pa.int32()).take(which)
@@ -754,7 +733,7 @@ def _transaction_copy(batches: Sequence[SinkBatch]) -> tuple[str, Any]:
 
 def _transaction_row(p: ParsedTransaction, topic: str, partition: int, offset: int) -> str:
     """One ``stage_transactions`` row in COPY text format."""
-    metadata = _metadata_json(p)
+    metadata = None if p.metadata is None else orjson.dumps(p.metadata).decode()
     metadata = NULL if metadata is None else copy_text(metadata)
     return (f"{copy_text(p.transaction_id)}\t{p.event_ts!r}\t{copy_text(p.merchant_id)}\t"
             f"{copy_text(p.customer_id)}\t{p.amount_minor}\t{copy_text(p.currency)}\t"

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storage.parquet import _CHUNK_SCHEMA, RAW_SCHEMA, RawEventWriter, _broker_time, _rows
+from storage.payment_arrays import payment_arrays
+from storage.postgres import _transaction_copy
 from tests.helpers import make_batch, read_lake
 
 
@@ -186,6 +188,25 @@ def test_the_rows_of_several_batches_are_their_rows_one_after_another(data):
         whole = pa.concat_arrays([columns[name] for columns, _ in expected])
         assert chunk.column(name).equals(whole.slice(skip)), name
     assert hours.tolist() == [h for _, hs in expected for h in hs][skip:]
+
+
+def test_the_lake_takes_the_payments_arrays_the_copy_was_made_from():
+    """No second conversion: once the PostgreSQL sink made a round's COPY input, the lake's
+    payment fields come from the same arrays (here, the payments are gone meanwhile)."""
+    batches = [make_batch(0, 30, partition=0), make_batch(30, 20, partition=0),
+               make_batch(0, 25, partition=1)]
+    expected = [reference_rows(b)[0] for b in batches]
+    _transaction_copy(batches)
+    made = [b.arrow for b in batches]
+    for b in batches:
+        b.payments = dict.fromkeys(b.payments)
+    assert payment_arrays(batches) == made
+    chunk, _ = _rows([(batches[0], batches[0].messages[5:]), (batches[1], batches[1].messages)])
+    for name in expected[0]:
+        whole = pa.concat_arrays([expected[0][name].slice(5), expected[1][name]])
+        assert chunk.column(name).equals(whole), name
+    chunk, _ = _rows([(batches[2], batches[2].messages)])
+    assert chunk.column("transaction_id").equals(expected[2]["transaction_id"])
 
 
 def test_a_sink_round_makes_one_chunk_a_partition(tmp_path):
