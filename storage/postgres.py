@@ -321,13 +321,21 @@ WHERE histogram_partials.last_offset <= EXCLUDED.last_offset
 PARTIALS_TEMPLATE = ("(%s::int,%s::timestamptz,%s::text,%s::text,%s::int,%s::jsonb,%s::bigint,"
                      "%s::float8,%s::float8,%s::float8,%s::bigint)")
 
+# Every partition's rows of the windows the staged partials touch, looked up by key: the
+# keys come from the staging table in the same transaction (no parameters for psycopg2 to
+# quote, holding the GIL, a value at a time), and OFFSET 0 keeps the planner from
+# flattening the lookup into a join over all of histogram_partials (the staging table has
+# no statistics). The buckets come as text, for orjson.
 SELECT_HISTOGRAM_PARTIALS = """
 SELECT p.window_seconds, p.window_start, p.metric_type, p.dimension,
-       p.buckets, p.count, p.sum, p.min, p.max
-FROM histogram_partials p
-JOIN unnest(%s::int[], %s::timestamptz[], %s::text[], %s::text[]) AS k(ws, st, m, d)
-  ON p.window_seconds = k.ws AND p.window_start = k.st AND p.metric_type = k.m
- AND p.dimension = k.d
+       p.buckets::text, p.count, p.sum, p.min, p.max
+FROM (SELECT DISTINCT window_seconds, window_start, metric_type, dimension
+      FROM stage_histogram_partials) k
+CROSS JOIN LATERAL (
+    SELECT * FROM histogram_partials h
+    WHERE h.window_seconds = k.window_seconds AND h.window_start = k.window_start
+      AND h.metric_type = k.metric_type AND h.dimension = k.dimension
+    OFFSET 0) p
 ORDER BY p.window_seconds, p.window_start, p.metric_type, p.dimension, p.source_partition
 """
 
@@ -585,13 +593,11 @@ class PostgresSink:
 
     def _write_windows_once(self, hp: HistogramPartials) -> dict[str, int]:
         partials = hp.rows
-        keys = sorted({(r[0], r[1], r[2], r[3]) for r in partials})
         with _transaction(self.engine) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (METRICS_LOCK_ID,))
             _upsert_staged(cur, STAGE_HISTOGRAM_PARTIALS, COPY_HISTOGRAM_PARTIALS,
                            UPSERT_HISTOGRAM_PARTIALS, partials)
-            cur.execute(SELECT_HISTOGRAM_PARTIALS, ([k[0] for k in keys], [k[1] for k in keys],
-                                                    [k[2] for k in keys], [k[3] for k in keys]))
+            cur.execute(SELECT_HISTOGRAM_PARTIALS)
             # every metric selected is one of the partials' own: their bounds apply
             merged = merge_aggregates(cur, cur.fetchall(), hp.bounds.__getitem__)
         return {"histogram_partials": len(partials), "aggregate_histograms": merged}
@@ -600,12 +606,12 @@ class PostgresSink:
 def merge_aggregates(cur: Any, partials: Iterable[Sequence[Any]],
                      bounds: Callable[[str], Sequence[float]]) -> int:
     """Upsert the ``aggregate_histograms`` rows merged from ``partials``: rows of
-    ``(window_seconds, window_start, metric, dimension, buckets, count, sum, min, max)``
-    in a fixed order (by window, metric, dimension and partition, so float sums add the
-    same way every time). Returns the rows written."""
+    ``(window_seconds, window_start, metric, dimension, buckets, count, sum, min, max)``,
+    the buckets as JSON text, in a fixed order (by window, metric, dimension and
+    partition, so float sums add the same way every time). Returns the rows written."""
     merged: dict[tuple, Histogram] = {}
     for ws, start, metric, dim, counts, count, total, lo, hi in partials:
-        part = Histogram.from_list(bounds(metric), [counts, count, total, lo, hi])
+        part = Histogram.from_list(bounds(metric), [orjson.loads(counts), count, total, lo, hi])
         key = (ws, start, metric, dim)
         if key in merged:
             merged[key].merge(part)

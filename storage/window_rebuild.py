@@ -126,7 +126,8 @@ DELETE FROM aggregate_histograms WHERE window_seconds = ANY(%(sizes)s)
 # in the live sink's order (storage.postgres.SELECT_HISTOGRAM_PARTIALS): float sums merge
 # in a fixed order
 SELECT_PARTIALS = f"""
-SELECT window_seconds, window_start, metric_type, dimension, buckets, count, sum, min, max
+SELECT window_seconds, window_start, metric_type, dimension, buckets::text, count, sum, min,
+       max
 FROM histogram_partials WHERE {_IN_HOUR}
 ORDER BY window_seconds, window_start, metric_type, dimension, source_partition
 """

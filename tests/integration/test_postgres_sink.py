@@ -16,12 +16,14 @@ from pipeline.windows import HistogramPartials, WindowCounts, WindowMetrics, Win
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.metric_rows import copy_text
 from storage.postgres import (
+    SELECT_HISTOGRAM_PARTIALS,
+    STAGE_HISTOGRAM_PARTIALS,
     PostgresSink,
     StorageError,
     create_db_engine,
     with_retries,
 )
-from tests.helpers import batch_metrics, parse, query, shipped_config
+from tests.helpers import batch_metrics, execute, libpq_dsn, parse, query, shipped_config
 
 
 @dataclass
@@ -153,6 +155,37 @@ def test_window_partials_merge_into_aggregate_histograms(database_url):
                                  "FROM aggregate_histograms")
     assert row[:5] == ({"10": 2, "100": 1, "+Inf": 1}, 4, 562.0, 5.0, 500.0)
     assert 5 <= row[5] <= 10
+
+
+def test_only_the_staged_windows_are_merged_and_each_is_looked_up_by_its_key(database_url):
+    """The windows to merge are the staged partials' (the rows of another window stay as
+    they are), and each one's rows are found by the primary key whatever the statistics:
+    a join over the whole table was the planner's choice for the claims (test_claims)."""
+    execute(database_url, """
+        INSERT INTO histogram_partials (window_seconds, window_start, metric_type, dimension,
+                                        source_partition, buckets, count, sum, last_offset)
+        SELECT 300, timestamptz '2026-01-01' + g * interval '5 minutes', 'm', '', p,
+               '[1, 0]', 1, 1.0, 1
+        FROM generate_series(1, 20000) g, generate_series(0, 3) p""")
+    conn = psycopg2.connect(libpq_dsn(database_url))
+    try:
+        cur = conn.cursor()
+        cur.execute(STAGE_HISTOGRAM_PARTIALS)
+        cur.execute("INSERT INTO stage_histogram_partials SELECT 300, timestamptz "
+                    "'2026-01-01' + g * interval '5 minutes', 'm', '', 0, '[2, 0]', 2, 2.0, "
+                    "NULL, NULL, 2 FROM generate_series(1, 5000) g")
+        plan = "\n".join(r[0] for r in (cur.execute(f"EXPLAIN {SELECT_HISTOGRAM_PARTIALS}")
+                                         or cur.fetchall()))
+        cur.execute(SELECT_HISTOGRAM_PARTIALS)
+        rows = cur.fetchall()
+    finally:
+        conn.close()
+    assert "Index Scan using pk_histogram_partials on histogram_partials" in plan, plan
+    assert "Seq Scan on histogram_partials" not in plan
+    assert "Hash Join" not in plan and "Merge Join" not in plan
+    assert len(rows) == 5000 * 4  # every partition's row of the 5,000 staged windows
+    assert rows == sorted(rows, key=lambda r: r[:4])
+    assert {r[4] for r in rows} == {"[1, 0]"}  # as text, for orjson
 
 
 def _hist(values):
