@@ -76,6 +76,10 @@ class PaymentColumns:
         out._codes = {}
         return out
 
+    def known_codes(self, field: str) -> Codes | None:
+        """``field``'s codes if :meth:`codes` made them already, else None."""
+        return self._codes.get(field)
+
     def codes(self, field: str) -> Codes:
         """``field`` factorized (a text field of the payment, ``None`` included)."""
         found = self._codes.get(field)

@@ -2,7 +2,9 @@
 
 The PostgreSQL sink stages the payments from these columns (Arrow's CSV writer makes its
 COPY input) and the lake takes its payment fields from the same arrays: each field of
-each payment is read from its Python object once, not once per sink. Each
+each payment is read from its Python object once, not once per sink, and not at all
+where the ingest handler's columns (:class:`~pipeline.columns.PaymentColumns`) hold it
+already: the numbers, the status and every text field the metrics grouped by. Each
 :class:`~pipeline.batches.SinkBatch` keeps its record batch (``arrow``), so a retried
 write or the lake's append after the write reuses it; they are made in the sink thread,
 where both sinks run.
@@ -14,11 +16,13 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
-from models.events import ParsedTransaction
+from models.events import STATUSES, ParsedTransaction
 from pipeline.batches import SinkBatch
+from pipeline.columns import PaymentColumns
 
 
 def _metadata_json(p: ParsedTransaction) -> str | None:
@@ -61,8 +65,7 @@ def payment_arrays(batches: Sequence[SinkBatch]) -> list[pa.RecordBatch | None]:
         payments = [p for b in todo for p in b.payments.values()]
         try:
             whole = pa.RecordBatch.from_arrays(
-                [pa.array(list(map(get, payments)), kind) for _, get, kind in FIELDS],
-                schema=SCHEMA)
+                _arrays(payments, [_columns(b) for b in todo]), schema=SCHEMA)
         except (pa.ArrowInvalid, OverflowError):
             for b in todo:
                 b.arrow = _UNFIT
@@ -72,3 +75,51 @@ def payment_arrays(batches: Sequence[SinkBatch]) -> list[pa.RecordBatch | None]:
                 b.arrow = whole.slice(start, len(b.payments))
                 start += len(b.payments)
     return [None if b.arrow is _UNFIT else b.arrow for b in batches]
+
+
+_NUMBERS = ("event_ts", "amount_minor", "processing_ms")  # PaymentColumns holds these as-is
+_STATUS_TEXT = pa.array(STATUSES, pa.string())  # a status code's text
+
+
+def _columns(batch: SinkBatch) -> PaymentColumns | None:
+    """The ingest handler's columns of ``batch``'s payments, when it has them (its
+    metrics were extracted from exactly these payments, in this order)."""
+    metrics = batch.metrics
+    if metrics is None:
+        return None
+    cols = metrics.cols
+    if len(cols) != len(batch.payments) or not all(
+            map(operator.is_, cols.payments, batch.payments.values())):
+        return None
+    return cols
+
+
+def _arrays(payments: list[ParsedTransaction],
+            columns: list[PaymentColumns | None]) -> list[pa.Array]:
+    """Each of :data:`FIELDS` for ``payments`` (the batches' payments, one batch after
+    another; ``columns`` each batch's, or None): from the columns where every batch has
+    them (a text field only where each batch factorized it already: its distinct values
+    and each payment's code), else from each payment."""
+    cols = [c for c in columns if c is not None]
+    if len(cols) < len(columns):
+        cols = []
+    arrays = []
+    for name, get, kind in FIELDS:
+        known = [k for c in cols if (k := c.known_codes(name)) is not None]
+        if cols and name in _NUMBERS:
+            arrays.append(pa.array(np.concatenate([getattr(c, name) for c in cols]), kind))
+        elif cols and name == "risk_score":
+            arrays.append(pa.array(np.concatenate([c.risk_score for c in cols]), kind,
+                                   mask=~np.concatenate([c.has_risk for c in cols])))
+        elif cols and name == "status":
+            arrays.append(_STATUS_TEXT.take(np.concatenate([c.status for c in cols])))
+        elif cols and len(known) == len(cols):
+            distinct = [v for _, values in known for v in values]
+            # each batch's codes, moved past the distinct values of the batches before it
+            sizes = np.array([0] + [len(values) for _, values in known[:-1]], np.int64)
+            shift = np.repeat(np.cumsum(sizes), [len(c) for c in cols])
+            codes = np.concatenate([codes for codes, _ in known]) + shift
+            arrays.append(pa.array(distinct, kind).take(codes))
+        else:
+            arrays.append(pa.array(list(map(get, payments)), kind))
+    return arrays
