@@ -27,7 +27,7 @@ from pipeline.metrics import (
     register,
 )
 
-NO_LIMIT = 2 ** 62  # LargeAmount's threshold where a currency has none
+NO_LIMIT = 2 ** 62  # the largest threshold LargeAmount's kernel compares
 EVIDENCE_PAYMENTS = 50  # at most this many payments counted and listed in a flag's evidence
 
 
@@ -87,13 +87,16 @@ class LargeAmount(Rule):
 
     def extract_columns(self, cols):
         codes, currencies = cols.codes("currency")
-        # no threshold: a limit no amount reaches (the schema bounds amounts far below)
-        limits = [self.thresholds.get(c, NO_LIMIT) for c in currencies]
-        if any(limit > NO_LIMIT for limit in limits):
+        limits = [self.thresholds.get(c) for c in currencies]
+        if any(limit is not None and limit > NO_LIMIT for limit in limits):
             return None  # beyond int64: the per-payment comparison decides
-        reached = cols.amount_minor >= np.array(limits, np.int64)[codes] if limits else \
-            np.zeros(0, np.bool_)
-        return [(self.metric, flag(reached), None)]
+        if not limits:
+            return [(self.metric, flag(np.zeros(0, np.bool_)), None)]
+        # a currency without a threshold is never flagged, whatever the amount
+        has = np.array([limit is not None for limit in limits], np.bool_)[codes]
+        floor = np.array([NO_LIMIT if limit is None else limit for limit in limits],
+                         np.int64)[codes]
+        return [(self.metric, flag(has & (cols.amount_minor >= floor)), None)]
 
     def evidence(self, tx, offset, history):
         return {"amount_minor": tx.amount_minor, "currency": tx.currency,
