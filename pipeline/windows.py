@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import orjson
@@ -434,6 +434,7 @@ def apply_columns(current: WindowCounts, cols: PaymentColumns, positions: np.nda
 FailedEntry = tuple[int, int, str]  # (offset, finest window start, category)
 _INTS, _FLOATS, _OBJECTS = range(3)  # how a metric's group values are added up
 _ZEROS = np.zeros(0, np.int64)  # "none": replaced by zeros of the right length
+_NUMBERS = (np.dtype(np.int64), np.dtype(np.float64))  # values the matrix path adds up
 
 
 class WindowedBatch:
@@ -455,7 +456,9 @@ class WindowedBatch:
         self.bounds = bounds
         # each window's first and last entry (payments ascend in offset; failed ones join)
         starts, offsets = self.starts, self.cols.offsets
-        windows, first = np.unique(starts, return_index=True)
+        windows, first, index = np.unique(starts, return_index=True, return_inverse=True)
+        self.windows = windows  # the batch's finest windows ...
+        self.window_of = index.reshape(-1)  # ... and each payment's index among them
         last = len(starts) - 1 - np.unique(starts[::-1], return_index=True)[1]
         self.first: dict[int, int] = dict(zip(windows.tolist(), offsets[first].tolist(),
                                               strict=True))
@@ -482,18 +485,16 @@ class WindowedBatch:
                  ) -> dict[int, dict[str, Histogram]]:
         cols, m = self.cols, self.metrics
         on_time = mask & ~self.late
-        # every (metric, windowed dimension) at once: one row per payment that has it
-        parts: list[tuple[MetricInfo, np.ndarray]] = []  # (metric, positions)
+        # every (metric, windowed dimension) at once: the payments that have the metric
+        parts: list[tuple[MetricInfo, np.ndarray]] = []  # (metric, mask)
         for info in m.infos:
             if m.values[info.index] is None or not info.windowed:
                 continue
             present = m.present[info.index]
-            rows = np.flatnonzero(on_time if present is None else on_time & present)
-            if len(rows):
-                parts.append((info, rows))
+            parts.append((info, on_time if present is None else on_time & present))
         late = np.flatnonzero(mask & self.late)
         found: list[tuple[int, int, int, int, str, Histogram]] = []
-        if parts:
+        if parts and len(cols):
             found += self._histograms(parts)
         if len(late):  # late payments count once each, in late_events
             h = Histogram(self.bounds(LATE_EVENTS))
@@ -518,8 +519,132 @@ class WindowedBatch:
     def _histograms(self, parts: list[tuple[MetricInfo, np.ndarray]],
                     ) -> list[tuple[int, int, int, int, str, Histogram]]:
         """``(window start, first offset, metric index, slot, key, histogram)`` of every
-        (metric, windowed dimension, window, dimension value) group of ``parts``: what
-        :meth:`Histogram.observe_many` makes of each group's values in offset order."""
+        (metric, windowed dimension, window, dimension value) group of ``parts`` (each
+        metric with the mask of the payments counted in it): what
+        :meth:`Histogram.observe_many` makes of each group's values in offset order, in
+        no particular order (each entry's first four fields place it).
+
+        The metrics of int64 and float64 values go together
+        (:meth:`_matrix_histograms`); the others (an extractor without a kernel) one
+        metric at a time, sorted (:meth:`_sorted_histograms`)."""
+        m = self.metrics
+        numbers = [(info, mask) for info, mask in parts
+                   if cast(np.ndarray, m.values[info.index]).dtype in _NUMBERS]
+        others = [(info, mask) for info, mask in parts
+                  if cast(np.ndarray, m.values[info.index]).dtype not in _NUMBERS]
+        out: list[tuple[int, int, int, int, str, Histogram]] = []
+        if numbers:
+            out += self._matrix_histograms(numbers, others)
+        rows = [(info, r) for info, mask in others if len(r := np.flatnonzero(mask))]
+        if rows:
+            out += self._sorted_histograms(rows)
+        return out
+
+    def _matrix_histograms(self, parts: list[tuple[MetricInfo, np.ndarray]],
+                           others: list[tuple[MetricInfo, np.ndarray]],
+                           ) -> list[tuple[int, int, int, int, str, Histogram]]:
+        """:meth:`_histograms` of metrics of int64 or float64 values, every (metric,
+        windowed dimension) a row of one matrix of float64 values: each group, (row,
+        window, dimension value), is an index into flat arrays that counts, sums, minima,
+        maxima, first payments and bucket counts gather into, in offset order (a
+        batch's fixed cost per metric and a sort of every row had been most of the
+        windows' time). Float sums add in offset order as Python's ``sum`` does, and a
+        minimum or maximum is the first of equal values as Python's ``min`` and ``max``
+        keep it (-0.0 and 0.0). An integer metric whose values or sums a float64 may not
+        hold exactly (beyond :data:`EXACT_FLOAT_INT`) joins ``others``."""
+        m, cols = self.metrics, self.cols
+        n = len(cols)
+        infos = [info for info, _ in parts]
+        values = np.stack([cast(np.ndarray, m.values[info.index]) for info in infos]
+                          ).astype(np.float64)
+        masks = np.stack([mask for _, mask in parts])
+        ints = np.array([m.values[info.index].dtype == np.int64  # type: ignore[union-attr]
+                         for info in infos])
+        if ints.any():
+            # every |value| and |sum| below EXACT_FLOAT_INT: float64 holds them exactly
+            reach = np.abs(np.where(masks, values, 0.0)).max(axis=1) * masks.sum(axis=1)
+            wide = ints & (reach >= EXACT_FLOAT_INT)
+            if wide.any():
+                others += [part for part, w in zip(parts, wide.tolist(), strict=True) if w]
+                keep = ~wide
+                parts = [part for part, w in zip(parts, wide.tolist(), strict=True) if not w]
+                if not parts:
+                    return []
+                infos = [info for info, _ in parts]
+                values, masks, ints = values[keep], masks[keep], ints[keep]
+        windows, window_of = self.windows, self.window_of
+        # the matrix's rows: (metric, slot); a row's groups are window * labels + label
+        row_part, row_slot, row_dim = [], [], []
+        for k, info in enumerate(infos):
+            for slot, dim in enumerate(info.windowed):
+                row_part.append(k)
+                row_slot.append(slot)
+                row_dim.append(dim)
+        dims = {dim: m.windowed[dim] for dim in row_dim}
+        order = {dim: k for k, dim in enumerate(dims)}
+        group = np.stack([codes for codes, _ in dims.values()]) + window_of * np.array(
+            [len(names) for _, names in dims.values()], np.int64)[:, None]
+        labels = np.array([len(dims[dim][1]) for dim in row_dim], np.int64)
+        width = len(windows) * int(labels.max())  # groups per row
+        rows = len(row_dim)
+        at = (group[[order[dim] for dim in row_dim]]
+              + (np.arange(rows, dtype=np.int64) * width)[:, None])
+        which = np.array(row_part, np.int64)
+        counted = masks[which].ravel()
+        index = at.ravel()[counted]
+        value = values[which].ravel()[counted]
+        size = rows * width
+        groups = None  # the flat group of each compact index, when compacted
+        if size > 4 * len(index) + 4096:  # many windows (a producer's disorder): compact
+            groups, index = np.unique(index, return_inverse=True)
+            index = index.reshape(-1)
+            size = len(groups)
+        counts = np.bincount(index, minlength=size)
+        sums = np.zeros(size)
+        np.add.at(sums, index, value)
+        # backwards: of equal values, the first in offset order is written last
+        lows, highs = np.full(size, np.inf), np.full(size, -np.inf)
+        np.minimum.at(lows, index[::-1], value[::-1])
+        np.maximum.at(highs, index[::-1], value[::-1])
+        firsts = np.full(size, n, np.int64)
+        np.minimum.at(firsts, index, np.tile(np.arange(n, dtype=np.int64), rows)[counted])
+        bounds = [tuple(self.bounds(info.name)) for info in infos]
+        widest = max(len(b) for b in bounds) + 1
+        bucketed = [k for k, b in enumerate(bounds) if b]
+        if bucketed:
+            bucket = np.zeros((len(infos), n), np.int64)
+            for k in bucketed:
+                bucket[k] = np.searchsorted(np.asarray(bounds[k], np.float64), values[k],
+                                            side="left")
+            buckets = np.bincount(index * widest + bucket[which].ravel()[counted],
+                                  minlength=size * widest).reshape(size, widest)
+        found = np.flatnonzero(counts)
+        row, slot_group = np.divmod(found if groups is None else groups[found], width)
+        window, label = np.divmod(slot_group, labels[row])
+        n_of = counts[found].tolist()
+        sum_of, low_of, high_of = (sums[found].tolist(), lows[found].tolist(),
+                                   highs[found].tolist())
+        first_of = cols.offsets[firsts[found]].tolist()
+        start_of = windows[window].tolist()
+        bucket_of = buckets[found].tolist() if bucketed else []
+        is_int = ints.tolist()
+        of = Histogram.of
+        out = []
+        for j, (r, lab) in enumerate(zip(row.tolist(), label.tolist(), strict=True)):
+            k = row_part[r]
+            info, b, count = infos[k], bounds[k], n_of[j]
+            total, low, high = sum_of[j], low_of[j], high_of[j]
+            if is_int[k]:
+                total, low, high = int(total), int(low), int(high)
+            h = of(b, bucket_of[j][:len(b) + 1] if b else [count], count, total, low, high)
+            out.append((start_of[j], first_of[j], info.index, row_slot[r],
+                        f"{info.name}|{dims[row_dim[r]][1][lab]}", h))
+        return out
+
+    def _sorted_histograms(self, parts: list[tuple[MetricInfo, np.ndarray]],
+                           ) -> list[tuple[int, int, int, int, str, Histogram]]:
+        """:meth:`_histograms` of ``parts`` (each metric with the rows of the payments
+        counted in it), grouped by one sort of every (metric, dimension) row."""
         m, starts, offsets = self.metrics, self.starts, self.cols.offsets
         # one entry per (metric, slot): its rows, labels, and (int metrics) values and
         # (bucketed metrics) bucket indexes, gathered once per metric

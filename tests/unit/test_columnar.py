@@ -14,8 +14,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,7 +99,9 @@ payment = st.builds(
     st.sampled_from(["pos", "ecommerce", "mobile"]),
     st.sampled_from(["EUR", "USD", "JPY", "KWD", "XXX"]),
     st.sampled_from([None, "05", "51", "14"]),
-    st.one_of(st.integers(0, 10**12), st.sampled_from([0, 899_999, 900_000, 1_000_000])),
+    # and amounts at the edge of what float64 holds exactly, and beyond it
+    st.one_of(st.integers(0, 10**12), st.sampled_from([0, 899_999, 900_000, 1_000_000]),
+              st.sampled_from([2**53 - 1, 2**53, 2**53 + 1, 2**62])),
     st.integers(0, 600_000),
     st.one_of(st.none(), st.floats(0.0, 1.0), st.sampled_from([0.0, -0.0, 0.8, 1.0])),
     st.sampled_from(["DE", "IR", "KP", "US"]),
@@ -229,7 +233,12 @@ def test_the_metrics_of_several_batches_write_as_each_batch_alone(cases, engine)
              for c in cases]
     ids = [[tx.transaction_id for tx in c["payments"].values()] for c in cases]
     merged = BatchMetrics.concat(alone)
-    assert merged is not None and len(merged) == sum(map(len, alone))
+    if merged is None:  # only when a metric's values differ in type from batch to batch
+        kinds = [{m.values[i].dtype for m in alone if m.values[i] is not None}
+                 for i in range(len(alone[0].infos))]
+        assert any(len(k) > 1 for k in kinds)
+        return
+    assert len(merged) == sum(map(len, alone))
     assert b"".join(metric_rows(merged, [i for part in ids for i in part], "v")) == \
         b"".join(row for metrics, part in zip(alone, ids, strict=True)
                  for row in metric_rows(metrics, part, "v"))
@@ -241,6 +250,53 @@ def test_the_metrics_of_several_batches_write_as_each_batch_alone(cases, engine)
                         [(info.name, v) for info, v in want.emitted])
             assert got.errors == want.errors and got.evidence == want.evidence
         at += len(metrics)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(payment, min_size=25, max_size=80), st.sampled_from(ENGINES),
+       st.integers(1, 400))
+def test_windowed_metrics_of_a_batch_over_many_windows(drawn, engine, spread):
+    """Payments in windows far apart (a producer's disorder): each window's delta is the
+    reference's, however many windows one batch touches."""
+    payments = {}
+    for k, (_, tx) in enumerate(drawn):
+        when = datetime.fromtimestamp(BASE + (k * spread % 997) * FINEST + k % 60, UTC)
+        payments[100 + k] = msgspec.structs.replace(tx, event_time=when,
+                                                     event_ts=when.timestamp())
+    cols = PaymentColumns(payments, payments.values())
+    batch = engine.extract_batch(cols)
+    windowed = WindowedBatch(batch, FINEST, np.zeros(len(cols), np.bool_), [], engine.bounds)
+    entries: dict[int, list] = {}
+    for offset, tx in payments.items():
+        entries.setdefault(window_start(tx.event_ts, FINEST), []).append(
+            (offset, engine.extract(tx, offset)))
+    deltas = windowed.deltas()
+    assert set(deltas) == set(entries)
+    for start, group in entries.items():
+        want_delta, want_last = observe(group, engine.bounds)
+        got_delta, got_last = deltas[start]
+        assert got_last == want_last and list(got_delta) == list(want_delta)
+        assert all(same(got_delta[k].to_list(), want_delta[k].to_list()) for k in want_delta)
+
+
+@pytest.mark.parametrize("amounts", [[2**53 + 1], [2**53 - 1], [2**53 - 1, 1],
+                                     [2**53 - 1, 2**53 - 1], [2**62, 5]])
+def test_integer_sums_beyond_what_a_float_holds_stay_exact(amounts):
+    """A float64 holds every integer below 2**53: a metric whose values or sums reach it
+    is added up as integers (one payment of 2**53 + 1 too, which a float rounds)."""
+    payments = {100 + k: ParsedTransaction(
+        f"tx-{k}", datetime.fromtimestamp(BASE + k, UTC), "m", "c", amount, "EUR", "pos",
+        "card", TransactionStatus.APPROVED, None, "DE", 1) for k, amount in enumerate(amounts)}
+    engine = ENGINES[0]
+    batch = engine.extract_batch(PaymentColumns(payments, payments.values()))
+    windowed = WindowedBatch(batch, FINEST, np.zeros(len(payments), np.bool_), [],
+                             engine.bounds)
+    [(got, _)] = windowed.deltas().values()
+    want, _ = observe([(o, engine.extract(tx, o)) for o, tx in payments.items()],
+                      engine.bounds)
+    assert list(got) == list(want)
+    assert all(same(got[k].to_list(), want[k].to_list()) for k in want)
+    assert got["amount_minor|currency=EUR"].sum == sum(amounts)
 
 
 def vars_of(clock: StreamClock) -> dict[str, Any]:
