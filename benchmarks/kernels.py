@@ -7,9 +7,11 @@ Simulator payments (parsed beforehand), the shipped configuration, batches of
 (``PaymentColumns``), metric extraction (``extract_batch`` against ``extract`` per
 payment), windowed metrics (``WindowedBatch.deltas`` against ``observe``), and the
 ``dynamic_metrics`` COPY rows (``metric_rows`` against ``ExtractionResult.rows`` and
-orjson per payment), and the payments' own COPY input (``_transaction_copy``, Arrow's
+orjson per payment), the payments' own COPY input (``_transaction_copy``, Arrow's
 CSV writer, against ``_transaction_row`` per payment; the sink makes it once a round, for
-every batch the round gathered: hundreds to thousands of payments).
+every batch the round gathered: hundreds to thousands of payments), and the lake's rows
+(``storage.parquet._rows``, its payment fields from the arrays the COPY input was made
+from, against the same with the arrays made afresh for it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from models.records import Record
 from pipeline.batches import SinkBatch
 from pipeline.columns import PaymentColumns
 from pipeline.windows import WindowedBatch, observe, window_start
@@ -30,6 +33,8 @@ from runtime.settings import Settings
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import compile_files
 from storage.metric_rows import copy_text, metric_rows
+from storage.parquet import _rows
+from storage.payment_arrays import payment_arrays
 from storage.postgres import _transaction_copy, _transaction_row
 
 
@@ -82,12 +87,25 @@ def report(engine: Any, payments: list, size: int, repeat: int) -> None:
             "".join(f"{key}\t{kind}\t{copy_text(orjson.dumps(data).decode())}\tv\n"
                     for kind, data in result.rows())
 
-    sinks = [SinkBatch("payments", 0, [], dict(zip(*b, strict=True)), [], [], 0.0, None, "v")
-             for b in batches]
+    # with their metrics, as the worker hands them over: the COPY input takes the numbers,
+    # the status and the factorized text fields from the metrics' columns
+    sinks = [SinkBatch("payments", 0, [], dict(zip(*b, strict=True)), [], [], 0.0, metrics[i],
+                       "v") for i, b in enumerate(batches)]
 
     def copy_columns(i: int) -> bytes:
         sinks[i].arrow = None  # the payments' arrays are made once a batch: made afresh
         return _transaction_copy([sinks[i]])[1].read()
+
+    # the lake's rows of the same batches (the Records' values: each payment as JSON)
+    records = [[Record("payments", 0, o, 1.78e9, 0, (), b"k", orjson.dumps(tx.to_dict()),
+                       None, 1) for o, tx in zip(*b, strict=True)] for b in batches]
+    lakes = [SinkBatch("payments", 0, records[i], dict(zip(*b, strict=True)), [], [], 1.78e9,
+                       metrics[i], "v") for i, b in enumerate(batches)]
+    payment_arrays(lakes)  # made by the COPY input, before the lake takes them
+
+    def lake_own(i: int) -> object:
+        lakes[i].arrow = None  # the lake makes the payments' arrays itself
+        return _rows([(lakes[i], records[i])])
 
     def copy_each(i: int) -> str:
         return "".join([_transaction_row(p, "payments", 0, o)
@@ -107,11 +125,14 @@ def report(engine: Any, payments: list, size: int, repeat: int) -> None:
          best(rows_each, k, n, repeat)),
         ("payments' COPY input", best(copy_columns, k, n, repeat),
          best(copy_each, k, n, repeat)),
+        ("lake rows", best(lambda i: _rows([(lakes[i], records[i])]), k, n, repeat),
+         best(lake_own, k, n, repeat)),
     ]
     print(f"batches of {size:,} payments ({n:,} payments), µs per payment, best of "
           f"{repeat}:")
     for name, columnar, each in stages:
-        versus = f"   per payment {each:6.2f}" if each is not None else ""
+        versus = f"   {'own arrays' if name == 'lake rows' else 'per payment'} {each:6.2f}" \
+            if each is not None else ""
         print(f"  {name:<22} columnar {columnar:6.2f}{versus}")
 
 
