@@ -49,6 +49,7 @@ FIELDS: tuple[tuple[str, Callable[[ParsedTransaction], Any], pa.DataType], ...] 
 )
 SCHEMA = pa.schema([(name, kind) for name, _, kind in FIELDS])
 _UNFIT = False  # kept on a batch whose values do not all fit their columns
+COLUMNS_FROM = 1024  # payments in a round from which the handler's columns are used
 
 
 def payment_arrays(batches: Sequence[SinkBatch]) -> list[pa.RecordBatch | None]:
@@ -60,21 +61,45 @@ def payment_arrays(batches: Sequence[SinkBatch]) -> list[pa.RecordBatch | None]:
     slice, a view. None for a batch whose round held a value that does not fit its
     column's type (an integer beyond 64 bits, which PostgreSQL refuses as well): each
     sink then reads those payments one at a time, as it would without this."""
-    todo = [b for b in batches if b.arrow is None]
-    if todo:
-        payments = [p for b in todo for p in b.payments.values()]
-        try:
-            whole = pa.RecordBatch.from_arrays(
-                _arrays(payments, [_columns(b) for b in todo]), schema=SCHEMA)
-        except (pa.ArrowInvalid, OverflowError):
-            for b in todo:
-                b.arrow = _UNFIT
-        else:
-            start = 0
-            for b in todo:
-                b.arrow = whole.slice(start, len(b.payments))
-                start += len(b.payments)
+    _make(batches)
     return [None if b.arrow is _UNFIT else b.arrow for b in batches]
+
+
+def round_arrays(batches: Sequence[SinkBatch]) -> pa.RecordBatch | None:
+    """The payments of all ``batches``, one batch after another, as one record batch
+    (:func:`payment_arrays`'s, joined); None when a value does not fit its column."""
+    whole = _make(batches)
+    if whole is not None:  # all made just now, together
+        return whole
+    made = [b.arrow for b in batches]
+    if any(m is _UNFIT for m in made):
+        return None
+    if len(made) <= 1:
+        return made[0] if made else pa.RecordBatch.from_pylist([], schema=SCHEMA)
+    return pa.Table.from_batches(made, schema=SCHEMA).combine_chunks().to_batches()[0]
+
+
+def _make(batches: Sequence[SinkBatch]) -> pa.RecordBatch | None:
+    """Make the arrays of the batches that have none; the record batch of all of them
+    when every one of ``batches`` was made here."""
+    todo = [b for b in batches if b.arrow is None]
+    if not todo:
+        return None
+    payments = [p for b in todo for p in b.payments.values()]
+    # the columns' fixed cost a field (a take, a few concatenations: tens of µs here)
+    # pays off from about a thousand payments a round
+    columns = [_columns(b) if len(payments) >= COLUMNS_FROM else None for b in todo]
+    try:
+        whole = pa.RecordBatch.from_arrays(_arrays(payments, columns), schema=SCHEMA)
+    except (pa.ArrowInvalid, OverflowError):
+        for b in todo:
+            b.arrow = _UNFIT
+        return None
+    start = 0
+    for b in todo:
+        b.arrow = whole.slice(start, len(b.payments))
+        start += len(b.payments)
+    return whole if len(todo) == len(batches) else None
 
 
 _NUMBERS = ("event_ts", "amount_minor", "processing_ms")  # PaymentColumns holds these as-is

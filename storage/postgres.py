@@ -51,7 +51,7 @@ from pipeline.windows import HistogramPartials
 from storage import customer_rules
 from storage.metric_rows import copy_text, metric_rows, select
 from storage.payment_arrays import SCHEMA as PAYMENT_SCHEMA
-from storage.payment_arrays import payment_arrays
+from storage.payment_arrays import round_arrays
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -721,13 +721,12 @@ def _transaction_copy(batches: Sequence[SinkBatch]) -> tuple[str, Any]:
     same; a row at a time by :func:`_transaction_row` only if a value does not fit its
     column's Arrow type (an integer beyond 64 bits, which PostgreSQL refuses as well)."""
     mine = [b for b in batches if b.payments]
-    made = payment_arrays(mine)  # the lake takes its fields from these too
-    if any(m is None for m in made):
+    payments = round_arrays(mine)  # each batch keeps its part: the lake takes it
+    if payments is None:
         return COPY_TRANSACTIONS, CopyRows(
             _transaction_row(p, copy_text(b.topic), b.partition, offset)
             for b in mine for offset, p in b.payments.items())
-    payments = pa.Table.from_batches(made, schema=PAYMENT_SCHEMA).combine_chunks()
-    columns = {name: payments.column(name) for name in PAYMENT_SCHEMA.names}
+    columns = dict(zip(PAYMENT_SCHEMA.names, payments.columns, strict=True))
     which = pa.array(np.repeat(np.arange(len(mine)), [len(b.payments) for b in mine]))
     columns["source_topic"] = pa.array([b.topic for b in mine], pa.string()).take(which)
     columns["source_partition"] = pa.array([b.partition for b in mine], pa.int32()).take(which)

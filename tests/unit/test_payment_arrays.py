@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from models.events import STATUSES, ParsedTransaction, TransactionStatus
 from pipeline.batches import SinkBatch
 from pipeline.columns import PaymentColumns
-from storage.payment_arrays import FIELDS, SCHEMA, _arrays, payment_arrays
+from storage.payment_arrays import FIELDS, SCHEMA, _arrays, payment_arrays, round_arrays
 from tests.helpers import shipped_config
 
 ENGINE = shipped_config().engine
@@ -69,11 +69,17 @@ def test_the_columns_make_the_arrays_each_payment_makes(rounds):
     for (name, _, _), a, b in zip(FIELDS, got, want, strict=True):
         assert a.type == b.type and a.equals(b), name
         assert all(map(same, a.to_pylist(), b.to_pylist())), name
-    # and each batch keeps its own slice of them
+    # and each batch keeps its own slice of them, and a round is them one after another,
+    # made now or before
+    whole = pa.RecordBatch.from_arrays(want, schema=SCHEMA)
+    assert round_arrays(batches).equals(whole)
     made = payment_arrays(batches)
     for b, arrays in zip(batches, made, strict=True):
         assert arrays.equals(pa.RecordBatch.from_arrays(each(list(b.payments.values())),
                                                         schema=SCHEMA))
+    assert round_arrays(batches).equals(whole)
+    batches[-1].arrow = None
+    assert round_arrays(batches).equals(whole)
 
 
 def test_a_batch_without_columns_has_each_payment_read():
