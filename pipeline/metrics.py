@@ -284,7 +284,12 @@ def flag(mask: np.ndarray) -> np.ndarray:
 
 
 def status_is(cols: PaymentColumns, *statuses: str) -> np.ndarray:
-    return np.isin(cols.status, [STATUS_CODES[s] for s in statuses])
+    """Which payments have one of ``statuses``: a lookup of each status code in a table
+    of the codes (``np.isin`` sorted its arguments: 45 µs a call, most of a small
+    batch's extraction)."""
+    table = np.zeros(len(STATUSES), np.bool_)
+    table[[STATUS_CODES[s] for s in statuses]] = True
+    return table[cols.status]
 
 
 def member(cols: PaymentColumns, field: str, allowed: Iterable[Any]) -> np.ndarray:
@@ -848,11 +853,19 @@ class MetricEngine:
             return codes, [f"{fields[0]}={v}" for v in values]
         code = np.zeros(n, np.int64)
         parts = []
+        span = 1  # how many codes the fields' combinations may take
         for name in fields:
             codes, values = cols.codes(name)
             code = code * max(len(values), 1) + codes
+            span *= max(len(values), 1)
             parts.append(values)
-        uniq, inverse = np.unique(code, return_inverse=True)
+        if span <= 4 * n + 1024:  # np.unique's sort was most of a small batch's cost
+            seen = np.zeros(span, np.bool_)
+            seen[code] = True
+            uniq = np.flatnonzero(seen)
+            inverse = (np.cumsum(seen) - 1)[code]
+        else:
+            uniq, inverse = np.unique(code, return_inverse=True)
         labels = []
         for value in uniq.tolist():
             names = []

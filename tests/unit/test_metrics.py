@@ -6,11 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from config import CONFIG_DIR
 from models.events import ParsedTransaction, TransactionStatus
+from pipeline.columns import PaymentColumns
 from pipeline.config import engine_from_config
-from pipeline.metrics import MetricsConfigError, MetricType
+from pipeline.metrics import MetricEngine, MetricsConfigError, MetricType
 from tests.helpers import shipped_config
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -177,3 +180,28 @@ def compliance(rules):
 def test_bad_configuration_is_rejected_naming_the_entry(metrics, rules, message):
     with pytest.raises(MetricsConfigError, match=message):
         engine_from_config(metrics, compliance(rules) if rules is not None else None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(0, 3)),
+                min_size=1, max_size=60),
+       st.sampled_from([("channel", "currency"), ("currency", "merchant_id", "channel"),
+                        ("merchant_id", "customer_id", "currency")]))
+@example([(k, 40 - k, k % 4) for k in range(30)], ("merchant_id", "customer_id", "currency"))
+def test_a_dimension_of_several_fields_labels_each_payment_with_its_values(rows, fields):
+    """Each payment's code names its own values, every label once, in the order of the
+    combined codes: from a table of the combinations when there are few, from a sort
+    when there are many (three fields of 40 values each)."""
+    payments = [ParsedTransaction(
+        f"t{k}", datetime(2026, 1, 1, tzinfo=UTC), f"m{a}", f"c{b}", 1, f"C{c}", f"ch{a % 7}",
+        "card", TransactionStatus.APPROVED, None, "DE", 1) for k, (a, b, c) in enumerate(rows)]
+    cols = PaymentColumns(range(len(payments)), payments)
+    codes, labels = MetricEngine._dimension_codes(cols, fields)
+    assert [labels[c] for c in codes.tolist()] == [
+        ",".join(f"{f}={getattr(p, f)}" for f in fields) for p in payments]
+    assert len(set(labels)) == len(labels) == len(set(codes.tolist()))
+    combined = [tuple(cols.codes(f)[0][i] for f in fields) for i in range(len(payments))]
+    firsts = {}
+    for code, key in zip(codes.tolist(), combined, strict=True):
+        firsts.setdefault(code, key)
+    assert [firsts[c] for c in range(len(labels))] == sorted(firsts.values())
