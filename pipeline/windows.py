@@ -527,22 +527,24 @@ class WindowedBatch:
         The metrics of int64 and float64 values go together
         (:meth:`_matrix_histograms`); the others (an extractor without a kernel) one
         metric at a time, sorted (:meth:`_sorted_histograms`)."""
-        m = self.metrics
-        numbers = [(info, mask) for info, mask in parts
-                   if cast(np.ndarray, m.values[info.index]).dtype in _NUMBERS]
-        others = [(info, mask) for info, mask in parts
-                  if cast(np.ndarray, m.values[info.index]).dtype not in _NUMBERS]
+        numbers: list[tuple[MetricInfo, np.ndarray]] = []
+        others: list[tuple[MetricInfo, np.ndarray]] = []
+        for part in parts:
+            values = cast(np.ndarray, self.metrics.values[part[0].index])
+            (numbers if values.dtype in _NUMBERS else others).append(part)
         out: list[tuple[int, int, int, int, str, Histogram]] = []
         if numbers:
-            out += self._matrix_histograms(numbers, others)
+            found, wide = self._matrix_histograms(numbers)
+            out += found
+            others += wide
         rows = [(info, r) for info, mask in others if len(r := np.flatnonzero(mask))]
         if rows:
             out += self._sorted_histograms(rows)
         return out
 
     def _matrix_histograms(self, parts: list[tuple[MetricInfo, np.ndarray]],
-                           others: list[tuple[MetricInfo, np.ndarray]],
-                           ) -> list[tuple[int, int, int, int, str, Histogram]]:
+                           ) -> tuple[list[tuple[int, int, int, int, str, Histogram]],
+                                      list[tuple[MetricInfo, np.ndarray]]]:
         """:meth:`_histograms` of metrics of int64 or float64 values, every (metric,
         windowed dimension) a row of one matrix of float64 values: each group, (row,
         window, dimension value), is an index into flat arrays that counts, sums, minima,
@@ -560,16 +562,17 @@ class WindowedBatch:
         masks = np.stack([mask for _, mask in parts])
         ints = np.array([m.values[info.index].dtype == np.int64  # type: ignore[union-attr]
                          for info in infos])
+        refused: list[tuple[MetricInfo, np.ndarray]] = []
         if ints.any():
             # every |value| and |sum| below EXACT_FLOAT_INT: float64 holds them exactly
             reach = np.abs(np.where(masks, values, 0.0)).max(axis=1) * masks.sum(axis=1)
             wide = ints & (reach >= EXACT_FLOAT_INT)
             if wide.any():
-                others += [part for part, w in zip(parts, wide.tolist(), strict=True) if w]
+                refused = [part for part, w in zip(parts, wide.tolist(), strict=True) if w]
                 keep = ~wide
                 parts = [part for part, w in zip(parts, wide.tolist(), strict=True) if not w]
                 if not parts:
-                    return []
+                    return [], refused
                 infos = [info for info, _ in parts]
                 values, masks, ints = values[keep], masks[keep], ints[keep]
         windows, window_of = self.windows, self.window_of
@@ -639,7 +642,7 @@ class WindowedBatch:
             h = of(b, bucket_of[j][:len(b) + 1] if b else [count], count, total, low, high)
             out.append((start_of[j], first_of[j], info.index, row_slot[r],
                         f"{info.name}|{dims[row_dim[r]][1][lab]}", h))
-        return out
+        return out, refused
 
     def _sorted_histograms(self, parts: list[tuple[MetricInfo, np.ndarray]],
                            ) -> list[tuple[int, int, int, int, str, Histogram]]:

@@ -25,7 +25,8 @@ from pipeline.batches import SinkBatch
 from pipeline.columns import PaymentColumns
 
 
-def _metadata_json(p: ParsedTransaction) -> str | None:
+def metadata_json(p: ParsedTransaction) -> str | None:
+    """The payment's metadata as the JSON text stored for it (None: it has none)."""
     return None if p.metadata is None else orjson.dumps(p.metadata).decode()
 
 
@@ -45,7 +46,7 @@ FIELDS: tuple[tuple[str, Callable[[ParsedTransaction], Any], pa.DataType], ...] 
     ("processing_ms", operator.attrgetter("processing_ms"), pa.int64()),
     ("card_bin", operator.attrgetter("card_bin"), pa.string()),
     ("risk_score", operator.attrgetter("risk_score"), pa.float64()),
-    ("metadata", _metadata_json, pa.string()),  # JSON text
+    ("metadata", metadata_json, pa.string()),  # JSON text
 )
 SCHEMA = pa.schema([(name, kind) for name, _, kind in FIELDS])
 _UNFIT = False  # kept on a batch whose values do not all fit their columns

@@ -51,7 +51,7 @@ from pipeline.windows import HistogramPartials
 from storage import customer_rules
 from storage.metric_rows import copy_text, metric_rows, select
 from storage.payment_arrays import SCHEMA as PAYMENT_SCHEMA
-from storage.payment_arrays import round_arrays
+from storage.payment_arrays import metadata_json, round_arrays
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -738,7 +738,7 @@ def _transaction_copy(batches: Sequence[SinkBatch]) -> tuple[str, Any]:
 
 def _transaction_row(p: ParsedTransaction, topic: str, partition: int, offset: int) -> str:
     """One ``stage_transactions`` row in COPY text format."""
-    metadata = None if p.metadata is None else orjson.dumps(p.metadata).decode()
+    metadata = metadata_json(p)
     metadata = NULL if metadata is None else copy_text(metadata)
     return (f"{copy_text(p.transaction_id)}\t{p.event_ts!r}\t{copy_text(p.merchant_id)}\t"
             f"{copy_text(p.customer_id)}\t{p.amount_minor}\t{copy_text(p.currency)}\t"
