@@ -183,6 +183,14 @@ def make_tls(tls_dir: Path) -> Path:
     return ca_file
 
 
+# The client compiler only (C1). A fresh broker's optimizing compiler (C2) took 0.2-0.5
+# of a core for the first minutes, on the two cores the worker, PostgreSQL and the load
+# share in tests and benchmarks; a broker that runs for weeks has that behind it, and
+# this one lives for one run. KAFKA_JVM_OPTS adds flags (the last of a flag wins:
+# -XX:TieredStopAtLevel=4 brings C2 back). docs/performance.md has the figures.
+JIT_OPTIONS = ("-XX:TieredStopAtLevel=1",)
+
+
 def start_kafka(data_dir: Path, port: int, controller_port: int, *,
                 standin: EventHubsStandIn | None = None,
                 timeout: float = 60) -> tuple[subprocess.Popen, Path]:
@@ -200,6 +208,7 @@ def start_kafka(data_dir: Path, port: int, controller_port: int, *,
     (data_dir / "log4j2.properties").write_text(LOG4J2)
     classpath = f"{KAFKA_LIBS}/*"
     jvm = [java, "-Xms128m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+           *JIT_OPTIONS, *os.environ.get("KAFKA_JVM_OPTS", "").split(),
            "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{data_dir}/log4j.properties",
            f"-Dlog4j2.configurationFile={data_dir}/log4j2.properties", "-cp", classpath]
     if not (data_dir / "logs" / "meta.properties").exists():
