@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 
-from devtools.services import start_embedded_postgres
+from devtools.services import EMBEDDED_SETTINGS, start_embedded_postgres
 from devtools.stack import FAUST, run_migrations
 from storage import migrations
 from tests.helpers import query
@@ -63,6 +63,9 @@ def test_embedded_postgres_runs_the_migrations(tmp_path):
         url = pg.create_database("pm_embedded")
         run_migrations(url)
         assert set(CONTRACT) <= set(columns(url))
+        # its settings beyond the defaults hold (new WAL segments are not zero-filled)
+        for name, value in EMBEDDED_SETTINGS.items():
+            assert query(url, f"SHOW {name}") == [(value,)]
     finally:
         pg.stop()
 
