@@ -92,3 +92,25 @@ def test_a_missing_secrets_dir_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="SECRETS_DIR=.* is not a directory"):
         Settings()
+
+
+def test_the_worker_takes_its_gil_switch_interval_and_gc_thresholds(monkeypatch, tmp_path):
+    import gc
+    import sys
+
+    from runtime.faust_app import create_app
+
+    monkeypatch.setenv("GIL_SWITCH_INTERVAL_MS", "2.5")
+    before_interval, before_gc = sys.getswitchinterval(), gc.get_threshold()
+    try:
+        create_app(Settings(store_url="memory://", app_datadir=str(tmp_path),
+                            broker_url="kafka://127.0.0.1:1", gc_threshold="5000,20,30"))
+        assert sys.getswitchinterval() == pytest.approx(0.0025)
+        assert gc.get_threshold() == (5000, 20, 30)
+    finally:
+        sys.setswitchinterval(before_interval)
+        gc.set_threshold(*before_gc)
+    assert Settings().gil_switch_interval_ms == 2.5
+    monkeypatch.setenv("GIL_SWITCH_INTERVAL_MS", "0")
+    with pytest.raises(ValidationError, match="gil_switch_interval_ms"):
+        Settings()
