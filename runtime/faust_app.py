@@ -294,9 +294,10 @@ def create_app(settings: Settings) -> PaymentApp:
     # and at the default gen-0 threshold (700) a collection ran every few events (handler
     # alone: 8,700 events/s at 700, 15,000 at 100,000; docs/adr/0005-metrics-and-windows.md).
     gc.set_threshold(*settings.gc_thresholds)
-    # The fetch loop takes the GIL back after each socket call; behind the sink thread it
-    # waited up to the switch interval each time (Python's 5 ms: p99 436-460 ms at 5,000
-    # payments/s against 95-154 with 1 ms; docs/performance.md, "Seventh pass").
+    # The fetch loop gives the GIL up at each wait for I/O (and when the sink thread has
+    # waited for it); behind the sink thread it waited up to the switch interval to take
+    # it back (Python's 5 ms: p99 436-840 ms at 5,000 payments/s, against 95-154 with
+    # 1 ms; docs/performance.md, "Seventh pass").
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     bound_native_memory()
     redact_secrets(settings.secrets)
