@@ -377,7 +377,8 @@ def start_embedded_postgres(workdir: Path) -> Postgres:
         raise ServiceError(f"embedded PostgreSQL in {workdir} did not answer")
     with admin_cursor(sa_url) as cur:
         for name, value in EMBEDDED_SETTINGS.items():
-            cur.execute(f"ALTER SYSTEM SET {name} = %s", (value,))
+            cur.execute(sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)),
+                        (value,))
         cur.execute("SELECT pg_reload_conf()")
     return Postgres(sa_url, embedded_pid=pid)
 

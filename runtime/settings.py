@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     gil_switch_interval_ms: float = Field(
         1.0, gt=0, le=100, description="how long a thread may hold the GIL while another "
         "waits for it (Python's switch interval, 5 ms by default): the fetch loop waits "
-        "that long behind the sink thread each time it takes the GIL back")
+        "up to that long behind the sink thread each time it takes the GIL back")
 
     # Sinks.
     parquet_flush_rows: int = Field(50_000, ge=1, description="flush a partition's file at N rows")
