@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import gc
+import sys
+
 import pytest
 from pydantic import ValidationError
 
+from runtime.faust_app import create_app
 from runtime.settings import Settings, mask_url
 
 
@@ -95,11 +99,6 @@ def test_a_missing_secrets_dir_is_refused(monkeypatch, tmp_path):
 
 
 def test_the_worker_takes_its_gil_switch_interval_and_gc_thresholds(monkeypatch, tmp_path):
-    import gc
-    import sys
-
-    from runtime.faust_app import create_app
-
     monkeypatch.setenv("GIL_SWITCH_INTERVAL_MS", "2.5")
     before_interval, before_gc = sys.getswitchinterval(), gc.get_threshold()
     try:
