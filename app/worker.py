@@ -56,7 +56,8 @@ def build(settings: Settings) -> PaymentApp:
     config = ConfigManager(config_source(settings))  # loaded when the worker starts
     windows = WindowState(faust_app,
                           declare_tables(faust_app, partitions, settings.window_size_list),
-                          config.bounds, settings.window_grace_s, PAYMENTS)
+                          config.bounds, settings.window_grace_s, PAYMENTS,
+                          fold_events=settings.window_fold_events)
     # PostgreSQL's claims decide whether an id is new (claims=db below): no ids in memory
     seen = SeenIds(faust_app, declare_seen_table(faust_app, partitions),
                    settings.dedupe_window_s, ids_in_memory=False)

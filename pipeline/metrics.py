@@ -201,14 +201,27 @@ class BatchMetrics:
         return len(self.cols)
 
     @classmethod
-    def concat(cls, parts: Sequence[BatchMetrics]) -> BatchMetrics | None:
+    def concat(cls, parts: Sequence[BatchMetrics], windowed: bool = False,
+               ) -> BatchMetrics | None:
         """The metrics of several batches of one engine, one after another: their values,
-        presence, errors and evidence (what a writer reads; no windowed codes). None when
-        a metric's values differ in type from one batch to another."""
+        presence, errors and evidence (what a writer reads), and with ``windowed`` their
+        windowed dimensions' codes too (into the union of the parts' dimension strings, in
+        order of first appearance). None when a metric's values differ in type from one
+        batch to another."""
         if len(parts) == 1:
             return parts[0]
         first = parts[0]
         out = cls(PaymentColumns.concat([p.cols for p in parts]), first.infos, first.shapes)
+        if windowed:
+            for index in first.windowed:
+                names: dict[str, int] = {}
+                codes = []
+                for p in parts:
+                    own, labels = p.windowed[index]
+                    remap = np.array([names.setdefault(label, len(names)) for label in labels],
+                                     np.int64)
+                    codes.append(remap[own] if len(own) else own)
+                out.windowed[index] = (np.concatenate(codes), list(names))
         starts = np.cumsum([0, *(len(p) for p in parts[:-1])]).tolist()
         for info in first.infos:
             k = info.index

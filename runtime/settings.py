@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     window_grace_s: float = Field(
         120, ge=0, description="a window still takes late events this long after it ends "
         "(stream time); later ones are counted in late_events only")
+    window_fold_events: int = Field(
+        256, ge=1, le=100_000, description="a partition's batches wait until they hold this "
+        "many messages before their windowed metrics are computed together (every reader "
+        "of the window tables, and each commit, takes the waiting ones in first); 1 "
+        "computes them batch by batch")
     window_retention_s: float = Field(
         7200, gt=0, description="windows are deleted from the tables (RocksDB and changelog) "
         "this long after they end (stream time); PostgreSQL keeps them")
