@@ -176,3 +176,19 @@ class _NoLastOffset(dict):
     def get(self, key: Any, default: Any = None) -> Any:
         found = super().get(key, default)
         return found if found is None else (found[0], -1)
+
+
+def test_a_revoked_partition_drops_its_waiting_batches(tmp_path):
+    """A revocation forgets the batches waiting with the cache: the partition's next
+    owner counts them from the last commit, so this worker must not write them."""
+    app, handler, state = worker(tmp_path, 1000)
+    batch = [message(1, offset) for offset in range(40)]
+
+    async def run() -> None:
+        await handler(TP("payments", 1), batch)
+        state.forget(1)
+        state.flush(1, batch[-1])
+
+    asyncio.run(run())
+    assert not app.tables[metrics_table(300)].data
+    assert not dict(state.items(metrics_table(300)))
