@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -132,6 +132,16 @@ def key_window_start(key: str) -> int:
 Pending = tuple[BatchMetrics, np.ndarray, list[FailedEntry]]  # (metrics, late, failed)
 
 
+@dataclass(slots=True)
+class Waiting:
+    """A partition's batches not folded yet, how many messages they hold, and the last
+    offset among them."""
+
+    batches: list[Pending] = field(default_factory=list)
+    messages: int = 0
+    last_offset: int = -1
+
+
 def key_partition(key: str) -> int:
     return int(key.rsplit("|", 1)[1])
 
@@ -180,9 +190,7 @@ class WindowState:
         self.cache = WriteBackCache(app, windows.tables, decoders)
         self._metrics_tables = {metrics_table(size): size for size in self.sizes}
         self.fold_events = fold_events
-        # per partition: the batches not folded yet, their messages and their last offset
-        self._pending: dict[int, list[Pending]] = {}
-        self._pending_size: dict[int, tuple[int, int]] = {}
+        self._waiting: dict[int, Waiting] = {}  # by partition
 
     # -- the ingest handler ----------------------------------------------------------
 
@@ -215,29 +223,29 @@ class WindowState:
         when it holds ``fold_events`` messages with those waiting. A batch of another
         configuration (other metrics), or one that starts at or below an offset waiting
         (delivered again), has those folded first: a fold's offsets ascend."""
-        pending = self._pending.get(partition)
-        waiting, last = self._pending_size.get(partition, (0, -1))
-        if pending and (pending[0][0].shapes is not batch[0].shapes or first_offset <= last):
+        waiting = self._waiting.get(partition)
+        if waiting is not None and (waiting.batches[0][0].shapes is not batch[0].shapes
+                                    or first_offset <= waiting.last_offset):
             self.fold(partition)
-            pending, waiting, last = None, 0, -1
-        if pending is None:
-            pending = self._pending[partition] = []
-        pending.append(batch)
+            waiting = None
+        if waiting is None:
+            waiting = self._waiting[partition] = Waiting()
+        waiting.batches.append(batch)
         metrics, _, entries = batch
         offsets = metrics.cols.offsets
-        last = max([last, *offsets[-1:].tolist(), *(e[0] for e in entries)])
-        waiting += len(offsets) + len(entries)
-        self._pending_size[partition] = (waiting, last)
-        if waiting >= self.fold_events:
+        waiting.last_offset = max([waiting.last_offset, *offsets[-1:].tolist(),
+                                   *(e[0] for e in entries)])
+        waiting.messages += len(offsets) + len(entries)
+        if waiting.messages >= self.fold_events:
             self.fold(partition)
 
     def fold(self, partition: int) -> None:
         """Add the windowed metrics of the partition's waiting batches to its values
         (call in the partition's context), computed for all of them at once."""
-        pending = self._pending.pop(partition, None)
-        self._pending_size.pop(partition, None)
-        if not pending:
+        waiting = self._waiting.pop(partition, None)
+        if waiting is None:
             return
+        pending = waiting.batches
         merged = BatchMetrics.concat([metrics for metrics, _, _ in pending], windowed=True)
         if merged is None:  # a metric's values changed type between batches: one by one
             for metrics, late, entries in pending:
@@ -252,7 +260,7 @@ class WindowState:
 
     def _fold_all(self) -> None:
         """:meth:`fold` every partition (readers of the metric values)."""
-        for partition in list(self._pending):
+        for partition in list(self._waiting):
             with partition_context(self.app, placeholder_message(self.source_topic,
                                                                  partition)):
                 self.fold(partition)
@@ -298,15 +306,14 @@ class WindowState:
     def flush(self, partition: int, message: Message) -> int:
         """Write the partition's changed values to the tables (before each commit), its
         waiting batches folded in first."""
-        if partition in self._pending:
+        if partition in self._waiting:
             with partition_context(self.app, message):
                 self.fold(partition)
         return self.cache.flush(partition, message)
 
     def forget(self, partition: int) -> None:
         """Drop a revoked partition's values: its new owner replays those events."""
-        self._pending.pop(partition, None)
-        self._pending_size.pop(partition, None)
+        self._waiting.pop(partition, None)
         self.cache.forget(partition)
 
     def take_partials(self, partition: int) -> HistogramPartials:
