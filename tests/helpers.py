@@ -597,3 +597,61 @@ def batch_metrics(engine: Any, payments: dict[int, Any]) -> Any:
     from pipeline.columns import PaymentColumns
 
     return engine.extract_batch(PaymentColumns(payments, payments.values()))
+
+
+class RecordingSink:
+    """Stands in for SinkService: keeps what the ingest handler hands over."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+        self.committed_offsets: dict[int, int] = {}  # nothing committed in these tests
+
+    async def put(self, batch) -> None:
+        self.batches.append(batch)
+
+    def epoch(self, partition: int) -> int:
+        return 0  # never revoked here
+
+
+@dataclass
+class IngestRig:
+    """The ingest handler on a memory-store app, and what it counts into."""
+
+    app: Any
+    handler: Any  # the ``payments`` batch handler: await handler(tp, messages)
+    state: Any  # tables.payments.WindowState
+    seen: Any  # tables.seen.SeenIds
+    stats: Any  # agents.ingest.IngestStats
+
+
+def ingest_rig(tmp: Path, sink: Any, *, partitions: int = 8, fold_events: int = 1,
+               claims: Any = None, synced: bool = False,
+               sent: list | None = None) -> IngestRig:
+    """The ingest handler without a broker, handing its batches to ``sink``: dead-letter
+    records go to ``sent`` (dropped without it), ``claims`` stands in for PostgreSQL's,
+    ``synced`` skips the first sync of the configuration (no config topic here)."""
+    from agents.config import ConfigSync
+    from agents.ingest import register_ingest
+    from pipeline.config import ConfigManager
+    from runtime.faust_app import create_app
+    from runtime.settings import Settings
+    from runtime.telemetry import Telemetry
+    from runtime.topics import declare_topics
+    from storage.config_sources import FileSource
+    from tables.payments import WindowState, declare_tables
+    from tables.seen import SeenIds, declare_seen_table
+
+    app = create_app(Settings(store_url="memory://", app_datadir=str(tmp),
+                              broker_url="kafka://127.0.0.1:1"))
+    payments, dlq = declare_topics(app)
+    dlq.send_soon = (lambda **kw: None) if sent is None else (lambda **kw: sent.append(kw))
+    config = ConfigManager(FileSource())
+    config.load_all_configuration()
+    state = WindowState(app, declare_tables(app, partitions), config.bounds, grace=120,
+                        source_topic="payments", fold_events=fold_events)
+    seen = SeenIds(app, declare_seen_table(app, partitions), expiry=3600)
+    sync = ConfigSync(config, {})
+    sync.synced = synced
+    stats = register_ingest(app, payments, dlq, state, seen, sink, config, sync,
+                            Telemetry(), claims=claims)
+    return IngestRig(app, app.batch_handlers["payments"], state, seen, stats)

@@ -15,53 +15,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents import ingest
-from agents.config import ConfigSync
-from agents.ingest import register_ingest
 from models.records import Record
 from pipeline.columns import PaymentColumns
 from pipeline.config import METRICS_KEY, ConfigManager, ConfigVersion
 from runtime.faust_app import create_app
 from runtime.settings import Settings
-from runtime.telemetry import Telemetry
-from runtime.topics import declare_topics
 from simulator.generator import PaymentGenerator, load_scenario
 from storage.config_sources import FileSource
 from tables.context import partition_context
-from tables.payments import WindowState, declare_tables
+from tables.payments import WindowState
 from tables.seen import SeenIds, declare_seen_table
-from tests.helpers import expected_windows, too_late
-
-
-class RecordingSink:
-    """Stands in for SinkService: keeps what the handler hands over."""
-
-    def __init__(self) -> None:
-        self.batches: list = []
-        self.committed_offsets: dict[int, int] = {}  # nothing committed in these tests
-
-    async def put(self, batch) -> None:
-        self.batches.append(batch)
-
-    def epoch(self, partition: int) -> int:
-        return 0  # never revoked here
+from tests.helpers import RecordingSink, expected_windows, ingest_rig, too_late
 
 
 @pytest.fixture
 def handler_setup(tmp_path):
-    app = create_app(Settings(store_url="memory://", app_datadir=str(tmp_path),
-                              broker_url="kafka://127.0.0.1:1"))
-    payments, dlq = declare_topics(app)
-    sent: list = []
-    dlq.send_soon = lambda **kw: sent.append(kw)  # no broker: record DLQ records instead
-    config = ConfigManager(FileSource())
-    config.load_all_configuration()
-    state = WindowState(app, declare_tables(app, 8), config.bounds, grace=120,
-                        source_topic="payments")
-    seen = SeenIds(app, declare_seen_table(app, 8), expiry=3600)
+    sent: list = []  # no broker: the dead-letter records are kept here instead
     sink = RecordingSink()
-    stats = register_ingest(app, payments, dlq, state, seen, sink, config,
-                            ConfigSync(config, {}), Telemetry())
-    return app, app.batch_handlers["payments"], state, sink, stats, sent
+    rig = ingest_rig(tmp_path, sink, sent=sent)
+    return rig.app, rig.handler, rig.state, sink, rig.stats, sent
 
 
 def messages(events, partition: int, first: int = 0, timestamp: float | None = None,
@@ -271,21 +243,9 @@ class MemoryClaims:
 
 
 def claimed_setup(tmp_path, claims):
-    app = create_app(Settings(store_url="memory://", app_datadir=str(tmp_path),
-                              broker_url="kafka://127.0.0.1:1"))
-    payments, dlq = declare_topics(app)
-    dlq.send_soon = lambda **kw: None
-    config = ConfigManager(FileSource())
-    config.load_all_configuration()
-    state = WindowState(app, declare_tables(app, 8), config.bounds, grace=120,
-                        source_topic="payments")
-    seen = SeenIds(app, declare_seen_table(app, 8), expiry=3600)
-    sync = ConfigSync(config, {})
-    sync.synced = True  # no config topic here
     sink = RecordingSink()
-    register_ingest(app, payments, dlq, state, seen, sink, config, sync, Telemetry(),
-                    claims=claims)
-    return app, sink, seen
+    rig = ingest_rig(tmp_path, sink, claims=claims, synced=True)
+    return rig.app, sink, rig.seen
 
 
 def outcome(sink) -> list:

@@ -14,49 +14,21 @@ from faust.types.tuples import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.config import ConfigSync
-from agents.ingest import register_ingest
-from pipeline.config import ConfigManager
-from runtime.faust_app import create_app
-from runtime.settings import Settings
-from runtime.telemetry import Telemetry
-from runtime.topics import declare_topics
 from simulator.generator import PaymentGenerator, load_scenario
-from storage.config_sources import FileSource
 from tables.context import placeholder_message
-from tables.payments import WindowState, declare_tables, metrics_table
-from tables.seen import SeenIds, declare_seen_table
+from tables.payments import WindowState, metrics_table
+from tests.helpers import RecordingSink, ingest_rig
 
 PARTITIONS = 2
 EVENTS = list(PaymentGenerator(load_scenario(), seed=21, invalid_ratio=0.05).events(600))
 STAMP = time.time()  # every message's broker timestamp: after every event's time
 
 
-class Sink:
-    committed_offsets: dict[int, int] = {}
-
-    async def put(self, batch: Any) -> bool:
-        return True
-
-    def epoch(self, partition: int) -> int:
-        return 0
-
-
 def worker(tmp: Any, fold_events: int) -> tuple[Any, Any, WindowState]:
     """A memory-store app with the ingest handler, its window state folding at
     ``fold_events``."""
-    app = create_app(Settings(store_url="memory://", app_datadir=str(tmp),
-                              broker_url="kafka://127.0.0.1:1"))
-    payments, dlq = declare_topics(app)
-    dlq.send_soon = lambda **kw: None
-    config = ConfigManager(FileSource())
-    config.load_all_configuration()
-    state = WindowState(app, declare_tables(app, PARTITIONS), config.bounds, grace=120,
-                        source_topic="payments", fold_events=fold_events)
-    seen = SeenIds(app, declare_seen_table(app, PARTITIONS), expiry=3600)
-    register_ingest(app, payments, dlq, state, seen, Sink(), config,
-                    ConfigSync(config, {}), Telemetry())
-    return app, app.batch_handlers["payments"], state
+    rig = ingest_rig(tmp, RecordingSink(), partitions=PARTITIONS, fold_events=fold_events)
+    return rig.app, rig.handler, rig.state
 
 
 def message(partition: int, offset: int) -> Message:
@@ -164,18 +136,18 @@ def test_a_batch_delivered_again_is_not_folded_in_with_the_one_it_repeats(tmp_pa
     assert differences(tmp_path / "right", batches, 1000) == []
 
     def forget_the_last_offset(state: WindowState) -> None:
-        state._pending_size = _NoLastOffset()
+        defer = state._defer
+
+        def and_forget(partition: int, first_offset: int, batch: Any) -> None:
+            defer(partition, first_offset, batch)
+            waiting = state._waiting.get(partition)
+            if waiting is not None:
+                waiting.last_offset = -1  # every batch looks new
+
+        state._defer = and_forget
 
     wrong = differences(tmp_path / "wrong", batches, 1000, sabotage=forget_the_last_offset)
     assert {name for name, _ in wrong} == {metrics_table(300), metrics_table(3600)}
-
-
-class _NoLastOffset(dict):
-    """``_pending_size`` that forgets the last offset waiting: every batch looks new."""
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        found = super().get(key, default)
-        return found if found is None else (found[0], -1)
 
 
 def test_a_revoked_partition_drops_its_waiting_batches(tmp_path):
