@@ -372,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                    "phase (small batches: what a batch costs whatever its size)")
     p.add_argument("--pg-statements", action="store_true", help="load pg_stat_statements "
                    "into the embedded PostgreSQL and print where its time went in the "
-                   "throughput phase")
+                   "throughput phase and in the latency phase")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the payments "
+                   "topic (one worker owns them all)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="worker setting for this run, e.g. --env PARQUET_FLUSH_SECONDS=60")
     args = p.parse_args(argv)
@@ -385,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         pg = with_statement_stats(pg, workdir)
     run_id = uuid.uuid4().hex[:6]
     database = f"payment_monitor_bench_{run_id}"
-    stack = Stack.start(workdir / run_id, pg, database)
+    stack = Stack.start(workdir / run_id, pg, database, partitions=args.partitions)
     try:
         boot = stack.broker.bootstrap
         asyncio.run(ensure_topic(boot, "payments", stack.partitions))
@@ -458,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         generator_cpu_before = cpu_seconds(os.getpid())
         others_before = {name: tree_cpu_seconds(p) for name, p in others.items()}
         profiler = start_profiler(pid, args.profile_latency) if args.profile_latency else None
+        if args.pg_statements:
+            admin(pg.server_url, "SELECT pg_stat_statements_reset()")
         with CommitWatcher(stack) as watcher:
             offered = asyncio.run(produce(steady, broker=boot, topic="payments", total=total,
                                           rate=args.rate, progress=False))
@@ -471,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
             print(top_frames(Path(args.profile_latency), n=45), flush=True)
+        if args.pg_statements:
+            print("latency phase: " + top_statements(pg, database), flush=True)
         metrics_scrape_ms = scrape_ms(worker.web_url)
         final = worker.stats()["ingest"]
         lat = final["latency_ms"]
@@ -483,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{platform.python_version()}",
             "broker": stack.broker.name,
             "events": args.events,
+            "partitions": args.partitions,
             "raw_aiokafka_events_per_s": round(raw_rate),
             "pipeline_events_per_s": round(pipe_rate),
             "pipeline_to_raw_ratio": round(pipe_rate / raw_rate, 3),

@@ -334,3 +334,52 @@ def test_the_test_sees_a_wrong_kernel(monkeypatch):
     got = engine.extract_batch(cols).result(0)
     want = engine.extract(tx, 1)
     assert not same([(i.name, v) for i, v in got.emitted], [(i.name, v) for i, v in want.emitted])
+
+
+class HistoryExtractor(MetricExtractor):
+    """No kernel, and it reads the customer's history: which history a payment is given
+    shows in its value."""
+
+    kind = "test_history"
+
+    def definitions(self) -> list[MetricDef]:
+        return [MetricDef("history_length", MetricType.GAUGE)]
+
+    def extract(self, tx, offset, history):
+        return (("history_length", len(history(tx.customer_id))),)
+
+
+HISTORY_ENGINE = MetricEngine(
+    [(e, d) for e, d in zip(ENGINES[1].extractors, _dims(ENGINES[1]), strict=True)]
+    + [(HistoryExtractor({}), [()])], ENGINES[1].windowed_fields)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(payment, max_size=30), min_size=1, max_size=4),
+       st.sampled_from([*ENGINES, HISTORY_ENGINE]))
+def test_a_fetch_extracted_at_once_and_split_gives_each_run_its_own(runs, engine):
+    """The partitions of a fetch are extracted together (each run of payments with its own
+    history) and split again: each run gets what extracting it alone gives, value for
+    value and type for type, the same ``dynamic_metrics`` bytes, and each payment the
+    same windowed dimension strings."""
+    cols = [PaymentColumns(range(100, 100 + len(run)), [p for _, p in run]) for run in runs]
+    histories = [(lambda customer, k=k: [(0.0, 0, 0, "EUR")] * k) for k in range(len(runs))]
+    alone = [engine.extract_batch(c, history) for c, history in zip(cols, histories,
+                                                                     strict=True)]
+    starts = np.cumsum([0, *map(len, runs)])[:-1].tolist()
+    whole = engine.extract_batch(PaymentColumns.concat(cols),
+                                 histories=list(zip(starts, histories, strict=True)))
+    parts = whole.split([len(run) for run in runs])
+    for part, want, run in zip(parts, alone, runs, strict=True):
+        assert len(part) == len(want)
+        for i in range(len(want)):
+            got, expected = part.result(i), want.result(i)
+            assert same([(info.name, v) for info, v in got.emitted],
+                        [(info.name, v) for info, v in expected.emitted])
+            assert got.errors == expected.errors and got.evidence == expected.evidence
+        ids = [p.transaction_id for _, p in run]
+        assert metric_rows(part, ids, "v") == metric_rows(want, ids, "v")
+        for index, (codes, labels) in want.windowed.items():
+            own, names = part.windowed[index]
+            assert sorted(names) == sorted(labels)
+            assert [names[c] for c in own.tolist()] == [labels[c] for c in codes.tolist()]

@@ -336,3 +336,70 @@ def test_a_batch_is_classified_at_once_as_it_is_one_at_a_time(tmp_path, ids, wai
         outcomes.append((result, seen._pending.get(0), seen._pending_offsets.get(0),
                          seen._index.get(0)))
     assert outcomes[0] == outcomes[1]
+
+
+FETCH_EVENTS = list(PaymentGenerator(load_scenario(), seed=22, invalid_ratio=0.05)
+                    .events(160))
+
+
+def extracted(sink) -> list:
+    """Per sink batch: each payment's metrics, errors and evidence, and per windowed
+    dimension the strings of the batch (a code book: a dimension of two fields lists them
+    in the order of its codes, which the batch's mix decides) and every payment's own."""
+    out = []
+    for b in sink.batches:
+        m = b.metrics
+        results = [m.result(i) for i in range(len(m))]
+        out.append(([([(info.name, value) for info, value in r.emitted],
+                      [(e.extractor, e.error) for e in r.errors], r.evidence) for r in results],
+                    {index: (sorted(labels), [labels[c] for c in codes.tolist()])
+                     for index, (codes, labels) in sorted(m.windowed.items())}))
+    return out
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=4),
+       resent=st.lists(st.integers(0, 159), max_size=6))
+def test_a_fetch_extracted_at_once_gives_each_batch_its_own_extraction(
+        tmp_path_factory, sizes, resent):
+    """The preparer extracts the metrics of a fetch's partition batches at once and parts
+    them again (``BatchMetrics.split``): each batch gets the metrics, errors, evidence and
+    windowed dimension strings that extracting it alone gives, and the window values come
+    out the same. The fetches have bad messages, empty batches and
+    ids re-sent on other partitions."""
+    fetch, start = [], 0
+    for partition, size in enumerate(sizes):
+        events = FETCH_EVENTS[start:start + size] + [FETCH_EVENTS[k] for k in resent
+                                                      if k % len(sizes) == partition]
+        start += size
+        if events:
+            fetch.append((TP("payments", partition), messages(events, partition)))
+
+    sinks = [RecordingSink(), RecordingSink()]
+    rigs = [(ingest_rig(tmp_path_factory.mktemp("fetch"), sink, claims=MemoryClaims(),
+                        synced=True), prepare)
+            for sink, prepare in zip(sinks, (True, False), strict=True)]
+
+    async def run() -> None:
+        for rig, prepare in rigs:
+            for tp, _ in fetch:
+                await rig.seen.load(tp.partition)
+            if prepare:
+                await rig.app.batch_preparers["payments"](fetch)
+            for tp, batch in fetch:
+                await rig.handler(tp, batch)
+            for tp, batch in fetch:
+                rig.state.flush(tp.partition, batch[-1])
+
+    asyncio.run(run())
+    runs = []
+    for (rig, _), sink in zip(rigs, sinks, strict=True):
+        values = {name: dict(table.data) for name, table in rig.app.tables.items()
+                  if name.startswith(("window-", "stream-clock"))}
+        runs.append((outcome(sink), extracted(sink), values))
+    together, alone = runs
+    assert together[0] == alone[0]
+    assert together[1] == alone[1]
+    assert together[2] == alone[2]
+    assert any(len(b[0]) for b in together[1]) or not any(sizes)
