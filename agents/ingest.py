@@ -144,9 +144,8 @@ def register_ingest(
         handler that still runs starts afresh)."""
         generation = app.consumer_generation_id
         active = config.active  # each batch runs under this one version
-        parsed = _parse_fetch(active.validator, [messages for _, messages in batches], arrival)
-        ready = [(tp, messages, sinks.epoch(tp.partition), own)
-                 for (tp, messages), own in zip(batches, parsed, strict=True)]
+        ready = [(tp, messages, sinks.epoch(tp.partition),
+                  _parse(active.validator, messages, arrival)) for tp, messages in batches]
         claimed = None
         if claims is not None and ready:
             claimed = await asyncio.to_thread(
@@ -187,7 +186,6 @@ def register_ingest(
         prepared.update(await claim(
             [(tp, messages) for tp, messages in batches if seen.loaded(tp.partition)],
             time.time()))
-        _classify_fetch(app, seen, prepared)
 
     @app.batch_handler(payments)
     async def ingest(tp: TP, messages: Sequence[Record]) -> bool:
@@ -198,16 +196,15 @@ def register_ingest(
                 return False
         if batch.epoch != sinks.epoch(tp.partition):
             return False  # revoked since it was prepared: fetched again, if still ours
-        arrival, epoch, active, parsed = batch.arrival, batch.epoch, batch.active, batch.parsed
+        arrival, epoch, active, parsed, claimed = (batch.arrival, batch.epoch, batch.active,
+                                                   batch.parsed, batch.claimed)
         engine = active.engine
         partition = tp.partition
         with partition_context(app, messages[-1]):
-            if batch.classified is None:
-                _classify_one(seen, partition, batch)
-            assert batch.classified is not None and batch.metrics is not None  # noqa: S101
-            payments_by_offset, failed, received = batch.classified
-            metrics = batch.metrics
-            cols = metrics.cols
+            payments_by_offset, failed, received = _classify(parsed, seen, partition,
+                                                             claimed, arrival)
+            cols = PaymentColumns(payments_by_offset, payments_by_offset.values())
+            metrics = engine.extract_batch(cols, _history(seen, partition))
             window_rows, late = windows.count(
                 partition, messages[0].offset, sinks.committed_offsets.get(partition, 0),
                 cols, metrics, failed,
@@ -240,8 +237,6 @@ def register_ingest(
 
 
 Parsed = list[tuple[Record, ParseResult, float]]  # (message, verdict, record time)
-# accepted payments by offset, failed messages, accepted payments' record times by offset
-Classified = tuple[dict[int, ParsedTransaction], list[FailedMessage], dict[int, float]]
 _TIMESTAMP = operator.attrgetter("timestamp")
 
 
@@ -255,10 +250,6 @@ class Prepared:
     active: ActiveConfig  # the configuration version it was parsed under
     parsed: Parsed
     claimed: dict[str, tuple[str, int, int]] | None  # the ids others claimed first
-    # de-duplicated (:func:`_classify`): accepted payments by offset, failed messages,
-    # accepted payments' record times by offset; and the accepted payments' metrics
-    classified: Classified | None = None
-    metrics: BatchMetrics | None = None
 
 
 class Claims(Protocol):
@@ -268,62 +259,12 @@ class Claims(Protocol):
                    ) -> dict[int, dict[str, tuple[str, int, int]]]: ...
 
 
-def _parse_fetch(validator: Validator, batches: Sequence[Sequence[Record]],
-                 arrival: float) -> list[Parsed]:
-    """Parse and validate the partition batches of one fetch, each in offset order, in
-    one :meth:`~pipeline.parse.Validator.parse_many` (a payment's verdict is its own:
-    the batch only shares the work)."""
-    messages = [m for batch in batches for m in batch]
+def _parse(validator: Validator, messages: Sequence[Record], arrival: float) -> Parsed:
+    """Parse and validate one partition's batch, in offset order (the rules over the
+    whole batch: :meth:`~pipeline.parse.Validator.parse_many`)."""
     received = record_times(list(map(_TIMESTAMP, messages)), arrival)
     results = validator.parse_many([message.value for message in messages], received)
-    parsed = list(zip(messages, results, received, strict=True))
-    out = []
-    start = 0
-    for batch in batches:
-        out.append(parsed[start:start + len(batch)])
-        start += len(batch)
-    return out
-
-
-def _classify_one(seen: SeenIds, partition: int, batch: Prepared) -> None:
-    """De-duplicate one partition's batch and extract its payments' metrics."""
-    batch.classified = _classify(batch.parsed, seen, partition, batch.claimed, batch.arrival)
-    accepted = batch.classified[0]
-    batch.metrics = batch.active.engine.extract_batch(
-        PaymentColumns(accepted, accepted.values()), _history(seen, partition))
-
-
-def _classify_fetch(app: PaymentApp, seen: SeenIds, batches: Mapping[TP, Prepared]) -> None:
-    """De-duplicate the prepared partition batches of one fetch (each on its own), then
-    extract the metrics of all their accepted payments at once and part them again: a
-    batch's extraction has a cost of its own (a kernel call per metric), which four
-    partition batches of 18 payments at 5,000 events/s paid four times."""
-    if not batches:
-        return
-    runs: list[tuple[Prepared, int]] = []
-    for tp, batch in batches.items():
-        with partition_context(app, batch.messages[-1]):
-            batch.classified = _classify(batch.parsed, seen, tp.partition, batch.claimed,
-                                         batch.arrival)
-        runs.append((batch, tp.partition))
-    engines = {id(batch.active.engine) for batch, _ in runs}
-    if len(engines) != 1:  # never within one fetch (one version parses it): each alone
-        for batch, partition in runs:
-            _classify_one(seen, partition, batch)
-        return
-    offsets: list[int] = []
-    payments: list[ParsedTransaction] = []
-    histories: list[tuple[int, History]] = []
-    for batch, partition in runs:
-        accepted = batch.classified[0]  # type: ignore[index]
-        histories.append((len(payments), _history(seen, partition)))
-        offsets += accepted
-        payments += accepted.values()
-    metrics = runs[0][0].active.engine.extract_batch(PaymentColumns(offsets, payments),
-                                                     histories=histories)
-    sizes = [len(batch.classified[0]) for batch, _ in runs]  # type: ignore[index]
-    for (batch, _), part in zip(runs, metrics.split(sizes), strict=True):
-        batch.metrics = part
+    return list(zip(messages, results, received, strict=True))
 
 
 def _first_ids(parsed: Parsed) -> list[tuple[str, int]]:

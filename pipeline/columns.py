@@ -70,17 +70,9 @@ class PaymentColumns:
         """The payments of ``parts``, one after another."""
         out = cls.__new__(cls)
         out.payments = [p for part in parts for p in part.payments]
-        for name in _ARRAYS:
+        for name in ("offsets", "event_ts", "amount_minor", "processing_ms", "risk_score",
+                     "has_risk", "status"):
             setattr(out, name, np.concatenate([getattr(part, name) for part in parts]))
-        out._codes = {}
-        return out
-
-    def slice(self, start: int, stop: int) -> PaymentColumns:
-        """The payments ``start:stop`` (the arrays are views)."""
-        out = PaymentColumns.__new__(PaymentColumns)
-        out.payments = self.payments[start:stop]
-        for name in _ARRAYS:
-            setattr(out, name, getattr(self, name)[start:stop])
         out._codes = {}
         return out
 
@@ -96,8 +88,6 @@ class PaymentColumns:
         return found
 
 
-_ARRAYS = ("offsets", "event_ts", "amount_minor", "processing_ms", "risk_score", "has_risk",
-           "status")
 _EVENT_TS = attrgetter("event_ts")
 _AMOUNT = attrgetter("amount_minor")
 _PROCESSING = attrgetter("processing_ms")

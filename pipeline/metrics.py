@@ -242,36 +242,6 @@ class BatchMetrics:
             out.evidence.update({at + start: why for at, why in p.evidence.items()})
         return out
 
-    def split(self, sizes: Sequence[int]) -> list[BatchMetrics]:
-        """The metrics of consecutive runs of ``sizes`` payments (the partitions of a
-        fetch extracted together), each as its own extraction gives it: the windowed
-        dimensions' codes into the strings that run has, in order of first appearance."""
-        if len(sizes) == 1:
-            return [self]
-        parts = []
-        start = 0
-        for size in sizes:
-            stop = start + size
-            part = BatchMetrics(self.cols.slice(start, stop), self.infos, self.shapes)
-            part.values = [None if v is None else v[start:stop] for v in self.values]
-            part.present = [None if v is None else v[start:stop] for v in self.present]
-            for index, (codes, labels) in self.windowed.items():
-                own = codes[start:stop]
-                if labels == [""]:  # the empty dimension: its one string, even for none
-                    part.windowed[index] = (own, labels)
-                    continue
-                # the strings the run has, in order of first appearance
-                used = own[np.sort(np.unique(own, return_index=True)[1])]
-                remap = np.zeros(len(labels), np.int64)
-                remap[used] = np.arange(len(used))
-                part.windowed[index] = (remap[own], [labels[k] for k in used.tolist()])
-            part.errors = [(at - start, e) for at, e in self.errors if start <= at < stop]
-            part.evidence = {at - start: why for at, why in self.evidence.items()
-                             if start <= at < stop}
-            parts.append(part)
-            start = stop
-        return parts
-
     def has(self, info: MetricInfo) -> np.ndarray:
         """Which payments have ``info`` (a boolean mask)."""
         present = self.present[info.index]
@@ -302,21 +272,6 @@ class BatchMetrics:
                 if hits.any():
                     out[info.name] = int(hits.sum())
         return out
-
-
-class _HistoryAt:
-    """The history of each position of a batch whose runs of payments have their own
-    (``(first position, history)``, ascending)."""
-
-    def __init__(self, histories: Sequence[tuple[int, History]]) -> None:
-        self.starts = [start for start, _ in histories]
-        self.histories = [history for _, history in histories]
-
-    def __call__(self, customer: str) -> Any:
-        raise TypeError("a batch of several histories is read by position (at)")
-
-    def at(self, i: int) -> History:
-        return self.histories[bisect.bisect_right(self.starts, i) - 1]
 
 
 class MetricsConfigError(PaymentMonitorError, ValueError):
@@ -834,22 +789,16 @@ class MetricEngine:
         return ExtractionResult(dims, emitted, errors or [], self._plan(dims), evidence)
 
 
-    def extract_batch(self, cols: PaymentColumns, history: History = no_history, *,
-                      histories: Sequence[tuple[int, History]] = ()) -> BatchMetrics:
+    def extract_batch(self, cols: PaymentColumns, history: History = no_history,
+                      ) -> BatchMetrics:
         """Every metric of every payment of a batch (:class:`BatchMetrics`): the same
         values, errors and evidence as :meth:`extract` per payment, from each
         extractor's kernel (:meth:`MetricExtractor.extract_columns`); an extractor with
-        none, or whose kernel raises, is called per payment.
-
-        ``histories`` (``(first position, history)``, ascending) gives the payments from
-        each position on their own history instead of ``history``: the partitions of a
-        fetch extracted together (:meth:`BatchMetrics.split` parts them again)."""
+        none, or whose kernel raises, is called per payment."""
         out = BatchMetrics(cols, self._infos, self._shapes)
         if len(self._shapes) > MAX_SHAPES:
             self._shapes.clear()
         offsets = cols.offsets.tolist()
-        if histories:
-            history = _HistoryAt(histories)
         for c in self._compiled:
             if _customer_scope(c.extractor):
                 continue
@@ -877,14 +826,13 @@ class MetricEngine:
         present = {info.index: np.zeros(n, np.bool_) for info in c.emits.values()}
         explain = getattr(c.extractor, "evidence", None) if c.extractor.is_rule else None
         for i, (tx, offset) in enumerate(zip(out.cols.payments, offsets, strict=True)):
-            own = history.at(i) if isinstance(history, _HistoryAt) else history
             try:
-                pairs = c.extractor.extract(tx, offset, own)
+                pairs = c.extractor.extract(tx, offset, history)
                 found = [(c.emits[name].index, value) for name, value in pairs]
                 for index, value in found:
                     values[index][i], present[index][i] = value, True
                 if explain is not None and len(found) == 1 and found[0][1] == 1:
-                    out.evidence.setdefault(i, {})[c.name] = explain(tx, offset, own)
+                    out.evidence.setdefault(i, {})[c.name] = explain(tx, offset, history)
             except Exception as exc:  # noqa: BLE001 - as in extract
                 out.errors.append((i, ExtractorError(c.name, f"{type(exc).__name__}: {exc}")))
         for index in values:
@@ -901,9 +849,8 @@ class MetricEngine:
         assert values is not None  # noqa: S101 - the kernel just set it
         for i in np.flatnonzero((values == 1) & out.has(info)).tolist():
             tx = out.cols.payments[i]
-            own = history.at(i) if isinstance(history, _HistoryAt) else history
             try:
-                out.evidence.setdefault(i, {})[c.name] = explain(tx, offsets[i], own)
+                out.evidence.setdefault(i, {})[c.name] = explain(tx, offsets[i], history)
             except Exception as exc:  # noqa: BLE001 - as in extract: the metric stays
                 out.errors.append((i, ExtractorError(c.name, f"{type(exc).__name__}: {exc}")))
 
