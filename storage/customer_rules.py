@@ -65,9 +65,11 @@ EVIDENCE_ROW = """json_build_object(
 
 # The new payments come from the write's staging table (storage.postgres), and each reaches
 # the payments it re-judges through a LATERAL lookup in
-# ix_normalized_transactions_customer_event_time,
+# ix_normalized_transactions_customer_event_time, and their flags by the flags' key,
 # so a write's cost follows its own payments, never the table's size: joining the table
-# let the planner scan and sort all of it for each write.
+# let the planner scan and sort all of it for each write, and the flags' check outside the
+# lookup let it hash every flag of the rule for each write (13 ms of a 3,000-payment
+# write's 150 with 32,000 velocity flags stored).
 _NEW = """
     SELECT s.customer_id, s.currency, s.amount_minor, to_timestamp(s.event_ts) AS event_time
     FROM stage_transactions s
@@ -80,9 +82,10 @@ _REACHED = """
         FROM normalized_transactions p
         WHERE p.customer_id = n.customer_id AND p.event_time >= n.event_time
           AND p.event_time < n.event_time + make_interval(secs => %(within)s)
+          AND NOT EXISTS (SELECT 1 FROM compliance_flags f
+                          WHERE f.transaction_id = p.transaction_id AND f.rule = %(rule)s)
         OFFSET 0) p  -- a fence: kept a per-payment index lookup, never flattened
-    WHERE NOT EXISTS (SELECT 1 FROM compliance_flags f
-                      WHERE f.transaction_id = p.transaction_id AND f.rule = %(rule)s)
+    WHERE TRUE
 """
 
 # The judgement of the payments of an ``affected`` CTE (transaction_id, customer_id,
