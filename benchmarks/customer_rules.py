@@ -28,8 +28,6 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 import storage.customer_rules as judging
 from benchmarks.sinks import batches
 from devtools.services import ensure_postgres
@@ -54,30 +52,33 @@ def main() -> None:
     writes = [0]
     judge = judging.judge
 
+    class Timed:
+        """The sink's cursor, each judging statement timed by its rule (and explained in
+        the ``--explain`` write, in a savepoint rolled back before it runs)."""
+
+        def __init__(self, cur: Any, explain: bool) -> None:
+            self.cur, self.explain = cur, explain
+
+        def execute(self, statement: str, values: dict[str, Any]) -> None:
+            rule = values["rule"]
+            if self.explain:
+                self.cur.execute("SAVEPOINT explained")
+                self.cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, values)
+                print(f"{rule}, write {writes[0]}:")
+                print("\n".join("  " + row[0][:200] for row in self.cur.fetchall()),
+                      flush=True)
+                self.cur.execute("ROLLBACK TO SAVEPOINT explained")
+            started = time.perf_counter()
+            self.cur.execute(statement, values)
+            seconds[rule] += time.perf_counter() - started
+
+        def fetchall(self) -> list[tuple[Any, ...]]:
+            return self.cur.fetchall()
+
     def timed(cur: Any, rules: Sequence[Any], payments: Sequence[ParsedTransaction],
               version: str) -> list[str]:
-        """:func:`storage.customer_rules.judge`, each statement timed (and explained)."""
         writes[0] += 1
-        new = {"ids": orjson.dumps([p.transaction_id for p in payments]).decode(),
-               "version": version}
-        inserted: list[str] = []
-        for rule in rules:
-            sql, params, _ = judging.rule_query(rule)
-            statement = (judging.INSERT_VELOCITY if rule.kind == "velocity"
-                         else judging.INSERT_STRUCTURING)
-            values = {**new, **sql, "rule": rule.kind,
-                      "params": orjson.dumps(params).decode()}
-            if writes[0] == args.explain:
-                cur.execute("SAVEPOINT explained")
-                cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, values)
-                print(f"{rule.kind}, write {writes[0]} ({len(payments):,} payments):")
-                print("\n".join("  " + row[0][:200] for row in cur.fetchall()), flush=True)
-                cur.execute("ROLLBACK TO SAVEPOINT explained")
-            started = time.perf_counter()
-            cur.execute(statement, values)
-            inserted += [row[0] for row in cur.fetchall()]
-            seconds[rule.kind] += time.perf_counter() - started
-        return inserted
+        return judge(Timed(cur, writes[0] == args.explain), rules, payments, version)
 
     try:
         run_migrations(url)

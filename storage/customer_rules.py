@@ -85,7 +85,6 @@ _REACHED = """
           AND NOT EXISTS (SELECT 1 FROM compliance_flags f
                           WHERE f.transaction_id = p.transaction_id AND f.rule = %(rule)s)
         OFFSET 0) p  -- a fence: kept a per-payment index lookup, never flattened
-    WHERE TRUE
 """
 
 # The judgement of the payments of an ``affected`` CTE (transaction_id, customer_id,
@@ -156,7 +155,7 @@ WITH {BAND}, new AS (
                AND n.amount_minor < b.high
 ), affected AS (
     SELECT DISTINCT p.* FROM new n {_REACHED}
-      AND p.currency = n.currency
+    WHERE p.currency = n.currency
       AND EXISTS (SELECT 1 FROM band b WHERE b.currency = p.currency
                   AND p.amount_minor >= b.low AND p.amount_minor < b.high)
 ), {STRUCTURING_JUDGED}"""
@@ -196,15 +195,21 @@ def judge(cur: Any, rules: Sequence[Any], payments: Sequence[ParsedTransaction],
     this transaction (and still in its ``stage_transactions``), make flagged under
     ``rules``; returns the rule of each row inserted."""
     # one JSON text: psycopg2 quotes a list parameter's every item holding the GIL
-    new = {"ids": orjson.dumps([p.transaction_id for p in payments]).decode(),
-           "version": config_version}
+    ids = orjson.dumps([p.transaction_id for p in payments]).decode()
     inserted: list[str] = []
     for rule in rules:
-        sql, params, _ = rule_query(rule)
-        cur.execute(INSERT_VELOCITY if rule.kind == "velocity" else INSERT_STRUCTURING,
-                    {**new, **sql, "rule": rule.kind, "params": orjson.dumps(params).decode()})
+        cur.execute(*statement(rule, ids, config_version))
         inserted += [r[0] for r in cur.fetchall()]
     return inserted
+
+
+def statement(rule: Any, ids: str, config_version: str) -> tuple[str, dict[str, Any]]:
+    """A customer-scope rule's judging statement for the payments ``ids`` (a JSON list)
+    of this transaction's ``stage_transactions``, and its parameters."""
+    sql, params, _ = rule_query(rule)
+    return (INSERT_VELOCITY if rule.kind == "velocity" else INSERT_STRUCTURING,
+            {"ids": ids, "version": config_version, **sql, "rule": rule.kind,
+             "params": orjson.dumps(params).decode()})
 
 
 def rule_query(rule: Any) -> tuple[dict[str, Any], dict[str, Any], int]:

@@ -197,10 +197,8 @@ def test_the_flags_already_made_are_looked_up_by_key_whatever_the_statistics(dat
             SELECT 'new' || g, extract(epoch FROM now()), 'c' || g % 5000, 'EUR', 100
             FROM generate_series(0, 2999) g""")
         velocity = next(r for r in RULES if r.kind == "velocity")
-        sql, params, _ = judging.rule_query(velocity)
-        cur.execute("EXPLAIN " + judging.INSERT_VELOCITY,
-                    {"ids": json.dumps(ids), "version": VERSION, **sql, "rule": "velocity",
-                     "params": json.dumps(params)})
+        sql, values = judging.statement(velocity, json.dumps(ids), VERSION)
+        cur.execute("EXPLAIN " + sql, values)
         plan = "\n".join(r[0] for r in cur.fetchall())
     finally:
         conn.close()
